@@ -1,0 +1,3 @@
+from quiltmount.cli import main
+
+raise SystemExit(main())

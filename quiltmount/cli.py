@@ -1,0 +1,182 @@
+"""The `quiltmount` command: argument parsing, exit codes, tables and --json.  Calls the layers below.
+
+Exit status: 0 success, 1 failure (one line on stderr), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+from quiltmount import __version__, state
+from quiltmount.errors import UserError
+from quiltmount.units import format_size, parse_size, parse_ttl
+
+UMOUNT_WAIT = 600.0
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _ttl(text: str) -> float:
+    try:
+        return parse_ttl(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _mode(text: str) -> int:
+    try:
+        value = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid mode {text!r}: use octal, e.g. 0644") from None
+    if not 0 <= value <= 0o7777:
+        raise argparse.ArgumentTypeError(f"invalid mode {text!r}: must be between 0000 and 7777")
+    return value
+
+
+def _id(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid id {text!r}: must be a number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid id {text!r}: must be >= 0")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="quiltmount", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"quiltmount {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    mount = commands.add_parser("mount", help="mount a bucket or directory",
+                                description="Mount SOURCE (s3://BUCKET[/PREFIX/], file:///DIR or DIR) at MOUNTPOINT.")
+    mount.add_argument("source", metavar="SOURCE")
+    mount.add_argument("mountpoint", metavar="MOUNTPOINT")
+    mount.add_argument("-f", "--foreground", action="store_true", help="stay attached (containers, systemd)")
+    mount.add_argument("--read-only", action="store_true", help="refuse every write with EROFS")
+    mount.add_argument("--cache-dir", help="cache directory (default: stable per source under "
+                                           "$XDG_CACHE_HOME/quiltmount/)")
+    mount.add_argument("--disk-cache-size", type=_size, default=0, metavar="SIZE",
+                       help="hard cap of the on-disk block cache; 0 (default) disables it")
+    mount.add_argument("--memory-cache-size", type=_size, default=parse_size("512M"), metavar="SIZE",
+                       help="memory budget for cached blocks and read-ahead (default 512M)")
+    mount.add_argument("--metadata-ttl", type=_ttl, default=10.0, metavar="SECONDS|indefinite",
+                       help="how long listings and attributes are trusted (default 10)")
+    mount.add_argument("--uid", type=_id, help="owner of every file (default: the mounting user)")
+    mount.add_argument("--gid", type=_id, help="group of every file (default: the mounting user's group)")
+    mount.add_argument("--file-mode", type=_mode, default=0o644, metavar="MODE", help="file permissions (0644)")
+    mount.add_argument("--dir-mode", type=_mode, default=0o755, metavar="MODE", help="directory permissions (0755)")
+    mount.add_argument("--allow-other", action="store_true",
+                       help="let other users use the mount (needs user_allow_other in /etc/fuse.conf unless root)")
+    mount.add_argument("--log-file", help="daemon log (default under $XDG_STATE_HOME/quiltmount/logs/)")
+    mount.add_argument("--log-level", default="INFO", type=str.upper,
+                       choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (INFO)")
+    mount.add_argument("--profile", help="AWS profile for S3 sources")
+    mount.add_argument("--region", help="AWS region for S3 sources")
+    mount.add_argument("--endpoint-url", help="S3-compatible endpoint (also AWS_ENDPOINT_URL); path-style")
+    mount.set_defaults(handler=cmd_mount)
+
+    umount = commands.add_parser("umount", help="unmount, waiting for the daemon to finish")
+    umount.add_argument("mountpoint", metavar="MOUNTPOINT")
+    umount.set_defaults(handler=cmd_umount)
+
+    status = commands.add_parser("status", help="show live mounts")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=cmd_status)
+    return parser
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    from quiltmount.daemon import MountOptions, run_mount, start_background
+    from quiltmount.storage import parse_source
+
+    source = parse_source(args.source)  # fail fast on a bad SOURCE, before any process is started
+    options = MountOptions(
+        source=args.source if source.scheme == "s3" else source.location,
+        mountpoint=os.path.abspath(args.mountpoint), read_only=args.read_only,
+        cache_dir=os.path.abspath(args.cache_dir) if args.cache_dir else None,
+        disk_cache_size=args.disk_cache_size, memory_cache_size=args.memory_cache_size,
+        metadata_ttl=args.metadata_ttl, uid=args.uid, gid=args.gid, file_mode=args.file_mode,
+        dir_mode=args.dir_mode, allow_other=args.allow_other,
+        log_file=os.path.abspath(args.log_file) if args.log_file else None, log_level=args.log_level,
+        profile=args.profile, region=args.region, endpoint_url=args.endpoint_url)
+    if args.foreground:
+        return run_mount(options)
+    start_background(options)
+    record = state.read_record(options.mountpoint) or {}
+    print(f"mounted {source.url} at {options.mountpoint} (log: {record.get('log_file', '?')})")
+    return 0
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    from quiltmount.mountpoint import is_fuse_mount, unmount
+
+    path = os.path.abspath(args.mountpoint)
+    record = state.read_record(path)
+    if not is_fuse_mount(path):
+        if record is None or not state.pid_alive(int(record.get("pid", 0))):
+            raise UserError(f"not mounted: {path}")
+    else:
+        unmount(path)
+    if record is not None:
+        pid = int(record.get("pid", 0))
+        deadline = time.monotonic() + UMOUNT_WAIT
+        while pid and state.pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if pid and state.pid_alive(pid):
+            raise UserError(f"unmounted {path}, but daemon {pid} is still running (log: {record.get('log_file')})")
+    print(f"unmounted {path}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    records = state.live_records()
+    if args.json:
+        print(json.dumps({"mounts": records}, indent=2, sort_keys=True))
+        return 0
+    if not records:
+        print("no quiltmount mounts")
+        return 0
+    for record in records:
+        cache = record.get("cache", {})
+        requests = record.get("requests", {})
+        disk = (f", disk {format_size(cache['disk_used'])} / {format_size(cache['disk_limit'])}"
+                if "disk_limit" in cache else "")
+        print(f"{record['mountpoint']}\n"
+              f"  source:    {record['source']}\n"
+              f"  pid:       {record['pid']}\n"
+              f"  log:       {record['log_file']}\n"
+              f"  cache:     memory {format_size(cache.get('memory_used', 0))} / "
+              f"{format_size(cache.get('memory_limit', 0))}{disk} ({record.get('cache_dir')})\n"
+              f"  requests:  {requests.get('in_flight', 0)} in flight, totals {requests.get('totals', {})}\n"
+              f"  open:      {record.get('open_files', 0)} files, RSS {format_size(record.get('rss_bytes', 0))}\n"
+              f"  uploads:   {record.get('pending_uploads', 0)} pending")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except UserError as exc:
+        print(f"quiltmount: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("quiltmount: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

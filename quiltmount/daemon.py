@@ -1,0 +1,246 @@
+"""Mount lifecycle: checks, building the layers, running FUSE, the ready signal, the status record.
+
+`quiltmount mount` (without --foreground) starts `python -m quiltmount.daemon OPTIONS-JSON` in a new
+session and waits on a pipe: the daemon writes `READY` once the mountpoint answers, or `ERROR: <reason>`
+(one line) if it could not mount.  So the command exits 0 only when the mount is live.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import select
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from quiltmount import __version__, state
+from quiltmount.errors import UserError
+from quiltmount.paths import default_cache_dir, default_log_file
+
+log = logging.getLogger("quiltmount")
+
+READY_TIMEOUT = 60.0
+STATUS_INTERVAL = 1.0
+
+
+@dataclass
+class MountOptions:
+    source: str
+    mountpoint: str
+    read_only: bool = False
+    cache_dir: str | None = None
+    disk_cache_size: int = 0
+    memory_cache_size: int = 512 << 20
+    metadata_ttl: float = 10.0
+    uid: int | None = None
+    gid: int | None = None
+    file_mode: int = 0o644
+    dir_mode: int = 0o755
+    allow_other: bool = False
+    log_file: str | None = None
+    log_level: str = "INFO"
+    profile: str | None = None
+    region: str | None = None
+    endpoint_url: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> MountOptions:
+        return cls(**json.loads(text))
+
+
+def _setup_logging(log_file: str, level: str, also_stderr: bool) -> None:
+    os.makedirs(os.path.dirname(log_file), exist_ok=True)
+    handlers: list[logging.Handler] = [logging.FileHandler(log_file)]
+    if also_stderr:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+    root.setLevel(level.upper())
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))
+    logging.getLogger("mfusepy").setLevel(logging.DEBUG if root.level <= logging.DEBUG else logging.WARNING)
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii") as file:
+            for line in file:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class _Signal:
+    """The daemon's side of the ready pipe (or nothing when running in the foreground)."""
+
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd
+
+    def send(self, message: str) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.write(self.fd, (message.replace("\n", " ") + "\n").encode())
+            os.close(self.fd)
+        except OSError:
+            pass
+        self.fd = None
+
+
+def run_mount(options: MountOptions, ready_fd: int | None = None) -> int:
+    """Mount and serve until unmounted.  Returns the process exit status."""
+    signal = _Signal(ready_fd)
+    log_file = options.log_file or default_log_file(os.path.abspath(options.mountpoint))
+    _setup_logging(log_file, options.log_level, also_stderr=ready_fd is None)
+    try:
+        return _serve(options, log_file, signal)
+    except UserError as exc:
+        log.error("%s", exc)
+        signal.send(f"ERROR: {exc}")
+        return 1
+    except Exception as exc:  # a bug: keep the traceback in the log, one line for the user
+        log.exception("mount failed")
+        signal.send(f"ERROR: mount failed: {exc} (details in {log_file})")
+        return 1
+
+
+def _serve(options: MountOptions, log_file: str, signal: _Signal) -> int:
+    os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
+    from mfusepy import FUSE  # loads libfuse: only in the process that mounts
+
+    from quiltmount import mountpoint as mp
+    from quiltmount.fs.blockcache import BlockCache, DiskTier
+    from quiltmount.fs.operations import AttrPolicy, BucketOperations
+    from quiltmount.fs.readahead import BlockFetcher
+    from quiltmount.fs.tree import BucketTree, ttl_for_kernel
+    from quiltmount.storage import open_store, parse_source
+    from quiltmount.storage.counting import CountingStore
+
+    mp.check_environment()
+    source = parse_source(options.source)
+    mountpoint = mp.prepare_mountpoint(options.mountpoint)
+    store = CountingStore(open_store(source, profile=options.profile, region=options.region,
+                                     endpoint_url=options.endpoint_url))
+    store.check_access()
+
+    cache_dir = options.cache_dir or default_cache_dir(source.url)
+    os.makedirs(cache_dir, mode=0o700, exist_ok=True)
+    disk = DiskTier(os.path.join(cache_dir, "blocks"), options.disk_cache_size) if options.disk_cache_size else None
+    # A quarter of the memory budget for read-ahead in flight, the rest for cached blocks.
+    prefetch_budget = max(options.memory_cache_size // 4, 8 << 20)
+    cache = BlockCache(options.memory_cache_size - prefetch_budget, disk)
+    fetcher = BlockFetcher(cache, prefetch_budget=prefetch_budget)
+    tree = BucketTree(store, source.prefix, metadata_ttl=options.metadata_ttl)
+    attrs = AttrPolicy(uid=os.geteuid() if options.uid is None else options.uid,
+                       gid=os.getegid() if options.gid is None else options.gid,
+                       file_mode=options.file_mode, dir_mode=options.dir_mode)
+    started = time.time()
+
+    def record(ops: BucketOperations) -> dict[str, Any]:
+        return {"pid": os.getpid(), "version": __version__, "source": source.url, "mountpoint": mountpoint,
+                "log_file": log_file, "cache_dir": cache_dir, "started_at": started,
+                "read_only": True, "rss_bytes": _rss_bytes(), "open_files": ops.open_handles(),
+                "cache": cache.stats(), "read_ahead": fetcher.stats(), "requests": store.snapshot(),
+                "pending_uploads": 0}
+
+    stop = threading.Event()
+
+    def after_init(ops: BucketOperations) -> None:
+        def wait_until_live() -> None:
+            deadline = time.monotonic() + READY_TIMEOUT
+            while mountpoint not in mp.mounted_filesystems():
+                if time.monotonic() > deadline:
+                    signal.send("ERROR: the kernel did not show the mount in time")
+                    return
+                time.sleep(0.01)
+            if mp.raise_kernel_readahead(mountpoint):
+                log.debug("kernel read-ahead raised to 1 MiB")
+            state.write_record(mountpoint, record(ops))
+            log.info("mounted %s at %s (cache %s)", source.url, mountpoint, cache_dir)
+            signal.send("READY")
+            while not stop.wait(STATUS_INTERVAL):
+                try:
+                    state.write_record(mountpoint, record(ops))
+                except OSError as exc:
+                    log.warning("cannot write status record: %s", exc)
+
+        threading.Thread(target=wait_until_live, name="status", daemon=True).start()
+
+    kernel_ttl = ttl_for_kernel(options.metadata_ttl)
+    operations = BucketOperations(tree, fetcher, attrs, max_read_window=prefetch_budget // 2, on_init=after_init)
+    fuse_options: dict[str, Any] = {
+        "fsname": f"quiltmount:{source.url}", "subtype": "quiltmount", "default_permissions": True,
+        "attr_timeout": kernel_ttl, "entry_timeout": kernel_ttl, "negative_timeout": kernel_ttl,
+        "auto_cache": True, "max_read": 1 << 20, "ro": True,
+    }
+    if options.allow_other:
+        fuse_options["allow_other"] = True
+    log.info("quiltmount %s mounting %s at %s (log %s)", __version__, source.url, mountpoint, log_file)
+    try:
+        FUSE(operations, mountpoint, foreground=True, nothreads=False, **fuse_options)
+    except RuntimeError as exc:
+        raise UserError(f"cannot mount {mountpoint}: libfuse error {exc} (details in {log_file})") from None
+    finally:
+        stop.set()
+        state.remove_record(mountpoint)
+        fetcher.close()
+        tree.close()
+        store.close()
+    log.info("unmounted %s", mountpoint)
+    return 0
+
+
+def start_background(options: MountOptions) -> int:
+    """Start the daemon in a new session; return once the mount is live (0) or has failed (1)."""
+    read_fd, write_fd = os.pipe()
+    log_file = options.log_file or default_log_file(os.path.abspath(options.mountpoint))
+    os.makedirs(os.path.dirname(log_file), exist_ok=True)
+    with open(log_file, "ab") as stderr_sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "quiltmount.daemon", options.to_json(), str(write_fd)],
+            pass_fds=(write_fd,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr_sink,
+            start_new_session=True, cwd="/", close_fds=True,
+        )
+    os.close(write_fd)
+    message = b""
+    deadline = time.monotonic() + READY_TIMEOUT
+    with os.fdopen(read_fd, "rb") as pipe:
+        while not message.endswith(b"\n"):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([pipe], [], [], remaining)[0]:
+                process.kill()
+                raise UserError(f"the mount did not become ready within {READY_TIMEOUT:.0f} s (log: {log_file})")
+            chunk = os.read(pipe.fileno(), 4096)
+            if not chunk:
+                break
+            message += chunk
+    text = message.decode(errors="replace").strip()
+    if text == "READY":
+        return process.pid
+    if text.startswith("ERROR: "):
+        raise UserError(text[len("ERROR: "):])
+    code = process.wait(timeout=10)
+    raise UserError(f"the mount daemon exited with status {code} before mounting (log: {log_file})")
+
+
+def main(argv: list[str]) -> int:
+    options = MountOptions.from_json(argv[0])
+    return run_mount(options, int(argv[1]) if len(argv) > 1 else None)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,1 @@
+"""The filesystem layers below the FUSE adapter: path tree, block cache, read-ahead."""

@@ -1,0 +1,146 @@
+"""LRU block cache: fixed-size blocks keyed by (object identity, block index).
+
+Memory tier: a cachetools LRU bounded in bytes.  Optional disk tier: one file per block under the cache
+directory (private permissions), with a hard size cap enforced before every write.  Because keys include
+the object's ETag/version, a block can never be served for another version of the object.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import threading
+from collections.abc import Hashable
+
+from cachetools import LRUCache
+
+log = logging.getLogger(__name__)
+
+BlockKey = tuple[Hashable, int]  # (object identity, block index)
+
+
+class DiskTier:
+    """Blocks as files under `directory`; least recently used files go first once `capacity` is reached.
+
+    The directory is emptied when the tier starts, so it never holds blocks whose index was lost.
+    """
+
+    def __init__(self, directory: str, capacity: int) -> None:
+        self.directory = directory
+        self.capacity = capacity
+        shutil.rmtree(directory, ignore_errors=True)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        self._index: LRUCache[BlockKey, int] = LRUCache(maxsize=capacity, getsizeof=lambda size: max(size, 1))
+        self._lock = threading.Lock()
+
+    def _path(self, key: BlockKey) -> str:
+        digest = hashlib.sha256(repr(key).encode("utf-8", "surrogateescape")).hexdigest()
+        return os.path.join(self.directory, digest[:2], digest[2:])
+
+    def contains(self, key: BlockKey) -> bool:
+        with self._lock:
+            return key in self._index
+
+    @property
+    def used(self) -> int:
+        with self._lock:
+            return int(self._index.currsize)
+
+    def get(self, key: BlockKey) -> bytes | None:
+        with self._lock:
+            if key not in self._index:
+                return None
+            self._index[key] = self._index[key]  # mark as recently used
+        try:
+            with open(self._path(key), "rb") as file:
+                return file.read()
+        except OSError:  # still being written by another thread, or removed by hand
+            return None
+
+    def put(self, key: BlockKey, data: bytes) -> None:
+        if len(data) > self.capacity:
+            return
+        evicted: list[BlockKey] = []
+        with self._lock:
+            if key in self._index:
+                return
+            while self._index.currsize + len(data) > self.capacity and self._index:
+                evicted.append(self._index.popitem()[0])
+            self._index[key] = len(data)
+        for old in evicted:
+            try:
+                os.unlink(self._path(old))
+            except OSError:
+                pass
+        path = self._path(key)
+        try:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            with open(path + ".tmp", "wb") as file:
+                file.write(data)
+            os.replace(path + ".tmp", path)
+        except OSError as exc:
+            log.warning("disk cache write failed (%s); block kept in memory only", exc)
+            with self._lock:
+                self._index.pop(key, None)
+            for leftover in (path + ".tmp", path):
+                try:
+                    os.unlink(leftover)
+                except OSError:
+                    pass
+
+
+class BlockCache:
+    """Memory LRU of blocks (bounded in bytes) over an optional disk tier."""
+
+    def __init__(self, memory_capacity: int, disk: DiskTier | None = None) -> None:
+        self.memory_capacity = memory_capacity
+        self._memory: LRUCache[BlockKey, bytes] = LRUCache(maxsize=max(memory_capacity, 1), getsizeof=len)
+        self._lock = threading.Lock()
+        self.disk = disk
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: BlockKey) -> bytes | None:
+        with self._lock:
+            data = self._memory.get(key)
+            if data is not None:
+                self.hits += 1
+                return data
+        if self.disk is not None:
+            data = self.disk.get(key)
+            if data is not None:
+                self._store(key, data)
+                with self._lock:
+                    self.hits += 1
+                return data
+        with self._lock:
+            self.misses += 1
+        return None
+
+    def contains(self, key: BlockKey) -> bool:
+        """True if `get` would hit, without counting it or changing recency."""
+        with self._lock:
+            if key in self._memory:
+                return True
+        return self.disk is not None and self.disk.contains(key)
+
+    def _store(self, key: BlockKey, data: bytes) -> None:
+        if len(data) > self.memory_capacity:
+            return
+        with self._lock:
+            self._memory[key] = data
+
+    def put(self, key: BlockKey, data: bytes) -> None:
+        self._store(key, data)
+        if self.disk is not None:
+            self.disk.put(key, data)
+
+    def stats(self) -> dict:
+        with self._lock:
+            result = {"memory_used": int(self._memory.currsize), "memory_limit": self.memory_capacity,
+                      "hits": self.hits, "misses": self.misses}
+        if self.disk is not None:
+            result.update(disk_used=self.disk.used, disk_limit=self.disk.capacity)
+        return result

@@ -1,0 +1,170 @@
+"""The thin fusepy `Operations` adapter: translate calls, attributes and errnos; no business logic.
+
+Every error comes with its errno from the layer that knows it (`StorageError.errno`); this module passes it
+on and writes the log line.  Unexpected exceptions become EIO, never a crashed mount.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import itertools
+import logging
+import os
+import stat
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mfusepy import ENOATTR, FuseOSError, Operations
+
+from quiltmount.errors import NotFound, StorageError
+from quiltmount.fs.readahead import BlockFetcher, ReadStream
+from quiltmount.fs.tree import BucketTree, Node
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AttrPolicy:
+    """What every node reports as owner and permissions (`--uid --gid --file-mode --dir-mode`)."""
+
+    uid: int
+    gid: int
+    file_mode: int = 0o644
+    dir_mode: int = 0o755
+    block_size: int = 1 << 20
+
+
+def _translate(method: Callable) -> Callable:
+    """Turn quiltmount exceptions into FuseOSError with the right errno, logging what is not routine."""
+
+    @functools.wraps(method)
+    def wrapper(self: BucketOperations, path: str, *args: Any) -> Any:
+        try:
+            return method(self, path, *args)
+        except FuseOSError:
+            raise
+        except NotFound:
+            raise FuseOSError(errno.ENOENT) from None
+        except StorageError as exc:
+            log.warning("%s %s: %s (%s)", method.__name__, path, exc, errno.errorcode.get(exc.errno, exc.errno))
+            raise FuseOSError(exc.errno) from None
+        except Exception:
+            log.exception("%s %s: unexpected error, returning EIO", method.__name__, path)
+            raise FuseOSError(errno.EIO) from None
+
+    return wrapper
+
+
+def _read_only(*_: Any) -> None:
+    raise FuseOSError(errno.EROFS)
+
+
+class BucketOperations(Operations):
+    """A bucket (or local directory) mount: read-only until write-back lands."""
+
+    use_ns = True
+
+    def __init__(self, tree: BucketTree, fetcher: BlockFetcher, attrs: AttrPolicy, *, max_read_window: int,
+                 on_init: Callable[[Any], None] | None = None) -> None:
+        self.tree = tree
+        self.fetcher = fetcher
+        self.attrs = attrs
+        self.max_read_window = max_read_window
+        self.on_init = on_init
+        self._handles: dict[int, ReadStream] = {}
+        self._handle_ids = itertools.count(1)
+        self._lock = threading.Lock()
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    def init_with_config(self, conn_info: Any, config_3: Any) -> None:
+        if conn_info is not None and hasattr(conn_info, "max_read"):
+            conn_info.max_read = 1 << 20  # accept the kernel's large read requests (libfuse3)
+        if conn_info is not None:
+            conn_info.max_readahead = 1 << 20
+        if self.on_init is not None:
+            self.on_init(self)
+
+    def open_handles(self) -> int:
+        with self._lock:
+            return len(self._handles)
+
+    # -- attributes ---------------------------------------------------------------------------------------
+    def _stat(self, node: Node) -> dict[str, int]:
+        mtime_ns = int(node.mtime * 1e9)
+        if node.is_dir:
+            mode, size, nlink = stat.S_IFDIR | self.attrs.dir_mode, 0, 1  # nlink 1: "unknown" to find(1)
+        else:
+            mode, size, nlink = stat.S_IFREG | self.attrs.file_mode, node.size, 1
+        return {"st_mode": mode, "st_nlink": nlink, "st_size": size, "st_uid": self.attrs.uid,
+                "st_gid": self.attrs.gid, "st_mtime": mtime_ns, "st_ctime": mtime_ns, "st_atime": mtime_ns,
+                "st_blksize": self.attrs.block_size, "st_blocks": (size + 511) // 512}
+
+    @_translate
+    def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
+        if fh is not None:
+            stream = self._handles.get(fh)
+            if stream is not None:
+                obj = stream.obj
+                return self._stat(Node(is_dir=False, size=obj.size, mtime=obj.mtime, obj=obj))
+        return self._stat(self.tree.lookup(path[1:]))
+
+    @_translate
+    def readdir(self, path: str, fh: int) -> list:
+        entries = self.tree.readdir(path[1:])
+        dir_mode, file_mode = stat.S_IFDIR | self.attrs.dir_mode, stat.S_IFREG | self.attrs.file_mode
+        return [".", ".."] + [(name, {"st_mode": dir_mode if node.is_dir else file_mode}, 0)
+                              for name, node in entries.items()]
+
+    @_translate
+    def opendir(self, path: str) -> int:
+        if not self.tree.lookup(path[1:]).is_dir:
+            raise FuseOSError(errno.ENOTDIR)
+        return 0
+
+    def statfs(self, path: str) -> dict[str, int]:
+        huge = 1 << 40
+        return {"f_bsize": self.attrs.block_size, "f_frsize": 4096, "f_blocks": huge, "f_bfree": huge,
+                "f_bavail": huge, "f_files": huge, "f_ffree": huge, "f_favail": huge, "f_namemax": 255}
+
+    @_translate
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        self.tree.lookup(path[1:])
+        raise FuseOSError(ENOATTR)
+
+    @_translate
+    def listxattr(self, path: str) -> list[str]:
+        self.tree.lookup(path[1:])
+        return []
+
+    # -- data ---------------------------------------------------------------------------------------------
+    @_translate
+    def open(self, path: str, flags: int) -> int:
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
+            raise FuseOSError(errno.EROFS)
+        node = self.tree.lookup(path[1:])
+        if node.is_dir or node.obj is None:
+            raise FuseOSError(errno.EISDIR)
+        stream = ReadStream(self.fetcher, self.tree.store, node.obj, max_window=self.max_read_window)
+        with self._lock:
+            handle = next(self._handle_ids)
+            self._handles[handle] = stream
+        return handle
+
+    @_translate
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        stream = self._handles.get(fh)
+        if stream is None:
+            raise FuseOSError(errno.EBADF)
+        return stream.read(offset, size)
+
+    def release(self, path: str, fh: int) -> int:
+        with self._lock:
+            self._handles.pop(fh, None)
+        return 0
+
+    # -- writes: not supported yet ------------------------------------------------------------------------
+    create = mkdir = unlink = rmdir = rename = truncate = chmod = chown = utimens = _read_only
+    symlink = link = mknod = setxattr = removexattr = write = _read_only

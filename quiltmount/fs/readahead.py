@@ -1,0 +1,201 @@
+"""Reading objects through the block cache: in-flight de-duplication, read-ahead and its memory budget.
+
+`BlockFetcher` is shared by every open file: a block is fetched once however many readers want it, and
+prefetches run in a bounded thread pool within a byte budget (back-pressure: when the budget is used up,
+read-ahead waits for the next read instead of queueing more).  `ReadStream` is one open file handle: it
+detects sequential access and grows its read-ahead window geometrically, like mountpoint-s3's prefetcher.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Hashable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from quiltmount.fs.blockcache import BlockCache
+from quiltmount.storage.base import ObjectInfo, ObjectStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BLOCK_SIZE = 1 << 20
+DEFAULT_PART_SIZE = 8 << 20
+
+
+def object_identity(store: ObjectStore, obj: ObjectInfo) -> Hashable:
+    return (store.name, obj.key, obj.etag, obj.version_id)
+
+
+class BlockFetcher:
+    def __init__(self, cache: BlockCache, *, block_size: int = DEFAULT_BLOCK_SIZE,
+                 part_size: int = DEFAULT_PART_SIZE, workers: int = 16, prefetch_budget: int = 128 << 20) -> None:
+        self.cache = cache
+        self.block_size = block_size
+        self.blocks_per_part = max(1, part_size // block_size)
+        self.prefetch_budget = max(prefetch_budget, block_size * self.blocks_per_part)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch")
+        self._lock = threading.Lock()
+        self._in_flight: dict[tuple[Hashable, int], Future] = {}
+        self._prefetch_bytes = 0
+
+    # -- fetching -----------------------------------------------------------------------------------------
+    def _claim(self, ident: Hashable, first: int, last: int) -> tuple[list[int], dict[int, Future]]:
+        """Register futures for blocks nobody has or is fetching; return (claimed, others' futures)."""
+        claimed: list[int] = []
+        waiting: dict[int, Future] = {}
+        with self._lock:
+            for index in range(first, last + 1):
+                key = (ident, index)
+                pending = self._in_flight.get(key)
+                if pending is not None:
+                    waiting[index] = pending
+                elif not self.cache.contains(key):
+                    self._in_flight[key] = Future()
+                    claimed.append(index)
+        return claimed, waiting
+
+    def _fetch_run(self, store: ObjectStore, obj: ObjectInfo, ident: Hashable, first: int, last: int) -> list[bytes]:
+        """Fetch blocks first..last (claimed by the caller) with one ranged GET; resolve their futures."""
+        bs = self.block_size
+        futures = [self._in_flight[(ident, index)] for index in range(first, last + 1)]
+        try:
+            data = store.get_range(obj, first * bs, min((last + 1) * bs, obj.size))
+            blocks = [data[i:i + bs] for i in range(0, len(data), bs)] if last > first else [data]
+            for index, block in zip(range(first, last + 1), blocks):
+                self.cache.put((ident, index), block)
+        except BaseException as exc:
+            with self._lock:
+                for index in range(first, last + 1):
+                    self._in_flight.pop((ident, index), None)
+            for future in futures:
+                future.set_exception(exc)
+            raise
+        with self._lock:
+            for index in range(first, last + 1):
+                self._in_flight.pop((ident, index), None)
+        for future, block in zip(futures, blocks):
+            future.set_result(block)
+        return blocks
+
+    def read(self, store: ObjectStore, obj: ObjectInfo, offset: int, size: int) -> bytes:
+        """Bytes [offset, offset+size) of `obj`, clipped at its end."""
+        end = min(offset + size, obj.size)
+        if offset >= end:
+            return b""
+        bs = self.block_size
+        first, last = offset // bs, (end - 1) // bs
+        ident = object_identity(store, obj)
+        blocks: dict[int, bytes] = {}
+        for index in range(first, last + 1):
+            data = self.cache.get((ident, index))
+            if data is not None:
+                blocks[index] = data
+        if len(blocks) <= last - first:
+            missing = [index for index in range(first, last + 1) if index not in blocks]
+            claimed, waiting = self._claim(ident, missing[0], missing[-1])
+            for run_first, run_last in _runs(claimed):
+                blocks.update(zip(range(run_first, run_last + 1),
+                                  self._fetch_run(store, obj, ident, run_first, run_last)))
+            for index, future in waiting.items():
+                blocks[index] = future.result()
+            for index in missing:  # cached between our lookup and our claim
+                if index not in blocks:
+                    blocks[index] = self.cache.get((ident, index)) or self._fetch_one(store, obj, ident, index)
+        start = offset - first * bs
+        if first == last:
+            return blocks[first][start:start + end - offset]
+        return b"".join(blocks[index] for index in range(first, last + 1))[start:start + end - offset]
+
+    def _fetch_one(self, store: ObjectStore, obj: ObjectInfo, ident: Hashable, index: int) -> bytes:
+        """Fallback for a block that was evicted right after another reader fetched it."""
+        bs = self.block_size
+        return store.get_range(obj, index * bs, min((index + 1) * bs, obj.size))
+
+    # -- read-ahead ---------------------------------------------------------------------------------------
+    def prefetch(self, store: ObjectStore, obj: ObjectInfo, first: int, last: int) -> int:
+        """Start background fetches of blocks first..last; return the last block scheduled (or first-1).
+
+        Stops early when the prefetch byte budget is used up (back-pressure).
+        """
+        last = min(last, (obj.size - 1) // self.block_size)
+        ident = object_identity(store, obj)
+        scheduled = first - 1
+        for part_first in range(first, last + 1, self.blocks_per_part):
+            part_last = min(part_first + self.blocks_per_part - 1, last)
+            part_bytes = (part_last - part_first + 1) * self.block_size
+            with self._lock:
+                if self._prefetch_bytes + part_bytes > self.prefetch_budget:
+                    return scheduled
+                self._prefetch_bytes += part_bytes
+            claimed, _ = self._claim(ident, part_first, part_last)
+            self._release_budget(part_bytes - len(claimed) * self.block_size)
+            for run_first, run_last in _runs(claimed):
+                self._pool.submit(self._prefetch_run, store, obj, ident, run_first, run_last)
+            scheduled = part_last
+        return scheduled
+
+    def _release_budget(self, part_bytes: int) -> None:
+        with self._lock:
+            self._prefetch_bytes -= part_bytes
+
+    def _prefetch_run(self, store: ObjectStore, obj: ObjectInfo, ident: Hashable, first: int, last: int) -> None:
+        try:
+            self._fetch_run(store, obj, ident, first, last)
+        except Exception as exc:  # the reader that needs the block will retry and report the error
+            log.info("read-ahead of %s blocks %d-%d failed: %s", obj.key, first, last, exc)
+        finally:
+            self._release_budget((last - first + 1) * self.block_size)
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {"blocks_in_flight": len(self._in_flight), "prefetch_bytes": self._prefetch_bytes,
+                    "prefetch_budget": self.prefetch_budget}
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _runs(indices: list[int]) -> list[tuple[int, int]]:
+    """Consecutive runs in a sorted list: [1,2,3,7,8] -> [(1,3),(7,8)]."""
+    runs: list[tuple[int, int]] = []
+    for index in indices:
+        if runs and runs[-1][1] == index - 1:
+            runs[-1] = (runs[-1][0], index)
+        else:
+            runs.append((index, index))
+    return runs
+
+
+class ReadStream:
+    """One open file: reads through the fetcher and drives read-ahead when access is sequential."""
+
+    def __init__(self, fetcher: BlockFetcher, store: ObjectStore, obj: ObjectInfo, *, max_window: int) -> None:
+        self.fetcher = fetcher
+        self.store = store
+        self.obj = obj
+        bs = fetcher.block_size
+        self._initial_window = fetcher.blocks_per_part
+        self._max_window = max(self._initial_window, max_window // bs)
+        self._window = self._initial_window
+        self._next_offset = 0
+        self._prefetched_until = -1  # last block index already scheduled
+        self._lock = threading.Lock()
+
+    def read(self, offset: int, size: int) -> bytes:
+        bs = self.fetcher.block_size
+        with self._lock:
+            sequential = self._next_offset - bs <= offset <= self._next_offset + self.fetcher.blocks_per_part * bs * 2
+            if sequential:
+                self._window = min(self._window * 2, self._max_window)
+            else:
+                self._window = self._initial_window
+                self._prefetched_until = offset // bs
+            self._next_offset = max(self._next_offset, offset + size) if sequential else offset + size
+            target = (offset + size - 1) // bs + self._window
+            start = max(self._prefetched_until + 1, (offset + size - 1) // bs + 1)
+        data = self.fetcher.read(self.store, self.obj, offset, size)
+        if sequential and start <= target and start * bs < self.obj.size:
+            scheduled = self.fetcher.prefetch(self.store, self.obj, start, target)
+            with self._lock:
+                self._prefetched_until = max(self._prefetched_until, scheduled)
+        return data

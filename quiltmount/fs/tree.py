@@ -1,0 +1,210 @@
+"""Path-to-node resolution for a bucket (or local directory) mount.  No FUSE here.
+
+Directories come from delimiter listings; `lookup` answers from the parent's cached listing when it has
+one, so `ls -l` and `find` cost no HEAD per file.  Listings, single lookups and misses are cached for the
+mount's metadata TTL; the negative cache is bounded.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from cachetools import LRUCache, TTLCache
+
+from quiltmount.errors import NotFound
+from quiltmount.storage.base import ObjectInfo, ObjectStore
+
+log = logging.getLogger(__name__)
+
+#: Names at the root of a mount that belong to quiltmount, never to the bucket (like ZFS's `.zfs`).
+RESERVED_ROOT_NAMES = frozenset({".packages", ".search"})
+MAX_NAME_BYTES = 255
+
+
+@dataclass(frozen=True)
+class Node:
+    """A file or directory as the tree knows it; files carry the object identity they read from."""
+
+    is_dir: bool
+    size: int = 0
+    mtime: float = 0.0
+    obj: ObjectInfo | None = None
+
+
+def invalid_name_reason(name: str) -> str | None:
+    """Why `name` cannot be a directory entry, or None if it can."""
+    if name in ("", ".", ".."):
+        return "empty, '.' or '..' path component"
+    if "\0" in name:
+        return "NUL byte in name"
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        return f"component longer than {MAX_NAME_BYTES} bytes"
+    return None
+
+
+class BucketTree:
+    """Resolves mount-relative paths (`a/b/c`, '' for the root) to `Node`s from a store's listings."""
+
+    def __init__(self, store: ObjectStore, root_prefix: str = "", *, metadata_ttl: float = 10.0,
+                 negative_cache_size: int = 100_000, listing_cache_size: int = 10_000,
+                 node_cache_size: int = 100_000, clock: Callable[[], float] = time.monotonic) -> None:
+        self.store = store
+        self.root_prefix = root_prefix
+        self.ttl = metadata_ttl
+        self.started = time.time()
+        ttl = metadata_ttl if metadata_ttl > 0 else 1e-9
+        self._listings: TTLCache[str, dict[str, Node]] = TTLCache(listing_cache_size, ttl, timer=clock)
+        self._nodes: TTLCache[str, Node] = TTLCache(node_cache_size, ttl, timer=clock)
+        self._negative: TTLCache[str, bool] = TTLCache(negative_cache_size, ttl, timer=clock)
+        self._reported_keys: LRUCache[str, bool] = LRUCache(10_000)
+        self._lock = threading.Lock()
+        self._listing_in_progress: dict[str, Future] = {}
+        self._lookup_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="lookup")
+
+    @property
+    def caching(self) -> bool:
+        return self.ttl > 0
+
+    def dir_node(self) -> Node:
+        return Node(is_dir=True, mtime=self.started)
+
+    def key_of(self, path: str) -> str:
+        return self.root_prefix + path
+
+    # -- lookups ------------------------------------------------------------------------------------------
+    def lookup(self, path: str) -> Node:
+        """The node at `path`; raises `NotFound`."""
+        if path == "":
+            return self.dir_node()
+        parent, _, name = path.rpartition("/")
+        if parent == "" and name in RESERVED_ROOT_NAMES:
+            raise NotFound(f"{path}: reserved name")
+        with self._lock:
+            listing = self._listings.get(parent)
+            if listing is not None:
+                node = listing.get(name)
+                if node is None:
+                    raise NotFound(path)
+                return node
+            node = self._nodes.get(path)
+            if node is not None:
+                return node
+            if path in self._negative:
+                raise NotFound(path)
+        if invalid_name_reason(name):
+            raise NotFound(path)
+        try:
+            node = self._lookup_remote(path)
+        except NotFound:
+            if self.caching:
+                with self._lock:
+                    self._negative[path] = True
+            raise
+        if self.caching:
+            with self._lock:
+                self._nodes[path] = node
+        return node
+
+    def _lookup_remote(self, path: str) -> Node:
+        """One HEAD for the file and one LIST for the directory, in parallel; the directory wins."""
+        key = self.key_of(path)
+        head: Future = self._lookup_pool.submit(self.store.head, key)
+        is_dir = self.store.prefix_exists(key + "/")
+        if is_dir:
+            head.add_done_callback(lambda done: self._report_shadowed(key, done))
+            return self.dir_node()
+        obj: ObjectInfo = head.result()  # raises NotFound
+        return Node(is_dir=False, size=obj.size, mtime=obj.mtime, obj=obj)
+
+    def _report_shadowed(self, key: str, head: Future) -> None:
+        if head.exception() is None:
+            self._report(key, "an object with the same name as a directory is hidden; the directory wins")
+
+    def _report(self, key: str, reason: str) -> None:
+        with self._lock:
+            if key in self._reported_keys:
+                return
+            self._reported_keys[key] = True
+        log.warning("skipping key %r: %s", key, reason)
+
+    # -- listings -----------------------------------------------------------------------------------------
+    def readdir(self, path: str) -> dict[str, Node]:
+        """The entries of directory `path` (name -> node), from cache or one paginated listing."""
+        with self._lock:
+            listing = self._listings.get(path)
+            if listing is not None:
+                return listing
+            pending = self._listing_in_progress.get(path)
+            owner = pending is None
+            if owner:
+                pending = self._listing_in_progress[path] = Future()
+        if not owner:
+            return pending.result()
+        try:
+            listing = self._list(path)
+        except BaseException as exc:
+            pending.set_exception(exc)
+            raise
+        finally:
+            with self._lock:
+                del self._listing_in_progress[path]
+        if self.caching:
+            with self._lock:
+                self._listings[path] = listing
+        pending.set_result(listing)
+        return listing
+
+    def _list(self, path: str) -> dict[str, Node]:
+        prefix = self.key_of(path + "/" if path else "")
+        files: dict[str, Node] = {}
+        dirs: dict[str, Node] = {}
+        dir_node = self.dir_node()
+        for page in self.store.list_dir(prefix):
+            for obj in page.objects:
+                name = obj.key[len(prefix):]
+                if name == "":
+                    continue  # the directory's own marker object
+                reason = invalid_name_reason(name)
+                if reason:
+                    self._report(obj.key, reason)
+                    continue
+                files[name] = Node(is_dir=False, size=obj.size, mtime=obj.mtime, obj=obj)
+            for child in page.prefixes:
+                name = child[len(prefix):-1]
+                reason = invalid_name_reason(name)
+                if reason:
+                    self._report(child, reason)
+                    continue
+                dirs[name] = dir_node
+        for name in dirs.keys() & files.keys():
+            self._report(prefix + name, "an object with the same name as a directory is hidden; the directory wins")
+        if path == "":
+            for name in RESERVED_ROOT_NAMES & (dirs.keys() | files.keys()):
+                self._report(prefix + name, "name reserved by quiltmount at the mount root")
+                dirs.pop(name, None)
+                files.pop(name, None)
+        files.update(dirs)
+        return dict(sorted(files.items()))
+
+    def forget(self, path: str) -> None:
+        """Drop cached knowledge of `path` and its parent listing (after a local change)."""
+        parent = path.rpartition("/")[0]
+        with self._lock:
+            self._listings.pop(parent, None)
+            self._listings.pop(path, None)
+            self._nodes.pop(path, None)
+            self._negative.pop(path, None)
+
+    def close(self) -> None:
+        self._lookup_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def ttl_for_kernel(metadata_ttl: float, cap: float = 1.0) -> float:
+    """Kernel attribute/entry timeout for a bucket mount: never longer than our own cache, at most `cap`."""
+    return 0.0 if metadata_ttl <= 0 else min(cap, metadata_ttl if math.isfinite(metadata_ttl) else cap)

@@ -1,0 +1,38 @@
+"""Where quiltmount keeps caches, logs and the table of live mounts (XDG directories)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+
+import platformdirs
+
+APP = "quiltmount"
+
+
+def cache_root() -> str:
+    return platformdirs.user_cache_dir(APP)
+
+
+def state_root() -> str:
+    return platformdirs.user_state_dir(APP)
+
+
+def slug(text: str, length: int = 40) -> str:
+    """A file-name-safe, readable and unique name for a source or mountpoint."""
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[-length:] or "root"
+    return f"{readable}-{hashlib.sha256(text.encode('utf-8', 'surrogateescape')).hexdigest()[:12]}"
+
+
+def default_cache_dir(source_url: str) -> str:
+    """Stable per source, so a remount finds what a previous daemon of the same source left."""
+    return os.path.join(cache_root(), slug(source_url))
+
+
+def default_log_file(mountpoint: str) -> str:
+    return os.path.join(state_root(), "logs", slug(mountpoint) + ".log")
+
+
+def mounts_dir() -> str:
+    return os.path.join(state_root(), "mounts")

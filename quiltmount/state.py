@@ -1,0 +1,74 @@
+"""The table of live mounts: one JSON record per mount, written by its daemon, read by `status`/`umount`."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+from quiltmount.paths import mounts_dir, slug
+
+
+def record_path(mountpoint: str) -> str:
+    return os.path.join(mounts_dir(), slug(mountpoint) + ".json")
+
+
+def write_record(mountpoint: str, record: dict[str, Any]) -> None:
+    """Atomically replace the mount's record (readers never see half a file)."""
+    directory = mounts_dir()
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=directory, prefix=".record-")
+    with os.fdopen(fd, "w") as file:
+        json.dump(record, file, indent=1, sort_keys=True)
+    os.replace(temp, record_path(mountpoint))
+
+
+def remove_record(mountpoint: str) -> None:
+    try:
+        os.unlink(record_path(mountpoint))
+    except FileNotFoundError:
+        pass
+
+
+def read_record(mountpoint: str) -> dict[str, Any] | None:
+    try:
+        with open(record_path(mountpoint), encoding="utf-8") as file:
+            return json.load(file)
+    except (OSError, ValueError):
+        return None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def live_records() -> list[dict[str, Any]]:
+    """Records of mounts whose daemon is still running; records of dead daemons are removed."""
+    records = []
+    directory = mounts_dir()
+    if not os.path.isdir(directory):
+        return records
+    for name in sorted(os.listdir(directory)):
+        if not name.endswith(".json"):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            with open(path, encoding="utf-8") as file:
+                record = json.load(file)
+        except (OSError, ValueError):
+            continue
+        if pid_alive(int(record.get("pid", 0))):
+            records.append(record)
+        else:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+    return records

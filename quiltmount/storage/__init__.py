@@ -1,0 +1,65 @@
+"""Storage backends: where object bytes and listings come from."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from urllib.parse import unquote, urlparse
+
+from quiltmount.errors import UserError
+from quiltmount.storage.base import ListPage, ObjectInfo, ObjectStore
+
+__all__ = ["ListPage", "ObjectInfo", "ObjectStore", "Source", "parse_source", "open_store"]
+
+
+@dataclass(frozen=True)
+class Source:
+    """A parsed mount source: `s3://bucket[/prefix/]`, `file:///abs/dir` or a plain directory path."""
+
+    scheme: str  # "s3" or "file"
+    location: str  # bucket name, or absolute directory path
+    prefix: str = ""  # key prefix inside the bucket, '' or ending in '/'
+
+    @property
+    def url(self) -> str:
+        if self.scheme == "s3":
+            return f"s3://{self.location}/{self.prefix}"
+        return f"file://{self.location}"
+
+
+def parse_source(text: str) -> Source:
+    """Parse a SOURCE argument; raise `UserError` with a one-line reason if it is not one."""
+    if text.startswith("s3://"):
+        parsed = urlparse(text)
+        bucket = parsed.netloc
+        if not bucket:
+            raise UserError(f"invalid source {text!r}: expected s3://BUCKET or s3://BUCKET/PREFIX/")
+        prefix = parsed.path.lstrip("/")
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        return Source("s3", bucket, prefix)
+    if text.startswith("file://"):
+        parsed = urlparse(text)
+        if parsed.netloc not in ("", "localhost"):
+            raise UserError(f"invalid source {text!r}: file:// URLs must be absolute (file:///dir)")
+        path = unquote(parsed.path)
+    elif "://" in text:
+        raise UserError(f"unsupported source {text!r}: use s3://BUCKET[/PREFIX/], file:///DIR or a directory path")
+    else:
+        path = text
+    path = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isdir(path):
+        raise UserError(f"source directory does not exist: {path}")
+    return Source("file", path)
+
+
+def open_store(source: Source, *, profile: str | None = None, region: str | None = None,
+               endpoint_url: str | None = None) -> ObjectStore:
+    """Create the backend for `source` (S3 options are ignored for local directories)."""
+    if source.scheme == "s3":
+        from quiltmount.storage.s3 import S3Store
+
+        return S3Store(source.location, profile=profile, region=region, endpoint_url=endpoint_url)
+    from quiltmount.storage.local import LocalStore
+
+    return LocalStore(source.location)

@@ -1,0 +1,64 @@
+"""The object-store interface every backend implements (S3, local directory).
+
+Keys are `/`-separated strings relative to the store's root (a bucket, or a local directory).  Every read
+names the exact object identity it expects (`ObjectInfo.etag` / `version_id`), so one open file can never
+mix bytes of two versions: a backend raises `ObjectChanged` instead.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One object as a listing or HEAD reports it."""
+
+    key: str
+    size: int
+    mtime: float
+    etag: str
+    version_id: str | None = None
+
+
+@dataclass
+class ListPage:
+    """One page of a delimiter listing: objects directly under the prefix and child prefixes (ending in /)."""
+
+    objects: list[ObjectInfo] = field(default_factory=list)
+    prefixes: list[str] = field(default_factory=list)
+
+
+class ObjectStore(ABC):
+    """A flat key space with delimiter listings and ranged, identity-pinned reads."""
+
+    #: A short unique name for this store (e.g. `s3://bucket`), used in cache keys and log lines.
+    name: str
+
+    @abstractmethod
+    def check_access(self) -> None:
+        """Raise a `UserError` with a one-line reason if the store cannot be used (missing, denied...)."""
+
+    @abstractmethod
+    def list_dir(self, prefix: str) -> Iterator[ListPage]:
+        """Yield pages of the objects and child prefixes directly under `prefix` ('' or ending in '/')."""
+
+    @abstractmethod
+    def head(self, key: str) -> ObjectInfo:
+        """Return the object at `key`; raise `NotFound` if there is none."""
+
+    @abstractmethod
+    def prefix_exists(self, prefix: str) -> bool:
+        """True when at least one key starts with `prefix` (which ends in '/')."""
+
+    @abstractmethod
+    def get_range(self, obj: ObjectInfo, start: int, end: int) -> bytes:
+        """Return bytes [start, end) of exactly the object version `obj` names.
+
+        Raises `ObjectChanged` if the object was replaced or deleted since `obj` was obtained.
+        """
+
+    def close(self) -> None:
+        """Release connections; the default does nothing."""

@@ -1,0 +1,78 @@
+"""A store decorator that counts requests: totals per operation and requests in flight (for `status`)."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterator
+
+from quiltmount.storage.base import ListPage, ObjectInfo, ObjectStore
+
+
+class CountingStore(ObjectStore):
+    def __init__(self, inner: ObjectStore) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self._lock = threading.Lock()
+        self._totals: Counter[str] = Counter()
+        self._in_flight = 0
+        self.bytes_read = 0
+
+    def _begin(self, operation: str | None) -> None:
+        with self._lock:
+            if operation:
+                self._totals[operation] += 1
+            self._in_flight += 1
+
+    def _end(self, num_bytes: int = 0, operation: str | None = None) -> None:
+        with self._lock:
+            if operation:
+                self._totals[operation] += 1
+            self._in_flight -= 1
+            self.bytes_read += num_bytes
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {"in_flight": self._in_flight, "totals": dict(self._totals), "bytes_read": self.bytes_read}
+
+    def check_access(self) -> None:
+        self.inner.check_access()
+
+    def list_dir(self, prefix: str) -> Iterator[ListPage]:
+        pages = self.inner.list_dir(prefix)
+        while True:
+            self._begin(None)  # the request count is known only once a page arrives
+            page = None
+            try:
+                page = next(pages, None)
+            finally:
+                self._end(operation="list" if page is not None else None)
+            if page is None:
+                return
+            yield page
+
+    def head(self, key: str) -> ObjectInfo:
+        self._begin("head")
+        try:
+            return self.inner.head(key)
+        finally:
+            self._end()
+
+    def prefix_exists(self, prefix: str) -> bool:
+        self._begin("list")
+        try:
+            return self.inner.prefix_exists(prefix)
+        finally:
+            self._end()
+
+    def get_range(self, obj: ObjectInfo, start: int, end: int) -> bytes:
+        self._begin("get")
+        data = b""
+        try:
+            data = self.inner.get_range(obj, start, end)
+            return data
+        finally:
+            self._end(len(data))
+
+    def close(self) -> None:
+        self.inner.close()

@@ -1,0 +1,98 @@
+"""Local-directory backend: a directory tree served with the same interface as a bucket.
+
+Used by the quickstart and by tests that need no cloud.  An object's identity is its inode, mtime and size,
+so a file replaced after it was opened is detected like a changed ETag.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+
+from quiltmount.errors import AccessDenied, NotFound, ObjectChanged, StorageError, UserError
+from quiltmount.storage.base import ListPage, ObjectInfo, ObjectStore
+
+#: Entries per listing page, as S3 pages its listings.
+PAGE_SIZE = 1000
+
+
+def _fingerprint(st: os.stat_result) -> str:
+    return f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"
+
+
+class LocalStore(ObjectStore):
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+        self.name = f"file://{self.root}"
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.root, *key.split("/"))
+
+    def check_access(self) -> None:
+        if not os.path.isdir(self.root):
+            raise UserError(f"source directory does not exist: {self.root}")
+        if not os.access(self.root, os.R_OK | os.X_OK):
+            raise UserError(f"source directory is not readable: {self.root}")
+
+    def _fail(self, action: str, key: str, exc: OSError) -> StorageError:
+        if isinstance(exc, FileNotFoundError | NotADirectoryError):
+            return NotFound(f"{action} {self.name}/{key}: not found")
+        if isinstance(exc, PermissionError):
+            return AccessDenied(f"{action} {self.name}/{key}: permission denied")
+        return StorageError(f"{action} {self.name}/{key}: {exc}", exc.errno or 5)
+
+    def list_dir(self, prefix: str) -> Iterator[ListPage]:
+        page = ListPage()
+        try:
+            entries = sorted(os.scandir(self._path(prefix.rstrip("/")) if prefix else self.root),
+                             key=lambda entry: entry.name)
+        except OSError as exc:
+            if isinstance(exc, FileNotFoundError | NotADirectoryError):
+                return
+            raise self._fail("list", prefix, exc) from exc
+        for entry in entries:
+            try:
+                st = entry.stat()  # follows symlinks; a broken link is skipped below
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                page.prefixes.append(f"{prefix}{entry.name}/")
+            elif stat.S_ISREG(st.st_mode):
+                page.objects.append(ObjectInfo(prefix + entry.name, st.st_size, st.st_mtime, _fingerprint(st)))
+            if len(page.objects) + len(page.prefixes) >= PAGE_SIZE:
+                yield page
+                page = ListPage()
+        if page.objects or page.prefixes:
+            yield page
+
+    def head(self, key: str) -> ObjectInfo:
+        try:
+            st = os.stat(self._path(key))
+        except OSError as exc:
+            raise self._fail("head", key, exc) from exc
+        if not stat.S_ISREG(st.st_mode):
+            raise NotFound(f"head {self.name}/{key}: not a file")
+        return ObjectInfo(key, st.st_size, st.st_mtime, _fingerprint(st))
+
+    def prefix_exists(self, prefix: str) -> bool:
+        return os.path.isdir(self._path(prefix.rstrip("/")))
+
+    def get_range(self, obj: ObjectInfo, start: int, end: int) -> bytes:
+        try:
+            fd = os.open(self._path(obj.key), os.O_RDONLY)
+        except OSError as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise ObjectChanged(f"{self.name}/{obj.key} was deleted since it was opened") from exc
+            raise self._fail("read", obj.key, exc) from exc
+        try:
+            if _fingerprint(os.fstat(fd)) != obj.etag:
+                raise ObjectChanged(f"{self.name}/{obj.key} changed since it was opened")
+            data = os.pread(fd, end - start, start)
+        except OSError as exc:
+            raise self._fail("read", obj.key, exc) from exc
+        finally:
+            os.close(fd)
+        if len(data) != end - start:
+            raise ObjectChanged(f"{self.name}/{obj.key}: expected {end - start} bytes, got {len(data)}")
+        return data

@@ -1,0 +1,134 @@
+"""S3 backend on boto3: default credential chain, profiles, regions and S3-compatible endpoints."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import boto3
+import botocore.exceptions
+from botocore.config import Config
+
+from quiltmount.errors import AccessDenied, NotFound, ObjectChanged, StorageError, UserError
+from quiltmount.storage.base import ListPage, ObjectInfo, ObjectStore
+
+#: Connections kept per client: read-ahead workers and FUSE threads share them.
+MAX_POOL_CONNECTIONS = 64
+
+
+def _error_code(exc: botocore.exceptions.ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _http_status(exc: botocore.exceptions.ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+
+def _is_not_found(exc: botocore.exceptions.ClientError) -> bool:
+    return _error_code(exc) in ("404", "NoSuchKey", "NotFound", "NoSuchVersion") or _http_status(exc) == 404
+
+
+def _is_denied(exc: botocore.exceptions.ClientError) -> bool:
+    return _error_code(exc) in ("403", "AccessDenied", "Forbidden") or _http_status(exc) == 403
+
+
+class S3Store(ObjectStore):
+    """One bucket.  Keys are full keys in the bucket; the mount's prefix is handled by the tree."""
+
+    def __init__(self, bucket: str, *, profile: str | None = None, region: str | None = None,
+                 endpoint_url: str | None = None) -> None:
+        self.bucket = bucket
+        self.name = f"s3://{bucket}"
+        try:
+            session = boto3.Session(profile_name=profile, region_name=region)
+        except botocore.exceptions.ProfileNotFound:
+            raise UserError(f"AWS profile not found: {profile}") from None
+        custom_endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        config = Config(
+            max_pool_connections=MAX_POOL_CONNECTIONS,
+            connect_timeout=10,
+            read_timeout=60,
+            retries={"max_attempts": 4, "mode": "standard"},
+            # S3-compatible servers (MinIO, moto, Ceph...) rarely serve virtual-hosted names.
+            s3={"addressing_style": "path"} if custom_endpoint else None,
+        )
+        self.client = session.client("s3", endpoint_url=endpoint_url, config=config)
+
+    def check_access(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except botocore.exceptions.NoCredentialsError:
+            raise UserError("no AWS credentials found: configure a profile (--profile), "
+                            "environment variables or an instance role") from None
+        except botocore.exceptions.ClientError as exc:
+            if _is_not_found(exc):
+                raise UserError(f"bucket does not exist: {self.bucket}") from None
+            if _is_denied(exc):
+                raise UserError(f"access denied to bucket {self.bucket} (check credentials and policy)") from None
+            raise UserError(f"cannot access bucket {self.bucket}: {exc}") from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise UserError(f"cannot reach S3 for bucket {self.bucket}: {exc}") from None
+
+    def _fail(self, action: str, key: str, exc: Exception) -> StorageError:
+        if isinstance(exc, botocore.exceptions.ClientError):
+            if _is_not_found(exc):
+                return NotFound(f"{action} s3://{self.bucket}/{key}: not found")
+            if _is_denied(exc):
+                return AccessDenied(f"{action} s3://{self.bucket}/{key}: access denied")
+        return StorageError(f"{action} s3://{self.bucket}/{key}: {exc}")
+
+    def list_dir(self, prefix: str) -> Iterator[ListPage]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
+                yield ListPage(
+                    objects=[
+                        ObjectInfo(item["Key"], int(item["Size"]), item["LastModified"].timestamp(), item["ETag"])
+                        for item in page.get("Contents", ())
+                    ],
+                    prefixes=[item["Prefix"] for item in page.get("CommonPrefixes", ())],
+                )
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise self._fail("list", prefix, exc) from exc
+
+    def head(self, key: str) -> ObjectInfo:
+        try:
+            response = self.client.head_object(Bucket=self.bucket, Key=key)
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise self._fail("head", key, exc) from exc
+        version = response.get("VersionId")
+        return ObjectInfo(key, int(response["ContentLength"]), response["LastModified"].timestamp(),
+                          response["ETag"], None if version in (None, "null") else version)
+
+    def prefix_exists(self, prefix: str) -> bool:
+        try:
+            response = self.client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=1)
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise self._fail("list", prefix, exc) from exc
+        return bool(response.get("KeyCount") or response.get("Contents") or response.get("CommonPrefixes"))
+
+    def get_range(self, obj: ObjectInfo, start: int, end: int) -> bytes:
+        if end <= start:
+            return b""
+        params = {"Bucket": self.bucket, "Key": obj.key, "Range": f"bytes={start}-{end - 1}"}
+        if obj.version_id:
+            params["VersionId"] = obj.version_id
+        else:
+            params["IfMatch"] = obj.etag
+        try:
+            response = self.client.get_object(**params)
+            data = response["Body"].read()
+        except botocore.exceptions.ClientError as exc:
+            if _error_code(exc) == "PreconditionFailed" or _http_status(exc) == 412:
+                raise ObjectChanged(f"s3://{self.bucket}/{obj.key} changed since it was opened") from exc
+            if _is_not_found(exc):
+                raise ObjectChanged(f"s3://{self.bucket}/{obj.key} was deleted since it was opened") from exc
+            raise self._fail("read", obj.key, exc) from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            raise self._fail("read", obj.key, exc) from exc
+        if len(data) != end - start:
+            raise ObjectChanged(f"s3://{self.bucket}/{obj.key}: expected {end - start} bytes, got {len(data)}")
+        return data
+
+    def close(self) -> None:
+        self.client.close()

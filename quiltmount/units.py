@@ -1,0 +1,41 @@
+"""Human-friendly sizes and durations for command-line options."""
+
+from __future__ import annotations
+
+import math
+import re
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+_MULTIPLIERS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """Parse `512`, `64K`, `256M`, `1.5G`, `2GiB` into bytes (binary multiples; plain numbers are bytes)."""
+    match = _SIZE_RE.match(str(text))
+    if not match:
+        raise ValueError(f"invalid size {text!r}: use a number of bytes or a K/M/G/T suffix, e.g. 512M")
+    number, unit, _ = match.groups()
+    return int(float(number) * _MULTIPLIERS[unit.lower()])
+
+
+def format_size(num_bytes: float) -> str:
+    """Format bytes as a short human string: `0 B`, `1.5 KiB`, `256 MiB`."""
+    if num_bytes < 1024:
+        return f"{int(num_bytes)} B"
+    exponent = min(int(math.log(num_bytes, 1024)), 4)
+    value = num_bytes / (1024**exponent)
+    unit = ["B", "KiB", "MiB", "GiB", "TiB"][exponent]
+    return f"{value:.1f} {unit}" if value < 100 else f"{value:.0f} {unit}"
+
+
+def parse_ttl(text: str) -> float:
+    """Parse a metadata TTL: seconds (`0`, `1.5`, `60`) or `indefinite` (never expires)."""
+    if str(text).strip().lower() in ("indefinite", "inf", "infinite"):
+        return math.inf
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"invalid TTL {text!r}: use a number of seconds or 'indefinite'") from None
+    if value < 0 or math.isnan(value):
+        raise ValueError(f"invalid TTL {text!r}: must be >= 0")
+    return value
