@@ -40,13 +40,18 @@ def read_record(mountpoint: str) -> dict[str, Any] | None:
 
 
 def pid_alive(pid: int) -> bool:
+    """True while process `pid` runs; an exited child not yet reaped by its parent (zombie) is dead."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as file:
+            return file.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def live_records() -> list[dict[str, Any]]:

@@ -1,0 +1,135 @@
+"""The command line: one-line errors with the right exit status, stale mounts, foreground mode."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mounthelpers import force_unmount, is_mounted, mount_record, run_cli
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, status: int, text: str) -> None:
+    assert result.returncode == status, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr
+    assert text in lines[-1], result.stderr
+    if status == 1:
+        assert len(lines) == 1, result.stderr
+
+
+@pytest.fixture
+def endpoint(s3_server) -> list[str]:
+    return ["--endpoint-url", s3_server.endpoint_url]
+
+
+def test_mountpoint_errors(tmp_path, bucket, endpoint):
+    source = f"s3://{bucket}"
+    assert_one_line_error(run_cli("mount", source, str(tmp_path / "missing"), *endpoint), 1,
+                          "mountpoint does not exist")
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert_one_line_error(run_cli("mount", source, str(a_file), *endpoint), 1, "not a directory")
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x").write_text("x")
+    assert_one_line_error(run_cli("mount", source, str(full), *endpoint), 1, "not empty")
+
+
+def test_already_mounted(tmp_path, bucket, mount, endpoint):
+    mnt = mount(f"s3://{bucket}")
+    assert_one_line_error(run_cli("mount", f"s3://{bucket}", str(mnt), *endpoint), 1, "already mounted")
+
+
+def test_source_errors(tmp_path, endpoint):
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    assert_one_line_error(run_cli("mount", "s3://no-such-bucket-here", str(mnt), *endpoint), 1,
+                          "bucket does not exist: no-such-bucket-here")
+    assert_one_line_error(run_cli("mount", "gs://bucket", str(mnt)), 1, "unsupported source")
+    assert_one_line_error(run_cli("mount", str(tmp_path / "nope"), str(mnt)), 1, "source directory does not exist")
+    assert_one_line_error(run_cli("mount", "s3://b", str(mnt), "--memory-cache-size", "12X"), 2,
+                          "invalid size")
+    assert_one_line_error(run_cli("mount", "s3://b", str(mnt), "--metadata-ttl", "soon"), 2, "invalid TTL")
+    assert_one_line_error(run_cli("mount", "s3://b", str(mnt), "--file-mode", "999"), 2, "invalid mode")
+    assert_one_line_error(run_cli("frobnicate"), 2, "invalid choice")
+    assert not is_mounted(mnt)
+
+
+def test_no_credentials(tmp_path, bucket, endpoint):
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+               AWS_EC2_METADATA_DISABLED="true", AWS_DEFAULT_REGION="us-east-1")
+    result = run_cli("mount", f"s3://{bucket}", str(mnt), *endpoint, env=env)
+    assert_one_line_error(result, 1, "no AWS credentials found")
+    result = run_cli("mount", f"s3://{bucket}", str(mnt), *endpoint, "--profile", "nobody")
+    assert_one_line_error(result, 1, "AWS profile not found: nobody")
+
+
+def test_endpoint_from_environment(tmp_path, s3, bucket, s3_server):
+    s3.put_object(Bucket=bucket, Key="env.txt", Body=b"from env")
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    env = dict(os.environ, AWS_ENDPOINT_URL=s3_server.endpoint_url)
+    try:
+        result = run_cli("mount", f"s3://{bucket}", str(mnt), env=env)
+        assert result.returncode == 0, result.stderr
+        assert (mnt / "env.txt").read_bytes() == b"from env"
+    finally:
+        force_unmount(mnt)
+
+
+def test_stale_mount_of_a_killed_daemon_is_cleaned(s3, bucket, mount, endpoint):
+    s3.put_object(Bucket=bucket, Key="f.txt", Body=b"f")
+    mnt = mount(f"s3://{bucket}")
+    os.kill(mount_record(mnt)["pid"], signal.SIGKILL)
+    time.sleep(0.3)
+    with pytest.raises(OSError) as failure:
+        os.listdir(mnt)
+    assert failure.value.errno == errno.ENOTCONN
+    result = run_cli("mount", f"s3://{bucket}", str(mnt), *endpoint)
+    assert result.returncode == 0, result.stderr
+    assert (mnt / "f.txt").read_bytes() == b"f"
+    assert "stale FUSE mount" in open(mount_record(mnt)["log_file"]).read()
+
+
+def test_foreground_mount_stays_attached(tmp_path, s3, bucket, s3_server):
+    s3.put_object(Bucket=bucket, Key="fg.txt", Body=b"foreground")
+    mnt = tmp_path / "fg"
+    mnt.mkdir()
+    process = subprocess.Popen([sys.executable, "-m", "quiltmount", "mount", "--foreground", f"s3://{bucket}",
+                                str(mnt), "--endpoint-url", s3_server.endpoint_url],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not is_mounted(mnt) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (mnt / "fg.txt").read_bytes() == b"foreground"
+        assert process.poll() is None
+        assert run_cli("umount", str(mnt)).returncode == 0
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        force_unmount(mnt)
+
+
+def test_local_directory_source(tmp_path, mount):
+    source = tmp_path / "src"
+    (source / "sub dir").mkdir(parents=True)
+    (source / "sub dir" / "ü.txt").write_bytes(b"local")
+    (source / "big.bin").write_bytes(os.urandom(5 << 20))
+    (source / "empty").mkdir()
+    for spelled in (str(source), f"file://{source}"):
+        mnt = mount(spelled)
+        assert sorted(os.listdir(mnt)) == ["big.bin", "empty", "sub dir"]
+        assert (mnt / "sub dir" / "ü.txt").read_bytes() == b"local"
+        subprocess.run(["cmp", str(mnt / "big.bin"), str(source / "big.bin")], check=True)
+        assert os.listdir(mnt / "empty") == []

@@ -1,0 +1,149 @@
+"""The layers below FUSE, on real local stores: sizes, sources, tree, block cache, read-ahead."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from quiltmount.errors import NotFound, ObjectChanged, UserError
+from quiltmount.fs.blockcache import BlockCache, DiskTier
+from quiltmount.fs.readahead import BlockFetcher, ReadStream
+from quiltmount.fs.tree import BucketTree
+from quiltmount.storage import parse_source
+from quiltmount.storage.counting import CountingStore
+from quiltmount.storage.local import LocalStore
+from quiltmount.units import format_size, parse_size, parse_ttl
+
+
+def test_sizes_and_ttls():
+    assert parse_size("512") == 512
+    assert parse_size("64K") == 64 << 10
+    assert parse_size("1.5G") == 3 << 29
+    assert parse_size("256MiB") == 256 << 20
+    for bad in ("", "12X", "-1", "M"):
+        with pytest.raises(ValueError):
+            parse_size(bad)
+    assert parse_ttl("indefinite") == math.inf and parse_ttl("2.5") == 2.5
+    with pytest.raises(ValueError):
+        parse_ttl("-1")
+    assert format_size(0) == "0 B" and format_size(1536) == "1.5 KiB"
+
+
+def test_parse_source(tmp_path):
+    assert parse_source("s3://b").prefix == ""
+    assert parse_source("s3://b/p/q").prefix == "p/q/"
+    assert parse_source(str(tmp_path)).location == str(tmp_path)
+    assert parse_source(f"file://{tmp_path}").location == str(tmp_path)
+    for bad in ("s3://", "http://x/y", str(tmp_path / "missing"), "file://host/x"):
+        with pytest.raises(UserError):
+            parse_source(bad)
+
+
+@pytest.fixture
+def local_tree(tmp_path):
+    root = tmp_path / "root"
+    (root / "d" / "e").mkdir(parents=True)
+    (root / "d" / "f.txt").write_bytes(b"hello")
+    (root / "top.bin").write_bytes(os.urandom(100))
+    store = CountingStore(LocalStore(str(root)))
+    return root, store, BucketTree(store, metadata_ttl=60)
+
+
+def test_tree_answers_lookups_from_listings(local_tree):
+    root, store, tree = local_tree
+    assert list(tree.readdir("")) == ["d", "top.bin"]
+    assert tree.lookup("d").is_dir and tree.lookup("top.bin").size == 100
+    assert store.snapshot()["totals"].get("head", 0) == 0
+    assert tree.lookup("d/f.txt").size == 5  # not listed yet: one targeted lookup
+    assert store.snapshot()["totals"]["head"] == 1
+    with pytest.raises(NotFound):
+        tree.lookup("d/missing")
+    with pytest.raises(NotFound):
+        tree.lookup("d/missing")  # the negative cache answers the second time
+    assert store.snapshot()["totals"]["head"] == 2
+    with pytest.raises(NotFound):
+        tree.lookup(".packages")
+
+
+def test_tree_ttl_expiry_sees_changes(tmp_path):
+    root = tmp_path / "r"
+    root.mkdir()
+    now = [0.0]
+    tree = BucketTree(LocalStore(str(root)), metadata_ttl=5, clock=lambda: now[0])
+    assert tree.readdir("") == {}
+    (root / "new.txt").write_bytes(b"n")
+    assert tree.readdir("") == {}
+    now[0] = 6.0
+    assert list(tree.readdir("")) == ["new.txt"]
+
+
+def test_concurrent_listings_are_shared(local_tree):
+    _, store, tree = local_tree
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: tree.readdir("d"), range(16)))
+    assert all(result == results[0] for result in results)
+    assert store.snapshot()["totals"]["list"] == 1
+
+
+def test_disk_tier_has_a_hard_cap(tmp_path):
+    disk = DiskTier(str(tmp_path / "blocks"), capacity=10_000)
+    for i in range(50):
+        disk.put(("obj", i), bytes([i]) * 1000)
+        on_disk = sum(len(files) * 1000 for _, _, files in os.walk(tmp_path / "blocks"))
+        assert disk.used <= 10_000 and on_disk <= 10_000
+    assert disk.get(("obj", 49)) == bytes([49]) * 1000
+    assert disk.get(("obj", 0)) is None
+    cache = BlockCache(2000, disk)
+    cache.put(("x", 0), b"a" * 1500)
+    cache.put(("x", 1), b"b" * 1500)  # evicts block 0 from memory; the disk tier still has it
+    assert cache.get(("x", 0)) == b"a" * 1500
+    assert cache.stats()["memory_used"] <= 2000
+
+
+def test_fetcher_reads_exact_ranges_and_fetches_each_block_once(tmp_path):
+    data = random.Random(3).randbytes(5 * 1024 * 1024 + 17)
+    (tmp_path / "o").write_bytes(data)
+    store = CountingStore(LocalStore(str(tmp_path)))
+    obj = store.head("o")
+    fetcher = BlockFetcher(BlockCache(64 << 20), block_size=1 << 20, part_size=2 << 20)
+    rng = random.Random(4)
+    for _ in range(200):
+        offset = rng.randrange(0, len(data) + 10)
+        size = rng.randrange(1, 3 << 20)
+        assert fetcher.read(store, obj, offset, size) == data[offset:offset + size]
+    assert store.snapshot()["totals"]["get"] <= 6  # 6 blocks, each fetched at most once
+
+    barrier = threading.Barrier(8)
+    fresh = BlockFetcher(BlockCache(64 << 20))
+    counting = CountingStore(LocalStore(str(tmp_path)))
+
+    def read_start(_: int) -> bytes:
+        barrier.wait()
+        return fresh.read(counting, obj, 0, 4096)
+
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(read_start, range(8))) == {data[:4096]}
+    assert counting.snapshot()["totals"]["get"] == 1
+
+
+def test_sequential_stream_prefetches_and_detects_change(tmp_path):
+    data = os.urandom(24 << 20)
+    (tmp_path / "o").write_bytes(data)
+    store = CountingStore(LocalStore(str(tmp_path)))
+    obj = store.head("o")
+    fetcher = BlockFetcher(BlockCache(64 << 20), prefetch_budget=32 << 20)
+    stream = ReadStream(fetcher, store, obj, max_window=16 << 20)
+    out = bytearray()
+    for offset in range(0, len(data), 128 << 10):
+        out += stream.read(offset, 128 << 10)
+    assert bytes(out) == data
+    assert store.snapshot()["totals"]["get"] < 24  # large parts, not one GET per block
+
+    (tmp_path / "o").write_bytes(b"changed")
+    with pytest.raises(ObjectChanged):
+        BlockFetcher(BlockCache(1 << 20)).read(store, obj, 0, 10)
