@@ -60,5 +60,21 @@ class ObjectStore(ABC):
         Raises `ObjectChanged` if the object was replaced or deleted since `obj` was obtained.
         """
 
+    @abstractmethod
+    def list_keys(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every object whose key starts with `prefix`, recursively (no delimiter), in key order."""
+
+    @abstractmethod
+    def get_object(self, key: str) -> bytes:
+        """The whole object (for small objects: pointers, manifests); raise `NotFound` if there is none."""
+
+    @abstractmethod
+    def put_object(self, key: str, data: bytes) -> None:
+        """Create or replace the object at `key` with `data`."""
+
+    @abstractmethod
+    def delete_object(self, key: str) -> None:
+        """Delete the object at `key` (no error if it does not exist)."""
+
     def close(self) -> None:
         """Release connections; the default does nothing."""

@@ -74,5 +74,35 @@ class CountingStore(ObjectStore):
         finally:
             self._end(len(data))
 
+    def list_keys(self, prefix: str) -> Iterator[ObjectInfo]:
+        self._begin("list")
+        try:
+            yield from self.inner.list_keys(prefix)
+        finally:
+            self._end()
+
+    def get_object(self, key: str) -> bytes:
+        self._begin("get")
+        data = b""
+        try:
+            data = self.inner.get_object(key)
+            return data
+        finally:
+            self._end(len(data))
+
+    def put_object(self, key: str, data: bytes) -> None:
+        self._begin("put")
+        try:
+            self.inner.put_object(key, data)
+        finally:
+            self._end()
+
+    def delete_object(self, key: str) -> None:
+        self._begin("delete")
+        try:
+            self.inner.delete_object(key)
+        finally:
+            self._end()
+
     def close(self) -> None:
         self.inner.close()

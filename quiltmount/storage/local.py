@@ -78,6 +78,50 @@ class LocalStore(ObjectStore):
     def prefix_exists(self, prefix: str) -> bool:
         return os.path.isdir(self._path(prefix.rstrip("/")))
 
+    def list_keys(self, prefix: str) -> Iterator[ObjectInfo]:
+        base, _, _ = prefix.rpartition("/")
+        directory = self._path(base) if base else self.root
+        for dirpath, dirnames, filenames in os.walk(directory, followlinks=False):
+            dirnames.sort()
+            relative_dir = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
+            relative_dir = "" if relative_dir == "." else relative_dir + "/"
+            for name in sorted(filenames):
+                key = relative_dir + name
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    st = os.stat(os.path.join(dirpath, name))
+                except OSError:
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    yield ObjectInfo(key, st.st_size, st.st_mtime, _fingerprint(st))
+
+    def get_object(self, key: str) -> bytes:
+        try:
+            with open(self._path(key), "rb") as file:
+                return file.read()
+        except OSError as exc:
+            raise self._fail("get", key, exc) from exc
+
+    def put_object(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            temp = f"{path}.quiltmount-{os.getpid()}.tmp"
+            with open(temp, "wb") as file:
+                file.write(data)
+            os.replace(temp, path)
+        except OSError as exc:
+            raise self._fail("put", key, exc) from exc
+
+    def delete_object(self, key: str) -> None:
+        try:
+            os.unlink(self._path(key))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise self._fail("delete", key, exc) from exc
+
     def get_range(self, obj: ObjectInfo, start: int, end: int) -> bytes:
         try:
             fd = os.open(self._path(obj.key), os.O_RDONLY)

@@ -130,5 +130,32 @@ class S3Store(ObjectStore):
             raise ObjectChanged(f"s3://{self.bucket}/{obj.key}: expected {end - start} bytes, got {len(data)}")
         return data
 
+    def list_keys(self, prefix: str) -> Iterator[ObjectInfo]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for item in page.get("Contents", ()):
+                    yield ObjectInfo(item["Key"], int(item["Size"]), item["LastModified"].timestamp(), item["ETag"])
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise self._fail("list", prefix, exc) from exc
+
+    def get_object(self, key: str) -> bytes:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise self._fail("get", key, exc) from exc
+
+    def put_object(self, key: str, data: bytes) -> None:
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ChecksumAlgorithm="SHA256")
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise self._fail("put", key, exc) from exc
+
+    def delete_object(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise self._fail("delete", key, exc) from exc
+
     def close(self) -> None:
         self.client.close()
