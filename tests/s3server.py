@@ -231,10 +231,14 @@ def install_range_fix() -> None:
         @functools.wraps(orig_key_response)
         def key_response(self: S3Response, *args: Any, **kwargs: Any) -> Any:
             result = orig_key_response(self, *args, **kwargs)
-            status, headers, body = result
-            if isinstance(body, LazyKeyValue):
+            if (
+                isinstance(result, tuple)
+                and len(result) == 3
+                and isinstance(result[2], LazyKeyValue)
+            ):
                 # moto did not slice (multi-range, unparsable range, ...):
                 # send the full value, as stock moto does.
+                status, headers, body = result
                 return status, headers, body.tobytes()
             return result
 

@@ -116,8 +116,7 @@ def s3(server: s3server.S3TestServer) -> Any:
 
 
 @pytest.fixture(scope="module")
-def corpus(server: s3server.S3TestServer, s3: Any) -> Corpus:
-    server.reset()
+def corpus(s3: Any) -> Corpus:
     corpus = Corpus(s3)
     corpus.populate()
     return corpus
@@ -413,6 +412,9 @@ def test_server_basics(server: s3server.S3TestServer) -> None:
 
 
 def test_reset_wipes_state(server: s3server.S3TestServer, s3: Any, corpus: Corpus) -> None:
+    # NB: moto's state is global to the process, so this wipes every bucket of
+    # every in-process server (e.g. conftest's session server) -- fine between
+    # tests, since each of them creates its own buckets.
     s3.create_bucket(Bucket="quiltmount-reset-me")
     server.reset()
     assert s3.list_buckets()["Buckets"] == []
