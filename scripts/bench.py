@@ -1,0 +1,827 @@
+#!/usr/bin/env python3
+"""Benchmark quiltmount against direct boto3 access to the same S3 server, in one run.
+
+Run (as root, with /dev/fuse and fusermount3; from the project's virtualenv)::
+
+    python scripts/bench.py                 # full run: 512 MiB object, 5,000 small files (~3 min)
+    python scripts/bench.py --quick         # smoke run: 64 MiB object, 500 small files, 50 preads
+    python scripts/bench.py --endpoint-url http://127.0.0.1:9000   # use a running S3 server
+
+Without ``--endpoint-url`` it starts the project's moto test server (``tests/s3server.py``,
+class ``S3TestServer``, with the ranged-GET fix) in a child process, so that the server does not
+share this process's GIL with the boto3 baselines; ``--in-process-server`` runs it in this process
+instead.  AWS credentials default to moto's dummy ones (``testing``/``testing``, us-east-1).
+
+What it measures, each against a baseline taken in the same run (MB = 10^6 bytes):
+
+1. cold sequential read of the big object through a fresh mount (1 MiB reads) vs boto3
+   ``download_fileobj`` (default ``TransferConfig``) into a null sink;
+2. warm re-read of the same file on the same mount;
+3. random ``os.pread`` calls (4 KiB-1 MiB, fixed seed) on a fresh mount vs the same ranges as
+   ``get_object(Range=...)``;
+4. ``ls -l`` and ``find`` of the small-file prefix, each on a fresh mount, vs one paginated
+   ListObjectsV2 walk, plus the HEAD requests the daemon sent during ``ls -l``;
+5. reading every small file (one thread) through a mount vs ``get_object`` of each key;
+6. the peak RSS of every daemon (``/proc/PID/status`` sampled every 0.1 s) vs the memory budget.
+
+It prints a table and writes every figure to ``--json-out``, with, for each measurement through a
+mount, the daemon's S3 requests and bytes read (from ``quiltmount status --json``) and the CPU
+seconds of the daemon, the reader and the server.  Missed targets do not change the exit status: it
+is 0 unless something failed (a mount, a read, wrong data, a timeout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import ClientError
+
+REPO = Path(__file__).resolve().parent.parent
+TESTS_DIR = REPO / "tests"
+
+KiB = 1 << 10
+MiB = 1 << 20
+MB = 1_000_000
+
+BIG_KEY = "bench/big.bin"
+SMALL_PREFIX = "bench/small/"
+SMALL_FILE_SIZE = 1 * KiB
+READ_CHUNK = 1 * MiB
+UPLOAD_CHUNK = 8 * MiB
+UPLOAD_THREADS = 16
+PREAD_MIN, PREAD_MAX = 4 * KiB, 1 * MiB
+PREAD_SEED = 20240611
+RSS_INTERVAL = 0.1
+RSS_SLACK = 150 * MiB
+STATUS_SETTLE = 2.2  # the daemon rewrites its status record every 1 s
+MOUNT_TIMEOUT = 120.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# --------------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """A pass condition on the ratio (value / baseline) or on the value itself."""
+
+    on: str  # "ratio" or "value"
+    op: str  # ">=", "<=" or "=="
+    threshold: float
+
+    def check(self, value: float | None, ratio: float | None) -> bool | None:
+        subject = ratio if self.on == "ratio" else value
+        if subject is None:
+            return None
+        if self.op == ">=":
+            return subject >= self.threshold
+        if self.op == "<=":
+            return subject <= self.threshold
+        return subject == self.threshold
+
+    def describe(self, unit: str) -> str:
+        if self.on == "ratio":
+            return f"ratio {self.op} {self.threshold:g}"
+        return f"{self.op} {self.threshold:g} {unit}"
+
+
+@dataclass
+class Result:
+    """One line of the final table (value from the mount, baseline from boto3)."""
+
+    name: str
+    unit: str
+    value: float | None
+    baseline: float | None = None
+    target: Target | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        if self.value is None or not self.baseline:
+            return None
+        return self.value / self.baseline
+
+    @property
+    def passed(self) -> bool | None:
+        if self.error is not None:
+            return False
+        return self.target.check(self.value, self.ratio) if self.target else None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["target"] = self.target.describe(self.unit) if self.target else None
+        data["ratio"] = self.ratio
+        data["passed"] = self.passed
+        return data
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers: S3 server, clients, data
+# --------------------------------------------------------------------------------------------------
+
+
+def import_s3server() -> ModuleType:
+    """The project's test server module (tests/ is not a package)."""
+    if str(TESTS_DIR) not in sys.path:
+        sys.path.insert(0, str(TESTS_DIR))
+    import s3server  # type: ignore[import-not-found]
+
+    return s3server
+
+
+@contextlib.contextmanager
+def s3_endpoint(args: argparse.Namespace) -> Iterator[tuple[str, int | None]]:
+    """Yield (endpoint URL, server pid if it is our child): the given server or an S3TestServer."""
+    if args.endpoint_url:
+        yield args.endpoint_url, None
+        return
+    if args.in_process_server:
+        with import_s3server().S3TestServer() as server:
+            yield server.endpoint_url, None
+        return
+    # tests/s3server.py runs S3TestServer and prints its endpoint URL as the first line.
+    process = subprocess.Popen([sys.executable, str(TESTS_DIR / "s3server.py")], stdout=subprocess.PIPE,
+                               stdin=subprocess.DEVNULL, text=True)
+    try:
+        assert process.stdout is not None
+        endpoint = process.stdout.readline().strip()
+        if not endpoint.startswith("http"):
+            raise RuntimeError(f"S3 test server did not start (exit status {process.wait(10)})")
+        yield endpoint, process.pid
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def make_client(endpoint: str, pool: int = 10) -> Any:
+    """A boto3 S3 client with default settings (path-style, as quiltmount uses with --endpoint-url)."""
+    return boto3.client("s3", endpoint_url=endpoint,
+                        config=BotoConfig(s3={"addressing_style": "path"}, max_pool_connections=pool))
+
+
+class RandomStream(io.RawIOBase):
+    """A read-only stream of `size` random bytes, generated in UPLOAD_CHUNK pieces."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.remaining = size
+        self.pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.remaining + len(self.pending) if n is None or n < 0 else n
+        while len(self.pending) < n and self.remaining:
+            piece = min(UPLOAD_CHUNK, self.remaining)
+            self.pending += os.urandom(piece)
+            self.remaining -= piece
+        data, self.pending = self.pending[:n], self.pending[n:]
+        return data
+
+
+class NullSink:
+    """A seekable file-like object that discards what is written (counts the bytes)."""
+
+    def __init__(self) -> None:
+        self.written = 0
+        self.position = 0
+
+    def write(self, data: bytes) -> int:
+        self.written += len(data)
+        self.position += len(data)
+        return len(data)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.position = offset if whence == 0 else self.position + offset
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+    def seekable(self) -> bool:
+        return True
+
+
+def small_keys(count: int) -> list[str]:
+    """The keys of the small objects, in the order they are read."""
+    return [f"{SMALL_PREFIX}f{index:05d}.bin" for index in range(count)]
+
+
+def prepare_data(endpoint: str, bucket: str, size: int, count: int) -> dict[str, Any]:
+    """Create the bucket, the big object and the small objects (skipping what is already there)."""
+    s3 = make_client(endpoint, pool=UPLOAD_THREADS)
+    info: dict[str, Any] = {}
+    try:
+        s3.create_bucket(Bucket=bucket)
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            raise
+    try:
+        existing = s3.head_object(Bucket=bucket, Key=BIG_KEY)["ContentLength"]
+    except ClientError:
+        existing = None
+    started = time.perf_counter()
+    if existing != size:
+        s3.upload_fileobj(RandomStream(size), bucket, BIG_KEY)
+        info["big_upload_s"] = time.perf_counter() - started
+        info["big_upload_MBps"] = size / MB / info["big_upload_s"]
+
+    keys = small_keys(count)
+    present = {item["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=SMALL_PREFIX)
+               for item in page.get("Contents", [])}
+    if present != set(keys):
+        for stale in present - set(keys):
+            s3.delete_object(Bucket=bucket, Key=stale)
+        started = time.perf_counter()
+        with ThreadPoolExecutor(UPLOAD_THREADS) as pool:
+            list(pool.map(lambda key: s3.put_object(Bucket=bucket, Key=key, Body=os.urandom(SMALL_FILE_SIZE)),
+                          sorted(set(keys) - present)))
+        info["small_upload_s"] = time.perf_counter() - started
+    return info
+
+
+# --------------------------------------------------------------------------------------------------
+# Mounts
+# --------------------------------------------------------------------------------------------------
+
+
+def quiltmount_command() -> list[str]:
+    """How to run the CLI: the `quiltmount` beside this Python, on PATH, or `python -m quiltmount`."""
+    beside = Path(sys.executable).parent / "quiltmount"
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("quiltmount")
+    return [found] if found else [sys.executable, "-m", "quiltmount"]
+
+
+def read_rss(pid: int) -> tuple[int, int] | None:
+    """(VmRSS, VmHWM) of a process in bytes, or None once it is gone."""
+    values: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    values[line.split(":")[0]] = int(line.split()[1]) * KiB
+    except OSError:
+        return None
+    return values.get("VmRSS", 0), values.get("VmHWM", 0)
+
+
+class RssSampler(threading.Thread):
+    """Samples a daemon's RSS every RSS_INTERVAL seconds until stopped or the process exits."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(name=f"rss-{pid}", daemon=True)
+        self.pid = pid
+        self.peak_rss = 0
+        self.peak_hwm = 0
+        self.samples = 0
+        self._stop_event = threading.Event()
+
+    def sample(self) -> bool:
+        values = read_rss(self.pid)
+        if values is None:
+            return False
+        self.peak_rss = max(self.peak_rss, values[0])
+        self.peak_hwm = max(self.peak_hwm, values[1])
+        self.samples += 1
+        return True
+
+    def run(self) -> None:
+        while self.sample() and not self._stop_event.wait(RSS_INTERVAL):
+            pass
+
+    def stop(self) -> None:
+        self.sample()  # last look (VmHWM covers any peak between samples)
+        self._stop_event.set()
+        self.join()
+
+
+class Mount:
+    """A fresh `quiltmount mount` on a new temporary directory; unmounts on exit, whatever happened."""
+
+    def __init__(self, bench: Bench, label: str, prefix: str = "") -> None:
+        self.bench = bench
+        self.label = label
+        self.prefix = prefix
+        self.path = ""
+        self.pid = 0
+        self.sampler: RssSampler | None = None
+        self._timed_out = threading.Event()
+
+    def __enter__(self) -> Mount:
+        self.path = tempfile.mkdtemp(prefix=f"qm-{self.label}-", dir=self.bench.workdir)
+        try:
+            self.bench.quiltmount("mount", f"s3://{self.bench.bucket}/{self.prefix}", self.path,
+                                  "--endpoint-url", self.bench.endpoint,
+                                  "--memory-cache-size", self.bench.args.memory_cache_size,
+                                  timeout=MOUNT_TIMEOUT)
+            self.pid = int(self.record()["pid"])
+            self.sampler = RssSampler(self.pid)
+            self.sampler.start()
+        except BaseException:
+            self._unmount()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._unmount()
+
+    def record(self) -> dict[str, Any]:
+        """This mount's record from `quiltmount status --json`."""
+        output = self.bench.quiltmount("status", "--json", timeout=60)
+        for record in json.loads(output)["mounts"]:
+            if record.get("mountpoint") == self.path:
+                return record
+        raise RuntimeError(f"no status record for {self.path}")
+
+    def requests(self) -> dict[str, int]:
+        """The daemon's request totals so far (list/head/get) and the bytes it has read."""
+        requests = self.record()["requests"]
+        return {**requests["totals"], "bytes_read": requests.get("bytes_read", 0)}
+
+    @contextlib.contextmanager
+    def phase(self, what: str) -> Iterator[dict[str, Any]]:
+        """Run `what` under the deadline; yield a dict that then holds its requests and CPU seconds.
+
+        "requests" is the difference of the daemon's status record before and after (each read once
+        the daemon has rewritten it); "cpu_seconds" is the CPU time of the daemon, this process (the
+        reader) and the S3 server (when it is our child) during the block.
+        """
+        stats: dict[str, Any] = {}
+        time.sleep(STATUS_SETTLE)  # so that the record includes everything done before the phase
+        before = self.requests()
+        with self.deadline(what), cpu_meter(self.bench.cpu_pids(daemon=self.pid)) as cpu:
+            yield stats
+        stats["cpu_seconds"] = cpu
+        time.sleep(STATUS_SETTLE)
+        after = self.requests()
+        stats["requests"] = {op: after.get(op, 0) - before.get(op, 0) for op in sorted(after.keys() | before.keys())}
+
+    @contextlib.contextmanager
+    def deadline(self, what: str) -> Iterator[None]:
+        """Kill the daemon if `what` takes longer than --phase-timeout (a hung FUSE read never returns)."""
+        def expire() -> None:
+            self._timed_out.set()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            subprocess.run(["fusermount3", "-uz", self.path], capture_output=True, check=False)
+
+        timer = threading.Timer(self.bench.args.phase_timeout, expire)
+        timer.start()
+        try:
+            yield
+        except OSError as exc:
+            if self._timed_out.is_set():
+                raise TimeoutError(f"{what} took over {self.bench.args.phase_timeout:g} s; daemon killed") from exc
+            raise
+        finally:
+            timer.cancel()
+        if self._timed_out.is_set():
+            raise TimeoutError(f"{what} took over {self.bench.args.phase_timeout:g} s; daemon killed")
+
+    def _unmount(self) -> None:
+        if self.sampler is not None:
+            self.sampler.stop()
+            self.bench.rss[f"{self.label} (pid {self.pid})"] = {
+                "peak_rss_bytes": self.sampler.peak_rss, "peak_hwm_bytes": self.sampler.peak_hwm,
+                "samples": self.sampler.samples}
+        if is_mounted(self.path) or (self.pid and pid_alive(self.pid)):
+            try:
+                self.bench.quiltmount("umount", self.path, timeout=MOUNT_TIMEOUT)
+            except Exception as exc:  # noqa: BLE001 - fall back to a lazy unmount
+                print(f"warning: quiltmount umount {self.path} failed ({exc}); using fusermount3 -uz",
+                      file=sys.stderr)
+                subprocess.run(["fusermount3", "-uz", self.path], capture_output=True, check=False)
+                wait_for_exit(self.pid, 10.0)
+        with contextlib.suppress(OSError):
+            os.rmdir(self.path)
+
+
+def is_mounted(path: str) -> bool:
+    """Whether `path` is a mountpoint, even one whose FUSE daemon died (where os.path.ismount says no)."""
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as mountinfo:
+        return any(line.split()[4] == path for line in mountinfo)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def wait_for_exit(pid: int, timeout: float) -> None:
+    """Wait for a daemon we started to exit; SIGKILL it (by pid) if it does not."""
+    deadline = time.monotonic() + timeout
+    while pid and pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if pid and pid_alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process and its waited-for children (e.g. `ls`), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return sum(int(value) for value in fields[11:15]) / CLOCK_TICKS
+
+
+@contextlib.contextmanager
+def cpu_meter(pids: dict[str, int]) -> Iterator[dict[str, float]]:
+    """Yield a dict that, after the block, holds the CPU seconds each named process spent in it."""
+    usage: dict[str, float] = {}
+    start = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    yield usage
+    for name, pid in pids.items():
+        before, after = start[name], cpu_seconds(pid)
+        if before is not None and after is not None:
+            usage[name] = round(after - before, 3)
+
+
+# --------------------------------------------------------------------------------------------------
+# The benchmark
+# --------------------------------------------------------------------------------------------------
+
+
+class Bench:
+    """Shared state of one run: the server, the boto3 client, the data layout, RSS peaks."""
+
+    def __init__(self, args: argparse.Namespace, endpoint: str, server_pid: int | None, workdir: str) -> None:
+        self.args = args
+        self.endpoint = endpoint
+        self.server_pid = server_pid
+        self.workdir = workdir
+        self.bucket: str = args.bucket
+        self.size: int = args.size_mib * MiB
+        self.keys = small_keys(args.small_files)
+        self.s3 = make_client(endpoint)
+        self.qm = quiltmount_command()
+        self.rss: dict[str, dict[str, int]] = {}
+
+    def quiltmount(self, *argv: str, timeout: float) -> str:
+        result = subprocess.run([*self.qm, *argv], capture_output=True, text=True, timeout=timeout, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"quiltmount {' '.join(argv)} exited {result.returncode}: {result.stderr.strip()}")
+        return result.stdout
+
+    def cpu_pids(self, daemon: int | None = None) -> dict[str, int]:
+        """The processes whose CPU time a measurement reports."""
+        pids = {"client": os.getpid()}
+        if self.server_pid:
+            pids["server"] = self.server_pid
+        if daemon:
+            pids["daemon"] = daemon
+        return pids
+
+    def mount(self, label: str, prefix: str = "") -> Mount:
+        """A fresh mount of the bucket, or of `prefix` (ending in '/') in it."""
+        return Mount(self, label, prefix)
+
+    @staticmethod
+    def in_mount(mount: Mount, key: str) -> str:
+        """The path of `key` under `mount`."""
+        return os.path.join(mount.path, key.removeprefix(mount.prefix))
+
+
+def read_sequential(path: str, drop_cache: bool = False) -> tuple[int, float]:
+    """Open and read a file to nothing in READ_CHUNK pieces; return (bytes, seconds).
+
+    `drop_cache` first evicts this one file from the page cache (posix_fadvise DONTNEED).  Not
+    drop_caches: that would also evict the S3 server's copy of the object, which moto keeps in a
+    temporary file, and so slow the mount's read but not the baseline's.
+    """
+    buffer = bytearray(READ_CHUNK)
+    view = memoryview(buffer)
+    total = 0
+    started = time.perf_counter()
+    with open(path, "rb", buffering=0) as file:
+        if drop_cache:
+            os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        while True:
+            count = file.readinto(view)
+            if not count:
+                break
+            total += count
+    return total, time.perf_counter() - started
+
+
+def measure_sequential(bench: Bench) -> list[Result]:
+    """1. cold sequential read vs download_fileobj; 2. warm re-read on the same mount."""
+    sink = NullSink()
+    with cpu_meter(bench.cpu_pids()) as direct_cpu:
+        started = time.perf_counter()
+        bench.s3.download_fileobj(bench.bucket, BIG_KEY, sink, Config=TransferConfig())
+        direct_s = time.perf_counter() - started
+    if sink.written != bench.size:
+        raise RuntimeError(f"download_fileobj wrote {sink.written} bytes, expected {bench.size}")
+
+    with bench.mount("seq") as mount:
+        path = bench.in_mount(mount, BIG_KEY)
+        with mount.phase("cold sequential read") as cold:
+            cold_bytes, cold_s = read_sequential(path, drop_cache=True)  # a fresh mount: nothing cached
+        with mount.phase("warm sequential read") as warm:
+            warm_bytes, warm_s = read_sequential(path)
+    for label, count in (("cold", cold_bytes), ("warm", warm_bytes)):
+        if count != bench.size:
+            raise RuntimeError(f"{label} read through the mount returned {count} bytes, expected {bench.size}")
+    return [
+        Result("cold sequential read", "MB/s", bench.size / MB / cold_s, bench.size / MB / direct_s,
+               Target("ratio", ">=", 0.9),
+               {"seconds": cold_s, "baseline_seconds": direct_s, "baseline_cpu_seconds": direct_cpu, **cold}),
+        Result("warm re-read (same mount)", "MB/s", bench.size / MB / warm_s, None, Target("value", ">=", 2000),
+               {"seconds": warm_s, **warm}),
+    ]
+
+
+def pread_ranges(size: int, count: int) -> list[tuple[int, int]]:
+    """(offset, length) pairs: lengths uniform in [4 KiB, 1 MiB], offsets uniform within the object."""
+    rng = random.Random(PREAD_SEED)
+    ranges = []
+    for _ in range(count):
+        length = min(rng.randint(PREAD_MIN, PREAD_MAX), size)
+        ranges.append((rng.randint(0, size - length), length))
+    return ranges
+
+
+def measure_preads(bench: Bench) -> Result:
+    """3. random preads on one fd of a fresh mount vs ranged get_object calls."""
+    ranges = pread_ranges(bench.size, bench.args.preads)
+    direct_crcs = []
+    with cpu_meter(bench.cpu_pids()) as direct_cpu:
+        started = time.perf_counter()
+        for offset, length in ranges:
+            body = bench.s3.get_object(Bucket=bench.bucket, Key=BIG_KEY,
+                                       Range=f"bytes={offset}-{offset + length - 1}")["Body"].read()
+            direct_crcs.append((len(body), zlib.crc32(body)))
+        direct_s = time.perf_counter() - started
+
+    chunks: list[bytes] = []
+    with bench.mount("pread") as mount:
+        fd = os.open(bench.in_mount(mount, BIG_KEY), os.O_RDONLY)
+        try:
+            with mount.phase("random preads") as stats:
+                started = time.perf_counter()
+                for offset, length in ranges:
+                    chunks.append(os.pread(fd, length, offset))
+                mount_s = time.perf_counter() - started
+        finally:
+            os.close(fd)
+    mismatches = sum(1 for chunk, expected in zip(chunks, direct_crcs) if (len(chunk), zlib.crc32(chunk)) != expected)
+    if mismatches:
+        raise RuntimeError(f"{mismatches} of {len(ranges)} preads through the mount returned wrong data")
+    return Result(f"{len(ranges)} random preads", "ops/s", len(ranges) / mount_s, len(ranges) / direct_s,
+                  Target("ratio", ">=", 1.4),
+                  {"seconds": mount_s, "baseline_seconds": direct_s, "bytes_requested": sum(n for _, n in ranges),
+                   "baseline_cpu_seconds": direct_cpu, **stats})
+
+
+def list_walk(bench: Bench) -> tuple[int, float]:
+    """One paginated ListObjectsV2 walk of the small-file prefix: (keys, seconds)."""
+    started = time.perf_counter()
+    count = 0
+    for page in bench.s3.get_paginator("list_objects_v2").paginate(Bucket=bench.bucket, Prefix=SMALL_PREFIX,
+                                                                    Delimiter="/"):
+        count += len(page.get("Contents", []))
+    return count, time.perf_counter() - started
+
+
+def timed_command(argv: list[str], timeout: float) -> float:
+    """Run a command with its output sent to /dev/null; return its wall time."""
+    started = time.perf_counter()
+    subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout, check=True)
+    return time.perf_counter() - started
+
+
+def measure_listing(bench: Bench) -> list[Result]:
+    """4. `ls -l` and `find` of the small-file prefix on fresh mounts vs a ListObjectsV2 walk."""
+    with cpu_meter(bench.cpu_pids()) as walk_cpu:
+        listed, walk_s = list_walk(bench)
+    if listed != len(bench.keys):
+        raise RuntimeError(f"ListObjectsV2 found {listed} keys under {SMALL_PREFIX}, expected {len(bench.keys)}")
+    count = len(bench.keys)
+    timeout = bench.args.phase_timeout
+    results = []
+    # The mounts are of the prefix itself, so that, like the LIST walk, they resolve no path first.
+    for command in (["ls", "-l"], ["find"]):
+        name = " ".join(command)
+        with bench.mount(command[0], SMALL_PREFIX) as mount:
+            directory = bench.in_mount(mount, SMALL_PREFIX)
+            with mount.phase(name) as stats:
+                seconds = timed_command([*command, directory], timeout)
+            entries = len(os.listdir(directory))
+        if entries != count:
+            raise RuntimeError(f"the mount lists {entries} entries in {SMALL_PREFIX}, expected {count}")
+        details = {"baseline_cpu_seconds": walk_cpu, **stats}
+        results.append(Result(f"{name} of {count} keys (cold)", "s", seconds, walk_s, Target("ratio", "<=", 1.5),
+                              details))
+        if command[0] == "ls":
+            results.append(Result("HEAD requests during ls -l", "requests", float(stats["requests"].get("head", 0)),
+                                  None, Target("value", "==", 0), details))
+    return results
+
+
+def measure_small_reads(bench: Bench) -> Result:
+    """5. read every small file in one thread through a mount vs get_object of each key."""
+    with cpu_meter(bench.cpu_pids()) as direct_cpu:
+        started = time.perf_counter()
+        for key in bench.keys:
+            body = bench.s3.get_object(Bucket=bench.bucket, Key=key)["Body"].read()
+            if len(body) != SMALL_FILE_SIZE:
+                raise RuntimeError(f"get_object {key} returned {len(body)} bytes")
+        direct_s = time.perf_counter() - started
+
+    with bench.mount("small", SMALL_PREFIX) as mount:
+        # One phase: a reader lists the directory and reads right away (the listing's metadata TTL runs).
+        with mount.phase("listing and reading the small files") as stats:
+            started = time.perf_counter()
+            names = os.listdir(bench.in_mount(mount, SMALL_PREFIX))  # the names a reader would get
+            listdir_s = time.perf_counter() - started
+            if len(names) != len(bench.keys):
+                raise RuntimeError(f"the mount lists {len(names)} small files, expected {len(bench.keys)}")
+            paths = [bench.in_mount(mount, key) for key in bench.keys]
+            started = time.perf_counter()
+            for path in paths:
+                with open(path, "rb") as file:
+                    if len(file.read()) != SMALL_FILE_SIZE:
+                        raise RuntimeError(f"{path}: wrong size through the mount")
+            mount_s = time.perf_counter() - started
+    count = len(bench.keys)
+    return Result(f"read {count} small files (1 thread)", "files/s", count / mount_s, count / direct_s, None,
+                  {"seconds": mount_s, "listdir_seconds_before": listdir_s, "baseline_seconds": direct_s,
+                   "baseline_cpu_seconds": direct_cpu, **stats})
+
+
+def rss_result(bench: Bench) -> Result:
+    """6. peak daemon RSS over the whole run vs the memory-cache budget."""
+    budget = parse_size(bench.args.memory_cache_size)
+    peak = max((entry["peak_rss_bytes"] for entry in bench.rss.values()), default=0)
+    hwm = max((entry["peak_hwm_bytes"] for entry in bench.rss.values()), default=0)
+    return Result("daemon peak RSS (sampled)", "MiB", peak / MiB if bench.rss else None, None,
+                  Target("value", "<=", (budget + RSS_SLACK) / MiB),
+                  {"budget_bytes": budget, "peak_vmhwm_bytes": hwm, "per_daemon": bench.rss})
+
+
+def parse_size(text: str) -> int:
+    """'512M' -> bytes (K/M/G/T binary suffixes, as quiltmount's --memory-cache-size)."""
+    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    factors = {"K": KiB, "M": MiB, "G": 1 << 30, "T": 1 << 40}
+    if text and text[-1] in factors:
+        return int(float(text[:-1]) * factors[text[-1]])
+    return int(text)
+
+
+# --------------------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------------------
+
+
+def fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value == int(value) and abs(value) < 1e6:
+        return f"{int(value)}"
+    return f"{value:.3g}" if abs(value) < 10 else f"{value:.0f}" if abs(value) >= 100 else f"{value:.1f}"
+
+
+def print_table(results: list[Result]) -> None:
+    headers = ("measurement", "unit", "quiltmount", "baseline", "ratio", "target", "result")
+    rows = [headers]
+    for result in results:
+        verdict = {True: "pass", False: "FAIL", None: "info"}[result.passed]
+        if result.error:
+            verdict = "ERROR"
+        ratio = f"{result.ratio:.2f}" if result.ratio is not None else "-"
+        rows.append((result.name, result.unit, fmt(result.value), fmt(result.baseline), ratio,
+                     result.target.describe(result.unit) if result.target else "-", verdict))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(headers))]
+    for index, row in enumerate(rows):
+        print("  ".join(cell.ljust(width) if i == 0 else cell.rjust(width)
+                        for i, (cell, width) in enumerate(zip(row, widths))))
+        if index == 0:
+            print("  ".join("-" * width for width in widths))
+    for result in results:
+        if result.error:
+            print(f"\nERROR in {result.name}: {result.error}")
+
+
+def environment() -> dict[str, Any]:
+    def run(argv: list[str]) -> str:
+        with contextlib.suppress(Exception):
+            return subprocess.run(argv, capture_output=True, text=True, timeout=10, cwd=REPO).stdout.strip()
+        return ""
+
+    return {"python": platform.python_version(), "kernel": platform.release(), "cpus": os.cpu_count(),
+            "boto3": boto3.__version__, "git": run(["git", "describe", "--always", "--dirty"]),
+            "quiltmount": run([*quiltmount_command(), "--version"]),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+# --------------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--endpoint-url", help="use this S3 server instead of starting tests/s3server.py")
+    parser.add_argument("--in-process-server", action="store_true",
+                        help="run S3TestServer in this process (shares the GIL with the boto3 baselines)")
+    parser.add_argument("--bucket", default="quiltmount-bench")
+    parser.add_argument("--size-mib", type=int, help="size of the big object (default 512, 64 with --quick)")
+    parser.add_argument("--small-files", type=int, help="number of 1 KiB objects (default 5000, 500 with --quick)")
+    parser.add_argument("--preads", type=int, help="number of random preads (default 200, 50 with --quick)")
+    parser.add_argument("--memory-cache-size", default="512M", help="passed to quiltmount mount")
+    parser.add_argument("--json-out", default="bench-results.json")
+    parser.add_argument("--phase-timeout", type=float, default=600.0,
+                        help="seconds before a hung measurement's daemon is killed")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 64 MiB, 500 small files, 50 preads")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.size_mib = args.size_mib or (64 if quick else 512)
+    args.small_files = args.small_files or (500 if quick else 5000)
+    args.preads = args.preads or (50 if quick else 200)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                        ("AWS_DEFAULT_REGION", "us-east-1")):
+        os.environ.setdefault(name, value)
+    results: list[Result] = []
+    report: dict[str, Any] = {"config": {k: v for k, v in vars(args).items()}, "environment": environment()}
+    failed = False
+    with s3_endpoint(args) as (endpoint, server_pid), \
+            tempfile.TemporaryDirectory(prefix="quiltmount-bench-") as workdir:
+        report["config"]["endpoint"] = endpoint
+        print(f"S3 endpoint {endpoint}; uploading {args.size_mib} MiB + {args.small_files} x 1 KiB ...", flush=True)
+        report["upload"] = prepare_data(endpoint, args.bucket, args.size_mib * MiB, args.small_files)
+        bench = Bench(args, endpoint, server_pid, workdir)
+        steps: list[tuple[str, Callable[[Bench], Result | list[Result]]]] = [
+            ("sequential read", measure_sequential), ("random preads", measure_preads),
+            ("listing", measure_listing), ("small-file reads", measure_small_reads)]
+        for label, step in steps:
+            print(f"measuring {label} ...", flush=True)
+            try:
+                outcome = step(bench)
+            except Exception as exc:  # noqa: BLE001 - record it, go on with the other measurements
+                failed = True
+                traceback.print_exc()
+                outcome = Result(label, "-", None, error=f"{type(exc).__name__}: {exc}")
+            results.extend(outcome if isinstance(outcome, list) else [outcome])
+        results.append(rss_result(bench))
+
+    print()
+    print_table(results)
+    report["results"] = [result.to_json() for result in results]
+    with open(args.json_out, "w", encoding="utf-8") as out:
+        json.dump(report, out, indent=2)
+    print(f"\nwrote {args.json_out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
