@@ -106,6 +106,19 @@ class BlockFetcher:
             return blocks[first][start:start + end - offset]
         return b"".join(blocks[index] for index in range(first, last + 1))[start:start + end - offset]
 
+    def read_exact(self, store: ObjectStore, obj: ObjectInfo, offset: int, size: int) -> bytes:
+        """A random read: from cached blocks if they are all there, else one GET of exactly these bytes
+        (not cached: a random reader rarely comes back, and the kernel keeps the pages it got)."""
+        end = min(offset + size, obj.size)
+        if offset >= end:
+            return b""
+        bs = self.block_size
+        ident = object_identity(store, obj)
+        first, last = offset // bs, (end - 1) // bs
+        if all(self.cache.contains((ident, index)) for index in range(first, last + 1)):
+            return self.read(store, obj, offset, size)
+        return store.get_range(obj, offset, end)
+
     def _fetch_one(self, store: ObjectStore, obj: ObjectInfo, ident: Hashable, index: int) -> bytes:
         """Fallback for a block that was evicted right after another reader fetched it."""
         bs = self.block_size
@@ -167,35 +180,58 @@ def _runs(indices: list[int]) -> list[tuple[int, int]]:
 
 
 class ReadStream:
-    """One open file: reads through the fetcher and drives read-ahead when access is sequential."""
+    """One open file: random reads fetch exactly what they need; sequential reads drive read-ahead.
+
+    Access counts as sequential once a streak of contiguous reads (small reordering by the kernel's
+    parallel requests tolerated) has covered `SEQUENTIAL_TRIGGER` bytes.  Read-ahead then keeps a window of
+    blocks in flight ahead of the reader, refilled in whole parts so every GET is part-sized, and the window
+    doubles with each read up to `max_window`.
+    """
+
+    SEQUENTIAL_TRIGGER = 2 << 20
+    BACKWARD_TOLERANCE = 1 << 20
+    FORWARD_TOLERANCE = 2 << 20
 
     def __init__(self, fetcher: BlockFetcher, store: ObjectStore, obj: ObjectInfo, *, max_window: int) -> None:
         self.fetcher = fetcher
         self.store = store
         self.obj = obj
         bs = fetcher.block_size
-        self._initial_window = fetcher.blocks_per_part
-        self._max_window = max(self._initial_window, max_window // bs)
-        self._window = self._initial_window
+        self._part = fetcher.blocks_per_part
+        self._max_window = max(self._part, max_window // bs)
+        self._last_block = max(0, (obj.size - 1) // bs)
+        self._window = self._part
         self._next_offset = 0
+        self._streak = 0
         self._prefetched_until = -1  # last block index already scheduled
         self._lock = threading.Lock()
 
     def read(self, offset: int, size: int) -> bytes:
         bs = self.fetcher.block_size
+        prefetch: tuple[int, int] | None = None
         with self._lock:
-            sequential = self._next_offset - bs <= offset <= self._next_offset + self.fetcher.blocks_per_part * bs * 2
-            if sequential:
-                self._window = min(self._window * 2, self._max_window)
+            if self._next_offset - self.BACKWARD_TOLERANCE <= offset <= self._next_offset + self.FORWARD_TOLERANCE:
+                self._streak += size
+                self._next_offset = max(self._next_offset, offset + size)
             else:
-                self._window = self._initial_window
-                self._prefetched_until = offset // bs
-            self._next_offset = max(self._next_offset, offset + size) if sequential else offset + size
-            target = (offset + size - 1) // bs + self._window
-            start = max(self._prefetched_until + 1, (offset + size - 1) // bs + 1)
-        data = self.fetcher.read(self.store, self.obj, offset, size)
-        if sequential and start <= target and start * bs < self.obj.size:
-            scheduled = self.fetcher.prefetch(self.store, self.obj, start, target)
+                self._streak = size
+                self._next_offset = offset + size
+                self._window = self._part
+                self._prefetched_until = -1
+            sequential = self._streak >= self.SEQUENTIAL_TRIGGER
+            if sequential:
+                current = (offset + size - 1) // bs
+                self._window = min(self._window * 2, self._max_window)
+                target = min(current + self._window, self._last_block)
+                start = max(self._prefetched_until + 1, current + 1)
+                if target - start + 1 >= self._part or (target == self._last_block and start <= target):
+                    prefetch = (start, target)
+        if sequential or self.obj.size <= bs:  # a small file is one block: cache it whole
+            data = self.fetcher.read(self.store, self.obj, offset, size)
+        else:
+            data = self.fetcher.read_exact(self.store, self.obj, offset, size)
+        if prefetch is not None:
+            scheduled = self.fetcher.prefetch(self.store, self.obj, *prefetch)
             with self._lock:
                 self._prefetched_until = max(self._prefetched_until, scheduled)
         return data

@@ -22,6 +22,10 @@ from quiltmount.storage.base import ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
 
+#: An expired listing of at most this many entries is refreshed by re-listing its directory on the next
+#: lookup (a few LIST pages) instead of one HEAD + LIST per name looked up.
+RELIST_MAX_ENTRIES = 10_000
+
 #: Names at the root of a mount that belong to quiltmount, never to the bucket (like ZFS's `.zfs`).
 RESERVED_ROOT_NAMES = frozenset({".packages", ".search"})
 MAX_NAME_BYTES = 255
@@ -58,8 +62,10 @@ class BucketTree:
         self.root_prefix = root_prefix
         self.ttl = metadata_ttl
         self.started = time.time()
+        self._clock = clock
         ttl = metadata_ttl if metadata_ttl > 0 else 1e-9
-        self._listings: TTLCache[str, dict[str, Node]] = TTLCache(listing_cache_size, ttl, timer=clock)
+        # path -> (entries, expiry time); expired listings stay until evicted, to decide how to refresh.
+        self._listings: LRUCache[str, tuple[dict[str, Node], float]] = LRUCache(listing_cache_size)
         self._nodes: TTLCache[str, Node] = TTLCache(node_cache_size, ttl, timer=clock)
         self._negative: TTLCache[str, bool] = TTLCache(negative_cache_size, ttl, timer=clock)
         self._reported_keys: LRUCache[str, bool] = LRUCache(10_000)
@@ -86,17 +92,20 @@ class BucketTree:
         if parent == "" and name in RESERVED_ROOT_NAMES:
             raise NotFound(f"{path}: reserved name")
         with self._lock:
-            listing = self._listings.get(parent)
-            if listing is not None:
-                node = listing.get(name)
-                if node is None:
+            listing, fresh = self._cached_listing(parent)
+            if not fresh:
+                node = self._nodes.get(path)
+                if node is not None:
+                    return node
+                if path in self._negative:
                     raise NotFound(path)
-                return node
-            node = self._nodes.get(path)
-            if node is not None:
-                return node
-            if path in self._negative:
+        if not fresh and listing is not None and len(listing) <= RELIST_MAX_ENTRIES:
+            listing, fresh = self.readdir(parent), True
+        if fresh:
+            node = listing.get(name)
+            if node is None:
                 raise NotFound(path)
+            return node
         if invalid_name_reason(name):
             raise NotFound(path)
         try:
@@ -110,6 +119,13 @@ class BucketTree:
             with self._lock:
                 self._nodes[path] = node
         return node
+
+    def _cached_listing(self, path: str) -> tuple[dict[str, Node] | None, bool]:
+        """(entries, fresh) of the cached listing of `path`; the caller holds the lock."""
+        cached = self._listings.get(path)
+        if cached is None:
+            return None, False
+        return cached[0], self._clock() < cached[1]
 
     def _lookup_remote(self, path: str) -> Node:
         """One HEAD for the file and one LIST for the directory, in parallel; the directory wins."""
@@ -137,8 +153,8 @@ class BucketTree:
     def readdir(self, path: str) -> dict[str, Node]:
         """The entries of directory `path` (name -> node), from cache or one paginated listing."""
         with self._lock:
-            listing = self._listings.get(path)
-            if listing is not None:
+            listing, fresh = self._cached_listing(path)
+            if fresh:
                 return listing
             pending = self._listing_in_progress.get(path)
             owner = pending is None
@@ -156,7 +172,7 @@ class BucketTree:
                 del self._listing_in_progress[path]
         if self.caching:
             with self._lock:
-                self._listings[path] = listing
+                self._listings[path] = (listing, self._clock() + self.ttl)
         pending.set_result(listing)
         return listing
 

@@ -81,11 +81,11 @@ class LocalStore(ObjectStore):
     def list_keys(self, prefix: str) -> Iterator[ObjectInfo]:
         base, _, _ = prefix.rpartition("/")
         directory = self._path(base) if base else self.root
-        for dirpath, dirnames, filenames in os.walk(directory, followlinks=False):
-            dirnames.sort()
+        found: list[ObjectInfo] = []
+        for dirpath, _, filenames in os.walk(directory, followlinks=False):
             relative_dir = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
             relative_dir = "" if relative_dir == "." else relative_dir + "/"
-            for name in sorted(filenames):
+            for name in filenames:
                 key = relative_dir + name
                 if not key.startswith(prefix):
                     continue
@@ -94,7 +94,8 @@ class LocalStore(ObjectStore):
                 except OSError:
                     continue
                 if stat.S_ISREG(st.st_mode):
-                    yield ObjectInfo(key, st.st_size, st.st_mtime, _fingerprint(st))
+                    found.append(ObjectInfo(key, st.st_size, st.st_mtime, _fingerprint(st)))
+        yield from sorted(found, key=lambda obj: obj.key)  # S3's order: `a/b-c/x` before `a/b/x`
 
     def get_object(self, key: str) -> bytes:
         try:
@@ -121,6 +122,28 @@ class LocalStore(ObjectStore):
             pass
         except OSError as exc:
             raise self._fail("delete", key, exc) from exc
+
+    def remove_empty_dirs(self, prefix: str, *, recursive: bool = False) -> None:
+        """Remove the directory `prefix` if it is empty (with `recursive`, empty subdirectories first).
+
+        Directories have no S3 counterpart, so deleting the last object under a prefix leaves one behind;
+        the package registry calls this to clean up as quilt3 does.  Non-empty or missing directories are
+        left alone; the store root itself is never removed.
+        """
+        top = self._path(prefix.strip("/")) if prefix.strip("/") else self.root
+        if os.path.abspath(top) == self.root or not os.path.isdir(top) or os.path.islink(top):
+            return
+        if recursive:
+            for dirpath, _, _ in os.walk(top, topdown=False, followlinks=False):
+                if dirpath != top:
+                    try:
+                        os.rmdir(dirpath)
+                    except OSError:
+                        pass
+        try:
+            os.rmdir(top)
+        except OSError:
+            pass
 
     def get_range(self, obj: ObjectInfo, start: int, end: int) -> bytes:
         try:

@@ -1,0 +1,437 @@
+"""Quilt package registries, layout version 1, on any `ObjectStore` (spec sections 5.1-5.7).
+
+```
+<base>/.quilt/packages/<top_hash>                            manifest, content-addressed, shared by all packages
+<base>/.quilt/named_packages/<namespace>/<name>/<timestamp>  pointer: the 64-hex top hash, no newline
+<base>/.quilt/named_packages/<namespace>/<name>/latest
+```
+
+quilt3 behaves differently on S3 and on local registries (listing order, whether a missing package is an
+error, empty-directory cleanup); a `Registry` follows the S3 rules unless its URL is a `file://` URL, whatever
+store it is given (so a counting or caching wrapper changes nothing).
+
+Deliberate differences from quilt3 (all about input quilt3 never writes itself):
+* names are checked with `fullmatch` (quilt3's `re.match(...$)` accepts a trailing newline);
+* `list_packages` skips names that are not valid package names (quilt3 yields e.g. `''` or `a/b/c` for
+  stray objects, names it then refuses everywhere else); local registries are listed in sorted order, not
+  `os.listdir` order;
+* `list_package_versions` skips pointer files whose names are neither digits nor `latest`, and raises
+  `InvalidPointer` for a pointer whose content is not a top hash (quilt3 returns the content as is);
+* pointer contents are stripped of whitespace on local registries too (quilt3 strips only on S3);
+* a full-length hash given to `resolve_hash` must be 64 lowercase hex digits (quilt3 uses it unchecked,
+  which would let `../` into a key); only 64-hex names under `.quilt/packages/` count as manifests;
+* `delete_package` of an unknown package on a local registry raises `NotFound` (quilt3: FileNotFoundError).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from urllib.parse import urlparse
+
+from quiltmount.errors import NotFound, UserError
+from quiltmount.packages.manifest import (
+    Manifest, ManifestError, PhysicalKey, PhysicalKeyError, format_physical_key, is_top_hash, parse_manifest,
+    parse_physical_key,
+)
+from quiltmount.storage.base import ObjectStore
+
+__all__ = [
+    "LATEST", "InvalidPointer", "Registry", "RegistryError", "is_pointer_name", "is_valid_package_name",
+    "registry_from_url", "validate_package_name", "validate_pointer_name",
+]
+
+LATEST = "latest"
+
+_PACKAGE_NAME = re.compile(r"[\w-]+/[\w-]+")  # Unicode \w, like quilt3's PACKAGE_NAME_FORMAT
+_POINTER_NAME = re.compile(r"[0-9]+|latest")
+_MIN_PREFIX = 6
+
+
+class RegistryError(UserError):
+    """A registry operation quilt3 would refuse (`QuiltException`), with quilt3's message."""
+
+
+class InvalidPointer(RegistryError):
+    """A pointer file whose content is not a top hash; only that package is affected."""
+
+
+def is_valid_package_name(name: str) -> bool:
+    return isinstance(name, str) and _PACKAGE_NAME.fullmatch(name) is not None
+
+
+def validate_package_name(name: str) -> None:
+    if not is_valid_package_name(name):
+        raise RegistryError(f"Invalid package name: {name}.")
+
+
+def is_pointer_name(pointer: str) -> bool:
+    """Pointer files are named by Unix seconds (ASCII digits) or `latest`."""
+    return isinstance(pointer, str) and _POINTER_NAME.fullmatch(pointer) is not None
+
+
+def validate_pointer_name(pointer: str) -> None:
+    if not is_pointer_name(pointer):
+        raise RegistryError(f"Invalid pointer name: {pointer!r} (expected Unix seconds or 'latest').")
+
+
+def _find_method(store: ObjectStore, name: str) -> Callable[..., object] | None:
+    """A backend-specific method, looked up through wrappers such as `CountingStore` (`.inner`)."""
+    current: object | None = store
+    while current is not None:
+        method = getattr(current, name, None)
+        if callable(method):
+            return method
+        current = getattr(current, "inner", None)
+    return None
+
+
+class Registry:
+    """One registry (layout v1) on `store`.
+
+    `url` is the registry's URL (`s3://bucket` or `file:///dir`): it decides S3 or local semantics, names the
+    registry in messages and keys the manifest cache.  `prefix` is where `.quilt/` lives in the store ('' or
+    ending in '/'; quilt3 allows `s3://bucket/some/prefix` registries).  `cache_dir`, if given, keeps verified
+    manifests forever: a manifest's name is its content address, so it never changes.
+    """
+
+    def __init__(self, store: ObjectStore, url: str, *, cache_dir: str | None = None, prefix: str = "") -> None:
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        self.store = store
+        self.url = url.rstrip("/")
+        self.is_local = url.startswith("file:")
+        self.cache_dir = cache_dir
+        self.prefix = prefix
+        self._root = f"{prefix}.quilt/"
+        self._pointers_root = f"{self._root}named_packages/"
+        self._manifests_root = f"{self._root}packages/"
+
+    def __repr__(self) -> str:
+        return f"Registry({self.url!r})"
+
+    # -- keys ------------------------------------------------------------------------------------------
+
+    def _package_dir(self, name: str) -> str:
+        return f"{self._pointers_root}{name}/"
+
+    def _namespace_dir(self, name: str) -> str:
+        return f"{self._pointers_root}{name.partition('/')[0]}/"
+
+    def pointer_key(self, name: str, pointer: str) -> str:
+        return f"{self._pointers_root}{name}/{pointer}"
+
+    def manifest_key(self, top_hash: str) -> str:
+        return f"{self._manifests_root}{top_hash}"
+
+    def manifest_url(self, top_hash: str) -> str:
+        """The manifest's URL as quilt3 spells it (also the name of quilt3's manifest cache file)."""
+        parsed = urlparse(self.url)
+        if parsed.scheme == "s3":
+            return format_physical_key(PhysicalKey("s3", parsed.netloc, self.manifest_key(top_hash)))
+        return f"{self.url}/{self.manifest_key(top_hash)}"
+
+    # -- listing ---------------------------------------------------------------------------------------
+
+    def list_packages(self) -> list[str]:
+        """Names of the packages that have pointer files (`quilt3.list_packages`).
+
+        S3: one recursive listing of `named_packages/`, in key order (`a/b-c` before `a/b`, since `-` < `/`).
+        Local: namespace and package directories, sorted (quilt3 uses `os.listdir` order); a package
+        directory without pointers is listed, as quilt3 does.
+        """
+        names: list[str] = []
+        if self.is_local:
+            for ns_page in self.store.list_dir(self._pointers_root):
+                for ns_prefix in ns_page.prefixes:
+                    for page in self.store.list_dir(ns_prefix):
+                        for prefix in page.prefixes:
+                            name = prefix[len(self._pointers_root):-1]
+                            if is_valid_package_name(name):
+                                names.append(name)
+            return names
+        previous = None
+        for info in self.store.list_keys(self._pointers_root):
+            name = info.key[len(self._pointers_root):].rpartition("/")[0]
+            # A package has several pointers: report each name once.  Invalid names (stray objects) are
+            # skipped without becoming `previous`, so `a/b/1, a/b/x/y, a/b/latest` still yields `a/b` once.
+            if name != previous and is_valid_package_name(name):
+                previous = name
+                names.append(name)
+        return names
+
+    def _pointer_names(self, name: str) -> list[str]:
+        """All pointer files of a package, valid names or not, in listing order (S3: recursive, like quilt3)."""
+        package_dir = self._package_dir(name)
+        if self.is_local:
+            return [info.key[len(package_dir):]
+                    for page in self.store.list_dir(package_dir) for info in page.objects]
+        return [info.key[len(package_dir):] for info in self.store.list_keys(package_dir)]
+
+    def _read_pointer_bytes(self, name: str, pointer: str) -> bytes:
+        try:
+            return self.store.get_object(self.pointer_key(name, pointer))
+        except NotFound:
+            raise NotFound(f"package {name} has no revision {pointer!r} in {self.url}") from None
+
+    def _decode_pointer(self, name: str, pointer: str, data: bytes) -> str:
+        try:
+            text = data.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            text = None
+        if text is None or not is_top_hash(text):
+            raise InvalidPointer(f"pointer {pointer!r} of package {name} in {self.url} does not contain a top hash "
+                                 f"(64 lowercase hex digits): {data[:80]!r}")
+        return text
+
+    def list_package_versions(self, name: str) -> list[tuple[str, str]]:
+        """`(pointer name, top hash)` of every revision pointer, `latest` included.
+
+        Order: S3 key order (timestamps, then `latest`); local registries sorted the same way.  A pointer
+        deleted between the listing and its read is skipped.  Raises `InvalidPointer` if a pointer's content
+        is not a top hash.
+        """
+        validate_package_name(name)
+        versions = []
+        for pointer in self._pointer_names(name):
+            if not is_pointer_name(pointer):
+                continue
+            try:
+                data = self.store.get_object(self.pointer_key(name, pointer))
+            except NotFound:
+                continue
+            versions.append((pointer, self._decode_pointer(name, pointer, data)))
+        return versions
+
+    # -- hashes ----------------------------------------------------------------------------------------
+
+    def _manifest_hashes(self) -> list[str]:
+        """Top hashes of all manifests of the registry (v1: shared by all packages)."""
+        start = len(self._manifests_root)
+        return [info.key[start:] for info in self.store.list_keys(self._manifests_root)
+                if is_top_hash(info.key[start:])]
+
+    def resolve_hash(self, name: str | None, hash_or_prefix: str) -> str:
+        """The full top hash for a full hash or a unique prefix of at least 6 characters.
+
+        A full hash is returned without checking that the manifest exists (as quilt3 does); a prefix is
+        looked up among *all* manifests of the registry, not just this package's.  Errors are quilt3's.
+        """
+        if name is not None:
+            validate_package_name(name)
+        if not isinstance(hash_or_prefix, str):
+            raise RegistryError(f"Invalid hash: {hash_or_prefix!r}")
+        if len(hash_or_prefix) == 64:
+            if not is_top_hash(hash_or_prefix):
+                raise RegistryError(f"Invalid hash: {hash_or_prefix!r}")
+            return hash_or_prefix
+        if not _MIN_PREFIX <= len(hash_or_prefix) < 64:
+            raise RegistryError(f"Invalid hash: {hash_or_prefix!r}")
+        matches = [h for h in self._manifest_hashes() if h.startswith(hash_or_prefix)]
+        if not matches:
+            raise RegistryError(f"Found zero matches for {hash_or_prefix!r}")
+        if len(matches) > 1:
+            raise RegistryError(f"Found multiple matches: {hash_or_prefix!r}")
+        return matches[0]
+
+    def shorten_hash(self, top_hash: str) -> str:
+        """The shortest prefix (at least 7 characters) unique among the registry's manifests, as quilt3
+        prints it after a push; the full hash if no manifest has it."""
+        hashes = [h for h in self._manifest_hashes() if h.startswith(top_hash[:7])]
+        if top_hash not in hashes:
+            return top_hash
+        for length in range(7, 64):
+            if sum(1 for h in hashes if h.startswith(top_hash[:length])) == 1:
+                return top_hash[:length]
+        return top_hash
+
+    # -- pointers --------------------------------------------------------------------------------------
+
+    def read_pointer(self, name: str, pointer: str = LATEST) -> str:
+        """The top hash a pointer names; `NotFound` if the pointer does not exist, `InvalidPointer` if its
+        content is not a top hash (surrounding whitespace is tolerated)."""
+        validate_package_name(name)
+        validate_pointer_name(pointer)
+        return self._decode_pointer(name, pointer, self._read_pointer_bytes(name, pointer))
+
+    def set_pointer(self, name: str, pointer: str, top_hash: str) -> None:
+        """Write a pointer: exactly the 64 hex characters, no newline (quilt3 reads `latest` verbatim)."""
+        validate_package_name(name)
+        validate_pointer_name(pointer)
+        if not is_top_hash(top_hash):
+            raise RegistryError(f"Invalid hash: {top_hash!r}")
+        self.store.put_object(self.pointer_key(name, pointer), top_hash.encode("ascii"))
+
+    def delete_pointer(self, name: str, pointer: str) -> None:
+        """Delete one pointer file (no error if missing).  Deleting `latest` promotes nothing: see
+        `delete_package` for quilt3's revision deletion.  Local registries drop emptied directories."""
+        validate_package_name(name)
+        validate_pointer_name(pointer)
+        self.store.delete_object(self.pointer_key(name, pointer))
+        self._prune_local(name)
+
+    def _prune_local(self, name: str) -> None:
+        if not self.is_local:
+            return
+        remove = _find_method(self.store, "remove_empty_dirs")
+        if remove is not None:
+            remove(self._package_dir(name))
+            remove(self._namespace_dir(name))
+
+    def delete_package(self, name: str, top_hash: str | None = None) -> list[str]:
+        """Delete a package or one revision of it, exactly as `quilt3.delete_package`; return the pointer
+        names deleted.
+
+        Only pointer files are deleted, never manifests or data.  Without `top_hash`: every object under the
+        package's pointer directory (S3: an unknown package is a no-op; local: `NotFound`).  With `top_hash`
+        (full or prefix): every pointer naming that hash; if `latest` was one of them and pointers remain,
+        `latest` becomes a copy of the remaining pointer with the greatest name; no match raises
+        `RegistryError("No such package version exists in the given directory.")`.  Local registries then
+        remove the package and namespace directories if they became empty.
+        """
+        validate_package_name(name)
+        package_dir = self._package_dir(name)
+        if top_hash is None:
+            if self.is_local and not self.store.prefix_exists(package_dir):
+                raise NotFound(f"package {name} not found in {self.url}")
+            keys = [info.key for info in self.store.list_keys(package_dir)]
+            for key in keys:
+                self.store.delete_object(key)
+            if self.is_local:
+                remove = _find_method(self.store, "remove_empty_dirs")
+                if remove is not None:
+                    remove(package_dir, recursive=True)
+                    remove(self._namespace_dir(name))
+            return [key[len(package_dir):] for key in keys]
+
+        resolved = self.resolve_hash(name, top_hash)
+        deleted: list[str] = []
+        remaining: list[str] = []
+        for pointer in self._pointer_names(name):
+            try:
+                content = self._decode_pointer(name, pointer, self.store.get_object(self.pointer_key(name, pointer)))
+            except (NotFound, InvalidPointer):
+                content = None  # never matches; like quilt3, it still counts as a remaining pointer
+            (deleted if content == resolved else remaining).append(pointer)
+        if not deleted:
+            raise RegistryError("No such package version exists in the given directory.")
+        for pointer in deleted:
+            self.store.delete_object(self.pointer_key(name, pointer))
+        if LATEST in deleted and remaining:
+            # quilt3 compares pointer names as strings ("fine till year 2286") and copies the object verbatim.
+            newest = max(remaining)
+            self.store.put_object(self.pointer_key(name, LATEST),
+                                  self.store.get_object(self.pointer_key(name, newest)))
+        self._prune_local(name)
+        return deleted
+
+    # -- manifests -------------------------------------------------------------------------------------
+
+    def _cache_path(self, top_hash: str) -> str | None:
+        if self.cache_dir is None:
+            return None
+        # Named like quilt3's CACHE/manifest/ files: sha256 of the manifest URL.  Keying by URL, not only by
+        # hash, matters: re-pushing a top hash may rewrite the manifest with other physical keys.
+        return os.path.join(self.cache_dir, hashlib.sha256(self.manifest_url(top_hash).encode()).hexdigest())
+
+    def load_manifest(self, top_hash: str) -> Manifest:
+        """The manifest named `top_hash` (a full hash), verified: its computed top hash must be its name.
+
+        With a cache directory, a verified copy is kept and reused without any request; a cached copy that
+        fails verification is discarded and downloaded again.  Raises `NotFound` if the registry has no such
+        manifest and `ManifestError` if it is malformed or its content does not hash to its name.
+        """
+        if not is_top_hash(top_hash):
+            raise RegistryError(f"Invalid hash: {top_hash!r}")
+        cache_path = self._cache_path(top_hash)
+        if cache_path is not None:
+            try:
+                with open(cache_path, "rb") as file:
+                    cached = file.read()
+            except OSError:
+                cached = None
+            if cached is not None:
+                try:
+                    manifest = parse_manifest(cached, max_record_size=None)
+                except ManifestError:
+                    manifest = None
+                if manifest is not None and manifest.top_hash == top_hash:
+                    return manifest
+                try:
+                    os.unlink(cache_path)
+                except OSError:
+                    pass
+
+        try:
+            data = self.store.get_object(self.manifest_key(top_hash))
+        except NotFound:
+            raise NotFound(f"manifest {top_hash} not found in {self.url}") from None
+        try:
+            # Manifests already in a registry are read whatever their line sizes (quilt3 only checks on write).
+            manifest = parse_manifest(data, max_record_size=None)
+        except ManifestError as exc:
+            raise ManifestError(f"{self.manifest_url(top_hash)}: {exc}") from None
+        computed = manifest.top_hash
+        if computed != top_hash:
+            raise ManifestError(f"{self.manifest_url(top_hash)}: content hashes to {computed}, "
+                                f"not to its name {top_hash}")
+        if cache_path is not None:
+            _write_atomically(cache_path, data)
+        return manifest
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    """Best effort: a cache that cannot be written only costs a download next time."""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as file:
+                file.write(data)
+            os.replace(temp, path)
+        except BaseException:
+            os.unlink(temp)
+            raise
+    except OSError:
+        pass
+
+
+StoreFactory = Callable[[str, str], ObjectStore]
+
+
+def _default_store_factory(scheme: str, location: str) -> ObjectStore:
+    if scheme == "s3":
+        from quiltmount.storage.s3 import S3Store
+
+        return S3Store(location)
+    from quiltmount.storage.local import LocalStore
+
+    return LocalStore(location)
+
+
+def registry_from_url(url: str, *, store_factory: StoreFactory | None = None,
+                      cache_dir: str | None = None) -> Registry:
+    """A `Registry` for `s3://bucket[/prefix]`, `file:///dir` or a plain directory path (`~` expanded).
+
+    `store_factory(scheme, location)` builds the store: `("s3", bucket)` or `("file", absolute_dir)`; the
+    default makes an `S3Store` (default credentials and endpoint) or a `LocalStore`.
+    """
+    factory = store_factory or _default_store_factory
+    if "://" not in url:
+        url = format_physical_key(PhysicalKey("file", None, os.path.realpath(os.path.expanduser(url))))
+    try:
+        pk = parse_physical_key(url)
+    except PhysicalKeyError as exc:
+        raise RegistryError(f"Invalid registry URL {url!r}: {exc}") from None
+    if pk.version_id is not None:
+        raise RegistryError(f"Invalid registry URL {url!r}: a registry cannot have a version ID")
+    if pk.scheme == "s3":
+        prefix = pk.path.strip("/")
+        registry_url = f"s3://{pk.bucket}" + (f"/{prefix}" if prefix else "")
+        return Registry(factory("s3", pk.bucket or ""), registry_url, cache_dir=cache_dir,
+                        prefix=f"{prefix}/" if prefix else "")
+    path = os.path.normpath(pk.path)
+    return Registry(factory("file", path), format_physical_key(PhysicalKey("file", None, path)), cache_dir=cache_dir)
