@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from quiltmount import __version__, state
-from quiltmount.errors import UserError
+from quiltmount.errors import QuiltmountError, UserError
 from quiltmount.units import format_size, parse_size, parse_ttl
 
 UMOUNT_WAIT = 600.0
@@ -58,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"quiltmount {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    mount = commands.add_parser("mount", help="mount a bucket or directory",
-                                description="Mount SOURCE (s3://BUCKET[/PREFIX/], file:///DIR or DIR) at MOUNTPOINT.")
+    mount = commands.add_parser("mount", help="mount a bucket, directory or package",
+                                description="Mount SOURCE (s3://BUCKET[/PREFIX/], file:///DIR, DIR or "
+                                            "quilt+s3://BUCKET#package=NS/NAME[@HASH|:TAG]) at MOUNTPOINT.")
     mount.add_argument("source", metavar="SOURCE")
     mount.add_argument("mountpoint", metavar="MOUNTPOINT")
     mount.add_argument("-f", "--foreground", action="store_true", help="stay attached (containers, systemd)")
@@ -84,11 +85,32 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--profile", help="AWS profile for S3 sources")
     mount.add_argument("--region", help="AWS region for S3 sources")
     mount.add_argument("--endpoint-url", help="S3-compatible endpoint (also AWS_ENDPOINT_URL); path-style")
+    mount.add_argument("--package", metavar="NS/NAME[@HASH|:TAG]",
+                       help="mount one package revision (latest by default) at the root, read-only")
     mount.set_defaults(handler=cmd_mount)
 
     umount = commands.add_parser("umount", help="unmount, waiting for the daemon to finish")
     umount.add_argument("mountpoint", metavar="MOUNTPOINT")
     umount.set_defaults(handler=cmd_umount)
+
+    packages = commands.add_parser("packages", help="list, inspect and delete Quilt packages")
+    package_verbs = packages.add_subparsers(dest="verb", required=True, metavar="VERB")
+    listing = package_verbs.add_parser("list", help="package names in a registry")
+    listing.add_argument("registry", nargs="?", metavar="REGISTRY",
+                         help="s3://BUCKET, file:///DIR or DIR (default: quilt3's default_local_registry)")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(handler=cmd_packages_list)
+    versions = package_verbs.add_parser("versions", help="a package's pointers (timestamps and latest)")
+    versions.add_argument("name", metavar="NAME")
+    versions.add_argument("--registry", help="registry (default: quilt3's default_local_registry)")
+    versions.add_argument("--json", action="store_true", help="machine-readable output")
+    versions.set_defaults(handler=cmd_packages_versions)
+    delete = package_verbs.add_parser("delete", help="delete a package, or one revision with --top-hash "
+                                                     "(pointers only: manifests and data stay)")
+    delete.add_argument("name", metavar="NAME")
+    delete.add_argument("--registry", help="registry (default: quilt3's default_local_registry)")
+    delete.add_argument("--top-hash", metavar="HASH", help="full hash or a unique prefix of 6+ characters")
+    delete.set_defaults(handler=cmd_packages_delete)
 
     status = commands.add_parser("status", help="show live mounts")
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -109,7 +131,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         metadata_ttl=args.metadata_ttl, uid=args.uid, gid=args.gid, file_mode=args.file_mode,
         dir_mode=args.dir_mode, allow_other=args.allow_other,
         log_file=os.path.abspath(args.log_file) if args.log_file else None, log_level=args.log_level,
-        profile=args.profile, region=args.region, endpoint_url=args.endpoint_url)
+        profile=args.profile, region=args.region, endpoint_url=args.endpoint_url, package=args.package)
     if args.foreground:
         return run_mount(options)
     start_background(options)
@@ -136,6 +158,34 @@ def cmd_umount(args: argparse.Namespace) -> int:
         if pid and state.pid_alive(pid):
             raise UserError(f"unmounted {path}, but daemon {pid} is still running (log: {record.get('log_file')})")
     print(f"unmounted {path}")
+    return 0
+
+
+def cmd_packages_list(args: argparse.Namespace) -> int:
+    from quiltmount.api import list_packages
+
+    names = list(list_packages(args.registry))
+    print(json.dumps(names) if args.json else "\n".join(names))
+    return 0
+
+
+def cmd_packages_versions(args: argparse.Namespace) -> int:
+    from quiltmount.api import list_package_versions
+
+    pairs = list(list_package_versions(args.name, args.registry))
+    if args.json:
+        print(json.dumps([{"pointer": pointer, "top_hash": top_hash} for pointer, top_hash in pairs]))
+    else:
+        for pointer, top_hash in pairs:
+            print(f"{pointer:<12} {top_hash}")
+    return 0
+
+
+def cmd_packages_delete(args: argparse.Namespace) -> int:
+    from quiltmount.api import delete_package
+
+    delete_package(args.name, args.registry, top_hash=args.top_hash)
+    print(f"deleted {args.name}" + (f" revision {args.top_hash}" if args.top_hash else ""))
     return 0
 
 
@@ -170,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except UserError as exc:
+    except QuiltmountError as exc:
         print(f"quiltmount: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -26,6 +26,7 @@ from quiltmount.paths import default_cache_dir, default_log_file
 log = logging.getLogger("quiltmount")
 
 READY_TIMEOUT = 60.0
+IMMUTABLE_KERNEL_TTL = 24 * 3600.0
 STATUS_INTERVAL = 1.0
 
 
@@ -48,6 +49,7 @@ class MountOptions:
     profile: str | None = None
     region: str | None = None
     endpoint_url: str | None = None
+    package: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -124,37 +126,41 @@ def _serve(options: MountOptions, log_file: str, signal: _Signal) -> int:
 
     from quiltmount import mountpoint as mp
     from quiltmount.fs.blockcache import BlockCache, DiskTier
-    from quiltmount.fs.operations import AttrPolicy, BucketOperations
+    from quiltmount.fs.operations import AttrPolicy, MountOperations
     from quiltmount.fs.readahead import BlockFetcher
-    from quiltmount.fs.tree import BucketTree, ttl_for_kernel
-    from quiltmount.storage import open_store, parse_source
-    from quiltmount.storage.counting import CountingStore
+    from quiltmount.fs.tree import ttl_for_kernel
+    from quiltmount.storage import parse_source
+    from quiltmount.storage.stores import StoreSet
 
     mp.check_environment()
     source = parse_source(options.source)
+    if options.package:
+        if source.package:
+            raise UserError("give the package either in the source URI or with --package, not both")
+        source = dataclasses.replace(source, package=options.package)
     mountpoint = mp.prepare_mountpoint(options.mountpoint)
-    store = CountingStore(open_store(source, profile=options.profile, region=options.region,
-                                     endpoint_url=options.endpoint_url))
+    stores = StoreSet(profile=options.profile, region=options.region, endpoint_url=options.endpoint_url)
+    store = stores.bucket(source.location) if source.scheme == "s3" else stores.directory(source.location)
     store.check_access()
 
     cache_dir = options.cache_dir or default_cache_dir(source.url)
     os.makedirs(cache_dir, mode=0o700, exist_ok=True)
+    tree, read_only, immutable = _build_tree(source, store, stores, cache_dir, options)
     disk = DiskTier(os.path.join(cache_dir, "blocks"), options.disk_cache_size) if options.disk_cache_size else None
     # A quarter of the memory budget for read-ahead in flight, the rest for cached blocks.
     prefetch_budget = max(options.memory_cache_size // 4, 8 << 20)
     cache = BlockCache(options.memory_cache_size - prefetch_budget, disk)
     fetcher = BlockFetcher(cache, prefetch_budget=prefetch_budget)
-    tree = BucketTree(store, source.prefix, metadata_ttl=options.metadata_ttl)
     attrs = AttrPolicy(uid=os.geteuid() if options.uid is None else options.uid,
                        gid=os.getegid() if options.gid is None else options.gid,
                        file_mode=options.file_mode, dir_mode=options.dir_mode)
     started = time.time()
 
-    def record(ops: BucketOperations) -> dict[str, Any]:
+    def record(ops: MountOperations) -> dict[str, Any]:
         return {"pid": os.getpid(), "version": __version__, "source": source.url, "mountpoint": mountpoint,
                 "log_file": log_file, "cache_dir": cache_dir, "started_at": started,
-                "read_only": True, "rss_bytes": _rss_bytes(), "open_files": ops.open_handles(),
-                "cache": cache.stats(), "read_ahead": fetcher.stats(), "requests": store.snapshot(),
+                "read_only": read_only, "rss_bytes": _rss_bytes(), "open_files": ops.open_handles(),
+                "cache": cache.stats(), "read_ahead": fetcher.stats(), "requests": stores.stats.snapshot(),
                 "pending_uploads": 0}
 
     stop = threading.Event()
@@ -180,12 +186,13 @@ def _serve(options: MountOptions, log_file: str, signal: _Signal) -> int:
 
         threading.Thread(target=wait_until_live, name="status", daemon=True).start()
 
-    kernel_ttl = ttl_for_kernel(options.metadata_ttl)
-    operations = BucketOperations(tree, fetcher, attrs, max_read_window=prefetch_budget // 2, on_init=after_init)
+    # An immutable package revision can be cached by the kernel for as long as the mount lives.
+    kernel_ttl = IMMUTABLE_KERNEL_TTL if immutable else ttl_for_kernel(options.metadata_ttl)
+    operations = MountOperations(tree, fetcher, attrs, max_read_window=prefetch_budget // 2, on_init=after_init)
     fuse_options: dict[str, Any] = {
         "fsname": f"quiltmount:{source.url}", "subtype": "quiltmount", "default_permissions": True,
         "attr_timeout": kernel_ttl, "entry_timeout": kernel_ttl, "negative_timeout": kernel_ttl,
-        "auto_cache": True, "max_read": 1 << 20, "ro": True,
+        "max_read": 1 << 20, "ro": read_only, ("kernel_cache" if immutable else "auto_cache"): True,
     }
     if options.allow_other:
         fuse_options["allow_other"] = True
@@ -199,9 +206,52 @@ def _serve(options: MountOptions, log_file: str, signal: _Signal) -> int:
         state.remove_record(mountpoint)
         fetcher.close()
         tree.close()
-        store.close()
+        stores.close()
     log.info("unmounted %s", mountpoint)
     return 0
+
+
+def _build_tree(source: Any, store: Any, stores: Any, cache_dir: str,
+                options: MountOptions) -> tuple[Any, bool, bool]:
+    """The mount's root tree, whether the mount is read-only, and whether it is immutable (one revision)."""
+    from quiltmount.fs.mounttree import MountTree
+    from quiltmount.fs.packagetree import PackagesTree
+    from quiltmount.fs.tree import BucketTree
+    from quiltmount.packages.registry import Registry
+
+    registry = Registry(store, source.registry_url, cache_dir=os.path.join(cache_dir, "manifests"))
+    packages = PackagesTree(registry, stores, metadata_ttl=options.metadata_ttl)
+    if source.package:
+        return _revision_tree(packages, source.package), True, True
+    bucket = BucketTree(store, source.prefix, metadata_ttl=options.metadata_ttl)
+    return MountTree(bucket, {".packages": packages}), options.read_only, False
+
+
+def _revision_tree(packages: Any, spec: str) -> Any:
+    """`ns/name` (latest), `ns/name@<hash or prefix>` or `ns/name:<pointer>` -> that revision's tree."""
+    from quiltmount.errors import NotFound, StorageError
+    from quiltmount.packages.registry import LATEST, is_valid_package_name
+
+    if "@" in spec:
+        name, _, top_hash = spec.partition("@")
+        pointer = None
+    else:
+        name, _, pointer = spec.partition(":")
+        pointer = pointer or LATEST
+    if not is_valid_package_name(name):
+        raise UserError(f"invalid package name: {name!r} (expected namespace/name)")
+    try:
+        if pointer is not None:
+            versions = packages.versions(name)
+            if pointer not in versions:
+                raise UserError(f"package {name} has no pointer {pointer!r}" if versions
+                                else f"package not found: {name} in {packages.registry.url}")
+            top_hash = versions[pointer]
+        return packages.revision(name, top_hash)
+    except NotFound as exc:
+        raise UserError(f"cannot mount {spec}: {exc}") from None
+    except StorageError as exc:
+        raise UserError(f"cannot mount {spec}: {exc}") from None
 
 
 def start_background(options: MountOptions) -> int:

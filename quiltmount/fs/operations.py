@@ -20,8 +20,9 @@ from typing import Any
 from mfusepy import ENOATTR, FuseOSError, Operations
 
 from quiltmount.errors import NotFound, StorageError
+from quiltmount.fs.node import Node, Tree
 from quiltmount.fs.readahead import BlockFetcher, ReadStream
-from quiltmount.fs.tree import BucketTree, Node
+from quiltmount.fs.verify import HashVerifier
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +63,12 @@ def _read_only(*_: Any) -> None:
     raise FuseOSError(errno.EROFS)
 
 
-class BucketOperations(Operations):
-    """A bucket (or local directory) mount: read-only until write-back lands."""
+class MountOperations(Operations):
+    """Any quiltmount mount: a `Tree` for names and attributes, the block fetcher for bytes."""
 
     use_ns = True
 
-    def __init__(self, tree: BucketTree, fetcher: BlockFetcher, attrs: AttrPolicy, *, max_read_window: int,
+    def __init__(self, tree: Tree, fetcher: BlockFetcher, attrs: AttrPolicy, *, max_read_window: int,
                  on_init: Callable[[Any], None] | None = None) -> None:
         self.tree = tree
         self.fetcher = fetcher
@@ -96,6 +97,8 @@ class BucketOperations(Operations):
         mtime_ns = int(node.mtime * 1e9)
         if node.is_dir:
             mode, size, nlink = stat.S_IFDIR | self.attrs.dir_mode, 0, 1  # nlink 1: "unknown" to find(1)
+        elif node.target is not None:
+            mode, size, nlink = stat.S_IFLNK | 0o777, len(node.target.encode()), 1
         else:
             mode, size, nlink = stat.S_IFREG | self.attrs.file_mode, node.size, 1
         return {"st_mode": mode, "st_nlink": nlink, "st_size": size, "st_uid": self.attrs.uid,
@@ -114,9 +117,13 @@ class BucketOperations(Operations):
     @_translate
     def readdir(self, path: str, fh: int) -> list:
         entries = self.tree.readdir(path[1:])
-        dir_mode, file_mode = stat.S_IFDIR | self.attrs.dir_mode, stat.S_IFREG | self.attrs.file_mode
-        return [".", ".."] + [(name, {"st_mode": dir_mode if node.is_dir else file_mode}, 0)
-                              for name, node in entries.items()]
+        dir_mode, file_mode, link_mode = stat.S_IFDIR, stat.S_IFREG, stat.S_IFLNK
+        return [".", ".."] + [(name, {"st_mode": dir_mode if node.is_dir else link_mode if node.target else file_mode},
+                               0) for name, node in entries.items()]
+
+    @_translate
+    def readlink(self, path: str) -> str:
+        return self.tree.readlink(path[1:])
 
     @_translate
     def opendir(self, path: str) -> int:
@@ -133,13 +140,14 @@ class BucketOperations(Operations):
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
         # `ls -l` asks for security.* and system.* names on every file: answer without a lookup.
         if name.startswith("user."):
-            self.tree.lookup(path[1:])
+            value = self.tree.xattrs(path[1:]).get(name)
+            if value is not None:
+                return value
         raise FuseOSError(ENOATTR)
 
     @_translate
     def listxattr(self, path: str) -> list[str]:
-        self.tree.lookup(path[1:])
-        return []
+        return list(self.tree.xattrs(path[1:]))
 
     # -- data ---------------------------------------------------------------------------------------------
     @_translate
@@ -147,9 +155,10 @@ class BucketOperations(Operations):
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             raise FuseOSError(errno.EROFS)
         node = self.tree.lookup(path[1:])
-        if node.is_dir or node.obj is None:
+        if node.is_dir or node.obj is None or node.store is None:
             raise FuseOSError(errno.EISDIR)
-        stream = ReadStream(self.fetcher, self.tree.store, node.obj, max_window=self.max_read_window)
+        verifier = HashVerifier(node.expected_hash[0], node.expected_hash[1], node.size) if node.expected_hash else None
+        stream = ReadStream(self.fetcher, node.store, node.obj, max_window=self.max_read_window, verifier=verifier)
         with self._lock:
             handle = next(self._handle_ids)
             self._handles[handle] = stream
@@ -167,6 +176,21 @@ class BucketOperations(Operations):
             self._handles.pop(fh, None)
         return 0
 
-    # -- writes: not supported yet ------------------------------------------------------------------------
-    create = mkdir = unlink = rmdir = rename = truncate = chmod = chown = utimens = _read_only
-    symlink = link = mknod = setxattr = removexattr = write = _read_only
+    # -- changes: only what the tree supports (package pointers); data writes come with write-back ----------
+    @_translate
+    def unlink(self, path: str) -> None:
+        self.tree.unlink(path[1:])
+
+    @_translate
+    def rmdir(self, path: str) -> None:
+        self.tree.rmdir(path[1:])
+
+    @_translate
+    def symlink(self, path: str, target: str) -> None:
+        self.tree.symlink(path[1:], target)
+
+    @_translate
+    def rename(self, old: str, new: str) -> None:
+        self.tree.rename(old[1:], new[1:])
+
+    create = mkdir = truncate = chmod = chown = utimens = link = mknod = setxattr = removexattr = write = _read_only

@@ -13,7 +13,9 @@ import threading
 from collections.abc import Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from quiltmount.errors import ObjectChanged
 from quiltmount.fs.blockcache import BlockCache
+from quiltmount.fs.verify import HashVerifier
 from quiltmount.storage.base import ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -23,7 +25,7 @@ DEFAULT_PART_SIZE = 8 << 20
 
 
 def object_identity(store: ObjectStore, obj: ObjectInfo) -> Hashable:
-    return (store.name, obj.key, obj.etag, obj.version_id)
+    return (store.name, obj.key, obj.etag, obj.version_id, obj.content_hash)
 
 
 class BlockFetcher:
@@ -37,6 +39,16 @@ class BlockFetcher:
         self._lock = threading.Lock()
         self._in_flight: dict[tuple[Hashable, int], Future] = {}
         self._prefetch_bytes = 0
+        self._corrupt: set[Hashable] = set()
+
+    def mark_corrupt(self, ident: Hashable) -> None:
+        """Remember that an object's bytes do not match its manifest hash: its reads fail from now on."""
+        with self._lock:
+            self._corrupt.add(ident)
+
+    def is_corrupt(self, ident: Hashable) -> bool:
+        with self._lock:
+            return ident in self._corrupt
 
     # -- fetching -----------------------------------------------------------------------------------------
     def _claim(self, ident: Hashable, first: int, last: int) -> tuple[list[int], dict[int, Future]]:
@@ -192,10 +204,13 @@ class ReadStream:
     BACKWARD_TOLERANCE = 1 << 20
     FORWARD_TOLERANCE = 2 << 20
 
-    def __init__(self, fetcher: BlockFetcher, store: ObjectStore, obj: ObjectInfo, *, max_window: int) -> None:
+    def __init__(self, fetcher: BlockFetcher, store: ObjectStore, obj: ObjectInfo, *, max_window: int,
+                 verifier: HashVerifier | None = None) -> None:
         self.fetcher = fetcher
         self.store = store
         self.obj = obj
+        self.verifier = verifier
+        self._ident = object_identity(store, obj)
         bs = fetcher.block_size
         self._part = fetcher.blocks_per_part
         self._max_window = max(self._part, max_window // bs)
@@ -207,6 +222,8 @@ class ReadStream:
         self._lock = threading.Lock()
 
     def read(self, offset: int, size: int) -> bytes:
+        if self.verifier is not None and self.fetcher.is_corrupt(self._ident):
+            raise ObjectChanged(f"{self.store.name}/{self.obj.key}: content does not match the manifest hash")
         bs = self.fetcher.block_size
         prefetch: tuple[int, int] | None = None
         with self._lock:
@@ -234,4 +251,9 @@ class ReadStream:
             scheduled = self.fetcher.prefetch(self.store, self.obj, *prefetch)
             with self._lock:
                 self._prefetched_until = max(self._prefetched_until, scheduled)
+        if self.verifier is not None and self.verifier.observe(offset, data) is False:
+            self.fetcher.mark_corrupt(self._ident)
+            log.error("%s/%s: content does not match the manifest hash %s; returning EIO",
+                      self.store.name, self.obj.key, self.verifier.expected)
+            raise ObjectChanged(f"{self.store.name}/{self.obj.key}: content does not match the manifest hash")
         return data

@@ -13,11 +13,11 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 
 from cachetools import LRUCache, TTLCache
 
 from quiltmount.errors import NotFound
+from quiltmount.fs.node import Node, Tree
 from quiltmount.storage.base import ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -31,16 +31,6 @@ RESERVED_ROOT_NAMES = frozenset({".packages", ".search"})
 MAX_NAME_BYTES = 255
 
 
-@dataclass(frozen=True)
-class Node:
-    """A file or directory as the tree knows it; files carry the object identity they read from."""
-
-    is_dir: bool
-    size: int = 0
-    mtime: float = 0.0
-    obj: ObjectInfo | None = None
-
-
 def invalid_name_reason(name: str) -> str | None:
     """Why `name` cannot be a directory entry, or None if it can."""
     if name in ("", ".", ".."):
@@ -52,7 +42,7 @@ def invalid_name_reason(name: str) -> str | None:
     return None
 
 
-class BucketTree:
+class BucketTree(Tree):
     """Resolves mount-relative paths (`a/b/c`, '' for the root) to `Node`s from a store's listings."""
 
     def __init__(self, store: ObjectStore, root_prefix: str = "", *, metadata_ttl: float = 10.0,
@@ -136,7 +126,7 @@ class BucketTree:
             head.add_done_callback(lambda done: self._report_shadowed(key, done))
             return self.dir_node()
         obj: ObjectInfo = head.result()  # raises NotFound
-        return Node(is_dir=False, size=obj.size, mtime=obj.mtime, obj=obj)
+        return Node(is_dir=False, size=obj.size, mtime=obj.mtime, obj=obj, store=self.store)
 
     def _report_shadowed(self, key: str, head: Future) -> None:
         if head.exception() is None:
@@ -190,7 +180,7 @@ class BucketTree:
                 if reason:
                     self._report(obj.key, reason)
                     continue
-                files[name] = Node(is_dir=False, size=obj.size, mtime=obj.mtime, obj=obj)
+                files[name] = Node(is_dir=False, size=obj.size, mtime=obj.mtime, obj=obj, store=self.store)
             for child in page.prefixes:
                 name = child[len(prefix):-1]
                 reason = invalid_name_reason(name)

@@ -19,16 +19,27 @@ class Source:
     scheme: str  # "s3" or "file"
     location: str  # bucket name, or absolute directory path
     prefix: str = ""  # key prefix inside the bucket, '' or ending in '/'
+    package: str | None = None  # `ns/name[@hash|:tag]` to mount one package revision
 
     @property
     def url(self) -> str:
-        if self.scheme == "s3":
-            return f"s3://{self.location}/{self.prefix}"
-        return f"file://{self.location}"
+        base = f"s3://{self.location}/{self.prefix}" if self.scheme == "s3" else f"file://{self.location}"
+        return base + (f"#package={self.package}" if self.package else "")
+
+    @property
+    def registry_url(self) -> str:
+        """The registry at the root of the bucket or directory (packages live under its `.quilt/`)."""
+        return f"s3://{self.location}" if self.scheme == "s3" else f"file://{self.location}"
 
 
 def parse_source(text: str) -> Source:
     """Parse a SOURCE argument; raise `UserError` with a one-line reason if it is not one."""
+    if text.startswith("quilt+s3://"):
+        bucket, _, fragment = text[len("quilt+s3://"):].partition("#")
+        fields = dict(item.partition("=")[::2] for item in fragment.split("&") if item)
+        if not bucket or "/" in bucket.strip("/") or not fields.get("package") or set(fields) - {"package"}:
+            raise UserError(f"invalid source {text!r}: expected quilt+s3://BUCKET#package=NS/NAME[@HASH|:TAG]")
+        return Source("s3", bucket.strip("/"), package=fields["package"])
     if text.startswith("s3://"):
         parsed = urlparse(text)
         bucket = parsed.netloc

@@ -14,13 +14,18 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class ObjectInfo:
-    """One object as a listing or HEAD reports it."""
+    """One object as a listing or HEAD reports it, or as a package manifest names it.
+
+    Reads are pinned to `version_id` when there is one, else to `etag`.  Package entries of unversioned
+    buckets have neither: their `content_hash` (the manifest's) is their identity, checked after reading.
+    """
 
     key: str
     size: int
     mtime: float
-    etag: str
+    etag: str = ""
     version_id: str | None = None
+    content_hash: str | None = None
 
 
 @dataclass

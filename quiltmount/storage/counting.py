@@ -9,31 +9,43 @@ from collections.abc import Iterator
 from quiltmount.storage.base import ListPage, ObjectInfo, ObjectStore
 
 
-class CountingStore(ObjectStore):
-    def __init__(self, inner: ObjectStore) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self._lock = threading.Lock()
-        self._totals: Counter[str] = Counter()
-        self._in_flight = 0
+class RequestStats:
+    """Request counters shared by every store of one mount."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.totals: Counter[str] = Counter()
+        self.in_flight = 0
         self.bytes_read = 0
 
+    def snapshot(self) -> dict:
+        with self.lock:
+            return {"in_flight": self.in_flight, "totals": dict(self.totals), "bytes_read": self.bytes_read}
+
+
+class CountingStore(ObjectStore):
+    def __init__(self, inner: ObjectStore, stats: RequestStats | None = None) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.stats = stats or RequestStats()
+
     def _begin(self, operation: str | None) -> None:
-        with self._lock:
+        stats = self.stats
+        with stats.lock:
             if operation:
-                self._totals[operation] += 1
-            self._in_flight += 1
+                stats.totals[operation] += 1
+            stats.in_flight += 1
 
     def _end(self, num_bytes: int = 0, operation: str | None = None) -> None:
-        with self._lock:
+        stats = self.stats
+        with stats.lock:
             if operation:
-                self._totals[operation] += 1
-            self._in_flight -= 1
-            self.bytes_read += num_bytes
+                stats.totals[operation] += 1
+            stats.in_flight -= 1
+            stats.bytes_read += num_bytes
 
     def snapshot(self) -> dict:
-        with self._lock:
-            return {"in_flight": self._in_flight, "totals": dict(self._totals), "bytes_read": self.bytes_read}
+        return self.stats.snapshot()
 
     def check_access(self) -> None:
         self.inner.check_access()

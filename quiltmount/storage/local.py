@@ -153,7 +153,7 @@ class LocalStore(ObjectStore):
                 raise ObjectChanged(f"{self.name}/{obj.key} was deleted since it was opened") from exc
             raise self._fail("read", obj.key, exc) from exc
         try:
-            if _fingerprint(os.fstat(fd)) != obj.etag:
+            if obj.etag and _fingerprint(os.fstat(fd)) != obj.etag:
                 raise ObjectChanged(f"{self.name}/{obj.key} changed since it was opened")
             data = os.pread(fd, end - start, start)
         except OSError as exc:

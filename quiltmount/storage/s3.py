@@ -113,7 +113,7 @@ class S3Store(ObjectStore):
         params = {"Bucket": self.bucket, "Key": obj.key, "Range": f"bytes={start}-{end - 1}"}
         if obj.version_id:
             params["VersionId"] = obj.version_id
-        else:
+        elif obj.etag:
             params["IfMatch"] = obj.etag
         try:
             response = self.client.get_object(**params)

@@ -1,0 +1,68 @@
+"""The root of a bucket mount: the bucket's own tree, with quiltmount's views under reserved names."""
+
+from __future__ import annotations
+
+import errno
+
+from quiltmount.errors import StorageError
+from quiltmount.fs.node import Node, Tree
+from quiltmount.fs.tree import RESERVED_ROOT_NAMES, BucketTree
+
+
+class MountTree(Tree):
+    """Routes `.packages/...` (and later `.search/...`) to their trees and everything else to the bucket.
+
+    The reserved names answer lookups but are never listed, so `find`, `du` and `rsync` see only the bucket.
+    """
+
+    def __init__(self, bucket: BucketTree, views: dict[str, Tree]) -> None:
+        assert set(views) <= RESERVED_ROOT_NAMES
+        self.bucket = bucket
+        self.views = views
+
+    def _route(self, path: str) -> tuple[Tree, str]:
+        first, _, rest = path.partition("/")
+        view = self.views.get(first)
+        if view is not None:
+            return view, rest
+        return self.bucket, path
+
+    def lookup(self, path: str) -> Node:
+        tree, inner = self._route(path)
+        return tree.lookup(inner)
+
+    def readdir(self, path: str) -> dict[str, Node]:
+        tree, inner = self._route(path)
+        return tree.readdir(inner)
+
+    def readlink(self, path: str) -> str:
+        tree, inner = self._route(path)
+        return tree.readlink(inner)
+
+    def xattrs(self, path: str) -> dict[str, bytes]:
+        tree, inner = self._route(path)
+        return tree.xattrs(inner)
+
+    def unlink(self, path: str) -> None:
+        tree, inner = self._route(path)
+        tree.unlink(inner)
+
+    def rmdir(self, path: str) -> None:
+        tree, inner = self._route(path)
+        tree.rmdir(inner)
+
+    def symlink(self, path: str, target: str) -> None:
+        tree, inner = self._route(path)
+        tree.symlink(inner, target)
+
+    def rename(self, old: str, new: str) -> None:
+        old_tree, old_inner = self._route(old)
+        new_tree, new_inner = self._route(new)
+        if old_tree is not new_tree:
+            raise StorageError(f"{old} -> {new}: cannot move between the bucket and a view", errno.EXDEV)
+        old_tree.rename(old_inner, new_inner)
+
+    def close(self) -> None:
+        self.bucket.close()
+        for view in self.views.values():
+            view.close()

@@ -1,0 +1,355 @@
+"""Quilt packages as directories (no FUSE here).
+
+```
+.packages/<namespace>/<name>/            a package: its pointer files, shown as symlinks
+.packages/<namespace>/<name>/latest      -> @<top_hash>
+.packages/<namespace>/<name>/<seconds>   -> @<top_hash>
+.packages/<namespace>/<name>/@<hash>     a revision's logical tree (any unique prefix of 6+ characters);
+                                         found by lookup, never listed, so find and rm -r stay out of it
+```
+
+Revisions are immutable: a `RevisionTree` is built once from its (hash-verified) manifest and cached.
+Deleting pointers goes through `Registry`, with quilt3's semantics; manifests and data are never deleted.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from cachetools import LRUCache
+
+from quiltmount.errors import NotFound, StorageError, UserError
+from quiltmount.fs.node import Node, Tree
+from quiltmount.packages.manifest import Manifest, ManifestError, is_top_hash
+from quiltmount.packages.registry import LATEST, InvalidPointer, Registry, is_pointer_name, is_valid_package_name
+from quiltmount.storage.base import ObjectInfo
+from quiltmount.storage.stores import StoreSet
+
+log = logging.getLogger(__name__)
+
+REVISION_PREFIX = "@"
+MIN_HASH_PREFIX = 6
+
+
+def _json(value: object) -> bytes:
+    return json.dumps(value, ensure_ascii=False).encode("utf-8")
+
+
+class RevisionTree(Tree):
+    """One package revision's logical tree: sizes and hashes from the manifest, bytes from physical keys."""
+
+    def __init__(self, manifest: Manifest, top_hash: str, stores: StoreSet, mtime: float) -> None:
+        self.manifest = manifest
+        self.top_hash = top_hash
+        self.mtime = mtime
+        self._dir_node = Node(is_dir=True, mtime=mtime, immutable=True)
+        self._dirs: dict[str, dict[str, Node]] = {"": {}}
+        self._entries = {}
+        for entry in manifest.entries:
+            parts = entry.logical_key.split("/")
+            for depth in range(1, len(parts)):
+                parent, name = "/".join(parts[:depth - 1]), parts[depth - 1]
+                directory = "/".join(parts[:depth])
+                if directory not in self._dirs:
+                    self._dirs[directory] = {}
+                    self._dirs[parent][name] = self._dir_node
+            self._dirs["/".join(parts[:-1])][parts[-1]] = self._file_node(entry, stores)
+            self._entries[entry.logical_key] = entry
+        for directory in self._dirs.values():
+            ordered = dict(sorted(directory.items()))
+            directory.clear()
+            directory.update(ordered)
+
+    def _file_node(self, entry, stores: StoreSet) -> Node:
+        physical = entry.parsed_physical_key()
+        if physical.scheme == "s3":
+            store = stores.bucket(physical.bucket or "")
+            obj = ObjectInfo(physical.key, entry.size, self.mtime, version_id=physical.s3_version_id,
+                             content_hash=entry.hash_value)
+        else:
+            store = stores.local()
+            obj = ObjectInfo(physical.path.lstrip("/"), entry.size, self.mtime, content_hash=entry.hash_value)
+        return Node(is_dir=False, size=entry.size, mtime=self.mtime, obj=obj, store=store,
+                    expected_hash=(entry.hash_type, entry.hash_value), immutable=True)
+
+    def lookup(self, path: str) -> Node:
+        if path == "":
+            return self._dir_node
+        parent, _, name = path.rpartition("/")
+        node = self._dirs.get(parent, {}).get(name)
+        if node is None:
+            raise NotFound(path)
+        return node
+
+    def readdir(self, path: str) -> dict[str, Node]:
+        if path not in self._dirs:
+            raise NotFound(path)
+        return self._dirs[path]
+
+    def xattrs(self, path: str) -> dict[str, bytes]:
+        node = self.lookup(path)
+        if path == "":
+            message = self.manifest.message
+            return {"user.quilt.top_hash": self.top_hash.encode(),
+                    "user.quilt.message": b"" if message is None else str(message).encode("utf-8"),
+                    "user.quilt.user_meta": _json(self.manifest.user_meta)}
+        if node.is_dir:
+            meta = self.manifest.dir_meta.get(path + "/")
+            return {} if meta is None else {"user.quilt.meta": _json(meta)}
+        entry = self._entries[path]
+        return {"user.quilt.hash": _json(entry.hash_object()),
+                "user.quilt.physical_key": entry.physical_key.encode("utf-8"),
+                "user.quilt.meta": _json(entry.meta)}
+
+
+class PackagesTree(Tree):
+    """`.packages/`: every package of a registry, its pointers as symlinks, its revisions by lookup."""
+
+    def __init__(self, registry: Registry, stores: StoreSet, *, metadata_ttl: float, revision_cache_size: int = 64,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.registry = registry
+        self.stores = stores
+        self.ttl = metadata_ttl
+        self._clock = clock
+        self.started = time.time()
+        self._dir_node = Node(is_dir=True, mtime=self.started)
+        self._lock = threading.Lock()
+        self._packages: tuple[list[str], float] | None = None
+        self._versions: dict[str, tuple[dict[str, str], float]] = {}
+        self._revisions: LRUCache[str, RevisionTree] = LRUCache(revision_cache_size)
+        self._resolved: dict[tuple[str, str], tuple[str, float]] = {}
+        self._pending_links: dict[tuple[str, str], str] = {}  # (package, temporary name) -> top hash
+        self._emptied: set[str] = set()  # packages whose last pointer was removed here, until rmdir
+
+    # -- cached registry reads ------------------------------------------------------------------------
+    def _fresh(self, expires: float) -> bool:
+        return self._clock() < expires
+
+    def packages(self) -> list[str]:
+        with self._lock:
+            if self._packages is not None and self._fresh(self._packages[1]):
+                return self._packages[0]
+        names = self.registry.list_packages()
+        with self._lock:
+            self._packages = (names, self._clock() + self.ttl)
+        return names
+
+    def versions(self, name: str) -> dict[str, str]:
+        """Pointer name -> top hash, timestamps ascending then `latest`."""
+        with self._lock:
+            cached = self._versions.get(name)
+            if cached is not None and self._fresh(cached[1]):
+                return cached[0]
+        try:
+            pairs = self.registry.list_package_versions(name)
+        except InvalidPointer as exc:
+            log.error("package %s: %s", name, exc)
+            raise StorageError(f"package {name}: {exc}", errno.EIO) from None
+        ordered = dict(sorted(pairs, key=lambda pair: (pair[0] == LATEST, len(pair[0]), pair[0])))
+        with self._lock:
+            self._versions[name] = (ordered, self._clock() + self.ttl)
+        return ordered
+
+    def _forget(self, name: str) -> None:
+        with self._lock:
+            self._versions.pop(name, None)
+            self._packages = None
+
+    def revision(self, name: str, spelled: str) -> RevisionTree:
+        """The revision named by `@<hash or unique prefix>` (any manifest of the registry)."""
+        top_hash = self._resolve(name, spelled)
+        with self._lock:
+            tree = self._revisions.get(top_hash)
+        if tree is not None:
+            return tree
+        try:
+            manifest = self.registry.load_manifest(top_hash)
+        except ManifestError as exc:
+            log.error("revision %s of %s: %s", top_hash, name, exc)
+            raise StorageError(f"revision {top_hash}: {exc}", errno.EIO) from None
+        tree = RevisionTree(manifest, top_hash, self.stores, self.started)
+        with self._lock:
+            self._revisions[top_hash] = tree
+        return tree
+
+    def _resolve(self, name: str, spelled: str) -> str:
+        spelled = spelled.lower()
+        if is_top_hash(spelled):
+            return spelled
+        if len(spelled) < MIN_HASH_PREFIX or any(c not in "0123456789abcdef" for c in spelled):
+            raise NotFound(f"@{spelled}: not a top hash or a prefix of 6+ hex digits")
+        key = (name, spelled)
+        with self._lock:
+            cached = self._resolved.get(key)
+            if cached is not None and self._fresh(cached[1]):
+                return cached[0]
+        try:
+            top_hash = self.registry.resolve_hash(name, spelled)
+        except UserError as exc:  # zero or several matches
+            raise NotFound(f"@{spelled}: {exc}") from None
+        with self._lock:
+            self._resolved[key] = (top_hash, self._clock() + self.ttl)
+        return top_hash
+
+    # -- paths ------------------------------------------------------------------------------------------
+    def _route(self, path: str) -> tuple[list[str], RevisionTree | None, str]:
+        """Split `path`; for paths inside a revision, also return the revision and the path inside it."""
+        parts = path.split("/") if path else []
+        if len(parts) >= 3 and parts[2].startswith(REVISION_PREFIX):
+            name = f"{parts[0]}/{parts[1]}"
+            if not self._package_known(name):
+                raise NotFound(path)
+            return parts, self.revision(name, parts[2][1:]), "/".join(parts[3:])
+        return parts, None, ""
+
+    def _package_known(self, name: str) -> bool:
+        return is_valid_package_name(name) and (name in self._emptied or name in self.packages())
+
+    def lookup(self, path: str) -> Node:
+        parts, revision, inner = self._route(path)
+        if revision is not None:
+            return revision.lookup(inner)
+        if len(parts) == 0:
+            return self._dir_node
+        if len(parts) == 1:
+            if any(name.partition("/")[0] == parts[0] for name in self._emptied | set(self.packages())):
+                return self._dir_node
+            raise NotFound(path)
+        name = f"{parts[0]}/{parts[1]}"
+        if not self._package_known(name):
+            raise NotFound(path)
+        if len(parts) == 2:
+            return self._dir_node
+        if len(parts) == 3:
+            with self._lock:
+                target = self._pending_links.get((name, parts[2]))
+            if target is None:
+                target = self.versions(name).get(parts[2])
+            if target is not None:
+                return self._link_node(target)
+        raise NotFound(path)
+
+    def _link_node(self, top_hash: str) -> Node:
+        target = REVISION_PREFIX + top_hash
+        return Node(is_dir=False, size=len(target), mtime=self.started, target=target)
+
+    def readdir(self, path: str) -> dict[str, Node]:
+        parts, revision, inner = self._route(path)
+        if revision is not None:
+            return revision.readdir(inner)
+        names = sorted(set(self.packages()) | self._emptied)
+        if len(parts) == 0:
+            return {namespace: self._dir_node for namespace in sorted({n.partition("/")[0] for n in names})}
+        if len(parts) == 1:
+            found = {n.partition("/")[2]: self._dir_node for n in names if n.partition("/")[0] == parts[0]}
+            if not found:
+                raise NotFound(path)
+            return found
+        if len(parts) == 2:
+            name = f"{parts[0]}/{parts[1]}"
+            if not self._package_known(name):
+                raise NotFound(path)
+            entries = {pointer: self._link_node(top_hash) for pointer, top_hash in self.versions(name).items()}
+            for (package, temporary), top_hash in self._pending_links.items():
+                if package == name:
+                    entries[temporary] = self._link_node(top_hash)
+            return entries
+        raise NotFound(path)
+
+    def xattrs(self, path: str) -> dict[str, bytes]:
+        parts, revision, inner = self._route(path)
+        if revision is not None:
+            return revision.xattrs(inner)
+        self.lookup(path)
+        if len(parts) == 2:
+            return {"user.quilt.pointers": _json(self.versions(f"{parts[0]}/{parts[1]}"))}
+        return {}
+
+    # -- changes: pointers only -------------------------------------------------------------------------
+    def _pointer_path(self, path: str) -> tuple[str, str]:
+        parts, revision, _ = self._route(path)
+        if revision is not None or len(parts) != 3:
+            raise StorageError(f"{path}: only package pointers can be changed", errno.EROFS)
+        return f"{parts[0]}/{parts[1]}", parts[2]
+
+    def unlink(self, path: str) -> None:
+        name, pointer = self._pointer_path(path)
+        with self._lock:
+            if self._pending_links.pop((name, pointer), None) is not None:
+                return
+        versions = self.versions(name)
+        if pointer not in versions:
+            raise NotFound(path)
+        if pointer == LATEST:
+            # As delete_package(name, top_hash=<latest>): every pointer to that hash goes, then the greatest
+            # remaining timestamp becomes latest.
+            deleted = self.registry.delete_package(name, top_hash=versions[LATEST])
+        else:
+            self.registry.delete_pointer(name, pointer)
+            deleted = [pointer]
+        log.info("package %s: deleted pointer(s) %s", name, ", ".join(deleted))
+        self._forget(name)
+        if not self.versions(name):
+            with self._lock:
+                self._emptied.add(name)
+
+    def rmdir(self, path: str) -> None:
+        parts, revision, _ = self._route(path)
+        if revision is not None or len(parts) not in (1, 2):
+            raise StorageError(f"{path}: read-only", errno.EROFS)
+        if len(parts) == 1:
+            if self.readdir(path):
+                raise StorageError(f"{path}: namespace is not empty", errno.ENOTEMPTY)
+            return
+        name = f"{parts[0]}/{parts[1]}"
+        self.lookup(path)
+        if self.versions(name) or any(package == name for package, _ in self._pending_links):
+            raise StorageError(f"{path}: package still has pointers", errno.ENOTEMPTY)
+        with self._lock:
+            self._emptied.discard(name)
+            self._packages = None
+
+    def symlink(self, path: str, target: str) -> None:
+        name, pointer = self._pointer_path(path)
+        if not is_valid_package_name(name):
+            raise StorageError(f"{path}: invalid package name", errno.EINVAL)
+        if not target.startswith(REVISION_PREFIX):
+            raise StorageError(f"{path}: a pointer must link to @<top hash>", errno.EINVAL)
+        try:
+            top_hash = self.revision(name, target[1:]).top_hash  # the manifest must exist and be valid
+        except NotFound:
+            raise StorageError(f"{path}: no revision {target}", errno.EINVAL) from None
+        if is_pointer_name(pointer):
+            self._set_pointer(name, pointer, top_hash)
+        else:  # `ln -sfn` makes a temporary link, then renames it over the pointer
+            with self._lock:
+                self._pending_links[(name, pointer)] = top_hash
+
+    def rename(self, old: str, new: str) -> None:
+        name, pointer = self._pointer_path(old)
+        new_name, new_pointer = self._pointer_path(new)
+        if new_name != name or not is_pointer_name(new_pointer):
+            raise StorageError(f"{new}: a pointer must be named 'latest' or by Unix seconds", errno.EINVAL)
+        with self._lock:
+            top_hash = self._pending_links.pop((name, pointer), None)
+        if top_hash is None:
+            top_hash = self.versions(name).get(pointer)
+            if top_hash is None:
+                raise NotFound(old)
+            self._set_pointer(name, new_pointer, top_hash)
+            self.registry.delete_pointer(name, pointer)
+            self._forget(name)
+            return
+        self._set_pointer(name, new_pointer, top_hash)
+
+    def _set_pointer(self, name: str, pointer: str, top_hash: str) -> None:
+        self.registry.set_pointer(name, pointer, top_hash)
+        log.info("package %s: %s -> %s", name, pointer, top_hash)
+        self._forget(name)
+        with self._lock:
+            self._emptied.discard(name)

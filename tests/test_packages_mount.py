@@ -1,0 +1,246 @@
+"""Quilt packages through a real mount: revisions made by the real quilt3, read, inspected and deleted with
+ordinary tools, and checked again with quilt3."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import random
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mounthelpers import run_cli
+from quiltmount.packages import manifest as mf
+from test_registry import q3, quilt3_module  # noqa: F401  (fixtures: quilt3 talking to the test server)
+
+SOURCE_FILES = {"README.md": b"# Demo\n", "data/hello.txt": b"hello world\n", "data/ü nï+code#.csv": b"a,b\n1,2\n",
+                "empty.txt": b"", "deep/a/b/c.bin": random.Random(5).randbytes(3 << 20)}
+
+
+def write_tree(root: Path, files: dict[str, bytes]) -> Path:
+    for key, data in files.items():
+        (root / key).parent.mkdir(parents=True, exist_ok=True)
+        (root / key).write_bytes(data)
+    return root
+
+
+@pytest.fixture
+def pushed(q3, s3, tmp_path) -> tuple[str, dict[str, dict[str, bytes]]]:
+    """A versioned bucket with two revisions of demo/pkg pushed by quilt3; returns (bucket, hash -> files)."""
+    bucket = f"pkgs-{os.urandom(4).hex()}"
+    s3.create_bucket(Bucket=bucket)
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    revisions = {}
+    first = write_tree(tmp_path / "v1", SOURCE_FILES)
+    pkg = q3.Package().set_dir(".", str(first), meta={"author": "Zoë"})
+    pkg.set_meta({"author": "Zoë"})
+    top1 = pkg.push("demo/pkg", registry=f"s3://{bucket}", message="first", force=True).top_hash
+    revisions[top1] = dict(SOURCE_FILES)
+    second_files = dict(SOURCE_FILES, **{"data/hello.txt": b"hello again\n", "new.txt": b"new"})
+    second = write_tree(tmp_path / "v2", second_files)
+    top2 = q3.Package().set_dir(".", str(second)).push("demo/pkg", registry=f"s3://{bucket}", message="second",
+                                                        force=True).top_hash
+    revisions[top2] = second_files
+    return bucket, revisions
+
+
+def test_revisions_read_like_the_source(q3, pushed, mount):
+    bucket, revisions = pushed
+    mnt = mount(f"s3://{bucket}")
+    package = mnt / ".packages/demo/pkg"
+    assert ".packages" not in os.listdir(mnt)
+    versions = dict(q3.list_package_versions("demo/pkg", registry=f"s3://{bucket}"))
+    assert sorted(os.listdir(package)) == sorted(versions)
+    for pointer, top_hash in versions.items():
+        assert os.readlink(package / pointer) == "@" + top_hash
+        for key, data in revisions[top_hash].items():
+            assert (package / pointer / key).read_bytes() == data, (pointer, key)
+            assert (package / f"@{top_hash[:8]}" / key).stat().st_size == len(data)
+    latest = versions["latest"]
+    found = subprocess.run(["find", "-L", str(package / "latest"), "-type", "f"], capture_output=True, text=True,
+                           check=True).stdout.splitlines()
+    assert sorted(os.path.relpath(p, package / "latest") for p in found) == sorted(revisions[latest])
+    not_followed = subprocess.run(["find", str(mnt / ".packages")], capture_output=True, text=True, check=True)
+    assert "README.md" not in not_followed.stdout  # revisions are symlinks: find does not descend
+    listing = subprocess.run(["ls", "-l", str(package)], capture_output=True, text=True, check=True).stdout
+    assert f"latest -> @{latest}" in listing
+
+
+def test_extended_attributes_match_the_manifest(q3, pushed, mount):
+    bucket, revisions = pushed
+    mnt = mount(f"s3://{bucket}")
+    versions = dict(q3.list_package_versions("demo/pkg", registry=f"s3://{bucket}"))
+    first = next(h for h in revisions if h != versions["latest"])
+    package = q3.Package.browse("demo/pkg", registry=f"s3://{bucket}", top_hash=first)
+    revision = mnt / f".packages/demo/pkg/@{first}"
+    assert os.getxattr(revision, "user.quilt.top_hash").decode() == first
+    assert os.getxattr(revision, "user.quilt.message").decode() == "first"
+    assert json.loads(os.getxattr(revision, "user.quilt.user_meta")) == {"author": "Zoë"}
+    for key, entry in package.walk():
+        path = revision / key
+        assert json.loads(os.getxattr(path, "user.quilt.hash")) == entry.hash
+        assert os.getxattr(path, "user.quilt.physical_key").decode() == str(entry.physical_key)
+        assert json.loads(os.getxattr(path, "user.quilt.meta")) == entry._meta
+    pointers = json.loads(os.getxattr(mnt / ".packages/demo/pkg", "user.quilt.pointers"))
+    assert pointers == versions
+    dump = subprocess.run(["getfattr", "-d", str(revision / "README.md")], capture_output=True, text=True, check=True)
+    assert "user.quilt.hash" in dump.stdout
+    with pytest.raises(OSError) as failure:
+        os.getxattr(revision / "README.md", "user.nothing")
+    assert failure.value.errno == errno.ENODATA
+
+
+def test_revisions_are_read_only(pushed, mount):
+    bucket, _ = pushed
+    mnt = mount(f"s3://{bucket}")
+    latest = mnt / ".packages/demo/pkg/latest"
+    for action in (lambda: (latest / "README.md").write_bytes(b"x"), lambda: (latest / "README.md").unlink(),
+                   lambda: (latest / "new").mkdir(), lambda: (mnt / ".packages/demo/x").mkdir()):
+        with pytest.raises(OSError) as failure:
+            action()
+        assert failure.value.errno == errno.EROFS
+    with pytest.raises(OSError) as failure:
+        os.symlink("@" + "0" * 64, mnt / ".packages/demo/pkg/latest2")
+    assert failure.value.errno == errno.EINVAL
+
+
+def test_rm_deletes_pointers_like_quilt3(q3, pushed, mount, s3):
+    bucket, revisions = pushed
+    mnt = mount(f"s3://{bucket}", "--metadata-ttl", "1")
+    package = mnt / ".packages/demo/pkg"
+    versions = dict(q3.list_package_versions("demo/pkg", registry=f"s3://{bucket}"))
+    timestamps = sorted(p for p in versions if p != "latest")
+    (package / "latest").unlink()  # = delete_package(top_hash=latest): latest moves to the older revision
+    after = dict(q3.list_package_versions("demo/pkg", registry=f"s3://{bucket}"))
+    assert after == {timestamps[0]: versions[timestamps[0]], "latest": versions[timestamps[0]]}
+    assert sorted(os.listdir(package)) == sorted(after)
+
+    old = versions["latest"]
+    subprocess.run(["ln", "-sfn", f"@{old[:10]}", str(package / "latest")], check=True)  # quilt3's rollback
+    assert dict(q3.list_package_versions("demo/pkg", registry=f"s3://{bucket}"))["latest"] == old
+    assert os.readlink(package / "latest") == "@" + old
+
+    subprocess.run(["rm", "-r", str(package)], check=True)
+    assert list(q3.list_packages(f"s3://{bucket}")) == []
+    keys = {obj["Key"] for obj in s3.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert all(f".quilt/packages/{h}" in keys for h in revisions)  # manifests and data stay
+    assert "demo/pkg/README.md" in keys
+    assert not (mnt / ".packages/demo").exists() or os.listdir(mnt / ".packages/demo") == []
+
+
+def test_single_package_mounts(q3, pushed, mount):
+    bucket, revisions = pushed
+    versions = dict(q3.list_package_versions("demo/pkg", registry=f"s3://{bucket}"))
+    latest = versions["latest"]
+    first = next(h for h in revisions if h != latest)
+    mnt = mount(f"quilt+s3://{bucket}#package=demo/pkg")
+    assert sorted(os.listdir(mnt)) == sorted({k.split("/")[0] for k in revisions[latest]})
+    assert (mnt / "data/hello.txt").read_bytes() == revisions[latest]["data/hello.txt"]
+    with pytest.raises(OSError) as failure:
+        (mnt / "x").write_bytes(b"x")
+    assert failure.value.errno == errno.EROFS
+    old = mount(f"s3://{bucket}", "--package", f"demo/pkg@{first[:7]}")
+    assert (old / "data/hello.txt").read_bytes() == b"hello world\n"
+    assert not (old / "new.txt").exists()
+    pointer = next(p for p, h in versions.items() if h == first)
+    tagged = mount(f"quilt+s3://{bucket}#package=demo/pkg:{pointer}")
+    assert sorted(os.listdir(tagged)) == sorted(os.listdir(old))
+    unused = old.parent / "unused"
+    unused.mkdir()
+    bad = run_cli("mount", f"quilt+s3://{bucket}#package=demo/nope", str(unused))
+    assert bad.returncode == 1 and "package not found: demo/nope" in bad.stderr, bad.stderr
+    bad = run_cli("mount", f"quilt+s3://{bucket}#package=demo/pkg@ffffff", str(unused))
+    assert bad.returncode == 1 and "Found zero matches" in bad.stderr, bad.stderr
+
+
+def test_local_registry_built_by_quilt3(q3, tmp_path, mount):
+    src = write_tree(tmp_path / "src", {"a.txt": b"A", "sub/b.txt": b"B" * 1000})
+    registry = tmp_path / "registry"
+    top = q3.Package().set_dir(".", str(src)).build("team/local", registry=registry.as_uri(), message="m")
+    mnt = mount(str(registry))
+    assert sorted(os.listdir(mnt / ".packages/team/local")) == \
+        sorted(os.listdir(registry / ".quilt/named_packages/team/local"))
+    assert (mnt / ".packages/team/local/latest/sub/b.txt").read_bytes() == b"B" * 1000
+    assert os.getxattr(mnt / ".packages/team/local/latest", "user.quilt.top_hash").decode() == top
+    one = mount(str(registry), "--package", "team/local")
+    assert sorted(os.listdir(one)) == ["a.txt", "sub"]
+    subprocess.run(["rm", str(mnt / ".packages/team/local/latest")], check=True)
+    assert list(q3.list_packages(registry.as_uri())) == []
+    assert (registry / ".quilt/packages" / top).exists()
+
+
+def _write_package(store_client, bucket: str, name: str, files: dict[str, tuple[str, str, bytes]]) -> str:
+    """A manifest written by quiltmount's own writer: logical key -> (bucket, key, bytes) already in S3."""
+    entries = []
+    for logical_key, (data_bucket, key, data) in files.items():
+        version = store_client.head_object(Bucket=data_bucket, Key=key).get("VersionId")
+        physical = mf.format_physical_key(mf.PhysicalKey("s3", data_bucket, key,
+                                                         None if version in (None, "null") else version))
+        entries.append(mf.Entry(logical_key, physical, len(data), "sha2-256-chunked",
+                                mf.hash_bytes("sha2-256-chunked", data)))
+    manifest = mf.Manifest({"version": "v0", "message": "by quiltmount"}, entries)
+    top_hash = manifest.top_hash
+    store_client.put_object(Bucket=bucket, Key=f".quilt/packages/{top_hash}", Body=mf.write_manifest(manifest))
+    for pointer in ("1795424102", "latest"):
+        store_client.put_object(Bucket=bucket, Key=f".quilt/named_packages/{name}/{pointer}", Body=top_hash.encode())
+    return top_hash
+
+
+def test_entries_in_other_buckets_large_entry_and_corruption(q3, s3, bucket, mount):
+    other = f"data-{os.urandom(4).hex()}"
+    s3.create_bucket(Bucket=other)
+    big = random.Random(9).randbytes(66 * 1024 * 1024 + 5)
+    s3.put_object(Bucket=other, Key="raw/big.bin", Body=big)
+    s3.put_object(Bucket=other, Key="raw/small.txt", Body=b"small")
+    s3.put_object(Bucket=other, Key="raw/tampered.txt", Body=b"original bytes")
+    files = {"big.bin": (other, "raw/big.bin", big), "small.txt": (other, "raw/small.txt", b"small"),
+             "tampered.txt": (other, "raw/tampered.txt", b"original bytes")}
+    top_hash = _write_package(s3, bucket, "ext/pkg", files)
+    # quilt3 reads what quiltmount wrote
+    browsed = q3.Package.browse("ext/pkg", registry=f"s3://{bucket}")
+    assert browsed.top_hash == top_hash and browsed["small.txt"].get_bytes() == b"small"
+    s3.put_object(Bucket=other, Key="raw/tampered.txt", Body=b"tampered bytes")  # same size, other content
+
+    mnt = mount(f"s3://{bucket}", "--memory-cache-size", "64M")
+    latest = mnt / ".packages/ext/pkg/latest"
+    digest = hashlib.sha256()
+    with open(latest / "big.bin", "rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    assert digest.hexdigest() == hashlib.sha256(big).hexdigest()
+    assert (latest / "small.txt").read_bytes() == b"small"
+    with pytest.raises(OSError) as failure:
+        (latest / "tampered.txt").read_bytes()
+    assert failure.value.errno == errno.EIO
+    result = subprocess.run(["cat", str(latest / "tampered.txt")], capture_output=True)
+    assert result.returncode != 0
+    log = Path(json.loads(run_cli("status", "--json").stdout)["mounts"][0]["log_file"]).read_text()
+    assert "does not match the manifest hash" in log
+
+
+def test_package_verbs_match_quilt3(q3, pushed, s3_server, monkeypatch):
+    bucket, revisions = pushed
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint_url)
+    import quiltmount
+
+    registry = f"s3://{bucket}"
+    assert list(quiltmount.list_packages(registry)) == list(q3.list_packages(registry))
+    assert list(quiltmount.list_package_versions("demo/pkg", registry)) == \
+        list(q3.list_package_versions("demo/pkg", registry))
+    listed = run_cli("packages", "list", registry, "--json")
+    assert json.loads(listed.stdout) == ["demo/pkg"]
+    versions = run_cli("packages", "versions", "demo/pkg", "--registry", registry)
+    assert versions.returncode == 0 and "latest" in versions.stdout
+    latest = dict(q3.list_package_versions("demo/pkg", registry))["latest"]
+    deleted = run_cli("packages", "delete", "demo/pkg", "--registry", registry, "--top-hash", latest[:8])
+    assert deleted.returncode == 0, deleted.stderr
+    remaining = dict(q3.list_package_versions("demo/pkg", registry))
+    assert latest not in remaining.values() and "latest" in remaining
+    bad = run_cli("packages", "delete", "demo/pkg", "--registry", registry, "--top-hash", "zz")
+    assert bad.returncode == 1 and "Invalid hash" in bad.stderr and "Traceback" not in bad.stderr
+    quiltmount.delete_package("demo/pkg", registry)
+    assert list(q3.list_packages(registry)) == []
