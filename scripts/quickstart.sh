@@ -19,6 +19,10 @@ The example directory $EXAMPLE is mounted at $MOUNTPOINT. Try:
   ls -l $MOUNTPOINT $MOUNTPOINT/data
   cat $MOUNTPOINT/README.md
   head $MOUNTPOINT/data/iris.csv
+  ls -l $MOUNTPOINT/.packages/example/iris/            # the package's revisions: symlinks to @<top hash>
+  cat $MOUNTPOINT/.packages/example/iris/latest/README.md
+  diff $MOUNTPOINT/.packages/example/iris/{1795424102,latest}/README.md
+  getfattr -d $MOUNTPOINT/.packages/example/iris/latest/data/iris.csv
   $(pwd)/.venv/bin/quiltmount status
 Mount a bucket the same way:   $(pwd)/.venv/bin/quiltmount mount s3://BUCKET /some/empty/dir
 Unmount:                       $(pwd)/.venv/bin/quiltmount umount $MOUNTPOINT

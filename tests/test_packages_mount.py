@@ -244,3 +244,17 @@ def test_package_verbs_match_quilt3(q3, pushed, s3_server, monkeypatch):
     assert bad.returncode == 1 and "Invalid hash" in bad.stderr and "Traceback" not in bad.stderr
     quiltmount.delete_package("demo/pkg", registry)
     assert list(q3.list_packages(registry)) == []
+
+
+def test_quickstart_example_is_a_registry_quilt3_reads(q3, tmp_path, mount):
+    example = tmp_path / "example"
+    script = Path(__file__).parent.parent / "scripts" / "make_example.py"
+    subprocess.run([os.sys.executable, str(script), str(example)], check=True)
+    mnt = mount(str(example))
+    assert (mnt / "data/iris.csv").read_bytes() == (example / "data/iris.csv").read_bytes()
+    package = mnt / ".packages/example/iris"
+    assert sorted(os.listdir(package)) == ["1795424102", "1795424162", "latest"]
+    browsed = q3.Package.browse("example/iris", registry=example.as_uri())
+    assert os.readlink(package / "latest") == "@" + browsed.top_hash
+    assert (package / "latest/data/notes.txt").read_bytes() == browsed["data/notes.txt"].get_bytes()
+    assert (package / "1795424102/README.md").read_bytes() != (package / "latest/README.md").read_bytes()
