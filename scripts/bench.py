@@ -3,8 +3,9 @@
 
 Run (as root, with /dev/fuse and fusermount3; from the project's virtualenv)::
 
-    python scripts/bench.py                 # full run: 512 MiB object, 5,000 small files (~3 min)
-    python scripts/bench.py --quick         # smoke run: 64 MiB object, 500 small files, 50 preads
+    python scripts/bench.py                 # full run: 512 MiB object, 5,000 small files (~4 min)
+    python scripts/bench.py --quick         # smoke run: 64 MiB object, 500 small files, 50 preads,
+                                            # a 1,000-entry package
     python scripts/bench.py --endpoint-url http://127.0.0.1:9000   # use a running S3 server
 
 Without ``--endpoint-url`` it starts the project's moto test server (``tests/s3server.py``,
@@ -22,7 +23,17 @@ What it measures, each against a baseline taken in the same run (MB = 10^6 bytes
 4. ``ls -l`` and ``find`` of the small-file prefix, each on a fresh mount, vs one paginated
    ListObjectsV2 walk, plus the HEAD requests the daemon sent during ``ls -l``;
 5. reading every small file (one thread) through a mount vs ``get_object`` of each key;
-6. the peak RSS of every daemon (``/proc/PID/status`` sampled every 0.1 s) vs the memory budget.
+6. a Quilt package of ``--package-entries`` entries (10,000; 1 KiB each, the small objects reused,
+   in 100 directories), written with boto3 and quiltmount's manifest writer: on fresh mounts, one ``ls``
+   of the revision (which loads the manifest), then ``find -L`` (one mount) and ``du -sL`` (another) of
+   ``.packages/bench/many/latest``, each vs one boto3 GET of the manifest plus ``parse_manifest`` (what a
+   boto3 client needs to learn every name and size), and the S3 requests the daemons made after the
+   manifest was loaded (target 0);
+7. the big object as entry ``big.bin`` of package ``bench/large``: cold sequential read through
+   ``.packages/bench/large/latest/big.bin`` (reads of package files are verified against the
+   manifest's sha2-256-chunked hash) vs ``download_fileobj``, and the daemon's CPU seconds per GB for
+   it vs for the plain bucket read of measurement 1;
+8. the peak RSS of every daemon (``/proc/PID/status`` sampled every 0.1 s) vs the memory budget.
 
 It prints a table and writes every figure to ``--json-out``, with, for each measurement through a
 mount, the daemon's S3 requests and bytes read (from ``quiltmount status --json``) and the CPU
@@ -60,6 +71,8 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
 
+from quiltmount.packages import manifest as mf
+
 REPO = Path(__file__).resolve().parent.parent
 TESTS_DIR = REPO / "tests"
 
@@ -79,6 +92,11 @@ RSS_INTERVAL = 0.1
 RSS_SLACK = 150 * MiB
 STATUS_SETTLE = 2.2  # the daemon rewrites its status record every 1 s
 MOUNT_TIMEOUT = 120.0
+MANY_PACKAGE = "bench/many"  # --package-entries entries of 1 KiB (the small objects, reused)
+LARGE_PACKAGE = "bench/large"  # one entry: the big object
+LARGE_ENTRY = "big.bin"
+PACKAGE_DIRS = 100
+HASH_CHUNK = 8 * MiB
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -273,6 +291,72 @@ def prepare_data(endpoint: str, bucket: str, size: int, count: int) -> dict[str,
     return info
 
 
+def put_package(s3: Any, bucket: str, name: str, entries: list[mf.Entry]) -> tuple[str, int]:
+    """Write a package revision like quilt3 would (manifest, timestamp pointer, latest): (top hash, bytes)."""
+    manifest = mf.Manifest({"version": "v0", "message": "bench"}, entries)
+    top_hash = manifest.top_hash
+    data = mf.write_manifest(manifest)
+    s3.put_object(Bucket=bucket, Key=f".quilt/packages/{top_hash}", Body=data)
+    for pointer in (str(int(time.time())), "latest"):
+        s3.put_object(Bucket=bucket, Key=f".quilt/named_packages/{name}/{pointer}", Body=top_hash.encode("ascii"))
+    return top_hash, len(data)
+
+
+def s3_physical_key(bucket: str, key: str, version_id: str | None) -> str:
+    return mf.format_physical_key(mf.PhysicalKey("s3", bucket, key, version_id))
+
+
+def prepare_packages(bench: Bench) -> dict[str, Any]:
+    """Write MANY_PACKAGE and LARGE_PACKAGE (without quilt3: moto cannot complete its multipart uploads).
+
+    MANY_PACKAGE: --package-entries entries `dNNN/fNNNNN.bin` over PACKAGE_DIRS directories, whose physical
+    keys cycle through the small objects (each read once here to hash it).  LARGE_PACKAGE: one entry
+    LARGE_ENTRY, the big object, hashed here as it is downloaded (the hashing time is reported: the
+    daemon does the same work to verify a read).
+    """
+    s3, bucket = bench.s3, bench.bucket
+    info: dict[str, Any] = {}
+    started = time.perf_counter()
+    with ThreadPoolExecutor(UPLOAD_THREADS) as pool:
+        client = make_client(bench.endpoint, pool=UPLOAD_THREADS)
+        bodies = dict(zip(bench.keys, pool.map(
+            lambda key: client.get_object(Bucket=bucket, Key=key)["Body"].read(), bench.keys)))
+    entries = []
+    for index in range(bench.args.package_entries):
+        key = bench.keys[index % len(bench.keys)]
+        data = bodies[key]
+        entries.append(mf.Entry(f"d{index % PACKAGE_DIRS:03d}/f{index:05d}.bin", s3_physical_key(bucket, key, None),
+                                len(data), mf.SHA2_256_CHUNKED, mf.hash_bytes(mf.SHA2_256_CHUNKED, data)))
+    info["many_top_hash"], info["many_manifest_bytes"] = put_package(s3, bucket, MANY_PACKAGE, entries)
+    info["many_entries"] = len(entries)
+    info["many_bytes"] = sum(entry.size for entry in entries)
+    info["many_prepare_s"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    version_id = s3.head_object(Bucket=bucket, Key=BIG_KEY).get("VersionId")
+    response = s3.get_object(Bucket=bucket, Key=BIG_KEY, **({"VersionId": version_id} if version_id else {}))
+    size = response["ContentLength"]
+    hasher = mf.make_hasher(mf.SHA2_256_CHUNKED, size)
+    hash_s = 0.0
+    hash_cpu = 0.0
+    body = response["Body"]
+    while chunk := body.read(HASH_CHUNK):
+        wall, cpu = time.perf_counter(), time.thread_time()
+        hasher.update(chunk)
+        hash_s += time.perf_counter() - wall
+        hash_cpu += time.thread_time() - cpu
+    if hasher.bytes_hashed != size:
+        raise RuntimeError(f"downloaded {hasher.bytes_hashed} bytes of {BIG_KEY}, expected {size}")
+    big = mf.Entry(LARGE_ENTRY, s3_physical_key(bucket, BIG_KEY, version_id), size, mf.SHA2_256_CHUNKED,
+                   hasher.value())
+    info["large_top_hash"], _ = put_package(s3, bucket, LARGE_PACKAGE, [big])
+    info["large_prepare_s"] = time.perf_counter() - started
+    info["large_hash_seconds"] = hash_s  # sha2-256-chunked of the whole object, in this process
+    info["large_hash_cpu_seconds"] = hash_cpu
+    info["large_version_id"] = version_id
+    return info
+
+
 # --------------------------------------------------------------------------------------------------
 # Mounts
 # --------------------------------------------------------------------------------------------------
@@ -331,7 +415,11 @@ class RssSampler(threading.Thread):
 
 
 class Mount:
-    """A fresh `quiltmount mount` on a new temporary directory; unmounts on exit, whatever happened."""
+    """A fresh `quiltmount mount` on a new temporary directory; unmounts on exit, whatever happened.
+
+    Every mount gets a new, empty --cache-dir, so nothing (blocks, package manifests) survives from an
+    earlier mount of the same source.
+    """
 
     def __init__(self, bench: Bench, label: str, prefix: str = "") -> None:
         self.bench = bench
@@ -344,9 +432,10 @@ class Mount:
 
     def __enter__(self) -> Mount:
         self.path = tempfile.mkdtemp(prefix=f"qm-{self.label}-", dir=self.bench.workdir)
+        cache_dir = tempfile.mkdtemp(prefix=f"cache-{self.label}-", dir=self.bench.workdir)
         try:
             self.bench.quiltmount("mount", f"s3://{self.bench.bucket}/{self.prefix}", self.path,
-                                  "--endpoint-url", self.bench.endpoint,
+                                  "--endpoint-url", self.bench.endpoint, "--cache-dir", cache_dir,
                                   "--memory-cache-size", self.bench.args.memory_cache_size,
                                   timeout=MOUNT_TIMEOUT)
             self.pid = int(self.record()["pid"])
@@ -499,6 +588,16 @@ class Bench:
         self.s3 = make_client(endpoint)
         self.qm = quiltmount_command()
         self.rss: dict[str, dict[str, int]] = {}
+        self.seq_cold: dict[str, Any] | None = None  # measurement 1's figures, compared with the package read
+        self._packages: dict[str, Any] | None = None
+
+    def packages(self) -> dict[str, Any]:
+        """The benchmark packages, written on first use (see prepare_packages)."""
+        if self._packages is None:
+            print(f"  writing packages {MANY_PACKAGE} ({self.args.package_entries} entries) and {LARGE_PACKAGE} ...",
+                  flush=True)
+            self._packages = prepare_packages(self)
+        return self._packages
 
     def quiltmount(self, *argv: str, timeout: float) -> str:
         result = subprocess.run([*self.qm, *argv], capture_output=True, text=True, timeout=timeout, check=False)
@@ -566,6 +665,7 @@ def measure_sequential(bench: Bench) -> list[Result]:
     for label, count in (("cold", cold_bytes), ("warm", warm_bytes)):
         if count != bench.size:
             raise RuntimeError(f"{label} read through the mount returned {count} bytes, expected {bench.size}")
+    bench.seq_cold = {"seconds": cold_s, **cold}
     return [
         Result("cold sequential read", "MB/s", bench.size / MB / cold_s, bench.size / MB / direct_s,
                Target("ratio", ">=", 0.9),
@@ -693,8 +793,123 @@ def measure_small_reads(bench: Bench) -> Result:
                    "baseline_cpu_seconds": direct_cpu, **stats})
 
 
+def manifest_baseline(bench: Bench, top_hash: str) -> tuple[float, dict[str, float]]:
+    """One boto3 GET of a manifest + parse_manifest + its top-hash check: (seconds, CPU seconds).
+
+    What a boto3 client must do to learn every name and size of a revision (the daemon does the same,
+    and then builds its tree).
+    """
+    with cpu_meter(bench.cpu_pids()) as cpu:
+        started = time.perf_counter()
+        data = bench.s3.get_object(Bucket=bench.bucket, Key=f".quilt/packages/{top_hash}")["Body"].read()
+        manifest = mf.parse_manifest(data, max_record_size=None)
+        if manifest.top_hash != top_hash:
+            raise RuntimeError(f"manifest {top_hash} hashes to {manifest.top_hash}")
+        seconds = time.perf_counter() - started
+    return seconds, cpu
+
+
+def run_captured(argv: list[str], timeout: float) -> tuple[str, float]:
+    """Run a command; return (its stdout, its wall time).  Fails on a non-zero exit status."""
+    started = time.perf_counter()
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited {result.returncode}: {result.stderr.strip()[-500:]}")
+    return result.stdout, seconds
+
+
+def measure_package_listing(bench: Bench) -> list[Result]:
+    """6. `find -L` and `du -sL` of a many-entry revision, each on a fresh mount once the manifest is loaded."""
+    info = bench.packages()
+    count = info["many_entries"]
+    expected_kib = sum(-(-SMALL_FILE_SIZE // KiB) for _ in range(count))  # du counts 1 KiB units per file
+    baseline_s, baseline_cpu = manifest_baseline(bench, info["many_top_hash"])
+    timeout = bench.args.phase_timeout
+    figures: dict[str, dict[str, Any]] = {}
+    for command in (["find", "-L"], ["du", "-sL"]):
+        name = " ".join(command)
+        with bench.mount(f"pkg-{command[0]}") as mount:
+            root = os.path.join(mount.path, ".packages", MANY_PACKAGE, "latest")
+            # One `ls` of the revision: resolves the package and `latest`, then GETs and parses the manifest.
+            with mount.phase("ls of the revision") as load:
+                listing, load_s = run_captured(["ls", root + "/"], timeout)
+            if len(listing.split()) != min(PACKAGE_DIRS, count):
+                raise RuntimeError(f"ls {root}/ shows {len(listing.split())} names, expected {PACKAGE_DIRS}")
+            if not load["requests"].get("get"):
+                raise RuntimeError(f"ls {root}/ made no GET: was the manifest already loaded? {load['requests']}")
+            with mount.phase(name) as stats:
+                output, seconds = run_captured([*command, root, *(["-type", "f"] if command[0] == "find" else [])],
+                                               timeout)
+        if command[0] == "find":
+            found = len(output.splitlines())
+            if found != count:
+                raise RuntimeError(f"find -L {root} -type f found {found} files, expected {count}")
+            stats["files_found"] = found
+        else:
+            kib = int(output.split()[0])
+            if kib != expected_kib:
+                raise RuntimeError(f"du -sL {root} reports {kib} KiB, expected {expected_kib}")
+            stats["du_kib"] = kib
+        figures[command[0]] = {"seconds": seconds, "load_seconds": load_s, "load": load, **stats}
+    find, du = figures["find"], figures["du"]
+    common = {"entries": count, "directories": min(PACKAGE_DIRS, count), "top_hash": info["many_top_hash"],
+              "manifest_bytes": info["many_manifest_bytes"], "baseline": "boto3 GET of the manifest + parse_manifest",
+              "baseline_seconds": baseline_s, "baseline_cpu_seconds": baseline_cpu}
+    after_load = {op: find["requests"].get(op, 0) + du["requests"].get(op, 0) for op in ("list", "head", "get")}
+    return [
+        Result(f"ls of a {count}-entry revision (loads manifest)", "s", find["load_seconds"], baseline_s, None,
+               {**common, "seconds_on_du_mount": du["load_seconds"], **find["load"]}),
+        Result(f"find -L of a {count}-entry revision", "s", find["seconds"], baseline_s, None,
+               {**common, **{k: v for k, v in find.items() if k != "load"}}),
+        Result(f"du -sL of a {count}-entry revision", "s", du["seconds"], baseline_s, None,
+               {**common, **{k: v for k, v in du.items() if k != "load"}}),
+        Result("S3 requests in find + du after manifest load", "requests", float(sum(after_load.values())), None,
+               Target("value", "==", 0), {"requests": after_load, "find": find["requests"], "du": du["requests"]}),
+    ]
+
+
+def measure_package_read(bench: Bench) -> list[Result]:
+    """7. cold sequential read of a large package entry (hash-verified) vs download_fileobj of its object."""
+    info = bench.packages()
+    sink = NullSink()
+    with cpu_meter(bench.cpu_pids()) as direct_cpu:
+        started = time.perf_counter()
+        bench.s3.download_fileobj(bench.bucket, BIG_KEY, sink, Config=TransferConfig())
+        direct_s = time.perf_counter() - started
+    if sink.written != bench.size:
+        raise RuntimeError(f"download_fileobj wrote {sink.written} bytes, expected {bench.size}")
+
+    with bench.mount("pkg-read") as mount:
+        path = os.path.join(mount.path, ".packages", LARGE_PACKAGE, "latest", LARGE_ENTRY)
+        size = os.stat(path).st_size  # loads the manifest before the measurement
+        if size != bench.size:
+            raise RuntimeError(f"{path} has size {size}, expected {bench.size}")
+        with mount.phase("cold sequential read of a package entry") as cold:
+            count, seconds = read_sequential(path, drop_cache=True)  # an EIO here would be a hash mismatch
+    if count != bench.size:
+        raise RuntimeError(f"the package entry read returned {count} bytes, expected {bench.size}")
+    gb = bench.size / 1e9
+    daemon_cpu = cold["cpu_seconds"].get("daemon")
+    plain_cpu = bench.seq_cold["cpu_seconds"].get("daemon") if bench.seq_cold else None
+    details = {"seconds": seconds, "baseline_seconds": direct_s, "baseline_cpu_seconds": direct_cpu,
+               "top_hash": info["large_top_hash"], "hash_type": mf.SHA2_256_CHUNKED,
+               "sha2_256_chunked_seconds_in_bench": info["large_hash_seconds"],
+               "sha2_256_chunked_cpu_seconds_in_bench": info["large_hash_cpu_seconds"], **cold}
+    return [
+        Result(f"cold read of a {bench.size // MiB} MiB package entry", "MB/s", bench.size / MB / seconds,
+               bench.size / MB / direct_s, Target("ratio", ">=", 0.9), details),
+        Result("daemon CPU: package entry vs bucket read", "s/GB",
+               daemon_cpu / gb if daemon_cpu is not None else None,
+               plain_cpu / gb if plain_cpu is not None else None, None,
+               {"package_daemon_cpu_seconds": daemon_cpu, "bucket_daemon_cpu_seconds": plain_cpu,
+                "hash_cpu_seconds_per_GB_in_bench": info["large_hash_cpu_seconds"] / gb,
+                "bucket_read_seconds": bench.seq_cold["seconds"] if bench.seq_cold else None}),
+    ]
+
+
 def rss_result(bench: Bench) -> Result:
-    """6. peak daemon RSS over the whole run vs the memory-cache budget."""
+    """8. peak daemon RSS over the whole run vs the memory-cache budget."""
     budget = parse_size(bench.args.memory_cache_size)
     peak = max((entry["peak_rss_bytes"] for entry in bench.rss.values()), default=0)
     hwm = max((entry["peak_hwm_bytes"] for entry in bench.rss.values()), default=0)
@@ -773,16 +988,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--size-mib", type=int, help="size of the big object (default 512, 64 with --quick)")
     parser.add_argument("--small-files", type=int, help="number of 1 KiB objects (default 5000, 500 with --quick)")
     parser.add_argument("--preads", type=int, help="number of random preads (default 200, 50 with --quick)")
+    parser.add_argument("--package-entries", type=int,
+                        help="entries of the package for find/du (default 10000, 1000 with --quick)")
     parser.add_argument("--memory-cache-size", default="512M", help="passed to quiltmount mount")
     parser.add_argument("--json-out", default="bench-results.json")
     parser.add_argument("--phase-timeout", type=float, default=600.0,
                         help="seconds before a hung measurement's daemon is killed")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 64 MiB, 500 small files, 50 preads")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 64 MiB, 500 small files, 50 preads, 1,000 package entries")
     args = parser.parse_args(argv)
     quick = args.quick
     args.size_mib = args.size_mib or (64 if quick else 512)
     args.small_files = args.small_files or (500 if quick else 5000)
     args.preads = args.preads or (50 if quick else 200)
+    args.package_entries = args.package_entries or (1000 if quick else 10_000)
     return args
 
 
@@ -802,7 +1021,8 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(args, endpoint, server_pid, workdir)
         steps: list[tuple[str, Callable[[Bench], Result | list[Result]]]] = [
             ("sequential read", measure_sequential), ("random preads", measure_preads),
-            ("listing", measure_listing), ("small-file reads", measure_small_reads)]
+            ("listing", measure_listing), ("small-file reads", measure_small_reads),
+            ("package find/du", measure_package_listing), ("package entry read", measure_package_read)]
         for label, step in steps:
             print(f"measuring {label} ...", flush=True)
             try:
@@ -813,6 +1033,7 @@ def main(argv: list[str] | None = None) -> int:
                 outcome = Result(label, "-", None, error=f"{type(exc).__name__}: {exc}")
             results.extend(outcome if isinstance(outcome, list) else [outcome])
         results.append(rss_result(bench))
+        report["packages"] = bench._packages
 
     print()
     print_table(results)

@@ -258,3 +258,24 @@ def test_quickstart_example_is_a_registry_quilt3_reads(q3, tmp_path, mount):
     assert os.readlink(package / "latest") == "@" + browsed.top_hash
     assert (package / "latest/data/notes.txt").read_bytes() == browsed["data/notes.txt"].get_bytes()
     assert (package / "1795424102/README.md").read_bytes() != (package / "latest/README.md").read_bytes()
+
+
+def test_malformed_registry_content_fails_only_that_package(s3, bucket, mount):
+    good = _write_package(s3, bucket, "ok/pkg", {})
+    bad_manifest = b'{"version": "v0", "message": null}\n{"logical_key": "../escape", "physical_keys": ' \
+                   b'["s3://x/y"], "size": 1, "hash": {"type": "SHA256", "value": "00"}, "meta": {}}\n'
+    fake_hash = "ab" * 32
+    s3.put_object(Bucket=bucket, Key=f".quilt/packages/{fake_hash}", Body=bad_manifest)
+    s3.put_object(Bucket=bucket, Key=".quilt/named_packages/bad/manifest/latest", Body=fake_hash.encode())
+    s3.put_object(Bucket=bucket, Key=".quilt/named_packages/bad/pointer/latest", Body=b"not a hash")
+    s3.put_object(Bucket=bucket, Key=".quilt/named_packages/bad/missing/latest", Body=("cd" * 32).encode())
+    mnt = mount(f"s3://{bucket}")
+    packages = mnt / ".packages"
+    assert os.listdir(packages / "ok/pkg/latest") == []
+    assert os.getxattr(packages / "ok/pkg/latest", "user.quilt.top_hash").decode() == good
+    for path, expected in ((packages / "bad/manifest/latest", errno.EIO), (packages / "bad/pointer", errno.EIO),
+                           (packages / "bad/missing/latest", errno.ENOENT)):
+        with pytest.raises(OSError) as failure:
+            os.listdir(path)
+        assert failure.value.errno == expected, path
+    assert os.listdir(packages / "ok/pkg/latest") == []  # the mount is still fine

@@ -169,6 +169,9 @@ class PackagesTree(Tree):
             return tree
         try:
             manifest = self.registry.load_manifest(top_hash)
+        except NotFound:
+            log.warning("package %s: manifest %s is missing (a dangling pointer)", name, top_hash)
+            raise
         except ManifestError as exc:
             log.error("revision %s of %s: %s", top_hash, name, exc)
             raise StorageError(f"revision {top_hash}: {exc}", errno.EIO) from None
