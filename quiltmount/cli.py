@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("mountpoint", metavar="MOUNTPOINT")
     mount.add_argument("-f", "--foreground", action="store_true", help="stay attached (containers, systemd)")
     mount.add_argument("--read-only", action="store_true", help="refuse every write with EROFS")
+    mount.add_argument("--sync-on-close", action="store_true",
+                       help="close() returns only once the file is uploaded (default: uploads run in the background)")
     mount.add_argument("--cache-dir", help="cache directory (default: stable per source under "
                                            "$XDG_CACHE_HOME/quiltmount/)")
     mount.add_argument("--disk-cache-size", type=_size, default=0, metavar="SIZE",
@@ -131,7 +133,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         metadata_ttl=args.metadata_ttl, uid=args.uid, gid=args.gid, file_mode=args.file_mode,
         dir_mode=args.dir_mode, allow_other=args.allow_other,
         log_file=os.path.abspath(args.log_file) if args.log_file else None, log_level=args.log_level,
-        profile=args.profile, region=args.region, endpoint_url=args.endpoint_url, package=args.package)
+        profile=args.profile, region=args.region, endpoint_url=args.endpoint_url, package=args.package,
+        sync_on_close=args.sync_on_close)
     if args.foreground:
         return run_mount(options)
     start_background(options)
@@ -151,14 +154,39 @@ def cmd_umount(args: argparse.Namespace) -> int:
     else:
         unmount(path)
     if record is not None:
-        pid = int(record.get("pid", 0))
-        deadline = time.monotonic() + UMOUNT_WAIT
-        while pid and state.pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if pid and state.pid_alive(pid):
-            raise UserError(f"unmounted {path}, but daemon {pid} is still running (log: {record.get('log_file')})")
+        _wait_for_daemon(path, int(record.get("pid", 0)), record.get("log_file"))
+    report = state.take_report(path) or {}
+    left = report.get("failed_uploads", []) + report.get("stranded", [])
+    if left:
+        for item in left:
+            print(f"quiltmount: not uploaded: {item['key']} (kept at {item['staged']})"
+                  + (f": {item['error']}" if item.get("error") else ""), file=sys.stderr)
+        print(f"quiltmount: error: unmounted {path}, but {len(left)} file(s) are still staged; "
+              "they will be uploaded by the next mount of the same source", file=sys.stderr)
+        return 1
     print(f"unmounted {path}")
     return 0
+
+
+def _wait_for_daemon(path: str, pid: int, log_file: str | None) -> None:
+    """Wait for the daemon to finish its uploads and exit, with a progress bar on a terminal."""
+    from tqdm import tqdm
+
+    deadline = time.monotonic() + UMOUNT_WAIT
+    progress = None
+    try:
+        while pid and state.pid_alive(pid) and time.monotonic() < deadline:
+            pending = int((state.read_record(path) or {}).get("pending_uploads", 0))
+            if pending and progress is None and sys.stderr.isatty():
+                progress = tqdm(total=pending, desc="uploading", unit="file", file=sys.stderr)
+            if progress is not None:
+                progress.update(max(0, progress.total - pending - progress.n))
+            time.sleep(0.1)
+    finally:
+        if progress is not None:
+            progress.close()
+    if pid and state.pid_alive(pid):
+        raise UserError(f"unmounted {path}, but daemon {pid} is still running (log: {log_file})")
 
 
 def cmd_packages_list(args: argparse.Namespace) -> int:

@@ -50,6 +50,7 @@ class MountOptions:
     region: str | None = None
     endpoint_url: str | None = None
     package: str | None = None
+    sync_on_close: bool = False
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -145,7 +146,7 @@ def _serve(options: MountOptions, log_file: str, signal: _Signal) -> int:
 
     cache_dir = options.cache_dir or default_cache_dir(source.url)
     os.makedirs(cache_dir, mode=0o700, exist_ok=True)
-    tree, read_only, immutable = _build_tree(source, store, stores, cache_dir, options)
+    tree, writes, read_only, immutable = _build_tree(source, store, stores, cache_dir, options)
     disk = DiskTier(os.path.join(cache_dir, "blocks"), options.disk_cache_size) if options.disk_cache_size else None
     # A quarter of the memory budget for read-ahead in flight, the rest for cached blocks.
     prefetch_budget = max(options.memory_cache_size // 4, 8 << 20)
@@ -157,11 +158,12 @@ def _serve(options: MountOptions, log_file: str, signal: _Signal) -> int:
     started = time.time()
 
     def record(ops: MountOperations) -> dict[str, Any]:
+        uploads = writes.stats() if writes is not None else {"pending_uploads": 0}
         return {"pid": os.getpid(), "version": __version__, "source": source.url, "mountpoint": mountpoint,
                 "log_file": log_file, "cache_dir": cache_dir, "started_at": started,
                 "read_only": read_only, "rss_bytes": _rss_bytes(), "open_files": ops.open_handles(),
                 "cache": cache.stats(), "read_ahead": fetcher.stats(), "requests": stores.stats.snapshot(),
-                "pending_uploads": 0}
+                **uploads}
 
     stop = threading.Event()
 
@@ -202,6 +204,8 @@ def _serve(options: MountOptions, log_file: str, signal: _Signal) -> int:
     except RuntimeError as exc:
         raise UserError(f"cannot mount {mountpoint}: libfuse error {exc} (details in {log_file})") from None
     finally:
+        if writes is not None:
+            _finish_uploads(writes, mountpoint)
         stop.set()
         state.remove_record(mountpoint)
         fetcher.close()
@@ -211,9 +215,22 @@ def _serve(options: MountOptions, log_file: str, signal: _Signal) -> int:
     return 0
 
 
+def _finish_uploads(writes: Any, mountpoint: str) -> None:
+    """After unmount: wait for every staged upload, then leave `umount` a report of what is still staged."""
+    pending = writes.uploader.pending()
+    if pending:
+        log.info("unmounted; finishing %d pending upload(s)", pending)
+    writes.uploader.drain()
+    stats = writes.stats()
+    state.write_report(mountpoint, {"failed_uploads": stats["failed_uploads"], "stranded": stats["stranded"]})
+    for failure in stats["failed_uploads"]:
+        log.error("not uploaded: %s (staged at %s): %s", failure["key"], failure["staged"], failure["error"])
+
+
 def _build_tree(source: Any, store: Any, stores: Any, cache_dir: str,
-                options: MountOptions) -> tuple[Any, bool, bool]:
-    """The mount's root tree, whether the mount is read-only, and whether it is immutable (one revision)."""
+                options: MountOptions) -> tuple[Any, Any, bool, bool]:
+    """The mount's root tree, its write-back layer (None when read-only), whether the mount is read-only,
+    and whether it is immutable (one package revision)."""
     from quiltmount.fs.mounttree import MountTree
     from quiltmount.fs.packagetree import PackagesTree
     from quiltmount.fs.tree import BucketTree
@@ -222,9 +239,17 @@ def _build_tree(source: Any, store: Any, stores: Any, cache_dir: str,
     registry = Registry(store, source.registry_url, cache_dir=os.path.join(cache_dir, "manifests"))
     packages = PackagesTree(registry, stores, metadata_ttl=options.metadata_ttl)
     if source.package:
-        return _revision_tree(packages, source.package), True, True
+        return _revision_tree(packages, source.package), None, True, True
     bucket = BucketTree(store, source.prefix, metadata_ttl=options.metadata_ttl)
-    return MountTree(bucket, {".packages": packages}), options.read_only, False
+    if options.read_only:
+        return MountTree(bucket, {".packages": packages}), None, True, False
+    from quiltmount.fs.staging import StagingArea
+    from quiltmount.fs.writeback import WritableBucketTree
+
+    writes = WritableBucketTree(bucket, StagingArea(os.path.join(cache_dir, "staging")),
+                                sync_on_close=options.sync_on_close)
+    writes.recover()
+    return MountTree(writes, {".packages": packages}), writes, False, False
 
 
 def _revision_tree(packages: Any, spec: str) -> Any:

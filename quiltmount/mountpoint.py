@@ -63,6 +63,8 @@ def prepare_mountpoint(path: str) -> str:
     path = os.path.abspath(path)
     try:
         os.stat(path)
+        if is_fuse_mount(path):
+            os.statvfs(path)  # never answered from the kernel's caches: a dead daemon shows here
     except OSError as exc:
         if exc.errno == errno.ENOTCONN:
             log.warning("%s: stale FUSE mount (transport endpoint is not connected); lazily unmounting it", path)

@@ -24,6 +24,28 @@ def write_record(mountpoint: str, record: dict[str, Any]) -> None:
     os.replace(temp, record_path(mountpoint))
 
 
+def report_path(mountpoint: str) -> str:
+    return os.path.join(mounts_dir(), slug(mountpoint) + ".report")
+
+
+def write_report(mountpoint: str, report: dict[str, Any]) -> None:
+    """What a daemon leaves for `umount` when it exits (uploads that did not land)."""
+    os.makedirs(mounts_dir(), mode=0o700, exist_ok=True)
+    with open(report_path(mountpoint), "w", encoding="utf-8") as file:
+        json.dump(report, file)
+
+
+def take_report(mountpoint: str) -> dict[str, Any] | None:
+    """Read and remove the exit report of the mount's last daemon."""
+    try:
+        with open(report_path(mountpoint), encoding="utf-8") as file:
+            report = json.load(file)
+    except (OSError, ValueError):
+        return None
+    os.unlink(report_path(mountpoint))
+    return report
+
+
 def remove_record(mountpoint: str) -> None:
     try:
         os.unlink(record_path(mountpoint))

@@ -195,6 +195,9 @@ def s3_endpoint(args: argparse.Namespace) -> Iterator[tuple[str, int | None]]:
             raise RuntimeError(f"S3 test server did not start (exit status {process.wait(10)})")
         yield endpoint, process.pid
     finally:
+        if process.poll() is not None:  # died during the run: every later measurement failed because of it
+            print(f"warning: the S3 test server (pid {process.pid}) exited early with status {process.returncode}",
+                  file=sys.stderr)
         process.send_signal(signal.SIGTERM)
         try:
             process.wait(30)
@@ -834,8 +837,9 @@ def measure_package_listing(bench: Bench) -> list[Result]:
             # One `ls` of the revision: resolves the package and `latest`, then GETs and parses the manifest.
             with mount.phase("ls of the revision") as load:
                 listing, load_s = run_captured(["ls", root + "/"], timeout)
-            if len(listing.split()) != min(PACKAGE_DIRS, count):
-                raise RuntimeError(f"ls {root}/ shows {len(listing.split())} names, expected {PACKAGE_DIRS}")
+            directories = min(PACKAGE_DIRS, count)
+            if len(listing.split()) != directories:
+                raise RuntimeError(f"ls {root}/ shows {len(listing.split())} names, expected {directories}")
             if not load["requests"].get("get"):
                 raise RuntimeError(f"ls {root}/ made no GET: was the manifest already loaded? {load['requests']}")
             with mount.phase(name) as stats:

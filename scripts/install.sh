@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
-packages=(fuse3 libfuse3-3 libfuse2 attr python3 python3-venv python3-pip)
+packages=(fuse3 libfuse3-3 libfuse2 attr rsync python3 python3-venv python3-pip)
 missing=()
 for package in "${packages[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

@@ -121,14 +121,27 @@ def test_foreground_mount_stays_attached(tmp_path, s3, bucket, s3_server):
         force_unmount(mnt)
 
 
+def test_second_writable_mount_of_a_source_needs_its_own_cache_dir(tmp_path, bucket, mount, endpoint):
+    mount(f"s3://{bucket}")
+    other = tmp_path / "other"
+    other.mkdir()
+    assert_one_line_error(run_cli("mount", f"s3://{bucket}", str(other), *endpoint), 1, "use another --cache-dir")
+    assert not is_mounted(other)
+    read_only = run_cli("mount", f"s3://{bucket}", str(other), *endpoint, "--read-only")
+    try:
+        assert read_only.returncode == 0, read_only.stderr
+    finally:
+        force_unmount(other)
+
+
 def test_local_directory_source(tmp_path, mount):
     source = tmp_path / "src"
     (source / "sub dir").mkdir(parents=True)
     (source / "sub dir" / "ü.txt").write_bytes(b"local")
     (source / "big.bin").write_bytes(os.urandom(5 << 20))
     (source / "empty").mkdir()
-    for spelled in (str(source), f"file://{source}"):
-        mnt = mount(spelled)
+    for spelled, options in ((str(source), ()), (f"file://{source}", ("--cache-dir", str(tmp_path / "cache2")))):
+        mnt = mount(spelled, *options)  # a second writable mount of one source needs its own cache dir
         assert sorted(os.listdir(mnt)) == ["big.bin", "empty", "sub dir"]
         assert (mnt / "sub dir" / "ü.txt").read_bytes() == b"local"
         subprocess.run(["cmp", str(mnt / "big.bin"), str(source / "big.bin")], check=True)

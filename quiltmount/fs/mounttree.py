@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import errno
 
-from quiltmount.errors import StorageError
+from quiltmount.errors import NotFound, StorageError
 from quiltmount.fs.node import Node, Tree
-from quiltmount.fs.tree import RESERVED_ROOT_NAMES, BucketTree
+from quiltmount.fs.tree import RESERVED_ROOT_NAMES
+
+
+class _Reserved(Tree):
+    """A reserved name with no view yet: nothing to see, nothing to write (EROFS)."""
+
+    def lookup(self, path: str) -> Node:
+        raise NotFound(path)
+
+    def readdir(self, path: str) -> dict[str, Node]:
+        raise NotFound(path)
 
 
 class MountTree(Tree):
@@ -15,10 +25,10 @@ class MountTree(Tree):
     The reserved names answer lookups but are never listed, so `find`, `du` and `rsync` see only the bucket.
     """
 
-    def __init__(self, bucket: BucketTree, views: dict[str, Tree]) -> None:
+    def __init__(self, bucket: Tree, views: dict[str, Tree]) -> None:
         assert set(views) <= RESERVED_ROOT_NAMES
         self.bucket = bucket
-        self.views = views
+        self.views = {name: views.get(name) or _Reserved() for name in RESERVED_ROOT_NAMES}
 
     def _route(self, path: str) -> tuple[Tree, str]:
         first, _, rest = path.partition("/")
@@ -61,6 +71,26 @@ class MountTree(Tree):
         if old_tree is not new_tree:
             raise StorageError(f"{old} -> {new}: cannot move between the bucket and a view", errno.EXDEV)
         old_tree.rename(old_inner, new_inner)
+
+    def open_write(self, path: str, *, truncate: bool, create: bool):
+        tree, inner = self._route(path)
+        return tree.open_write(inner, truncate=truncate, create=create)
+
+    def open_staged(self, path: str):
+        tree, inner = self._route(path)
+        return tree.open_staged(inner)
+
+    def truncate(self, path: str, length: int) -> None:
+        tree, inner = self._route(path)
+        tree.truncate(inner, length)
+
+    def mkdir(self, path: str) -> None:
+        tree, inner = self._route(path)
+        tree.mkdir(inner)
+
+    def set_attributes(self, path: str) -> None:
+        tree, inner = self._route(path)
+        tree.set_attributes(inner)
 
     def close(self) -> None:
         self.bucket.close()

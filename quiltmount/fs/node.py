@@ -26,6 +26,7 @@ class Node:
     target: str | None = None
     expected_hash: tuple[str, str] | None = None
     immutable: bool = False
+    staged_path: str | None = None  # a file written through the mount and not yet uploaded
 
     @property
     def is_link(self) -> bool:
@@ -66,6 +67,22 @@ class Tree:
 
     def rename(self, old: str, new: str) -> None:
         raise StorageError(f"{old}: read-only", errno.EROFS)
+
+    def open_write(self, path: str, *, truncate: bool, create: bool):  # -> WriteHandle
+        raise StorageError(f"{path}: read-only", errno.EROFS)
+
+    def open_staged(self, path: str):  # -> WriteHandle | None
+        """A handle on not-yet-uploaded bytes of `path`, if the tree has any."""
+        return None
+
+    def truncate(self, path: str, length: int) -> None:
+        raise StorageError(f"{path}: read-only", errno.EROFS)
+
+    def mkdir(self, path: str) -> None:
+        raise StorageError(f"{path}: read-only", errno.EROFS)
+
+    def set_attributes(self, path: str) -> None:
+        raise StorageError(f"{path}: read-only", errno.EROFS)
 
     def close(self) -> None:
         """Release threads and connections."""

@@ -23,6 +23,7 @@ from quiltmount.errors import NotFound, StorageError
 from quiltmount.fs.node import Node, Tree
 from quiltmount.fs.readahead import BlockFetcher, ReadStream
 from quiltmount.fs.verify import HashVerifier
+from quiltmount.fs.writeback import WriteHandle, is_write_open
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,9 @@ def _translate(method: Callable) -> Callable:
         except StorageError as exc:
             log.warning("%s %s: %s (%s)", method.__name__, path, exc, errno.errorcode.get(exc.errno, exc.errno))
             raise FuseOSError(exc.errno) from None
+        except OSError as exc:  # the staging disk: ENOSPC, EDQUOT, EIO... reach the writer as they are
+            log.warning("%s %s: %s", method.__name__, path, exc)
+            raise FuseOSError(exc.errno or errno.EIO) from None
         except Exception:
             log.exception("%s %s: unexpected error, returning EIO", method.__name__, path)
             raise FuseOSError(errno.EIO) from None
@@ -64,7 +68,7 @@ def _read_only(*_: Any) -> None:
 
 
 class MountOperations(Operations):
-    """Any quiltmount mount: a `Tree` for names and attributes, the block fetcher for bytes."""
+    """Any quiltmount mount: a `Tree` for names, attributes and changes, the block fetcher for bytes."""
 
     use_ns = True
 
@@ -75,7 +79,7 @@ class MountOperations(Operations):
         self.attrs = attrs
         self.max_read_window = max_read_window
         self.on_init = on_init
-        self._handles: dict[int, ReadStream] = {}
+        self._handles: dict[int, ReadStream | WriteHandle] = {}
         self._handle_ids = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -109,7 +113,7 @@ class MountOperations(Operations):
     def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
         if fh is not None:
             stream = self._handles.get(fh)
-            if stream is not None:
+            if isinstance(stream, ReadStream):
                 obj = stream.obj
                 return self._stat(Node(is_dir=False, size=obj.size, mtime=obj.mtime, obj=obj))
         return self._stat(self.tree.lookup(path[1:]))
@@ -150,33 +154,75 @@ class MountOperations(Operations):
         return list(self.tree.xattrs(path[1:]))
 
     # -- data ---------------------------------------------------------------------------------------------
+    def _register(self, handle: ReadStream | WriteHandle) -> int:
+        with self._lock:
+            number = next(self._handle_ids)
+            self._handles[number] = handle
+        return number
+
+    def _handle(self, fh: int) -> ReadStream | WriteHandle:
+        handle = self._handles.get(fh)
+        if handle is None:
+            raise FuseOSError(errno.EBADF)
+        return handle
+
     @_translate
     def open(self, path: str, flags: int) -> int:
-        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
-            raise FuseOSError(errno.EROFS)
+        if is_write_open(flags):
+            return self._register(self.tree.open_write(path[1:], truncate=bool(flags & os.O_TRUNC), create=False))
+        staged = self.tree.open_staged(path[1:])
+        if staged is not None:
+            return self._register(staged)
         node = self.tree.lookup(path[1:])
         if node.is_dir or node.obj is None or node.store is None:
             raise FuseOSError(errno.EISDIR)
         verifier = HashVerifier(node.expected_hash[0], node.expected_hash[1], node.size) if node.expected_hash else None
-        stream = ReadStream(self.fetcher, node.store, node.obj, max_window=self.max_read_window, verifier=verifier)
-        with self._lock:
-            handle = next(self._handle_ids)
-            self._handles[handle] = stream
-        return handle
+        return self._register(ReadStream(self.fetcher, node.store, node.obj, max_window=self.max_read_window,
+                                         verifier=verifier))
+
+    @_translate
+    def create(self, path: str, mode: int, flags: int = 0) -> int:
+        return self._register(self.tree.open_write(path[1:], truncate=True, create=True))
 
     @_translate
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
-        stream = self._handles.get(fh)
-        if stream is None:
+        return self._handle(fh).read(offset, size)
+
+    @_translate
+    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        handle = self._handle(fh)
+        if not isinstance(handle, WriteHandle) or not handle.writable:
             raise FuseOSError(errno.EBADF)
-        return stream.read(offset, size)
+        return handle.write(data, offset)
 
-    def release(self, path: str, fh: int) -> int:
+    @_translate
+    def truncate(self, path: str, length: int, fh: int | None = None) -> None:
+        handle = self._handles.get(fh) if fh is not None else None
+        if isinstance(handle, WriteHandle) and handle.writable:
+            handle.truncate(length)
+        else:
+            self.tree.truncate(path[1:], length)
+
+    @_translate
+    def flush(self, path: str, fh: int) -> None:
+        handle = self._handles.get(fh)
+        if isinstance(handle, WriteHandle):
+            handle.flush()
+
+    @_translate
+    def fsync(self, path: str, datasync: int, fh: int) -> None:
+        handle = self._handle(fh)
+        if isinstance(handle, WriteHandle):
+            handle.fsync()
+
+    @_translate
+    def release(self, path: str, fh: int) -> None:
         with self._lock:
-            self._handles.pop(fh, None)
-        return 0
+            handle = self._handles.pop(fh, None)
+        if isinstance(handle, WriteHandle):
+            handle.release()
 
-    # -- changes: only what the tree supports (package pointers); data writes come with write-back ----------
+    # -- namespace changes: what the tree supports ------------------------------------------------------
     @_translate
     def unlink(self, path: str) -> None:
         self.tree.unlink(path[1:])
@@ -186,6 +232,10 @@ class MountOperations(Operations):
         self.tree.rmdir(path[1:])
 
     @_translate
+    def mkdir(self, path: str, mode: int) -> None:
+        self.tree.mkdir(path[1:])
+
+    @_translate
     def symlink(self, path: str, target: str) -> None:
         self.tree.symlink(path[1:], target)
 
@@ -193,4 +243,23 @@ class MountOperations(Operations):
     def rename(self, old: str, new: str) -> None:
         self.tree.rename(old[1:], new[1:])
 
-    create = mkdir = truncate = chmod = chown = utimens = link = mknod = setxattr = removexattr = write = _read_only
+    @_translate
+    def chmod(self, path: str, mode: int) -> None:
+        self.tree.set_attributes(path[1:])
+
+    @_translate
+    def chown(self, path: str, uid: int, gid: int) -> None:
+        self.tree.set_attributes(path[1:])
+
+    @_translate
+    def utimens(self, path: str, times: Any = None) -> None:
+        self.tree.set_attributes(path[1:])
+
+    def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> None:
+        # Extended attributes are not stored on objects; ENOTSUP tells cp -p / rsync -X to carry on.
+        raise FuseOSError(errno.ENOTSUP)
+
+    def removexattr(self, path: str, name: str) -> None:
+        raise FuseOSError(errno.ENOTSUP)
+
+    link = mknod = _read_only

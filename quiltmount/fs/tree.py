@@ -198,6 +198,11 @@ class BucketTree(Tree):
         files.update(dirs)
         return dict(sorted(files.items()))
 
+    def forget_listing(self, path: str) -> None:
+        """Drop the cached listing of directory `path` (its next readdir asks the store)."""
+        with self._lock:
+            self._listings.pop(path, None)
+
     def forget(self, path: str) -> None:
         """Drop cached knowledge of `path` and its parent listing (after a local change)."""
         parent = path.rpartition("/")[0]

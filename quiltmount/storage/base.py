@@ -81,5 +81,13 @@ class ObjectStore(ABC):
     def delete_object(self, key: str) -> None:
         """Delete the object at `key` (no error if it does not exist)."""
 
+    @abstractmethod
+    def put_file(self, key: str, path: str) -> ObjectInfo:
+        """Upload the local file `path` to `key` in one step: the object appears whole or not at all."""
+
+    @abstractmethod
+    def copy_object(self, source_key: str, key: str) -> ObjectInfo:
+        """Copy an object inside the store (server-side where the store can)."""
+
     def close(self) -> None:
         """Release connections; the default does nothing."""

@@ -116,5 +116,19 @@ class CountingStore(ObjectStore):
         finally:
             self._end()
 
+    def put_file(self, key: str, path: str) -> ObjectInfo:
+        self._begin("put")
+        try:
+            return self.inner.put_file(key, path)
+        finally:
+            self._end()
+
+    def copy_object(self, source_key: str, key: str) -> ObjectInfo:
+        self._begin("copy")
+        try:
+            return self.inner.copy_object(source_key, key)
+        finally:
+            self._end()
+
     def close(self) -> None:
         self.inner.close()

@@ -7,7 +7,9 @@ so a file replaced after it was opened is detected like a changed ETag.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import threading
 from collections.abc import Iterator
 
 from quiltmount.errors import AccessDenied, NotFound, ObjectChanged, StorageError, UserError
@@ -106,6 +108,12 @@ class LocalStore(ObjectStore):
 
     def put_object(self, key: str, data: bytes) -> None:
         path = self._path(key)
+        if key.endswith("/"):  # a directory marker is a directory here
+            try:
+                os.makedirs(path, exist_ok=True)
+            except OSError as exc:
+                raise self._fail("mkdir", key, exc) from exc
+            return
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             temp = f"{path}.quiltmount-{os.getpid()}.tmp"
@@ -117,11 +125,28 @@ class LocalStore(ObjectStore):
 
     def delete_object(self, key: str) -> None:
         try:
+            if key.endswith("/"):
+                os.rmdir(self._path(key))
+                return
             os.unlink(self._path(key))
         except FileNotFoundError:
             pass
         except OSError as exc:
             raise self._fail("delete", key, exc) from exc
+
+    def put_file(self, key: str, path: str) -> ObjectInfo:
+        target = self._path(key)
+        try:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            temp = f"{target}.quiltmount-{os.getpid()}-{threading.get_ident()}.tmp"
+            shutil.copyfile(path, temp)
+            os.replace(temp, target)
+            return self.head(key)
+        except OSError as exc:
+            raise self._fail("upload", key, exc) from exc
+
+    def copy_object(self, source_key: str, key: str) -> ObjectInfo:
+        return self.put_file(key, self._path(source_key))
 
     def remove_empty_dirs(self, prefix: str, *, recursive: bool = False) -> None:
         """Remove the directory `prefix` if it is empty (with `recursive`, empty subdirectories first).

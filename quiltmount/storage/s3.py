@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import boto3
 import botocore.exceptions
@@ -14,6 +18,12 @@ from quiltmount.storage.base import ListPage, ObjectInfo, ObjectStore
 
 #: Connections kept per client: read-ahead workers and FUSE threads share them.
 MAX_POOL_CONNECTIONS = 64
+#: Files of this size and more are uploaded in parallel parts of this size (quilt3's chunk size, so S3's
+#: composite SHA-256 equals quilt3's sha2-256-chunked hash).
+MULTIPART_PART_SIZE = 8 << 20
+MULTIPART_WORKERS = 4
+#: CopyObject handles objects up to 5 GiB; larger ones are copied part by part.
+MAX_SINGLE_COPY = 5 << 30
 
 
 def _error_code(exc: botocore.exceptions.ClientError) -> str:
@@ -156,6 +166,78 @@ class S3Store(ObjectStore):
             self.client.delete_object(Bucket=self.bucket, Key=key)
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise self._fail("delete", key, exc) from exc
+
+    def put_file(self, key: str, path: str) -> ObjectInfo:
+        size = os.path.getsize(path)
+        try:
+            if size < MULTIPART_PART_SIZE:
+                with open(path, "rb") as file:
+                    data = file.read()
+                response = self.client.put_object(
+                    Bucket=self.bucket, Key=key, Body=data,
+                    ChecksumSHA256=base64.b64encode(hashlib.sha256(data).digest()).decode())
+            else:
+                response = self._multipart_upload(key, path, size)
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise self._fail("upload", key, exc) from exc
+        version = response.get("VersionId")
+        return ObjectInfo(key, size, time.time(), response["ETag"], None if version in (None, "null") else version)
+
+    def _multipart_upload(self, key: str, path: str, size: int) -> dict:
+        upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=key,
+                                                        ChecksumAlgorithm="SHA256")["UploadId"]
+
+        def upload_part(number: int) -> dict:
+            with open(path, "rb") as file:
+                file.seek((number - 1) * MULTIPART_PART_SIZE)
+                data = file.read(MULTIPART_PART_SIZE)
+            checksum = base64.b64encode(hashlib.sha256(data).digest()).decode()
+            response = self.client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                                               Body=data, ChecksumSHA256=checksum)
+            return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": checksum}
+
+        try:
+            with ThreadPoolExecutor(MULTIPART_WORKERS, thread_name_prefix="part") as pool:
+                parts = list(pool.map(upload_part, range(1, (size + MULTIPART_PART_SIZE - 1) // MULTIPART_PART_SIZE + 1)))
+            return self.client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                                         MultipartUpload={"Parts": parts})
+        except BaseException:
+            try:  # never leave an incomplete upload behind (it costs storage and is invisible)
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError):
+                pass
+            raise
+
+    def copy_object(self, source_key: str, key: str) -> ObjectInfo:
+        try:
+            source = self.head(source_key)
+            if source.size <= MAX_SINGLE_COPY:
+                response = self.client.copy_object(Bucket=self.bucket, Key=key,
+                                                   CopySource={"Bucket": self.bucket, "Key": source_key})
+                etag = response["CopyObjectResult"]["ETag"]
+            else:
+                etag = self._multipart_copy(source_key, key, source.size)["ETag"]
+            version = None
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise self._fail("copy", source_key, exc) from exc
+        return ObjectInfo(key, source.size, time.time(), etag, version)
+
+    def _multipart_copy(self, source_key: str, key: str, size: int) -> dict:
+        part_size = 512 << 20
+        upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
+        try:
+            parts = []
+            for number, start in enumerate(range(0, size, part_size), start=1):
+                response = self.client.upload_part_copy(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                    CopySource={"Bucket": self.bucket, "Key": source_key},
+                    CopySourceRange=f"bytes={start}-{min(start + part_size, size) - 1}")
+                parts.append({"PartNumber": number, "ETag": response["CopyPartResult"]["ETag"]})
+            return self.client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                                         MultipartUpload={"Parts": parts})
+        except BaseException:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            raise
 
     def close(self) -> None:
         self.client.close()

@@ -1,0 +1,107 @@
+"""The staging area: files being written, on local disk, with a journal that survives a crash.
+
+Each staged file is `data/<id>` plus `journal/<id>.json` naming its key and state:
+- `open`: a writer has it open; after a crash its bytes are kept and reported, never uploaded half-written;
+- `closed`: complete, waiting for (or in) upload; after a crash the next mount uploads it;
+- `failed`: the upload kept failing; the bytes stay until an upload succeeds or the file is deleted.
+Journal entries are written to a temporary file, fsynced and renamed, so a crash leaves the old or the new
+entry, never a torn one.  The directory and files are private (0700/0600): they hold user data.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import threading
+import uuid
+from dataclasses import asdict, dataclass
+
+from quiltmount.errors import UserError
+
+log = logging.getLogger(__name__)
+
+OPEN, CLOSED, FAILED = "open", "closed", "failed"
+
+
+@dataclass
+class StagedFile:
+    id: str
+    key: str
+    state: str = OPEN
+    error: str | None = None
+    attempts: int = 0
+
+
+class StagingArea:
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self._data = os.path.join(directory, "data")
+        self._journal = os.path.join(directory, "journal")
+        for path in (directory, self._data, self._journal):
+            os.makedirs(path, mode=0o700, exist_ok=True)
+            os.chmod(path, 0o700)
+        self._lock_file = open(os.path.join(directory, "lock"), "w")  # noqa: SIM115 (held for the mount's life)
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise UserError(f"the staging area {directory} is in use by another mount of the same source; "
+                            "use another --cache-dir") from None
+        self._lock = threading.Lock()
+
+    def data_path(self, staged: StagedFile) -> str:
+        return os.path.join(self._data, staged.id)
+
+    def create(self, key: str) -> StagedFile:
+        """A new, empty staged file for `key` (state `open`)."""
+        staged = StagedFile(uuid.uuid4().hex, key)
+        fd = os.open(self.data_path(staged), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        os.close(fd)
+        self.save(staged)
+        return staged
+
+    def save(self, staged: StagedFile) -> None:
+        path = os.path.join(self._journal, staged.id + ".json")
+        temp = path + ".tmp"
+        with self._lock:
+            fd = os.open(temp, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
+            try:
+                os.write(fd, json.dumps(asdict(staged)).encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temp, path)
+
+    def set_state(self, staged: StagedFile, state: str, error: str | None = None) -> None:
+        staged.state, staged.error = state, error
+        self.save(staged)
+
+    def remove(self, staged: StagedFile) -> None:
+        for path in (os.path.join(self._journal, staged.id + ".json"), self.data_path(staged)):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    def recover(self) -> list[StagedFile]:
+        """Every staged file a previous daemon left (entries whose data is gone are dropped)."""
+        found = []
+        for name in sorted(os.listdir(self._journal)):
+            if not name.endswith(".json"):
+                continue
+            try:
+                with open(os.path.join(self._journal, name), encoding="utf-8") as file:
+                    staged = StagedFile(**json.load(file))
+            except (OSError, ValueError, TypeError) as exc:
+                log.error("staging: unreadable journal entry %s (%s); left in place", name, exc)
+                continue
+            if not os.path.exists(self.data_path(staged)):
+                log.error("staging: %s has a journal entry but no data; dropping the entry", staged.key)
+                self.remove(staged)
+                continue
+            found.append(staged)
+        return found
+
+    def close(self) -> None:
+        self._lock_file.close()

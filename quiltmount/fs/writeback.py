@@ -1,0 +1,491 @@
+"""Write-back: files written into a bucket mount are staged on local disk and uploaded in the background.
+
+`Uploader` runs uploads in a bounded pool with retries and backoff; an upload that keeps failing keeps its
+staged bytes and its error (shown by `status`, reported by `umount`).  `WritableBucketTree` lays the staged
+files over the bucket's tree, so stat, reads and listings show the local state until the upload lands
+(read-your-writes), and implements create/write/truncate/unlink/mkdir/rmdir/rename on the bucket.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from quiltmount.errors import NotFound, StorageError
+from quiltmount.fs.node import Node, Tree
+from quiltmount.fs.staging import CLOSED, FAILED, OPEN, StagedFile, StagingArea
+from quiltmount.fs.tree import BucketTree
+from quiltmount.storage.base import ObjectInfo, ObjectStore
+
+log = logging.getLogger(__name__)
+
+COPY_CHUNK = 8 << 20
+UPLOADED = "uploaded"  # in memory only: the journal entry is gone once a file is uploaded
+
+
+@dataclass
+class _Upload:
+    """One submission of a staged file (a file re-opened before its upload started is submitted again)."""
+
+    staged: StagedFile
+    future: Future = field(default_factory=Future)
+    started: bool = False
+    cancelled: bool = False
+
+
+class Uploader:
+    """Uploads closed staged files: one task per file, `attempts` tries with exponential backoff."""
+
+    def __init__(self, store: ObjectStore, staging: StagingArea, *, workers: int = 4, attempts: int = 5,
+                 backoff: float = 0.5, on_uploaded: Callable[[StagedFile, ObjectInfo], bool] | None = None) -> None:
+        self.store = store
+        self.staging = staging
+        self.attempts = attempts
+        self.backoff = backoff
+        self.on_uploaded = on_uploaded
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="upload")
+        self._lock = threading.Lock()
+        self._uploads: dict[str, _Upload] = {}  # staged id -> its current submission
+        self._failed: dict[str, StagedFile] = {}
+        self.retries = 0
+        self.uploaded = 0
+
+    def submit(self, staged: StagedFile) -> Future:
+        upload = _Upload(staged)
+        with self._lock:  # registered before the task can run
+            self._failed.pop(staged.id, None)
+            self._uploads[staged.id] = upload
+        self._pool.submit(self._run, upload)
+        return upload.future
+
+    def _run(self, upload: _Upload) -> None:
+        staged = upload.staged
+        with self._lock:
+            if upload.cancelled:
+                upload.future.set_result(None)
+                return
+            upload.started = True
+        try:
+            info = self._upload_with_retries(staged)
+            with self._lock:
+                self.uploaded += 1
+            # on_uploaded says whether the staged bytes can go: not while a new writer has the file open.
+            if self.on_uploaded is None or self.on_uploaded(staged, info):
+                staged.state = UPLOADED
+                self.staging.remove(staged)
+            log.info("uploaded %s", staged.key)
+        except StorageError as exc:
+            staged.attempts += self.attempts
+            self.staging.set_state(staged, FAILED, str(exc))
+            log.error("upload of %s failed, keeping %s: %s", staged.key, self.staging.data_path(staged), exc)
+            with self._lock:
+                self._failed[staged.id] = staged
+            self._finish(upload)
+            upload.future.set_exception(exc)
+            return
+        except BaseException as exc:
+            self._finish(upload)
+            upload.future.set_exception(exc)
+            raise
+        self._finish(upload)
+        upload.future.set_result(None)
+
+    def _finish(self, upload: _Upload) -> None:
+        with self._lock:
+            if self._uploads.get(upload.staged.id) is upload:
+                del self._uploads[upload.staged.id]
+
+    def _upload_with_retries(self, staged: StagedFile) -> ObjectInfo:
+        delay = self.backoff
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return self.store.put_file(staged.key, self.staging.data_path(staged))
+            except StorageError as exc:
+                if attempt == self.attempts or exc.errno == errno.ENOENT:
+                    raise
+                with self._lock:
+                    self.retries += 1
+                log.warning("upload of %s failed (attempt %d of %d), retrying in %.1f s: %s",
+                            staged.key, attempt, self.attempts, delay, exc)
+                time.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    def cancel(self, staged: StagedFile) -> bool:
+        """Stop a queued upload, or wait for one already running.
+
+        True if the staged bytes are still there to reuse (never submitted, queued, or failed); False if an
+        upload ran and removed them.
+        """
+        with self._lock:
+            upload = self._uploads.get(staged.id)
+            if upload is None:
+                self._failed.pop(staged.id, None)
+                return staged.state != UPLOADED
+            if not upload.started:
+                upload.cancelled = True
+                del self._uploads[staged.id]
+                return True
+        try:
+            upload.future.result()
+        except StorageError:
+            return True  # failed: the bytes are still staged
+        return False
+
+    def wait(self, staged: StagedFile, timeout: float | None = None) -> None:
+        """Block until `staged` is uploaded; raise its error (EIO) if the upload failed."""
+        with self._lock:
+            upload = self._uploads.get(staged.id)
+            failed = self._failed.get(staged.id)
+        if upload is not None:
+            upload.future.result(timeout)  # raises the StorageError of a failed upload
+        elif failed is not None:
+            raise StorageError(f"upload of {staged.key} failed: {failed.error}", errno.EIO)
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._uploads)
+
+    def failures(self) -> list[StagedFile]:
+        with self._lock:
+            return list(self._failed.values())
+
+    def drain(self, timeout: float | None = None) -> list[StagedFile]:
+        """Wait for every queued upload; return the staged files that are still not in S3."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                futures = [upload.future for upload in self._uploads.values()]
+            if not futures:
+                break
+            for future in futures:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                try:
+                    future.result(remaining)
+                except StorageError:
+                    pass
+                except TimeoutError:
+                    return self.failures() + [StagedFile("?", "?")]
+        return self.failures()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass
+class DirtyFile:
+    """A staged file over a bucket path: open writers, and whether an upload is pending."""
+
+    path: str
+    staged: StagedFile
+    data_path: str
+    writers: int = 0  # changed under the tree's lock
+
+    def size(self) -> int:
+        try:
+            return os.stat(self.data_path).st_size
+        except FileNotFoundError:
+            return 0
+
+    def mtime(self) -> float:
+        try:
+            return os.stat(self.data_path).st_mtime
+        except FileNotFoundError:
+            return time.time()
+
+
+class WriteHandle:
+    """An open file descriptor on a staged file."""
+
+    def __init__(self, tree: WritableBucketTree, dirty: DirtyFile, *, writable: bool) -> None:
+        self.tree = tree
+        self.dirty = dirty
+        self.writable = writable
+        self.fd = os.open(dirty.data_path, os.O_RDWR if writable else os.O_RDONLY)
+
+    def read(self, offset: int, size: int) -> bytes:
+        return os.pread(self.fd, size, offset)
+
+    def write(self, data: bytes, offset: int) -> int:
+        self.tree.mark_open(self.dirty)
+        return os.pwrite(self.fd, data, offset)
+
+    def truncate(self, length: int) -> None:
+        self.tree.mark_open(self.dirty)
+        os.ftruncate(self.fd, length)
+
+    def flush(self) -> None:
+        """close(2) of a descriptor: the bytes so far are complete for the user, so a crash before the
+        (asynchronous) release must not lose them: make them durable on disk and journal them as closed."""
+        if self.writable:
+            os.fdatasync(self.fd)
+            self.tree.mark_closed(self.dirty)
+
+    def fsync(self) -> None:
+        if self.writable:
+            os.fsync(self.fd)
+        self.tree.sync(self.dirty, writer_open=self.writable)
+
+    def release(self) -> None:
+        os.close(self.fd)
+        if self.writable:
+            self.tree.release_writer(self.dirty)
+
+
+class WritableBucketTree(Tree):
+    """A bucket tree with staged local files laid over it, and the operations that change the bucket."""
+
+    def __init__(self, bucket: BucketTree, staging: StagingArea, *, sync_on_close: bool = False,
+                 upload_workers: int = 4) -> None:
+        self.bucket = bucket
+        self.store = bucket.store
+        self.staging = staging
+        self.sync_on_close = sync_on_close
+        self.uploader = Uploader(self.store, staging, workers=upload_workers, on_uploaded=self._uploaded)
+        self._dirty: dict[str, DirtyFile] = {}
+        self._lock = threading.Lock()
+        self.stranded: list[StagedFile] = []
+
+    # -- start-up -----------------------------------------------------------------------------------------
+    def recover(self) -> int:
+        """Upload what a previous daemon staged and closed; report files that were still open."""
+        queued = 0
+        for staged in self.staging.recover():
+            path = staged.key[len(self.bucket.root_prefix):] if staged.key.startswith(self.bucket.root_prefix) else None
+            if staged.state == OPEN or path is None:
+                log.error("staged file for %s was still open when the daemon stopped: kept at %s, not uploaded",
+                          staged.key, self.staging.data_path(staged))
+                self.stranded.append(staged)
+                continue
+            self.staging.set_state(staged, CLOSED)
+            with self._lock:
+                self._dirty[path] = DirtyFile(path, staged, self.staging.data_path(staged))
+            self.uploader.submit(staged)
+            queued += 1
+        if queued:
+            log.info("recovery: uploading %d staged file(s) left by a previous daemon", queued)
+        return queued
+
+    # -- reading the overlay ------------------------------------------------------------------------------
+    def _dirty_node(self, dirty: DirtyFile) -> Node:
+        return Node(is_dir=False, size=dirty.size(), mtime=dirty.mtime(), staged_path=dirty.data_path)
+
+    def lookup(self, path: str) -> Node:
+        with self._lock:
+            dirty = self._dirty.get(path)
+        if dirty is not None:
+            return self._dirty_node(dirty)
+        return self.bucket.lookup(path)
+
+    def readdir(self, path: str) -> dict[str, Node]:
+        entries = dict(self.bucket.readdir(path))
+        prefix = path + "/" if path else ""
+        with self._lock:
+            local = [dirty for key, dirty in self._dirty.items()
+                     if key.startswith(prefix) and "/" not in key[len(prefix):]]
+        for dirty in local:
+            entries[dirty.path[len(prefix):]] = self._dirty_node(dirty)
+        return dict(sorted(entries.items()))
+
+    def dirty(self, path: str) -> DirtyFile | None:
+        with self._lock:
+            return self._dirty.get(path)
+
+    # -- writing ------------------------------------------------------------------------------------------
+    def _check_parent(self, path: str) -> None:
+        parent = path.rpartition("/")[0]
+        if parent and not self.lookup(parent).is_dir:
+            raise StorageError(f"{parent}: not a directory", errno.ENOTDIR)
+
+    def open_write(self, path: str, *, truncate: bool, create: bool) -> WriteHandle:
+        """A writable handle on `path`, staging the object's current bytes first unless truncating."""
+        with self._lock:
+            dirty = self._dirty.get(path)
+            if dirty is not None:
+                dirty.writers += 1  # pinned: a finishing upload now keeps the staged bytes
+        if dirty is not None:
+            # An upload not started yet is dropped (the file is uploaded again at close); one in progress is
+            # waited for, so the bytes it sends are never torn by this writer.
+            self.uploader.cancel(dirty.staged)
+            self.staging.set_state(dirty.staged, OPEN)
+        else:
+            node = None
+            try:
+                node = self.lookup(path)
+            except NotFound:
+                if not create:
+                    raise
+                self._check_parent(path)
+            if node is not None and node.is_dir:
+                raise StorageError(f"{path}: is a directory", errno.EISDIR)
+            staged = self.staging.create(self.bucket.key_of(path))
+            dirty = DirtyFile(path, staged, self.staging.data_path(staged), writers=1)
+            if node is not None and not truncate and node.obj is not None:
+                self._copy_in(node.obj, dirty.data_path)
+            with self._lock:
+                replaced = self._dirty.get(path)
+                self._dirty[path] = dirty
+            if replaced is not None:  # another writer created it meanwhile: the last one opened wins
+                log.warning("%s: opened for writing by two writers at once; the later open wins", path)
+        handle = WriteHandle(self, dirty, writable=True)
+        if truncate:
+            handle.truncate(0)
+        return handle
+
+    def open_staged(self, path: str) -> WriteHandle | None:
+        """A read-only handle on the staged bytes of `path`, if it has any (read-your-writes)."""
+        dirty = self.dirty(path)
+        return None if dirty is None else WriteHandle(self, dirty, writable=False)
+
+    def _copy_in(self, obj: ObjectInfo, data_path: str) -> None:
+        with open(data_path, "r+b") as file:
+            for start in range(0, obj.size, COPY_CHUNK):
+                file.write(self.store.get_range(obj, start, min(obj.size, start + COPY_CHUNK)))
+
+    def mark_open(self, dirty: DirtyFile) -> None:
+        if dirty.staged.state != OPEN:
+            self.staging.set_state(dirty.staged, OPEN)
+
+    def mark_closed(self, dirty: DirtyFile) -> None:
+        if dirty.staged.state == OPEN:
+            self.staging.set_state(dirty.staged, CLOSED)
+
+    def release_writer(self, dirty: DirtyFile) -> None:
+        with self._lock:
+            dirty.writers -= 1
+            if dirty.writers > 0:
+                return
+            current = self._dirty.get(dirty.path) is dirty
+        if not current:  # deleted or replaced while open
+            self.staging.remove(dirty.staged)
+            return
+        self.staging.set_state(dirty.staged, CLOSED)
+        future = self.uploader.submit(dirty.staged)
+        if self.sync_on_close:
+            future.result()
+
+    def sync(self, dirty: DirtyFile, *, writer_open: bool) -> None:
+        """fsync: the file's current bytes are durable in S3 when this returns (EIO if the upload fails)."""
+        if writer_open:
+            self.store.put_file(dirty.staged.key, dirty.data_path)
+        else:
+            self.uploader.wait(dirty.staged)
+
+    def _uploaded(self, staged: StagedFile, info: ObjectInfo) -> bool:
+        """An upload landed: the path shows the object again, unless a writer re-opened it meanwhile."""
+        with self._lock:
+            for path, dirty in list(self._dirty.items()):
+                if dirty.staged is staged:
+                    if dirty.writers:
+                        return False
+                    del self._dirty[path]
+                    self.bucket.forget(path)
+        return True
+
+    def truncate(self, path: str, length: int) -> None:
+        handle = self.open_write(path, truncate=length == 0, create=False)
+        try:
+            handle.truncate(length)
+        finally:
+            handle.release()
+
+    def unlink(self, path: str) -> None:
+        node = self.lookup(path)
+        if node.is_dir:
+            raise StorageError(f"{path}: is a directory", errno.EISDIR)
+        with self._lock:
+            dirty = self._dirty.pop(path, None)
+        if dirty is not None:
+            self.uploader.cancel(dirty.staged)
+            if dirty.writers == 0:
+                self.staging.remove(dirty.staged)
+        self.store.delete_object(self.bucket.key_of(path))
+        self.bucket.forget(path)
+
+    def mkdir(self, path: str) -> None:
+        try:
+            self.lookup(path)
+        except NotFound:
+            pass
+        else:
+            raise StorageError(f"{path}: exists", errno.EEXIST)
+        self._check_parent(path)
+        self.store.put_object(self.bucket.key_of(path) + "/", b"")
+        self.bucket.forget(path)
+
+    def rmdir(self, path: str) -> None:
+        if not self.lookup(path).is_dir:
+            raise StorageError(f"{path}: not a directory", errno.ENOTDIR)
+        self.bucket.forget_listing(path)
+        if self.readdir(path):
+            raise StorageError(f"{path}: directory not empty", errno.ENOTEMPTY)
+        self.store.delete_object(self.bucket.key_of(path) + "/")
+        self.bucket.forget(path)
+
+    def rename(self, old: str, new: str) -> None:
+        node = self.lookup(old)
+        if node.is_dir:
+            # Directories are prefixes: moving one is a copy of every object.  EXDEV makes mv(1) do exactly
+            # that, object by object (not atomic, as documented).
+            raise StorageError(f"{old}: directories cannot be renamed in place", errno.EXDEV)
+        try:
+            if self.lookup(new).is_dir:
+                raise StorageError(f"{new}: is a directory", errno.EISDIR)
+        except NotFound:
+            self._check_parent(new)
+        with self._lock:
+            replaced = self._dirty.pop(new, None)
+        if replaced is not None:
+            self.uploader.cancel(replaced.staged)
+            if replaced.writers == 0:
+                self.staging.remove(replaced.staged)
+        with self._lock:
+            dirty = self._dirty.get(old)
+        if dirty is not None and (dirty.writers > 0 or self.uploader.cancel(dirty.staged)):
+            # Not uploaded yet: the staged bytes simply go to the new key.
+            with self._lock:
+                self._dirty.pop(old, None)
+                dirty.path = new
+                self._dirty[new] = dirty
+            dirty.staged.key = self.bucket.key_of(new)
+            self.staging.save(dirty.staged)
+            if dirty.writers == 0:
+                self.uploader.submit(dirty.staged)
+            try:
+                self.store.delete_object(self.bucket.key_of(old))
+            except NotFound:
+                pass
+        else:
+            self.store.copy_object(self.bucket.key_of(old), self.bucket.key_of(new))
+            self.store.delete_object(self.bucket.key_of(old))
+        self.bucket.forget(old)
+        self.bucket.forget(new)
+
+    def set_attributes(self, path: str) -> None:
+        """chmod/chown/utimens: accepted and not stored (mode, owner and mtime come from the mount options
+        and S3), so cp -p, rsync -a and touch work; documented in SEMANTICS."""
+        self.lookup(path)
+
+    def stats(self) -> dict:
+        failures = self.uploader.failures()
+        return {"pending_uploads": self.uploader.pending(), "uploaded": self.uploader.uploaded,
+                "upload_retries": self.uploader.retries,
+                "failed_uploads": [{"key": staged.key, "error": staged.error,
+                                    "staged": self.staging.data_path(staged)} for staged in failures],
+                "stranded": [{"key": staged.key, "staged": self.staging.data_path(staged)}
+                             for staged in self.stranded]}
+
+    def close(self) -> None:
+        self.uploader.close()
+        self.bucket.close()
+
+
+def is_write_open(flags: int) -> bool:
+    return flags & os.O_ACCMODE != os.O_RDONLY or bool(flags & os.O_TRUNC)
+
