@@ -43,6 +43,16 @@ def _mode(text: str) -> int:
     return value
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}: must be >= 1")
+    return value
+
+
 def _id(text: str) -> int:
     try:
         value = int(text)
@@ -67,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--read-only", action="store_true", help="refuse every write with EROFS")
     mount.add_argument("--sync-on-close", action="store_true",
                        help="close() returns only once the file is uploaded (default: uploads run in the background)")
+    mount.add_argument("--upload-attempts", type=_positive, default=5, metavar="N",
+                       help="tries per upload, with exponential backoff from 0.5 s, before it is reported failed (5)")
     mount.add_argument("--cache-dir", help="cache directory (default: stable per source under "
                                            "$XDG_CACHE_HOME/quiltmount/)")
     mount.add_argument("--disk-cache-size", type=_size, default=0, metavar="SIZE",
@@ -134,7 +146,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         dir_mode=args.dir_mode, allow_other=args.allow_other,
         log_file=os.path.abspath(args.log_file) if args.log_file else None, log_level=args.log_level,
         profile=args.profile, region=args.region, endpoint_url=args.endpoint_url, package=args.package,
-        sync_on_close=args.sync_on_close)
+        sync_on_close=args.sync_on_close, upload_attempts=args.upload_attempts)
     if args.foreground:
         return run_mount(options)
     start_background(options)

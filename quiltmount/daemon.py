@@ -51,6 +51,7 @@ class MountOptions:
     endpoint_url: str | None = None
     package: str | None = None
     sync_on_close: bool = False
+    upload_attempts: int = 5
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -247,7 +248,7 @@ def _build_tree(source: Any, store: Any, stores: Any, cache_dir: str,
     from quiltmount.fs.writeback import WritableBucketTree
 
     writes = WritableBucketTree(bucket, StagingArea(os.path.join(cache_dir, "staging")),
-                                sync_on_close=options.sync_on_close)
+                                sync_on_close=options.sync_on_close, upload_attempts=options.upload_attempts)
     writes.recover()
     return MountTree(writes, {".packages": packages}), writes, False, False
 

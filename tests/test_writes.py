@@ -160,3 +160,60 @@ def test_writes_under_reserved_names_are_refused(bucket, mount):
         with pytest.raises(OSError) as failure:
             path.write_bytes(b"x")
         assert failure.value.errno in (errno.EROFS, errno.ENOENT)
+
+
+def test_failed_uploads_are_kept_reported_and_recovered(s3, bucket, s3_server, tmp_path):
+    from faultproxy import FaultProxy
+    from mounthelpers import force_unmount
+
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    deny = lambda method, path: method == "PUT" and "/denied-" in path  # noqa: E731
+    try:
+        with FaultProxy(s3_server.endpoint_url, deny) as proxy:
+            result = run_cli("mount", f"s3://{bucket}", str(mnt), "--endpoint-url", proxy.endpoint_url,
+                             "--upload-attempts", "2")
+            assert result.returncode == 0, result.stderr
+            (mnt / "allowed.txt").write_bytes(b"fine")
+            with open(mnt / "denied-sync.txt", "wb") as file:
+                file.write(b"precious")
+                file.flush()
+                with pytest.raises(OSError) as failure:
+                    os.fsync(file.fileno())
+                assert failure.value.errno == errno.EIO
+            (mnt / "denied-later.txt").write_bytes(b"also precious")
+            wait_for(lambda: len(fresh_record(mnt)["failed_uploads"]) >= 1, timeout=30)
+            record = mount_record(mnt)
+            assert any(f["key"] == "denied-later.txt" and "denied" in f["error"].lower() for f in
+                       record["failed_uploads"])
+            assert record["upload_retries"] >= 1 and proxy.denied >= 2
+            result = run_cli("umount", str(mnt))
+            assert result.returncode == 1
+            assert "denied-later.txt" in result.stderr and "still staged" in result.stderr
+            assert "denied-later.txt" not in keys(s3, bucket)  # nothing partial or empty became visible
+            assert body(s3, bucket, "allowed.txt") == b"fine"
+        # The next mount of the same source, now allowed to write, uploads what was kept.
+        result = run_cli("mount", f"s3://{bucket}", str(mnt), "--endpoint-url", s3_server.endpoint_url)
+        assert result.returncode == 0, result.stderr
+        wait_for(lambda: {"denied-later.txt", "denied-sync.txt"} <= keys(s3, bucket))
+        assert body(s3, bucket, "denied-later.txt") == b"also precious"
+        assert body(s3, bucket, "denied-sync.txt") == b"precious"
+    finally:
+        force_unmount(mnt)
+
+
+def test_staging_disk_full_gives_enospc_and_uploads_nothing(s3, bucket, mount, tmp_path):
+    cache = tmp_path / "tiny-cache"
+    cache.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(cache)], check=True)
+    try:
+        mnt = mount(f"s3://{bucket}", "--cache-dir", str(cache))
+        result = subprocess.run(["dd", "if=/dev/zero", f"of={mnt / 'big.bin'}", "bs=1M", "count=5"],
+                                capture_output=True, text=True)
+        assert result.returncode != 0 and "No space left on device" in result.stderr
+        (mnt / "small.txt").write_bytes(b"fits")
+        unmount(mnt)
+        assert "big.bin" not in keys(s3, bucket)  # never a silently truncated object
+        assert body(s3, bucket, "small.txt") == b"fits"
+    finally:
+        subprocess.run(["umount", "-l", str(cache)], check=False)

@@ -186,6 +186,7 @@ class DirtyFile:
     staged: StagedFile
     data_path: str
     writers: int = 0  # changed under the tree's lock
+    write_error: str | None = None  # a write failed (e.g. ENOSPC): these bytes must never be uploaded
 
     def size(self) -> int:
         try:
@@ -214,11 +215,23 @@ class WriteHandle:
 
     def write(self, data: bytes, offset: int) -> int:
         self.tree.mark_open(self.dirty)
-        return os.pwrite(self.fd, data, offset)
+        try:
+            written = os.pwrite(self.fd, data, offset)
+        except OSError as exc:
+            self.dirty.write_error = str(exc)
+            raise
+        if written != len(data):  # a short write to the staging disk is as bad as a failed one
+            self.dirty.write_error = f"short write to the staging area ({written} of {len(data)} bytes)"
+            raise OSError(errno.ENOSPC, self.dirty.write_error)
+        return written
 
     def truncate(self, length: int) -> None:
         self.tree.mark_open(self.dirty)
-        os.ftruncate(self.fd, length)
+        try:
+            os.ftruncate(self.fd, length)
+        except OSError as exc:
+            self.dirty.write_error = str(exc)
+            raise
 
     def flush(self) -> None:
         """close(2) of a descriptor: the bytes so far are complete for the user, so a crash before the
@@ -242,12 +255,13 @@ class WritableBucketTree(Tree):
     """A bucket tree with staged local files laid over it, and the operations that change the bucket."""
 
     def __init__(self, bucket: BucketTree, staging: StagingArea, *, sync_on_close: bool = False,
-                 upload_workers: int = 4) -> None:
+                 upload_workers: int = 4, upload_attempts: int = 5) -> None:
         self.bucket = bucket
         self.store = bucket.store
         self.staging = staging
         self.sync_on_close = sync_on_close
-        self.uploader = Uploader(self.store, staging, workers=upload_workers, on_uploaded=self._uploaded)
+        self.uploader = Uploader(self.store, staging, workers=upload_workers, attempts=upload_attempts,
+                                 on_uploaded=self._uploaded)
         self._dirty: dict[str, DirtyFile] = {}
         self._lock = threading.Lock()
         self.stranded: list[StagedFile] = []
@@ -365,6 +379,17 @@ class WritableBucketTree(Tree):
         if not current:  # deleted or replaced while open
             self.staging.remove(dirty.staged)
             return
+        if dirty.write_error is not None:
+            # The writer was told (ENOSPC, EIO...); uploading what did get staged would put a truncated
+            # object in place of good data.  The path shows the object as it was before.
+            log.error("%s: not uploaded because a write failed (%s); staged bytes discarded",
+                      dirty.staged.key, dirty.write_error)
+            with self._lock:
+                if self._dirty.get(dirty.path) is dirty:
+                    del self._dirty[dirty.path]
+            self.staging.remove(dirty.staged)
+            self.bucket.forget(dirty.path)
+            return
         self.staging.set_state(dirty.staged, CLOSED)
         future = self.uploader.submit(dirty.staged)
         if self.sync_on_close:
@@ -372,10 +397,14 @@ class WritableBucketTree(Tree):
 
     def sync(self, dirty: DirtyFile, *, writer_open: bool) -> None:
         """fsync: the file's current bytes are durable in S3 when this returns (EIO if the upload fails)."""
-        if writer_open:
-            self.store.put_file(dirty.staged.key, dirty.data_path)
-        else:
-            self.uploader.wait(dirty.staged)
+        try:
+            if writer_open:
+                self.store.put_file(dirty.staged.key, dirty.data_path)
+            else:
+                self.uploader.wait(dirty.staged)
+        except StorageError as exc:  # whatever S3 said, for fsync(2) the data is not durable: EIO
+            log.error("fsync of %s: upload failed: %s", dirty.staged.key, exc)
+            raise StorageError(f"fsync of {dirty.staged.key}: {exc}", errno.EIO) from None
 
     def _uploaded(self, staged: StagedFile, info: ObjectInfo) -> bool:
         """An upload landed: the path shows the object again, unless a writer re-opened it meanwhile."""
