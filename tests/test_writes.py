@@ -217,3 +217,17 @@ def test_staging_disk_full_gives_enospc_and_uploads_nothing(s3, bucket, mount, t
         assert body(s3, bucket, "small.txt") == b"fits"
     finally:
         subprocess.run(["umount", "-l", str(cache)], check=False)
+
+
+def test_sync_on_close_and_plain_fusermount_finish_uploads(s3, bucket, mount):
+    mnt = mount(f"s3://{bucket}", "--sync-on-close")
+    (mnt / "synced.txt").write_bytes(b"on close")
+    wait_for(lambda: "synced.txt" in keys(s3, bucket), timeout=5)  # close returned after the upload; release
+    # is asynchronous in FUSE, so allow the kernel a moment to deliver it
+    other = mount(f"s3://{bucket}/other/", "--cache-dir", str(mnt.parent / "cache-other"))
+    pid = mount_record(other)["pid"]
+    for i in range(40):
+        (other / f"{i}.txt").write_bytes(b"x" * 1000)
+    subprocess.run(["fusermount3", "-u", str(other)], check=True)
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), timeout=60)  # the daemon drains, then exits
+    assert {f"other/{i}.txt" for i in range(40)} <= keys(s3, bucket)
