@@ -187,6 +187,7 @@ class DirtyFile:
     data_path: str
     writers: int = 0  # changed under the tree's lock
     write_error: str | None = None  # a write failed (e.g. ENOSPC): these bytes must never be uploaded
+    modified: bool = True  # bytes changed since the last upload (fsync, or flush with --sync-on-close)
 
     def size(self) -> int:
         try:
@@ -214,6 +215,7 @@ class WriteHandle:
         return os.pread(self.fd, size, offset)
 
     def write(self, data: bytes, offset: int) -> int:
+        self.dirty.modified = True
         self.tree.mark_open(self.dirty)
         try:
             written = os.pwrite(self.fd, data, offset)
@@ -226,6 +228,7 @@ class WriteHandle:
         return written
 
     def truncate(self, length: int) -> None:
+        self.dirty.modified = True
         self.tree.mark_open(self.dirty)
         try:
             os.ftruncate(self.fd, length)
@@ -239,6 +242,9 @@ class WriteHandle:
         if self.writable:
             os.fdatasync(self.fd)
             self.tree.mark_closed(self.dirty)
+            if self.tree.sync_on_close and self.dirty.modified:
+                # FUSE's release comes after close(2) has returned: to make close wait, upload here.
+                self.tree.sync(self.dirty, writer_open=True)
 
     def fsync(self) -> None:
         if self.writable:
@@ -339,7 +345,9 @@ class WritableBucketTree(Tree):
             if node is not None and node.is_dir:
                 raise StorageError(f"{path}: is a directory", errno.EISDIR)
             staged = self.staging.create(self.bucket.key_of(path))
-            dirty = DirtyFile(path, staged, self.staging.data_path(staged), writers=1)
+            # A new file, or an existing one being truncated, must be uploaded even if nothing is written.
+            dirty = DirtyFile(path, staged, self.staging.data_path(staged), writers=1,
+                              modified=node is None or truncate)
             if node is not None and not truncate and node.obj is not None:
                 self._copy_in(node.obj, dirty.data_path)
             with self._lock:
@@ -390,19 +398,26 @@ class WritableBucketTree(Tree):
             self.staging.remove(dirty.staged)
             self.bucket.forget(dirty.path)
             return
+        if not dirty.modified:  # already uploaded by fsync or by a synchronous close, or never changed
+            with self._lock:
+                if self._dirty.get(dirty.path) is dirty and dirty.writers == 0:
+                    del self._dirty[dirty.path]
+            self.staging.remove(dirty.staged)
+            self.bucket.forget(dirty.path)
+            return
         self.staging.set_state(dirty.staged, CLOSED)
-        future = self.uploader.submit(dirty.staged)
-        if self.sync_on_close:
-            future.result()
+        self.uploader.submit(dirty.staged)
 
     def sync(self, dirty: DirtyFile, *, writer_open: bool) -> None:
         """fsync: the file's current bytes are durable in S3 when this returns (EIO if the upload fails)."""
         try:
             if writer_open:
+                dirty.modified = False  # set before reading the file: a write racing with us sets it again
                 self.store.put_file(dirty.staged.key, dirty.data_path)
             else:
                 self.uploader.wait(dirty.staged)
         except StorageError as exc:  # whatever S3 said, for fsync(2) the data is not durable: EIO
+            dirty.modified = True
             log.error("fsync of %s: upload failed: %s", dirty.staged.key, exc)
             raise StorageError(f"fsync of {dirty.staged.key}: {exc}", errno.EIO) from None
 

@@ -9,7 +9,7 @@ from urllib.parse import unquote, urlparse
 from quiltmount.errors import UserError
 from quiltmount.storage.base import ListPage, ObjectInfo, ObjectStore
 
-__all__ = ["ListPage", "ObjectInfo", "ObjectStore", "Source", "parse_source", "open_store"]
+__all__ = ["ListPage", "ObjectInfo", "ObjectStore", "Source", "parse_source"]
 
 
 @dataclass(frozen=True)
@@ -62,15 +62,3 @@ def parse_source(text: str) -> Source:
     if not os.path.isdir(path):
         raise UserError(f"source directory does not exist: {path}")
     return Source("file", path)
-
-
-def open_store(source: Source, *, profile: str | None = None, region: str | None = None,
-               endpoint_url: str | None = None) -> ObjectStore:
-    """Create the backend for `source` (S3 options are ignored for local directories)."""
-    if source.scheme == "s3":
-        from quiltmount.storage.s3 import S3Store
-
-        return S3Store(source.location, profile=profile, region=region, endpoint_url=endpoint_url)
-    from quiltmount.storage.local import LocalStore
-
-    return LocalStore(source.location)

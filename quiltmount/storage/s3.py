@@ -217,10 +217,9 @@ class S3Store(ObjectStore):
                 etag = response["CopyObjectResult"]["ETag"]
             else:
                 etag = self._multipart_copy(source_key, key, source.size)["ETag"]
-            version = None
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise self._fail("copy", source_key, exc) from exc
-        return ObjectInfo(key, source.size, time.time(), etag, version)
+        return ObjectInfo(key, source.size, time.time(), etag)
 
     def _multipart_copy(self, source_key: str, key: str, size: int) -> dict:
         part_size = 512 << 20
