@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from quiltmount.errors import NotFound, ObjectChanged, UserError
-from quiltmount.fs.blockcache import BlockCache, DiskTier
+from quiltmount.fs.blockcache import Block, BlockCache, DiskTier
 from quiltmount.fs.readahead import BlockFetcher, ReadStream
 from quiltmount.fs.tree import BucketTree
 from quiltmount.storage import parse_source
@@ -99,9 +99,9 @@ def test_disk_tier_has_a_hard_cap(tmp_path):
     assert disk.get(("obj", 49)) == bytes([49]) * 1000
     assert disk.get(("obj", 0)) is None
     cache = BlockCache(2000, disk)
-    cache.put(("x", 0), b"a" * 1500)
-    cache.put(("x", 1), b"b" * 1500)  # evicts block 0 from memory; the disk tier still has it
-    assert cache.get(("x", 0)) == b"a" * 1500
+    cache.put(("x", 0), Block(b"a" * 1500))
+    cache.put(("x", 1), Block(b"b" * 1500))  # evicts block 0 from memory; the disk tier still has it
+    assert cache.get(("x", 0)).tobytes() == b"a" * 1500
     assert cache.stats()["memory_used"] <= 2000
 
 
@@ -115,7 +115,7 @@ def test_fetcher_reads_exact_ranges_and_fetches_each_block_once(tmp_path):
     for _ in range(200):
         offset = rng.randrange(0, len(data) + 10)
         size = rng.randrange(1, 3 << 20)
-        assert fetcher.read(store, obj, offset, size) == data[offset:offset + size]
+        assert bytes(fetcher.read(store, obj, offset, size)) == data[offset:offset + size]
     assert store.snapshot()["totals"]["get"] <= 6  # 6 blocks, each fetched at most once
 
     barrier = threading.Barrier(8)
@@ -124,7 +124,7 @@ def test_fetcher_reads_exact_ranges_and_fetches_each_block_once(tmp_path):
 
     def read_start(_: int) -> bytes:
         barrier.wait()
-        return fresh.read(counting, obj, 0, 4096)
+        return bytes(fresh.read(counting, obj, 0, 4096))
 
     with ThreadPoolExecutor(8) as pool:
         assert set(pool.map(read_start, range(8))) == {data[:4096]}

@@ -7,6 +7,7 @@ the object's ETag/version, a block can never be served for another version of th
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import logging
 import os
@@ -19,6 +20,36 @@ from cachetools import LRUCache
 log = logging.getLogger(__name__)
 
 BlockKey = tuple[Hashable, int]  # (object identity, block index)
+
+
+class Block:
+    """One cached block: a slice of the bytes one ranged GET returned, without copying them.
+
+    `view` hands FUSE a ctypes window on those bytes (mfusepy copies it straight into the kernel's buffer),
+    so a sequential read copies each byte once on its way out instead of twice.
+    """
+
+    __slots__ = ("data", "start", "length")
+
+    def __init__(self, data: bytes, start: int = 0, length: int | None = None) -> None:
+        self.data = data
+        self.start = start
+        self.length = len(data) - start if length is None else length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def tobytes(self) -> bytes:
+        if self.start == 0 and self.length == len(self.data):
+            return self.data
+        return self.data[self.start:self.start + self.length]
+
+    def view(self, offset: int, size: int) -> ctypes.Array:
+        address = ctypes.cast(ctypes.c_char_p(self.data), ctypes.c_void_p).value or 0
+        window = (ctypes.c_char * size).from_address(address + self.start + offset)
+        window.keep = self.data  # the bytes must outlive the window, whatever the cache evicts meanwhile
+        return window
+
 
 
 class DiskTier:
@@ -96,25 +127,26 @@ class BlockCache:
 
     def __init__(self, memory_capacity: int, disk: DiskTier | None = None) -> None:
         self.memory_capacity = memory_capacity
-        self._memory: LRUCache[BlockKey, bytes] = LRUCache(maxsize=max(memory_capacity, 1), getsizeof=len)
+        self._memory: LRUCache[BlockKey, Block] = LRUCache(maxsize=max(memory_capacity, 1), getsizeof=len)
         self._lock = threading.Lock()
         self.disk = disk
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: BlockKey) -> bytes | None:
+    def get(self, key: BlockKey) -> Block | None:
         with self._lock:
             data = self._memory.get(key)
             if data is not None:
                 self.hits += 1
                 return data
         if self.disk is not None:
-            data = self.disk.get(key)
-            if data is not None:
-                self._store(key, data)
+            raw = self.disk.get(key)
+            if raw is not None:
+                block = Block(raw)
+                self._store(key, block)
                 with self._lock:
                     self.hits += 1
-                return data
+                return block
         with self._lock:
             self.misses += 1
         return None
@@ -126,16 +158,16 @@ class BlockCache:
                 return True
         return self.disk is not None and self.disk.contains(key)
 
-    def _store(self, key: BlockKey, data: bytes) -> None:
+    def _store(self, key: BlockKey, data: Block) -> None:
         if len(data) > self.memory_capacity:
             return
         with self._lock:
             self._memory[key] = data
 
-    def put(self, key: BlockKey, data: bytes) -> None:
+    def put(self, key: BlockKey, data: Block) -> None:
         self._store(key, data)
         if self.disk is not None:
-            self.disk.put(key, data)
+            self.disk.put(key, data.tobytes())
 
     def stats(self) -> dict:
         with self._lock:

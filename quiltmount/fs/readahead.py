@@ -8,13 +8,14 @@ detects sequential access and grows its read-ahead window geometrically, like mo
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import threading
 from collections.abc import Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from quiltmount.errors import ObjectChanged
-from quiltmount.fs.blockcache import BlockCache
+from quiltmount.fs.blockcache import Block, BlockCache
 from quiltmount.fs.verify import HashVerifier
 from quiltmount.storage.base import ObjectInfo, ObjectStore
 
@@ -66,13 +67,13 @@ class BlockFetcher:
                     claimed.append(index)
         return claimed, waiting
 
-    def _fetch_run(self, store: ObjectStore, obj: ObjectInfo, ident: Hashable, first: int, last: int) -> list[bytes]:
+    def _fetch_run(self, store: ObjectStore, obj: ObjectInfo, ident: Hashable, first: int, last: int) -> list[Block]:
         """Fetch blocks first..last (claimed by the caller) with one ranged GET; resolve their futures."""
         bs = self.block_size
         futures = [self._in_flight[(ident, index)] for index in range(first, last + 1)]
         try:
             data = store.get_range(obj, first * bs, min((last + 1) * bs, obj.size))
-            blocks = [data[i:i + bs] for i in range(0, len(data), bs)] if last > first else [data]
+            blocks = [Block(data, start, min(bs, len(data) - start)) for start in range(0, len(data), bs)]
             for index, block in zip(range(first, last + 1), blocks):
                 self.cache.put((ident, index), block)
         except BaseException as exc:
@@ -89,15 +90,15 @@ class BlockFetcher:
             future.set_result(block)
         return blocks
 
-    def read(self, store: ObjectStore, obj: ObjectInfo, offset: int, size: int) -> bytes:
-        """Bytes [offset, offset+size) of `obj`, clipped at its end."""
+    def read(self, store: ObjectStore, obj: ObjectInfo, offset: int, size: int) -> bytes | ctypes.Array:
+        """Bytes [offset, offset+size) of `obj`, clipped at its end (a zero-copy window within one block)."""
         end = min(offset + size, obj.size)
         if offset >= end:
             return b""
         bs = self.block_size
         first, last = offset // bs, (end - 1) // bs
         ident = object_identity(store, obj)
-        blocks: dict[int, bytes] = {}
+        blocks: dict[int, Block] = {}
         for index in range(first, last + 1):
             data = self.cache.get((ident, index))
             if data is not None:
@@ -115,8 +116,9 @@ class BlockFetcher:
                     blocks[index] = self.cache.get((ident, index)) or self._fetch_one(store, obj, ident, index)
         start = offset - first * bs
         if first == last:
-            return blocks[first][start:start + end - offset]
-        return b"".join(blocks[index] for index in range(first, last + 1))[start:start + end - offset]
+            return blocks[first].view(start, end - offset)
+        joined = b"".join(blocks[index].tobytes() for index in range(first, last + 1))
+        return joined[start:start + end - offset]
 
     def read_exact(self, store: ObjectStore, obj: ObjectInfo, offset: int, size: int) -> bytes:
         """A random read: from cached blocks if they are all there, else one GET of exactly these bytes
@@ -131,10 +133,10 @@ class BlockFetcher:
             return self.read(store, obj, offset, size)
         return store.get_range(obj, offset, end)
 
-    def _fetch_one(self, store: ObjectStore, obj: ObjectInfo, ident: Hashable, index: int) -> bytes:
+    def _fetch_one(self, store: ObjectStore, obj: ObjectInfo, ident: Hashable, index: int) -> Block:
         """Fallback for a block that was evicted right after another reader fetched it."""
         bs = self.block_size
-        return store.get_range(obj, index * bs, min((index + 1) * bs, obj.size))
+        return Block(store.get_range(obj, index * bs, min((index + 1) * bs, obj.size)))
 
     # -- read-ahead ---------------------------------------------------------------------------------------
     def prefetch(self, store: ObjectStore, obj: ObjectInfo, first: int, last: int) -> int:
