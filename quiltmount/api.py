@@ -1,15 +1,23 @@
 """The quilt3-compatible control API (no FUSE here).  Re-exported at the package top level.
 
-Package functions keep quilt3's signatures and semantics (spec section 5); `registry=None` means the
-`default_local_registry` of quilt3's config, as in quilt3.
+Configuration, login, API keys, search and `Bucket` come from their own modules; the package functions below
+keep quilt3's signatures and semantics (spec section 5): `registry=None` means the `default_local_registry`
+of quilt3's config, as in quilt3.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from quiltmount.config import default_local_registry
+from quiltmount import api_keys  # noqa: F401  (quilt3.api_keys)
+from quiltmount.auth import (  # noqa: F401
+    clear_api_key, get_boto3_session, logged_in, login, login_with_api_key, logout,
+)
+from quiltmount.bucket import Bucket  # noqa: F401
+from quiltmount.catalog import QuiltException  # noqa: F401
+from quiltmount.quiltconfig import config, default_local_registry  # noqa: F401
 from quiltmount.packages.registry import Registry, registry_from_url
+from quiltmount.catalog_search import search  # noqa: F401
 
 
 def _registry(registry: str | None) -> Registry:

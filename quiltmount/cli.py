@@ -64,7 +64,8 @@ def _id(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="quiltmount", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="quiltmount", description="Mount S3 buckets, local directories and Quilt "
+                                     "packages as directories; manage a Quilt stack like quilt3.")
     parser.add_argument("--version", action="version", version=f"quiltmount {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -129,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="show live mounts")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=cmd_status)
+
+    from quiltmount.stackcli import add_stack_commands
+
+    add_stack_commands(commands)
     return parser
 
 

@@ -3,9 +3,10 @@
 
 Run (as root, with /dev/fuse and fusermount3; from the project's virtualenv)::
 
-    python scripts/bench.py                 # full run: 512 MiB object, 5,000 small files (~4 min)
+    python scripts/bench.py                 # full run: 512 MiB object, 5,000 small files, 256 MiB and
+                                            # 2 GiB copied in (~5 min)
     python scripts/bench.py --quick         # smoke run: 64 MiB object, 500 small files, 50 preads,
-                                            # a 1,000-entry package
+                                            # a 1,000-entry package, 64 MiB and 100 files written
     python scripts/bench.py --endpoint-url http://127.0.0.1:9000   # use a running S3 server
 
 Without ``--endpoint-url`` it starts the project's moto test server (``tests/s3server.py``,
@@ -33,7 +34,27 @@ What it measures, each against a baseline taken in the same run (MB = 10^6 bytes
    ``.packages/bench/large/latest/big.bin`` (reads of package files are verified against the
    manifest's sha2-256-chunked hash) vs ``download_fileobj``, and the daemon's CPU seconds per GB for
    it vs for the plain bucket read of measurement 1;
-8. the peak RSS of every daemon (``/proc/PID/status`` sampled every 0.1 s) vs the memory budget.
+8. the peak RSS of every daemon (``/proc/PID/status`` sampled every 0.1 s) vs the memory budget;
+9. ``cp`` of a ``--write-mib`` (256) MiB file of random bytes, from the run's temporary directory on local
+   disk, into a fresh mount (``bench/write/``) until it is durable, vs boto3 ``upload_file`` (default
+   ``TransferConfig``) of the same file to another key, measured just before (target ratio >= 0.8);
+10. ``--write-files`` (500) files of 1 KiB written into a fresh mount one after another (Python
+    open/write/close, one thread) until all are durable, vs a ``put_object`` call per file (one thread);
+11. full run only (``--rss-write-mib``, 2048; 0 skips it): ``cp`` of a 2 GiB random file into a mount with
+    ``--memory-cache-size 256M`` (``--write-memory-cache-size``) until durable, the daemon's RSS sampled
+    every 0.1 s throughout: its peak vs the budget + 150 MiB.
+
+"Durable" in 9-11 is when ``quiltmount umount`` returns: it unmounts, then waits for the daemon to
+finish every pending upload and exit, and fails if one did not land.  The time runs from the start of
+the writes (``cp``, the first ``open``) to the end of ``umount``, so it includes the unmount and the
+daemon's exit: the details give ``umount_idle_seconds`` (umount of a fresh mount that has nothing to
+upload) and, for 9, the moment a HEAD poll (every 0.1 s) first saw the whole object in S3.  (Not
+``fsync`` on a new descriptor after ``close``: the daemon submits a file's upload on FUSE ``release``,
+which the kernel sends after ``close`` returns, so such an ``fsync`` can return before the upload has
+even been queued.  Not ``status --json``: it is rewritten once a second.)  Then the objects are
+checked: the size with HEAD, and the SHA-256 of sampled 1 MiB ranges (first, last, across the first part
+boundary and 8 random) against the local file; for 10, a listing of every size and the bytes of 25
+files.  Written objects are deleted after each measurement.
 
 It prints a table and writes every figure to ``--json-out``, with, for each measurement through a
 mount, the daemon's S3 requests and bytes read (from ``quiltmount status --json``) and the CPU
@@ -45,6 +66,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -71,6 +93,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
 
+from quiltmount import state as qm_state
 from quiltmount.packages import manifest as mf
 
 REPO = Path(__file__).resolve().parent.parent
@@ -97,6 +120,13 @@ LARGE_PACKAGE = "bench/large"  # one entry: the big object
 LARGE_ENTRY = "big.bin"
 PACKAGE_DIRS = 100
 HASH_CHUNK = 8 * MiB
+WRITE_PREFIX = "bench/write/"  # objects written by measurements 9-11 (deleted afterwards)
+WRITE_PART = 8 * MiB  # the daemon's multipart part size (verification samples straddle part boundaries)
+VISIBILITY_POLL = 0.1  # seconds between the HEADs that watch for a written object to appear in S3
+VERIFY_RANGES = 8  # random 1 MiB ranges (besides the first, last and a part-straddling one) compared by SHA-256
+VERIFY_RANGE = 1 * MiB
+VERIFY_SEED = 20240612
+SMALL_VERIFY = 25  # small written files whose bytes are read back with get_object
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -388,14 +418,23 @@ def read_rss(pid: int) -> tuple[int, int] | None:
 
 
 class RssSampler(threading.Thread):
-    """Samples a daemon's RSS every RSS_INTERVAL seconds until stopped or the process exits."""
+    """Samples a daemon's RSS every RSS_INTERVAL seconds until stopped or the process exits.
 
-    def __init__(self, pid: int) -> None:
+    It also keeps the daemon's last CPU-time reading (a daemon is not our child: once it has exited its
+    CPU time is gone) and, with `mountpoint`, the last status record the daemon wrote (it rewrites it
+    every second and removes it when it exits) and the most pending uploads that record ever showed.
+    """
+
+    def __init__(self, pid: int, mountpoint: str | None = None) -> None:
         super().__init__(name=f"rss-{pid}", daemon=True)
         self.pid = pid
+        self.mountpoint = mountpoint
         self.peak_rss = 0
         self.peak_hwm = 0
         self.samples = 0
+        self.last_cpu: float | None = None
+        self.last_record: dict[str, Any] | None = None
+        self.max_pending_uploads = 0
         self._stop_event = threading.Event()
 
     def sample(self) -> bool:
@@ -405,6 +444,14 @@ class RssSampler(threading.Thread):
         self.peak_rss = max(self.peak_rss, values[0])
         self.peak_hwm = max(self.peak_hwm, values[1])
         self.samples += 1
+        cpu = cpu_seconds(self.pid)
+        if cpu is not None:
+            self.last_cpu = cpu
+        if self.mountpoint is not None:
+            record = qm_state.read_record(self.mountpoint)
+            if record is not None and record.get("pid") == self.pid:
+                self.last_record = record
+                self.max_pending_uploads = max(self.max_pending_uploads, int(record.get("pending_uploads", 0)))
         return True
 
     def run(self) -> None:
@@ -424,10 +471,11 @@ class Mount:
     earlier mount of the same source.
     """
 
-    def __init__(self, bench: Bench, label: str, prefix: str = "") -> None:
+    def __init__(self, bench: Bench, label: str, prefix: str = "", memory_cache_size: str | None = None) -> None:
         self.bench = bench
         self.label = label
         self.prefix = prefix
+        self.memory_cache_size = memory_cache_size or bench.args.memory_cache_size
         self.path = ""
         self.pid = 0
         self.sampler: RssSampler | None = None
@@ -439,10 +487,10 @@ class Mount:
         try:
             self.bench.quiltmount("mount", f"s3://{self.bench.bucket}/{self.prefix}", self.path,
                                   "--endpoint-url", self.bench.endpoint, "--cache-dir", cache_dir,
-                                  "--memory-cache-size", self.bench.args.memory_cache_size,
+                                  "--memory-cache-size", self.memory_cache_size,
                                   timeout=MOUNT_TIMEOUT)
             self.pid = int(self.record()["pid"])
-            self.sampler = RssSampler(self.pid)
+            self.sampler = RssSampler(self.pid, self.path)
             self.sampler.start()
         except BaseException:
             self._unmount()
@@ -459,6 +507,16 @@ class Mount:
             if record.get("mountpoint") == self.path:
                 return record
         raise RuntimeError(f"no status record for {self.path}")
+
+    def umount(self) -> float:
+        """`quiltmount umount` now: its wall time.  It returns once the daemon has finished every pending
+        upload and exited, and fails (exit status 1) if a file could not be uploaded."""
+        started = time.perf_counter()
+        self.bench.quiltmount("umount", self.path, timeout=self.bench.args.phase_timeout)
+        seconds = time.perf_counter() - started
+        if pid_alive(self.pid):
+            raise RuntimeError(f"quiltmount umount {self.path} returned but daemon {self.pid} is still running")
+        return seconds
 
     def requests(self) -> dict[str, int]:
         """The daemon's request totals so far (list/head/get) and the bytes it has read."""
@@ -530,14 +588,9 @@ def is_mounted(path: str) -> bool:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether process `pid` exists."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Whether process `pid` runs.  An exited daemon that its new parent has not reaped yet (a zombie)
+    does not: quiltmount's own check, which `quiltmount umount` uses to wait for the daemon."""
+    return qm_state.pid_alive(pid)
 
 
 def wait_for_exit(pid: int, timeout: float) -> None:
@@ -617,9 +670,9 @@ class Bench:
             pids["daemon"] = daemon
         return pids
 
-    def mount(self, label: str, prefix: str = "") -> Mount:
+    def mount(self, label: str, prefix: str = "", memory_cache_size: str | None = None) -> Mount:
         """A fresh mount of the bucket, or of `prefix` (ending in '/') in it."""
-        return Mount(self, label, prefix)
+        return Mount(self, label, prefix, memory_cache_size)
 
     @staticmethod
     def in_mount(mount: Mount, key: str) -> str:
@@ -912,6 +965,255 @@ def measure_package_read(bench: Bench) -> list[Result]:
     ]
 
 
+# --------------------------------------------------------------------------------------------------
+# Writes (write-back): durable = `quiltmount umount` has returned
+# --------------------------------------------------------------------------------------------------
+
+
+def write_random_file(path: str, size: int) -> str:
+    """A local file of `size` random bytes (left in the page cache, as for any file just written)."""
+    with open(path, "wb") as file:
+        remaining = size
+        while remaining:
+            piece = min(UPLOAD_CHUNK, remaining)
+            file.write(os.urandom(piece))
+            remaining -= piece
+    return path
+
+
+def delete_prefix(s3: Any, bucket: str, prefix: str) -> int:
+    """Delete every object under `prefix` (the bench's written objects; moto keeps them all): the count."""
+    deleted = 0
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+        if keys:
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+            deleted += len(keys)
+    return deleted
+
+
+def verify_object(s3: Any, bucket: str, key: str, local: str) -> dict[str, Any]:
+    """Check an uploaded object against the local file: its size, then the SHA-256 of sampled ranges.
+
+    The ranges: the first and last VERIFY_RANGE bytes, one straddling the first part boundary, and
+    VERIFY_RANGES random ones (fixed seed), each fetched with get_object(Range=...).
+    """
+    size = os.path.getsize(local)
+    head = s3.head_object(Bucket=bucket, Key=key)
+    if head["ContentLength"] != size:
+        raise RuntimeError(f"s3://{bucket}/{key} has {head['ContentLength']} bytes, expected {size}")
+    length = min(VERIFY_RANGE, size)
+    starts = {0, size - length}
+    if size > WRITE_PART + length:
+        starts.add(WRITE_PART - length // 2)
+    rng = random.Random(VERIFY_SEED)
+    starts.update(rng.randint(0, size - length) for _ in range(VERIFY_RANGES))
+    with open(local, "rb") as file:
+        for start in sorted(starts):
+            file.seek(start)
+            expected = hashlib.sha256(file.read(length)).hexdigest()
+            body = s3.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{start + length - 1}")["Body"].read()
+            if hashlib.sha256(body).hexdigest() != expected:
+                raise RuntimeError(f"s3://{bucket}/{key}: bytes {start}-{start + length - 1} differ from {local}")
+    return {"size_checked": size, "ranges_checked": len(starts), "range_bytes": length, "etag": head.get("ETag")}
+
+
+class VisibilityWatcher(threading.Thread):
+    """HEADs `key` every VISIBILITY_POLL seconds until it has `size` bytes; `seconds` since `started`.
+
+    What the S3 side sees (informational): the durability time reported is the `quiltmount umount`
+    one, which adds the unmount and the daemon's exit.
+    """
+
+    def __init__(self, endpoint: str, bucket: str, key: str, size: int, started: float) -> None:
+        super().__init__(name="visibility", daemon=True)
+        self.s3 = make_client(endpoint, pool=1)
+        self.bucket, self.key, self.size, self.started = bucket, key, size, started
+        self.seconds: float | None = None
+        self.polls = 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            self.polls += 1
+            with contextlib.suppress(ClientError):
+                if self.s3.head_object(Bucket=self.bucket, Key=self.key)["ContentLength"] == self.size:
+                    self.seconds = time.perf_counter() - self.started
+                    return
+            self._stop_event.wait(VISIBILITY_POLL)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
+
+
+def upload_counters(sampler: RssSampler | None) -> dict[str, Any]:
+    """The write-back figures of the last status record the daemon wrote before it exited (it rewrites
+    the record every second, so the counters can be up to a second behind the end)."""
+    record = (sampler.last_record if sampler else None) or {}
+    requests = record.get("requests", {})
+    return {"last_status": {name: record.get(name) for name in
+                            ("pending_uploads", "uploaded", "upload_retries", "failed_uploads")},
+            "last_status_requests": requests.get("totals"),
+            "max_pending_uploads_seen": sampler.max_pending_uploads if sampler else None}
+
+
+def idle_umount_seconds(bench: Bench) -> float:
+    """The wall time of `quiltmount umount` of a fresh mount with nothing to upload: the fixed part of
+    the write measurements' figures (the CLI starting, the unmount, the daemon's exit)."""
+    with bench.mount("idle") as mount:
+        return mount.umount()
+
+
+def copy_until_durable(bench: Bench, mount: Mount, source: str, key: str, watch: bool = True) -> dict[str, Any]:
+    """`cp SOURCE MOUNT/KEY` then `quiltmount umount`, timed from the start of cp to the end of umount."""
+    size = os.path.getsize(source)
+    target = bench.in_mount(mount, key)
+    os.makedirs(os.path.dirname(target), exist_ok=True)  # untimed (a directory marker, if needed)
+    daemon_cpu_before = cpu_seconds(mount.pid)
+    watcher = VisibilityWatcher(bench.endpoint, bench.bucket, key, size, 0.0) if watch else None
+    with mount.deadline(f"cp of {source} + umount"), cpu_meter(bench.cpu_pids()) as cpu:
+        started = time.perf_counter()
+        if watcher:
+            watcher.started = started
+            watcher.start()
+        try:
+            subprocess.run(["cp", source, target], check=True, timeout=bench.args.phase_timeout,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            cp_s = time.perf_counter() - started
+            umount_s = mount.umount()
+            seconds = time.perf_counter() - started
+        finally:
+            if watcher:
+                watcher.stop()
+    sampler = mount.sampler
+    daemon_cpu = (sampler.last_cpu - daemon_cpu_before
+                  if sampler and sampler.last_cpu is not None and daemon_cpu_before is not None else None)
+    return {"seconds": seconds, "cp_seconds": cp_s, "umount_seconds": umount_s,
+            "visible_in_s3_seconds": watcher.seconds if watcher else None,
+            "visibility_heads": watcher.polls if watcher else None,
+            "cpu_seconds": {**cpu, "daemon (sampled, up to 0.1 s before it exited)": daemon_cpu},
+            **upload_counters(sampler)}
+
+
+def measure_cp_write(bench: Bench) -> list[Result]:
+    """9. `cp` of a random local file into a fresh mount until durable vs boto3 upload_file of it."""
+    size = bench.args.write_mib * MiB
+    source = write_random_file(os.path.join(bench.workdir, "write-source.bin"), size)
+    mount_key, direct_key = f"{WRITE_PREFIX}cp-{size // MiB}.bin", f"{WRITE_PREFIX}upload_file-{size // MiB}.bin"
+    try:
+        delete_prefix(bench.s3, bench.bucket, WRITE_PREFIX)  # a persistent --endpoint-url server: start clean
+        with cpu_meter(bench.cpu_pids()) as direct_cpu:
+            started = time.perf_counter()
+            bench.s3.upload_file(source, bench.bucket, direct_key, Config=TransferConfig())
+            direct_s = time.perf_counter() - started
+        direct_check = verify_object(bench.s3, bench.bucket, direct_key, source)
+        idle_s = idle_umount_seconds(bench)
+        with bench.mount("write-cp") as mount:
+            figures = copy_until_durable(bench, mount, source, mount_key)
+        check = verify_object(bench.s3, bench.bucket, mount_key, source)
+    finally:
+        os.unlink(source)
+        delete_prefix(bench.s3, bench.bucket, WRITE_PREFIX)
+    seconds = figures["seconds"]
+    details = {**figures, "bytes": size, "umount_idle_seconds": idle_s,
+               "seconds_less_idle_umount": seconds - idle_s,
+               "MBps_less_idle_umount": size / MB / (seconds - idle_s) if seconds > idle_s else None,
+               "MBps_visible_in_s3": (size / MB / figures["visible_in_s3_seconds"]
+                                      if figures["visible_in_s3_seconds"] else None),
+               "verified": check, "baseline": "boto3 upload_file, default TransferConfig",
+               "baseline_seconds": direct_s, "baseline_cpu_seconds": direct_cpu, "baseline_verified": direct_check}
+    return [Result(f"cp of a {size // MiB} MiB file until durable (cp + umount)", "MB/s", size / MB / seconds,
+                   size / MB / direct_s, Target("ratio", ">=", 0.8), details)]
+
+
+def measure_small_writes(bench: Bench) -> list[Result]:
+    """10. 1 KiB files written one after another (open/write/close) until durable vs put_object calls."""
+    count = bench.args.write_files
+    rng = random.Random(VERIFY_SEED)
+    bodies = [rng.randbytes(SMALL_FILE_SIZE) for _ in range(count)]
+    names = [f"f{index:05d}.bin" for index in range(count)]
+    direct_prefix, mount_prefix = f"{WRITE_PREFIX}put_object/", f"{WRITE_PREFIX}small/"
+    try:
+        delete_prefix(bench.s3, bench.bucket, WRITE_PREFIX)
+        with cpu_meter(bench.cpu_pids()) as direct_cpu:
+            started = time.perf_counter()
+            for name, body in zip(names, bodies):
+                bench.s3.put_object(Bucket=bench.bucket, Key=direct_prefix + name, Body=body)
+            direct_s = time.perf_counter() - started
+        idle_s = idle_umount_seconds(bench)
+        with bench.mount("write-small") as mount:
+            directory = bench.in_mount(mount, mount_prefix)
+            os.makedirs(directory, exist_ok=True)  # untimed: one directory-marker PUT
+            paths = [os.path.join(directory, name) for name in names]
+            daemon_cpu_before = cpu_seconds(mount.pid)
+            with mount.deadline(f"writing {count} small files + umount"), cpu_meter(bench.cpu_pids()) as cpu:
+                started = time.perf_counter()
+                for path, body in zip(paths, bodies):
+                    with open(path, "wb") as file:
+                        file.write(body)
+                close_s = time.perf_counter() - started
+                umount_s = mount.umount()
+                seconds = time.perf_counter() - started
+            sampler = mount.sampler
+            daemon_cpu = (sampler.last_cpu - daemon_cpu_before
+                          if sampler and sampler.last_cpu is not None and daemon_cpu_before is not None else None)
+            counters = upload_counters(sampler)
+        # Every file is in S3 with its bytes (sizes from one listing, bytes of a sample by GET).
+        listed = {item["Key"][len(mount_prefix):]: item["Size"]
+                  for page in bench.s3.get_paginator("list_objects_v2").paginate(Bucket=bench.bucket,
+                                                                                 Prefix=mount_prefix)
+                  for item in page.get("Contents", []) if item["Key"] != mount_prefix}
+        missing = [name for name in names if listed.get(name) != SMALL_FILE_SIZE]
+        if missing or len(listed) != count:
+            raise RuntimeError(f"after umount, {len(missing)} of {count} written files are missing or have the "
+                               f"wrong size in S3 (e.g. {missing[:3]}); {len(listed)} objects listed")
+        for index in sorted(rng.sample(range(count), min(SMALL_VERIFY, count))):
+            body = bench.s3.get_object(Bucket=bench.bucket, Key=mount_prefix + names[index])["Body"].read()
+            if body != bodies[index]:
+                raise RuntimeError(f"s3://{bench.bucket}/{mount_prefix}{names[index]} has the wrong bytes")
+    finally:
+        delete_prefix(bench.s3, bench.bucket, WRITE_PREFIX)
+    details = {"seconds": seconds, "close_seconds": close_s, "umount_seconds": umount_s,
+               "umount_idle_seconds": idle_s, "files_per_s_less_idle_umount": count / (seconds - idle_s)
+               if seconds > idle_s else None,
+               "cpu_seconds": {**cpu, "daemon (sampled, up to 0.1 s before it exited)": daemon_cpu},
+               **counters, "verified": {"listed": len(listed), "bytes_compared": min(SMALL_VERIFY, count)},
+               "baseline": "put_object of each file, one thread", "baseline_seconds": direct_s,
+               "baseline_cpu_seconds": direct_cpu}
+    return [Result(f"write {count} x 1 KiB files until durable (1 thread, + umount)", "files/s", count / seconds,
+                   count / direct_s, None, details)]
+
+
+def measure_write_rss(bench: Bench) -> list[Result]:
+    """11. peak daemon RSS while a big random file is copied in and uploaded (--write-memory-cache-size)."""
+    size = bench.args.rss_write_mib * MiB
+    budget_text = bench.args.write_memory_cache_size
+    budget = parse_size(budget_text)
+    source = os.path.join(bench.workdir, "rss-source.bin")
+    key = f"{WRITE_PREFIX}cp-{size // MiB}.bin"
+    try:
+        delete_prefix(bench.s3, bench.bucket, WRITE_PREFIX)
+        started = time.perf_counter()
+        write_random_file(source, size)
+        make_s = time.perf_counter() - started
+        with bench.mount("write-rss", memory_cache_size=budget_text) as mount:
+            figures = copy_until_durable(bench, mount, source, key, watch=False)
+            sampler = mount.sampler
+        assert sampler is not None
+        check = verify_object(bench.s3, bench.bucket, key, source)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(source)
+        delete_prefix(bench.s3, bench.bucket, WRITE_PREFIX)
+    details = {**figures, "bytes": size, "MBps": size / MB / figures["seconds"], "source_random_bytes": True,
+               "source_write_seconds": make_s, "memory_cache_size": budget_text, "budget_bytes": budget,
+               "peak_rss_bytes": sampler.peak_rss, "peak_vmhwm_bytes": sampler.peak_hwm,
+               "rss_samples": sampler.samples, "verified": check}
+    return [Result(f"daemon peak RSS, cp of {size // MiB} MiB (--memory-cache-size {budget_text})", "MiB",
+                   sampler.peak_rss / MiB, None, Target("value", "<=", (budget + RSS_SLACK) / MiB), details)]
+
+
 def rss_result(bench: Bench) -> Result:
     """8. peak daemon RSS over the whole run vs the memory-cache budget."""
     budget = parse_size(bench.args.memory_cache_size)
@@ -995,17 +1297,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--package-entries", type=int,
                         help="entries of the package for find/du (default 10000, 1000 with --quick)")
     parser.add_argument("--memory-cache-size", default="512M", help="passed to quiltmount mount")
+    parser.add_argument("--write-mib", type=int,
+                        help="size of the file copied into a mount vs upload_file (default 256, 64 with --quick)")
+    parser.add_argument("--write-files", type=int,
+                        help="number of 1 KiB files written into a mount vs put_object (default 500, 100 with --quick)")
+    parser.add_argument("--rss-write-mib", type=int,
+                        help="size of the file copied in for the write RSS check (default 2048; 0 skips it, "
+                             "as --quick does)")
+    parser.add_argument("--write-memory-cache-size", default="256M",
+                        help="--memory-cache-size of the mount of the write RSS check")
     parser.add_argument("--json-out", default="bench-results.json")
     parser.add_argument("--phase-timeout", type=float, default=600.0,
                         help="seconds before a hung measurement's daemon is killed")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 64 MiB, 500 small files, 50 preads, 1,000 package entries")
+                        help="smoke run: 64 MiB, 500 small files, 50 preads, 1,000 package entries, "
+                             "a 64 MiB cp and 100 small writes, no write RSS check")
     args = parser.parse_args(argv)
     quick = args.quick
     args.size_mib = args.size_mib or (64 if quick else 512)
     args.small_files = args.small_files or (500 if quick else 5000)
     args.preads = args.preads or (50 if quick else 200)
     args.package_entries = args.package_entries or (1000 if quick else 10_000)
+    args.write_mib = args.write_mib or (64 if quick else 256)
+    args.write_files = args.write_files or (100 if quick else 500)
+    if args.rss_write_mib is None:
+        args.rss_write_mib = 0 if quick else 2048
     return args
 
 
@@ -1026,7 +1342,10 @@ def main(argv: list[str] | None = None) -> int:
         steps: list[tuple[str, Callable[[Bench], Result | list[Result]]]] = [
             ("sequential read", measure_sequential), ("random preads", measure_preads),
             ("listing", measure_listing), ("small-file reads", measure_small_reads),
-            ("package find/du", measure_package_listing), ("package entry read", measure_package_read)]
+            ("package find/du", measure_package_listing), ("package entry read", measure_package_read),
+            ("cp into a mount", measure_cp_write), ("small-file writes", measure_small_writes)]
+        if args.rss_write_mib:
+            steps.append((f"daemon RSS during a {args.rss_write_mib} MiB cp", measure_write_rss))
         for label, step in steps:
             print(f"measuring {label} ...", flush=True)
             try:

@@ -73,8 +73,6 @@ class Uploader:
             upload.started = True
         try:
             info = self._upload_with_retries(staged)
-            with self._lock:
-                self.uploaded += 1
             # on_uploaded says whether the staged bytes can go: not while a new writer has the file open.
             if self.on_uploaded is None or self.on_uploaded(staged, info):
                 staged.state = UPLOADED
@@ -93,6 +91,8 @@ class Uploader:
             self._finish(upload)
             upload.future.set_exception(exc)
             raise
+        with self._lock:
+            self.uploaded += 1
         self._finish(upload)
         upload.future.set_result(None)
 
@@ -151,6 +151,10 @@ class Uploader:
     def pending(self) -> int:
         with self._lock:
             return len(self._uploads)
+
+    def has_upload(self, staged: StagedFile) -> bool:
+        with self._lock:
+            return staged.id in self._uploads
 
     def failures(self) -> list[StagedFile]:
         with self._lock:
@@ -411,7 +415,9 @@ class WritableBucketTree(Tree):
     def sync(self, dirty: DirtyFile, *, writer_open: bool) -> None:
         """fsync: the file's current bytes are durable in S3 when this returns (EIO if the upload fails)."""
         try:
-            if writer_open:
+            # A descriptor opened after close(2) can fsync before the kernel's (asynchronous) release has
+            # queued the upload: then nothing is pending yet, and the bytes are uploaded here.
+            if writer_open or (dirty.modified and not self.uploader.has_upload(dirty.staged)):
                 dirty.modified = False  # set before reading the file: a write racing with us sets it again
                 self.store.put_file(dirty.staged.key, dirty.data_path)
             else:

@@ -1,0 +1,168 @@
+"""HTTP access to a Quilt catalog ("stack"): the authenticated session, GraphQL and search transport.
+
+Behaves like quilt3's `session.py` (spec section 2.1): one process-wide `requests.Session` with quilt3's
+headers and response hook.  Difference: the Authorization header is computed before *every* request, so a
+long-running process refreshes an expiring access token instead of sending it until it is rejected.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import threading
+from typing import Any
+
+import requests
+
+from quiltmount.errors import QuiltmountError
+
+REQUEST_TIMEOUT = 60.0
+QUILT3_COMPAT_VERSION = "8.0.0"
+
+
+class QuiltException(QuiltmountError):
+    """quilt3's `QuiltException`: a message plus optional keyword attributes (e.g. `response`)."""
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        self.message = message
+        for key, value in kwargs.items():
+            setattr(self, key, value)
+        super().__init__(message)
+
+
+class InvalidCatalogResponse(QuiltException):
+    """The catalog answered 2xx with something that is not the expected JSON."""
+
+
+class GraphQLError(QuiltException):
+    """The GraphQL response carried an `errors` array (str: the messages joined by "; ")."""
+
+    def __init__(self, errors: list[Any]) -> None:
+        messages = [e.get("message", str(e)) if isinstance(e, dict) else str(e) for e in errors]
+        super().__init__("; ".join(messages), errors=errors)
+
+
+def registry_url() -> str:
+    """`registryUrl` of the config; a clear error instead of quilt3's TypeError/URL error when unset."""
+    from quiltmount.quiltconfig import get_from_config
+
+    url = get_from_config("registryUrl")
+    if not url:
+        raise QuiltException("No Quilt catalog is configured: run `quiltmount config CATALOG_URL` "
+                             "(or quilt3.config('CATALOG_URL')) first.")
+    return str(url).rstrip("/")
+
+
+def user_agent() -> str:
+    return (f"quilt-python/{QUILT3_COMPAT_VERSION} ({platform.system()} {platform.release()}) "
+            f"{platform.python_implementation()}/{platform.python_version()}")
+
+
+def _handle_response(resp: requests.Response, **kwargs: Any) -> None:
+    """quilt3's response hook: errors become `QuiltException` before callers see the body."""
+    if resp.status_code == 401:
+        raise QuiltException("Authentication failed. Check your credentials or API key.", response=resp)
+    if not resp.ok:
+        try:
+            data = resp.json()
+        except ValueError:
+            raise QuiltException(f"Unexpected failure: error {resp.status_code}", response=resp) from None
+        message = data.get("message") if isinstance(data, dict) else None
+        raise QuiltException(str(message) if message else f"Unexpected failure: error {resp.status_code}",
+                             response=resp)
+
+
+class _BearerAuth(requests.auth.AuthBase):
+    """Looks the token up (refreshing it when it expires within a minute) for each request."""
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        from quiltmount.auth import current_token
+
+        token = current_token()
+        if token is not None:
+            request.headers["Authorization"] = f"Bearer {token}"
+        else:
+            request.headers.pop("Authorization", None)
+        return request
+
+
+_session: requests.Session | None = None
+_session_lock = threading.Lock()
+
+
+def get_session() -> requests.Session:
+    """The process-wide authenticated session (created on first use)."""
+    global _session
+    with _session_lock:
+        if _session is None:
+            session = requests.Session()
+            session.hooks["response"].append(_handle_response)
+            session.headers.update({"Content-Type": "application/json", "Accept": "application/json",
+                                    "User-Agent": user_agent()})
+            session.auth = _BearerAuth()
+            _session = session
+        return _session
+
+
+def clear_session() -> None:
+    global _session
+    with _session_lock:
+        if _session is not None:
+            _session.close()
+            _session = None
+
+
+def _json(response: requests.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        snippet = response.text[:80].replace("\n", " ")
+        raise InvalidCatalogResponse(
+            f"The catalog at {response.url} did not answer with JSON (HTTP {response.status_code}, "
+            f"{response.headers.get('Content-Type', 'no content type')}): {snippet!r}") from None
+
+
+def _send(method: str, path: str, **kwargs: Any) -> Any:
+    url = registry_url() + path
+    kwargs.setdefault("timeout", REQUEST_TIMEOUT)
+    try:
+        response = get_session().request(method, url, **kwargs)
+    except requests.RequestException as exc:
+        raise QuiltException(f"Failed to connect to the catalog at {url}: {exc}") from None
+    return _json(response)
+
+
+def get_json(path: str, params: Any = None) -> Any:
+    """GET `<registryUrl><path>` through the authenticated session and decode the JSON answer."""
+    return _send("GET", path, params=params)
+
+
+def graphql(document: str, operation_name: str, variables: dict[str, Any]) -> dict[str, Any]:
+    """POST a GraphQL operation; return `data`, raising on `errors` or a malformed answer."""
+    payload = {"query": document, "operationName": operation_name, "variables": variables}
+    answer = _send("POST", "/graphql", data=json.dumps(payload))
+    if not isinstance(answer, dict) or ("data" not in answer and "errors" not in answer):
+        raise InvalidCatalogResponse(f"Invalid GraphQL response from the catalog: {str(answer)[:200]}")
+    if answer.get("errors"):
+        raise GraphQLError(answer["errors"])
+    data = answer.get("data")
+    if not isinstance(data, dict):
+        raise InvalidCatalogResponse(f"Invalid GraphQL response from the catalog: {str(answer)[:200]}")
+    return data
+
+
+def search_api(query: str | dict, index: str, limit: int = 10) -> Any:
+    """quilt3's `search_api`: GET /api/search with the parameters in quilt3's order."""
+    if isinstance(query, dict):
+        params = {"index": index, "action": "freeform", "body": json.dumps(query), "size": limit}
+    else:
+        params = {"index": index, "action": "search", "query": query, "size": limit}
+    answer = get_json("/api/search", params=params)
+    if not isinstance(answer, dict) or not isinstance(answer.get("hits"), dict) \
+            or not isinstance(answer["hits"].get("hits"), list):
+        raise InvalidCatalogResponse("Invalid search response from the catalog (no hits.hits list)")
+    return answer
+
+
+__all__ = ["GraphQLError", "InvalidCatalogResponse", "QuiltException", "clear_session", "get_json",
+           "get_session", "graphql", "registry_url", "search_api", "user_agent"]

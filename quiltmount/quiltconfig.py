@@ -1,0 +1,194 @@
+"""quilt3's configuration file (`config.yml` in quilt3's data directory), shared with the quilt3 client.
+
+`config()` follows quilt3's `quilt3.config()` (spec section 1.4) with one deliberate difference: without
+arguments and without a config.yml it returns the defaults and makes no network call (quilt3 autoconfigures
+against open.quiltdata.com).  The file is written exactly as quilt3 writes it (`yaml.dump` of a plain dict:
+sorted keys, PyYAML defaults), so either client can read what the other wrote.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import pathlib
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import platformdirs
+import yaml
+
+from quiltmount.catalog import QuiltException
+from quiltmount.errors import UserError
+
+CONFIG_JSON_TIMEOUT = 30.0
+
+
+def data_dir() -> Path:
+    """quilt3's BASE directory: `$XDG_DATA_HOME/Quilt` on Linux (author not part of the path)."""
+    return Path(platformdirs.user_data_dir("Quilt", "QuiltData"))
+
+
+def config_path() -> Path:
+    return data_dir() / "config.yml"
+
+
+def template() -> dict[str, Any]:
+    """quilt3's defaults, in the template's order."""
+    return {
+        "navigator_url": None,
+        "default_local_registry": (data_dir() / "packages").as_uri(),
+        "default_remote_registry": None,
+        "default_install_location": None,
+        "registryUrl": None,
+        "telemetry_disabled": False,
+        "s3Proxy": None,
+        "apiGatewayEndpoint": None,
+        "binaryApiGatewayEndpoint": None,
+        "default_registry_version": 1,
+        "region": None,
+    }
+
+
+def validate_url(url: str) -> None:
+    """A URL must have at least a scheme and a host (quilt3's `validate_url`)."""
+    parsed = urlparse(url)
+    if not all((parsed.scheme, parsed.netloc)):
+        raise QuiltException(f"Invalid URL -- Requires at least scheme and host: {url}")
+    try:
+        parsed.port
+    except ValueError:
+        raise QuiltException(f"Invalid URL -- Port must be a number: {url}") from None
+
+
+class QuiltConfig(OrderedDict):
+    """An ordered mapping that validates on assignment, with quilt3's repr."""
+
+    def __init__(self, filepath: str | Path, *args: Any, **kwargs: Any) -> None:
+        self.filepath = pathlib.Path(filepath)
+        super().__init__(*args, **kwargs)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if key == "navigator_url" and value:
+            if not isinstance(value, str):
+                raise ValueError(f"Expected a string for config key {key!r}, but got {value!r}")
+            value = value.strip().rstrip("/")
+        if isinstance(key, str) and key.endswith("_url") and value:
+            validate_url(value)
+        super().__setitem__(key, value)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} at {str(self.filepath)!r} {json.dumps(self, indent=4)}>"
+
+
+def load_config() -> dict[str, Any]:
+    """The defaults overlaid with every key of config.yml (no network call, unlike quilt3 without a file)."""
+    values = template()
+    path = config_path()
+    if path.exists():
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise UserError(f"cannot read {path}: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise UserError(f"{path} is not a YAML mapping")
+        values.update(loaded)
+    return values
+
+
+def get_from_config(key: str) -> Any:
+    return load_config().get(key)
+
+
+def write_config(data: dict[str, Any], *, keep_backup: bool = False) -> None:
+    """Replace config.yml like quilt3's `write_yaml`: old file renamed to a timestamped backup first, the
+    backup restored on failure and removed on success unless `keep_backup`."""
+    path = config_path()
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    backup = path.with_name(path.name + ".backup." + now)
+    try:
+        if path.exists():
+            path.replace(backup)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w") as stream:
+            yaml.dump(dict(data), stream)
+    except Exception:
+        if backup.exists():
+            backup.replace(path)
+        raise
+    if backup.exists() and not keep_backup:
+        backup.unlink()
+
+
+def configure_from_url(catalog_url: str) -> dict[str, Any]:
+    """Autoconfigure from `<catalog_url>/config.json`; every non-template setting is reset to its default."""
+    import requests
+
+    catalog_url = catalog_url.rstrip("/")
+    validate_url(catalog_url)
+    config_url = catalog_url + "/config.json"
+    try:
+        response = requests.get(config_url, timeout=CONFIG_JSON_TIMEOUT)
+    except requests.RequestException as exc:
+        raise QuiltException(f"Failed to connect to {catalog_url}: {exc}") from None
+    if not response.ok:
+        raise QuiltException(f"An HTTP Error ({response.status_code}) occurred: {response.reason}",
+                             response=response)
+    try:
+        fetched = response.json()
+    except ValueError:
+        fetched = None
+    if not isinstance(fetched, dict):
+        raise QuiltException(f"{config_url} is not a Quilt catalog configuration (expected a JSON object)")
+    new_config = QuiltConfig("", fetched)
+    if not new_config.get("navigator_url"):
+        new_config["navigator_url"] = catalog_url
+    values = template()
+    for key, value in new_config.items():
+        if key in values:
+            values[key] = value
+    write_config(values, keep_backup=True)
+    return values
+
+
+def config(*catalog_url: str, **config_values: Any) -> QuiltConfig:
+    """Read or set quilt3's configuration, like `quilt3.config()`.
+
+    * `config()`: the current config (the defaults, without network access, when there is no config.yml);
+    * `config(url)`: autoconfigure from the catalog at `url` (previous file kept as a backup);
+    * `config("")`: reset to the defaults (previous file kept as a backup);
+    * `config(key=value, ...)`: validate and set values.
+    """
+    if catalog_url and config_values:
+        raise QuiltException("Expected either an auto-config URL or key=value pairs, but got both.")
+    if len(catalog_url) > 1:
+        raise QuiltException("`catalog_url` cannot be used with other `config_values`.")
+    if catalog_url:
+        if catalog_url[0]:
+            values = configure_from_url(catalog_url[0])
+        else:
+            values = template()
+            write_config(values, keep_backup=True)
+    elif config_values:
+        values = load_config()
+        for key, value in QuiltConfig("", config_values).items():
+            values[key] = value
+        write_config(values)
+    else:
+        values = load_config()
+    return QuiltConfig(config_path(), values)
+
+
+def default_local_registry() -> str:
+    return str(load_config()["default_local_registry"] or template()["default_local_registry"]).rstrip("/")
+
+
+def default_remote_registry() -> str | None:
+    value = load_config().get("default_remote_registry")
+    return str(value).rstrip("/") if value else None
+
+
+__all__ = ["QuiltConfig", "config", "config_path", "configure_from_url", "data_dir", "default_local_registry",
+           "default_remote_registry", "get_from_config", "load_config", "template", "validate_url",
+           "write_config"]
