@@ -61,6 +61,9 @@ class BucketTree(Tree):
         self._reported_keys: LRUCache[str, bool] = LRUCache(10_000)
         self._lock = threading.Lock()
         self._listing_in_progress: dict[str, Future] = {}
+        # Bumped by every local change: a listing or lookup that started before a change is not cached,
+        # since it may predate that change (S3 answered before the upload landed).
+        self._changes = 0
         self._lookup_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="lookup")
 
     @property
@@ -98,16 +101,20 @@ class BucketTree(Tree):
             return node
         if invalid_name_reason(name):
             raise NotFound(path)
+        with self._lock:
+            changes = self._changes
         try:
             node = self._lookup_remote(path)
         except NotFound:
             if self.caching:
                 with self._lock:
-                    self._negative[path] = True
+                    if self._changes == changes:
+                        self._negative[path] = True
             raise
         if self.caching:
             with self._lock:
-                self._nodes[path] = node
+                if self._changes == changes:
+                    self._nodes[path] = node
         return node
 
     def _cached_listing(self, path: str) -> tuple[dict[str, Node] | None, bool]:
@@ -150,6 +157,7 @@ class BucketTree(Tree):
             owner = pending is None
             if owner:
                 pending = self._listing_in_progress[path] = Future()
+            changes = self._changes
         if not owner:
             return pending.result()
         try:
@@ -162,7 +170,8 @@ class BucketTree(Tree):
                 del self._listing_in_progress[path]
         if self.caching:
             with self._lock:
-                self._listings[path] = (listing, self._clock() + self.ttl)
+                if self._changes == changes:
+                    self._listings[path] = (listing, self._clock() + self.ttl)
         pending.set_result(listing)
         return listing
 
@@ -201,12 +210,14 @@ class BucketTree(Tree):
     def forget_listing(self, path: str) -> None:
         """Drop the cached listing of directory `path` (its next readdir asks the store)."""
         with self._lock:
+            self._changes += 1
             self._listings.pop(path, None)
 
     def forget(self, path: str) -> None:
         """Drop cached knowledge of `path` and its parent listing (after a local change)."""
         parent = path.rpartition("/")[0]
         with self._lock:
+            self._changes += 1
             self._listings.pop(parent, None)
             self._listings.pop(path, None)
             self._nodes.pop(path, None)
