@@ -12,55 +12,11 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from quiltmount import __version__, state
+from quiltmount import __version__, argtypes, state
 from quiltmount.errors import QuiltmountError, UserError
-from quiltmount.units import format_size, parse_size, parse_ttl
+from quiltmount.units import format_size, parse_size
 
 UMOUNT_WAIT = 600.0
-
-
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _ttl(text: str) -> float:
-    try:
-        return parse_ttl(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _mode(text: str) -> int:
-    try:
-        value = int(text, 8)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid mode {text!r}: use octal, e.g. 0644") from None
-    if not 0 <= value <= 0o7777:
-        raise argparse.ArgumentTypeError(f"invalid mode {text!r}: must be between 0000 and 7777")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"invalid number {text!r}: must be >= 1")
-    return value
-
-
-def _id(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid id {text!r}: must be a number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"invalid id {text!r}: must be >= 0")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,20 +34,20 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--read-only", action="store_true", help="refuse every write with EROFS")
     mount.add_argument("--sync-on-close", action="store_true",
                        help="close() returns only once the file is uploaded (default: uploads run in the background)")
-    mount.add_argument("--upload-attempts", type=_positive, default=5, metavar="N",
+    mount.add_argument("--upload-attempts", type=argtypes.positive, default=5, metavar="N",
                        help="tries per upload, with exponential backoff from 0.5 s, before it is reported failed (5)")
     mount.add_argument("--cache-dir", help="cache directory (default: stable per source under "
                                            "$XDG_CACHE_HOME/quiltmount/)")
-    mount.add_argument("--disk-cache-size", type=_size, default=0, metavar="SIZE",
+    mount.add_argument("--disk-cache-size", type=argtypes.size, default=0, metavar="SIZE",
                        help="hard cap of the on-disk block cache; 0 (default) disables it")
-    mount.add_argument("--memory-cache-size", type=_size, default=parse_size("512M"), metavar="SIZE",
+    mount.add_argument("--memory-cache-size", type=argtypes.size, default=parse_size("512M"), metavar="SIZE",
                        help="memory budget for cached blocks and read-ahead (default 512M)")
-    mount.add_argument("--metadata-ttl", type=_ttl, default=10.0, metavar="SECONDS|indefinite",
+    mount.add_argument("--metadata-ttl", type=argtypes.ttl, default=10.0, metavar="SECONDS|indefinite",
                        help="how long listings and attributes are trusted (default 10)")
-    mount.add_argument("--uid", type=_id, help="owner of every file (default: the mounting user)")
-    mount.add_argument("--gid", type=_id, help="group of every file (default: the mounting user's group)")
-    mount.add_argument("--file-mode", type=_mode, default=0o644, metavar="MODE", help="file permissions (0644)")
-    mount.add_argument("--dir-mode", type=_mode, default=0o755, metavar="MODE", help="directory permissions (0755)")
+    mount.add_argument("--uid", type=argtypes.id_number, help="owner of every file (default: the mounting user)")
+    mount.add_argument("--gid", type=argtypes.id_number, help="group of every file (default: the mounting user's group)")
+    mount.add_argument("--file-mode", type=argtypes.mode, default=0o644, metavar="MODE", help="file permissions (0644)")
+    mount.add_argument("--dir-mode", type=argtypes.mode, default=0o755, metavar="MODE", help="directory permissions (0755)")
     mount.add_argument("--allow-other", action="store_true",
                        help="let other users use the mount (needs user_allow_other in /etc/fuse.conf unless root)")
     mount.add_argument("--log-file", help="daemon log (default under $XDG_STATE_HOME/quiltmount/logs/)")

@@ -15,19 +15,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from quiltmount import argtypes
 from quiltmount.errors import QuiltmountError, UserError
 
 API_KEY_ENV = "QUILT_API_KEY"
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"invalid number {text!r}: must be >= 1")
-    return value
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -132,7 +123,7 @@ def add_stack_commands(commands: argparse._SubParsersAction) -> None:
     get.set_defaults(handler=cmd_api_keys_get)
     create = verbs.add_parser("create", help="create an API key (the secret is printed once)")
     create.add_argument("name", metavar="NAME")
-    create.add_argument("--expires-in-days", type=_positive, default=90, metavar="N", help="1-365 (90)")
+    create.add_argument("--expires-in-days", type=argtypes.positive, default=90, metavar="N", help="1-365 (90)")
     create.add_argument("--json", action="store_true", help="machine-readable output")
     create.set_defaults(handler=cmd_api_keys_create)
     revoke = verbs.add_parser("revoke", help="revoke an API key")
@@ -147,7 +138,7 @@ def add_stack_commands(commands: argparse._SubParsersAction) -> None:
     search = commands.add_parser("search", help="search the catalog")
     search.add_argument("query", metavar="QUERY", help="query string, or a JSON object for the DSL")
     search.add_argument("--bucket", metavar="BUCKET", help="search one bucket (and its packages)")
-    search.add_argument("--limit", type=_positive, default=10, metavar="N", help="maximum hits (10)")
+    search.add_argument("--limit", type=argtypes.positive, default=10, metavar="N", help="maximum hits (10)")
     search.add_argument("--json", action="store_true", help="print the raw hits as JSON")
     _api_key_option(search)
     search.set_defaults(handler=cmd_search)

@@ -1,0 +1,51 @@
+"""Value types for argparse options: each turns bad input into a one-line usage error (exit 2)."""
+
+from __future__ import annotations
+
+import argparse
+
+from quiltmount.units import parse_size, parse_ttl
+
+
+def size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def ttl(text: str) -> float:
+    try:
+        return parse_ttl(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def mode(text: str) -> int:
+    try:
+        value = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid mode {text!r}: use octal, e.g. 0644") from None
+    if not 0 <= value <= 0o7777:
+        raise argparse.ArgumentTypeError(f"invalid mode {text!r}: must be between 0000 and 7777")
+    return value
+
+
+def positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}: must be >= 1")
+    return value
+
+
+def id_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid id {text!r}: must be a number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid id {text!r}: must be >= 0")
+    return value
