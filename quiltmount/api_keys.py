@@ -9,7 +9,7 @@ import datetime
 import textwrap
 from typing import Any, Literal
 
-from quiltmount.catalog import graphql
+from quiltmount.catalog import InvalidCatalogResponse, graphql, json_kind
 
 APIKeyStatus = Literal["ACTIVE", "EXPIRED"]
 
@@ -121,8 +121,6 @@ class APIKey:
                        last_used_at=_datetime(data.get("lastUsedAt")), status=data["status"],
                        user_email=data["userEmail"])
         except (KeyError, TypeError, ValueError) as exc:
-            from quiltmount.catalog import InvalidCatalogResponse
-
             raise InvalidCatalogResponse(f"Invalid API key in the catalog's answer: {exc}") from None
 
     def to_json(self) -> dict[str, Any]:
@@ -162,15 +160,26 @@ class APIKeyError(Exception):
             super().__init__(str(result))
 
 
-def _handle_errors(result: dict[str, Any]) -> dict[str, Any]:
-    if not isinstance(result, dict):
-        from quiltmount.catalog import InvalidCatalogResponse
+def _object(value: Any, what: str) -> dict[str, Any] | None:
+    """`value` if it is a JSON object or null; else `InvalidCatalogResponse` naming its type (never its content,
+    which may hold a secret)."""
+    if value is not None and not isinstance(value, dict):
+        raise InvalidCatalogResponse(f"Invalid {what} in the catalog's answer: a JSON {json_kind(value)}, "
+                                     "not an object")
+    return value
 
-        raise InvalidCatalogResponse(f"Invalid API key mutation result: {result!r}")
+
+def _handle_errors(result: Any, what: str) -> dict[str, Any]:
+    result = _object(result, what)
+    if result is None:
+        raise InvalidCatalogResponse(f"Invalid {what} in the catalog's answer: null")
     if result.get("__typename") == "InvalidInput":
-        errors = [InvalidInputSelectionErrors(path=e.get("path"), message=e.get("message", ""), name=e.get("name", ""),
-                             context=e.get("context")) for e in result.get("errors") or []]
-        raise APIKeyError(InvalidInput(errors=errors))
+        errors = result.get("errors") or []
+        if not isinstance(errors, builtins.list) or not all(isinstance(e, dict) for e in errors):
+            raise InvalidCatalogResponse(f"Invalid {what} in the catalog's answer: 'errors' is not a list of objects")
+        raise APIKeyError(InvalidInput(errors=[
+            InvalidInputSelectionErrors(path=e.get("path"), message=e.get("message", ""), name=e.get("name", ""),
+                                        context=e.get("context")) for e in errors]))
     return result
 
 
@@ -180,16 +189,19 @@ def list(name: str | None = None, fingerprint: str | None = None,
     if status is not None and status not in ("ACTIVE", "EXPIRED"):
         raise ValueError(f"'{status}' is not a valid APIKeyStatus")
     data = graphql(LIST_DOCUMENT, "apiKeysList", {"name": name, "fingerprint": fingerprint, "status": status})
-    me = data.get("me")
+    me = _object(data.get("me"), "me")
     if me is None:
         return []
-    return [APIKey.from_graphql(item) for item in me.get("apiKeys") or []]
+    keys = me.get("apiKeys") or []
+    if not isinstance(keys, builtins.list):
+        raise InvalidCatalogResponse(f"Invalid apiKeys in the catalog's answer: a JSON {json_kind(keys)}, not a list")
+    return [APIKey.from_graphql(item) for item in keys]
 
 
 def get(id: str) -> APIKey | None:
     """The API key with this ID, or None."""
     data = graphql(GET_DOCUMENT, "apiKeyGet", {"id": id})
-    me = data.get("me")
+    me = _object(data.get("me"), "me")
     if me is None or me.get("apiKey") is None:
         return None
     return APIKey.from_graphql(me["apiKey"])
@@ -198,12 +210,11 @@ def get(id: str) -> APIKey | None:
 def create(name: str, expires_in_days: int = 90) -> tuple[APIKey, str]:
     """Create an API key; returns `(APIKey, secret)` -- the secret is shown only once."""
     data = graphql(CREATE_DOCUMENT, "apiKeyCreate", {"input": {"name": name, "expiresInDays": expires_in_days}})
-    result = _handle_errors(data.get("apiKeyCreate"))
-    if result.get("__typename") != "APIKeyCreated" or "secret" not in result:
-        from quiltmount.catalog import InvalidCatalogResponse
-
-        raise InvalidCatalogResponse(f"Unexpected apiKeyCreate result: {result.get('__typename')!r}")
-    return APIKey.from_graphql(result["apiKey"]), result["secret"]
+    result = _handle_errors(data.get("apiKeyCreate"), "apiKeyCreate result")
+    if result.get("__typename") != "APIKeyCreated" or not isinstance(result.get("secret"), str):
+        raise InvalidCatalogResponse(f"Unexpected apiKeyCreate result: {str(result.get('__typename'))[:80]!r} "
+                                     "without a secret")
+    return APIKey.from_graphql(result.get("apiKey")), result["secret"]
 
 
 def revoke(id: str | None = None, secret: str | None = None) -> None:
@@ -211,7 +222,7 @@ def revoke(id: str | None = None, secret: str | None = None) -> None:
     if id is None and secret is None:
         raise ValueError("Must provide either id or secret")
     data = graphql(REVOKE_DOCUMENT, "apiKeyRevoke", {"id": id, "secret": secret})
-    _handle_errors(data.get("apiKeyRevoke"))
+    _handle_errors(data.get("apiKeyRevoke"), "apiKeyRevoke result")
 
 
 __all__ = ["APIKey", "APIKeyError", "APIKeyStatus", "create", "get", "list", "revoke"]

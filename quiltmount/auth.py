@@ -105,7 +105,8 @@ def update_auth(refresh_token: str, timeout: float | None = TOKEN_TIMEOUT) -> di
         raise catalog.InvalidCatalogResponse(
             f"The catalog at {url} answered /api/token with something that is not JSON") from None
     if not isinstance(data, dict):
-        raise catalog.InvalidCatalogResponse(f"The catalog at {url} answered /api/token with {data!r}")
+        raise catalog.InvalidCatalogResponse(
+            f"The catalog at {url} answered /api/token with a JSON {catalog.json_kind(data)}, not an object")
     if data.get("error") is not None:
         raise QuiltException(f"Failed to log in: {data['error']}")
     try:
@@ -115,6 +116,8 @@ def update_auth(refresh_token: str, timeout: float | None = TOKEN_TIMEOUT) -> di
         raise catalog.InvalidCatalogResponse(f"The catalog's /api/token answer lacks {exc}") from None
     if not isinstance(result["expires_at"], (int, float)) or isinstance(result["expires_at"], bool):
         raise catalog.InvalidCatalogResponse("The catalog's /api/token answer has a non-numeric expires_at")
+    if not all(isinstance(result[key], str) and result[key] for key in ("refresh_token", "access_token")):
+        raise catalog.InvalidCatalogResponse("The catalog's /api/token answer has a token that is not a string")
     return result
 
 
@@ -145,9 +148,15 @@ def current_token() -> str | None:
 
 
 def _read_code() -> str:
+    """The code the user pastes: read without echo on a terminal (getpass), else a line of stdin.  Ctrl-D at
+    the prompt gives `""` (login cancelled) instead of quilt3's EOFError traceback."""
     prompt = "Enter the code from the webpage: "
     if sys.stdin is not None and sys.stdin.isatty():
-        return getpass.getpass(prompt)
+        try:
+            return getpass.getpass(prompt)
+        except EOFError:
+            print()
+            return ""
     print(prompt, end="", flush=True)
     line = sys.stdin.readline() if sys.stdin is not None else ""
     print()
@@ -208,6 +217,10 @@ def logged_in() -> str | None:
     return None
 
 
+#: The environment variable an API key is taken from by default (the CLI and the mount daemon).
+API_KEY_ENV = "QUILT_API_KEY"
+
+
 def login_with_api_key(key: str) -> None:
     """Use an API key (`qk_...`) for catalog requests; kept in memory only, never written to disk."""
     global _api_key
@@ -218,11 +231,43 @@ def login_with_api_key(key: str) -> None:
     catalog.clear_session()
 
 
+def login_with_api_key_from_env(variable: str | None = None) -> bool:
+    """Use the API key in environment variable `variable` (default `QUILT_API_KEY`, if set): keys come from
+    the environment, never from argv or a file.  True if a key is now in use; ValueError with a one-line
+    reason if the named variable is unset or its value is not an API key."""
+    value = os.environ.get(variable or API_KEY_ENV)
+    if variable and not value:
+        raise ValueError(f"{variable}: the environment variable is not set")
+    if not value:
+        return False
+    try:
+        login_with_api_key(value.strip())
+    except ValueError as exc:
+        raise ValueError(f"{variable or API_KEY_ENV}: {exc}") from None
+    return True
+
+
 def clear_api_key() -> None:
     global _api_key
     with _lock:
         _api_key = None
     catalog.clear_session()
+
+
+_CREDENTIAL_FIELDS = ("access_key", "secret_key", "token", "expiry_time")
+
+
+def _are_credentials(value: Any) -> bool:
+    """True for credentials.json's shape: four strings, `expiry_time` a timestamp botocore can parse."""
+    from dateutil.parser import parse  # what botocore's refreshable credentials parse the expiry with
+
+    if not isinstance(value, dict) or not all(isinstance(value.get(key), str) for key in _CREDENTIAL_FIELDS):
+        return False
+    try:
+        parse(value["expiry_time"])
+    except (ValueError, OverflowError):
+        return False
+    return True
 
 
 def get_credentials() -> dict[str, Any]:
@@ -232,8 +277,10 @@ def get_credentials() -> dict[str, Any]:
         result = {"access_key": creds["AccessKeyId"], "secret_key": creds["SecretAccessKey"],
                   "token": creds["SessionToken"], "expiry_time": creds["Expiration"]}
     except (KeyError, TypeError):
+        result = None
+    if not _are_credentials(result):  # never quote the answer: it holds secrets
         raise catalog.InvalidCatalogResponse(
-            "The catalog's /api/auth/get_credentials answer is not a set of AWS credentials") from None
+            "The catalog's /api/auth/get_credentials answer is not a set of AWS credentials")
     save_credentials(result)
     return result
 
@@ -265,6 +312,9 @@ def get_boto3_session(*, fallback: bool = True):
         if fallback:
             return boto3.Session()
         raise QuiltException("No Quilt credentials found.")
+    if not _are_credentials(credentials):
+        raise QuiltException(f"{credentials_path()} does not hold AWS credentials (access_key, secret_key, token, "
+                             "expiry_time): run `quiltmount login` (or `quilt3 login`) again.")
     return boto3.Session(botocore_session=_botocore_session(credentials), region_name=get_from_config("region"))
 
 

@@ -37,8 +37,9 @@ class InvalidCatalogResponse(QuiltException):
 class GraphQLError(QuiltException):
     """The GraphQL response carried an `errors` array (str: the messages joined by "; ")."""
 
-    def __init__(self, errors: list[Any]) -> None:
-        messages = [e.get("message", str(e)) if isinstance(e, dict) else str(e) for e in errors]
+    def __init__(self, errors: Any) -> None:
+        items = errors if isinstance(errors, list) else [errors]
+        messages = [str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in items]
         super().__init__("; ".join(messages), errors=errors)
 
 
@@ -72,6 +73,15 @@ def _handle_response(resp: requests.Response, **kwargs: Any) -> None:
                              response=resp)
 
 
+def _check_token(token: object) -> None:
+    """Refuse a token that cannot be an HTTP header value, without quoting it: requests would put it (a
+    secret) into its error message."""
+    if not isinstance(token, str) or not token or not (token.isascii() and token.isprintable()) \
+            or token != token.strip():
+        raise QuiltException("The stored access token or API key is malformed (not a one-line string): "
+                             "run `quiltmount login` (or set a valid API key) again.")
+
+
 class _BearerAuth(requests.auth.AuthBase):
     """Looks the token up (refreshing it when it expires within a minute) for each request."""
 
@@ -80,6 +90,7 @@ class _BearerAuth(requests.auth.AuthBase):
 
         token = current_token()
         if token is not None:
+            _check_token(token)
             request.headers["Authorization"] = f"Bearer {token}"
         else:
             request.headers.pop("Authorization", None)
@@ -132,37 +143,49 @@ def _send(method: str, path: str, **kwargs: Any) -> Any:
     return _json(response)
 
 
-def get_json(path: str, params: Any = None) -> Any:
+def get_json(path: str, params: Any = None, timeout: float = REQUEST_TIMEOUT) -> Any:
     """GET `<registryUrl><path>` through the authenticated session and decode the JSON answer."""
-    return _send("GET", path, params=params)
+    return _send("GET", path, params=params, timeout=timeout)
 
 
 def graphql(document: str, operation_name: str, variables: dict[str, Any]) -> dict[str, Any]:
     """POST a GraphQL operation; return `data`, raising on `errors` or a malformed answer."""
     payload = {"query": document, "operationName": operation_name, "variables": variables}
     answer = _send("POST", "/graphql", data=json.dumps(payload))
+    # Messages name the shape, never the content: an answer may carry secrets (apiKeyCreate does).
     if not isinstance(answer, dict) or ("data" not in answer and "errors" not in answer):
-        raise InvalidCatalogResponse(f"Invalid GraphQL response from the catalog: {str(answer)[:200]}")
+        raise InvalidCatalogResponse(f"Invalid GraphQL response from the catalog: a JSON {json_kind(answer)} "
+                                     "without 'data' or 'errors'")
     if answer.get("errors"):
         raise GraphQLError(answer["errors"])
     data = answer.get("data")
     if not isinstance(data, dict):
-        raise InvalidCatalogResponse(f"Invalid GraphQL response from the catalog: {str(answer)[:200]}")
+        raise InvalidCatalogResponse(f"Invalid GraphQL response from the catalog: 'data' is a JSON {json_kind(data)}, "
+                                     "not an object")
     return data
 
 
-def search_api(query: str | dict, index: str, limit: int = 10) -> Any:
+def json_kind(value: Any) -> str:
+    """The JSON type name of a decoded value (for messages that must not quote it)."""
+    kinds = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)
+
+
+def search_api(query: str | dict, index: str, limit: int = 10, timeout: float = REQUEST_TIMEOUT) -> Any:
     """quilt3's `search_api`: GET /api/search with the parameters in quilt3's order."""
     if isinstance(query, dict):
         params = {"index": index, "action": "freeform", "body": json.dumps(query), "size": limit}
     else:
         params = {"index": index, "action": "search", "query": query, "size": limit}
-    answer = get_json("/api/search", params=params)
+    answer = get_json("/api/search", params=params, timeout=timeout)
     if not isinstance(answer, dict) or not isinstance(answer.get("hits"), dict) \
             or not isinstance(answer["hits"].get("hits"), list):
         raise InvalidCatalogResponse("Invalid search response from the catalog (no hits.hits list)")
+    if not all(isinstance(hit, dict) and isinstance(hit.get("_source", {}), dict) for hit in answer["hits"]["hits"]):
+        raise InvalidCatalogResponse("Invalid search response from the catalog (a hit is not an object with an "
+                                     "object _source)")
     return answer
 
 
 __all__ = ["GraphQLError", "InvalidCatalogResponse", "QuiltException", "clear_session", "get_json",
-           "get_session", "graphql", "registry_url", "search_api", "user_agent"]
+           "get_session", "graphql", "json_kind", "registry_url", "search_api", "user_agent"]

@@ -56,6 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--profile", help="AWS profile for S3 sources")
     mount.add_argument("--region", help="AWS region for S3 sources")
     mount.add_argument("--endpoint-url", help="S3-compatible endpoint (also AWS_ENDPOINT_URL); path-style")
+    mount.add_argument("--quilt-credentials", action="store_true",
+                       help="use the AWS credentials of the Quilt catalog you are logged in to (quiltmount "
+                            "login), refreshed before they expire, instead of the AWS default chain")
+    mount.add_argument("--s3-timeout", type=argtypes.positive, default=10, metavar="SECONDS",
+                       help="S3 silence (connecting, or between bytes) after which a request is retried (10)")
+    mount.add_argument("--search-limit", type=argtypes.positive, default=1000, metavar="N",
+                       help="most hits shown in a .search/QUERY/ directory (1000)")
+    mount.add_argument("--api-key-env", metavar="VAR",
+                       help="catalog API key for .search from environment variable VAR (default: QUILT_API_KEY "
+                            "if set, else the login shared with quilt3)")
     mount.add_argument("--package", metavar="NS/NAME[@HASH|:TAG]",
                        help="mount one package revision (latest by default) at the root, read-only")
     mount.set_defaults(handler=cmd_mount)
@@ -107,7 +117,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         dir_mode=args.dir_mode, allow_other=args.allow_other,
         log_file=os.path.abspath(args.log_file) if args.log_file else None, log_level=args.log_level,
         profile=args.profile, region=args.region, endpoint_url=args.endpoint_url, package=args.package,
-        sync_on_close=args.sync_on_close, upload_attempts=args.upload_attempts)
+        sync_on_close=args.sync_on_close, upload_attempts=args.upload_attempts, search_limit=args.search_limit,
+        api_key_env=args.api_key_env, quilt_credentials=args.quilt_credentials, s3_timeout=args.s3_timeout)
     if args.foreground:
         return run_mount(options)
     start_background(options)
@@ -221,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except QuiltmountError as exc:
+    except (QuiltmountError, OSError) as exc:  # OSError: e.g. a --log-file or --cache-dir under a file
         print(f"quiltmount: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

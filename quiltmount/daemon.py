@@ -7,6 +7,7 @@ session and waits on a pipe: the daemon writes `READY` once the mountpoint answe
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
 import logging
@@ -21,13 +22,15 @@ from typing import Any
 
 from quiltmount import __version__, state
 from quiltmount.errors import UserError
-from quiltmount.paths import default_cache_dir, default_log_file
+from quiltmount.paths import default_cache_dir, default_log_file, make_private_dir
 
 log = logging.getLogger("quiltmount")
 
 READY_TIMEOUT = 60.0
+SEARCH_TIMEOUT = 30.0
 IMMUTABLE_KERNEL_TTL = 24 * 3600.0
 STATUS_INTERVAL = 1.0
+M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8  # glibc mallopt parameters
 
 
 @dataclass
@@ -52,6 +55,10 @@ class MountOptions:
     package: str | None = None
     sync_on_close: bool = False
     upload_attempts: int = 5
+    s3_timeout: int = 10
+    search_limit: int = 1000
+    quilt_credentials: bool = False
+    api_key_env: str | None = None  # the *name* of the variable: the key itself never enters argv or a file
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -61,8 +68,14 @@ class MountOptions:
         return cls(**json.loads(text))
 
 
+def create_log_file(log_file: str) -> None:
+    """The log names keys and paths: a new log file (and a new log directory) is private to the user."""
+    os.makedirs(os.path.dirname(log_file), mode=0o700, exist_ok=True)
+    os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+
+
 def _setup_logging(log_file: str, level: str, also_stderr: bool) -> None:
-    os.makedirs(os.path.dirname(log_file), exist_ok=True)
+    create_log_file(log_file)
     handlers: list[logging.Handler] = [logging.FileHandler(log_file)]
     if also_stderr:
         handlers.append(logging.StreamHandler(sys.stderr))
@@ -122,8 +135,21 @@ def run_mount(options: MountOptions, ready_fd: int | None = None) -> int:
         return 1
 
 
+def _bound_malloc() -> None:
+    """Keep freed buffers from inflating RSS.  Blocks and upload parts (1-8 MiB) come and go all the time;
+    with glibc's default dynamic mmap threshold they soon land in per-thread heaps that never shrink, and
+    RSS drifts far above the cache budget.  A fixed threshold keeps them in mmaps, returned when freed."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to tune
+        return
+    libc.mallopt(M_MMAP_THRESHOLD, 256 << 10)
+    libc.mallopt(M_ARENA_MAX, 4)
+
+
 def _serve(options: MountOptions, log_file: str, signal: _Signal) -> int:
     os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
+    _bound_malloc()
     from mfusepy import FUSE  # loads libfuse: only in the process that mounts
 
     from quiltmount import mountpoint as mp
@@ -135,18 +161,20 @@ def _serve(options: MountOptions, log_file: str, signal: _Signal) -> int:
     from quiltmount.storage.stores import StoreSet
 
     mp.check_environment()
+    _use_api_key(options.api_key_env)
     source = parse_source(options.source)
     if options.package:
         if source.package:
             raise UserError("give the package either in the source URI or with --package, not both")
         source = dataclasses.replace(source, package=options.package)
     mountpoint = mp.prepare_mountpoint(options.mountpoint)
-    stores = StoreSet(profile=options.profile, region=options.region, endpoint_url=options.endpoint_url)
+    stores = StoreSet(profile=options.profile, region=options.region, endpoint_url=options.endpoint_url,
+                      timeout=options.s3_timeout, session=_stack_session() if options.quilt_credentials else None)
     store = stores.bucket(source.location) if source.scheme == "s3" else stores.directory(source.location)
     store.check_access()
 
     cache_dir = options.cache_dir or default_cache_dir(source.url)
-    os.makedirs(cache_dir, mode=0o700, exist_ok=True)
+    make_private_dir(cache_dir)
     tree, writes, read_only, immutable = _build_tree(source, store, stores, cache_dir, options)
     disk = DiskTier(os.path.join(cache_dir, "blocks"), options.disk_cache_size) if options.disk_cache_size else None
     # A quarter of the memory budget for read-ahead in flight, the rest for cached blocks.
@@ -242,15 +270,58 @@ def _build_tree(source: Any, store: Any, stores: Any, cache_dir: str,
     if source.package:
         return _revision_tree(packages, source.package), None, True, True
     bucket = BucketTree(store, source.prefix, metadata_ttl=options.metadata_ttl)
+    views = {".packages": packages, ".search": _search_view(source, options)}
     if options.read_only:
-        return MountTree(bucket, {".packages": packages}), None, True, False
+        return MountTree(bucket, views), None, True, False
     from quiltmount.fs.staging import StagingArea
     from quiltmount.fs.writeback import WritableBucketTree
 
     writes = WritableBucketTree(bucket, StagingArea(os.path.join(cache_dir, "staging")),
                                 sync_on_close=options.sync_on_close, upload_attempts=options.upload_attempts)
     writes.recover()
-    return MountTree(writes, {".packages": packages}), writes, False, False
+    return MountTree(writes, views), writes, False, False
+
+
+def _use_api_key(variable: str | None) -> None:
+    """Catalog requests use the API key from the environment (`--api-key-env VAR` or QUILT_API_KEY)."""
+    from quiltmount.auth import login_with_api_key_from_env
+
+    try:
+        if login_with_api_key_from_env(variable):
+            log.info("catalog requests use the API key from $%s", variable or "QUILT_API_KEY")
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _stack_session() -> Any:
+    """A boto3 session on the Quilt stack's AWS credentials, refreshed from the catalog before they expire."""
+    from quiltmount.auth import get_boto3_session
+    from quiltmount.catalog import QuiltException
+
+    try:
+        session = get_boto3_session(fallback=False)
+    except QuiltException as exc:
+        raise UserError(f"--quilt-credentials: {exc.message.rstrip('.')}: log in first with `quiltmount login`"
+                        " (or `quilt3 login`)") from None
+    log.info("S3 requests use the Quilt stack's credentials (refreshed from the catalog)")
+    return session
+
+
+def _search_view(source: Any, options: MountOptions) -> Any:
+    """`.search/`: the catalog's search of the mounted bucket (`Bucket.search`'s indexes)."""
+    from quiltmount.catalog import search_api
+    from quiltmount.fs.searchtree import SearchTree
+
+    if source.scheme != "s3":
+        return SearchTree(None, bucket="", metadata_ttl=options.metadata_ttl,
+                          unavailable="search needs a mount of an S3 bucket (s3://BUCKET); this is a local directory")
+    bucket = source.location
+
+    def search(query: str | dict, limit: int) -> dict:
+        return search_api(query, index=f"{bucket},{bucket}_packages", limit=limit, timeout=SEARCH_TIMEOUT)
+
+    return SearchTree(search, bucket=bucket, key_prefix=source.prefix, limit=options.search_limit,
+                      metadata_ttl=options.metadata_ttl)
 
 
 def _revision_tree(packages: Any, spec: str) -> Any:
@@ -284,7 +355,7 @@ def start_background(options: MountOptions) -> int:
     """Start the daemon in a new session; return once the mount is live (0) or has failed (1)."""
     read_fd, write_fd = os.pipe()
     log_file = options.log_file or default_log_file(os.path.abspath(options.mountpoint))
-    os.makedirs(os.path.dirname(log_file), exist_ok=True)
+    create_log_file(log_file)
     with open(log_file, "ab") as stderr_sink:
         process = subprocess.Popen(
             [sys.executable, "-m", "quiltmount.daemon", options.to_json(), str(write_fd)],

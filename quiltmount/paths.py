@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 
 import platformdirs
 
@@ -36,3 +37,11 @@ def default_log_file(mountpoint: str) -> str:
 
 def mounts_dir() -> str:
     return os.path.join(state_root(), "mounts")
+
+
+def make_private_dir(path: str) -> None:
+    """Create directory `path` (and its parents) if needed and make it 0700, even if it already existed
+    with a wider mode: caches and staging areas hold user data."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    if stat.S_IMODE(os.stat(path).st_mode) != 0o700:
+        os.chmod(path, 0o700)

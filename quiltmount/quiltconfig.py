@@ -82,17 +82,33 @@ class QuiltConfig(OrderedDict):
         return f"<{type(self).__name__} at {str(self.filepath)!r} {json.dumps(self, indent=4)}>"
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message as one line: the problem and where it is."""
+    problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark else problem
+
+
 def load_config() -> dict[str, Any]:
-    """The defaults overlaid with every key of config.yml (no network call, unlike quilt3 without a file)."""
+    """The defaults overlaid with every key of config.yml (no network call, unlike quilt3 without a file).
+
+    A config.yml that is not a YAML mapping with string keys is an error (quilt3 would fail later, e.g. when
+    it writes the file back)."""
     values = template()
     path = config_path()
     if path.exists():
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as exc:
-            raise UserError(f"cannot read {path}: {exc}") from None
+        except UnicodeDecodeError:
+            raise UserError(f"cannot read {path}: it is not UTF-8 text") from None
+        except OSError as exc:
+            raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+        except yaml.YAMLError as exc:
+            raise UserError(f"cannot read {path}: invalid YAML: {_yaml_problem(exc)}") from None
         if not isinstance(loaded, dict):
-            raise UserError(f"{path} is not a YAML mapping")
+            raise UserError(f"{path} is not a YAML mapping of settings")
+        if not all(isinstance(key, str) for key in loaded):
+            raise UserError(f"{path} has a setting whose name is not a string")
         values.update(loaded)
     return values
 
@@ -180,13 +196,19 @@ def config(*catalog_url: str, **config_values: Any) -> QuiltConfig:
     return QuiltConfig(config_path(), values)
 
 
+def _registry_setting(key: str) -> str | None:
+    value = load_config().get(key)
+    if value and not isinstance(value, str):
+        raise UserError(f"{key} in {config_path()} must be a registry URL, not a {type(value).__name__}")
+    return value.rstrip("/") if value else None
+
+
 def default_local_registry() -> str:
-    return str(load_config()["default_local_registry"] or template()["default_local_registry"]).rstrip("/")
+    return _registry_setting("default_local_registry") or str(template()["default_local_registry"])
 
 
 def default_remote_registry() -> str | None:
-    value = load_config().get("default_remote_registry")
-    return str(value).rstrip("/") if value else None
+    return _registry_setting("default_remote_registry")
 
 
 __all__ = ["QuiltConfig", "config", "config_path", "configure_from_url", "data_dir", "default_local_registry",

@@ -18,7 +18,6 @@ from typing import Any
 from quiltmount import argtypes
 from quiltmount.errors import QuiltmountError, UserError
 
-API_KEY_ENV = "QUILT_API_KEY"
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -64,25 +63,17 @@ def _friendly(handler: Callable[[argparse.Namespace], int]) -> Callable[[argpars
 
 
 def _use_api_key(args: argparse.Namespace) -> None:
-    from quiltmount.auth import login_with_api_key
+    from quiltmount.auth import login_with_api_key_from_env
 
-    name = getattr(args, "api_key_env", None)
-    if name:
-        value = os.environ.get(name)
-        if not value:
-            raise UserError(f"--api-key-env {name}: the environment variable is not set")
-    else:
-        value = os.environ.get(API_KEY_ENV)
-    if value:
-        try:
-            login_with_api_key(value.strip())
-        except ValueError as exc:
-            raise UserError(f"{name or API_KEY_ENV}: {exc}") from None
+    try:
+        login_with_api_key_from_env(getattr(args, "api_key_env", None))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 def _api_key_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key-env", metavar="VAR",
-                        help=f"take the catalog API key from environment variable VAR (default: {API_KEY_ENV})")
+                        help=f"take the catalog API key from environment variable VAR (default: QUILT_API_KEY)")
 
 
 def _print_json(value: Any) -> None:

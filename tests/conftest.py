@@ -21,6 +21,11 @@ from s3server import S3TestServer  # noqa: E402
 _bucket_numbers = itertools.count(1)
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--soak-seconds", type=float, default=40.0,
+                     help="how long tests/test_soak.py runs its workers (default 40)")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """XDG dirs, HOME and AWS settings of the tests' own, inherited by every daemon they start."""

@@ -373,7 +373,7 @@ def test_search_same_as_quilt3(stack, s3, bucket):
         theirs_req = stack.requests[-1]
         assert ours_req["query"] == theirs_req["query"]
         assert ours == theirs
-    assert any(hit["_source"].get("key") == "data/hello.csv" for hit in search("hello"))
+    assert any(hit["_source"].get("key") == "data/hello.csv" for hit in search("hello", limit=1000))
 
 
 def test_boto3_session_refreshes_from_stack(stack, s3_server, bucket, monkeypatch):

@@ -273,7 +273,9 @@ def test_malformed_registry_content_fails_only_that_package(s3, bucket, mount):
     packages = mnt / ".packages"
     assert os.listdir(packages / "ok/pkg/latest") == []
     assert os.getxattr(packages / "ok/pkg/latest", "user.quilt.top_hash").decode() == good
-    for path, expected in ((packages / "bad/manifest/latest", errno.EIO), (packages / "bad/pointer", errno.EIO),
+    assert os.listdir(packages / "bad/pointer") == []  # a pointer that is not a hash is left out (and logged)
+    for path, expected in ((packages / "bad/manifest/latest", errno.EIO),
+                           (packages / "bad/pointer/latest", errno.ENOENT),
                            (packages / "bad/missing/latest", errno.ENOENT)):
         with pytest.raises(OSError) as failure:
             os.listdir(path)

@@ -3,10 +3,17 @@ catalog test double; the state they leave is checked with the real quilt3."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
+import select
+import struct
 import subprocess
 import sys
+import termios
+import time
+from pathlib import Path
 
 from mounthelpers import run_cli
 from test_config_auth import clean, quilt3_module, stack  # noqa: F401  (fixtures)
@@ -76,3 +83,124 @@ def test_usage_and_configuration_errors(clean):
     assert unconfigured.returncode == 1 and "Traceback" not in unconfigured.stderr
     bad_url = run_cli("config", "not a url")
     assert bad_url.returncode == 1 and "Invalid URL" in bad_url.stderr
+
+
+# -- on a terminal ----------------------------------------------------------------------------------------------
+
+PROMPT = "Enter the code from the webpage: "
+#: Runs a console entry point ("module:function") with the pseudo-terminal on fd 0 as its controlling terminal
+#: (so getpass opens it as /dev/tty), like a program started from an interactive shell.
+ON_TERMINAL = ("import fcntl, importlib, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+               "module, function = sys.argv.pop(1).split(':'); sys.argv[0] = module.split('.')[0]; "
+               "sys.exit(getattr(importlib.import_module(module), function)())")
+
+
+def on_terminal(entry: str, *args: str, env: dict, answer: str | None = None,
+                timeout: float = 120) -> tuple[int, str]:
+    """Run `entry` (e.g. "quiltmount.cli:main") with ARGS in a new session whose stdin, stdout and stderr are
+    a new pseudo-terminal; type `answer` once the login prompt is on the screen.  Returns the exit status
+    and everything the terminal showed."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a new pty is 0x0
+    process = subprocess.Popen([sys.executable, "-c", ON_TERMINAL, entry, *args], stdin=slave, stdout=slave,
+                               stderr=slave, env=env, start_new_session=True)
+    os.close(slave)
+    screen = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise AssertionError(f"{entry} {args} still running after {timeout} s; the terminal shows {screen!r}")
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: every process holding the terminal has exited
+                break
+            if not chunk:
+                break
+            screen += chunk
+            if answer is not None and PROMPT.encode() in screen:
+                os.write(master, answer.encode())
+                answer = None
+        return process.wait(timeout=timeout), screen.decode(errors="replace")
+    finally:
+        os.close(master)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_progress_bars_only_on_a_terminal(s3, bucket, tmp_path, s3_server):
+    source = tmp_path / "src"
+    for name in ("a.bin", "sub/b.bin"):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_bytes(os.urandom(300_000))
+    env = {k: v for k, v in os.environ.items() if k != "QUILT_MINIMIZE_STDOUT"}
+    env["AWS_ENDPOINT_URL"] = s3_server.endpoint_url
+
+    status, screen = on_terminal("quiltmount.cli:main", "bucket", "put", f"s3://{bucket}", "pre/", str(source),
+                                 env=env)
+    assert status == 0, screen
+    assert "100%" in screen and "600k/600k" in screen, screen
+    status, screen = on_terminal("quiltmount.cli:main", "bucket", "fetch", f"s3://{bucket}", "pre/",
+                                 f"{tmp_path / 'out'}/", env=env)
+    assert status == 0, screen
+    assert "100%" in screen and "600k/600k" in screen, screen
+    assert (tmp_path / "out/sub/b.bin").read_bytes() == (source / "sub/b.bin").read_bytes()
+
+    quiet = on_terminal("quiltmount.cli:main", "bucket", "fetch", f"s3://{bucket}", "pre/a.bin",
+                        str(tmp_path / "q.bin"), env=dict(env, QUILT_MINIMIZE_STDOUT="true"))
+    assert quiet == (0, "")
+    for args in (("put", f"s3://{bucket}", "again/", str(source)), ("fetch", f"s3://{bucket}", "pre/",
+                                                                      f"{tmp_path / 'piped'}/")):
+        piped = cli("bucket", *args, env=env)  # stdout and stderr are pipes: no progress
+        assert (piped.returncode, piped.stdout, piped.stderr) == (0, "", "")
+
+
+def _browser(tmp_path: Path) -> tuple[dict, Path]:
+    """An environment whose browser (quilt3 runs `xdg-open`, quiltmount Python's `webbrowser`, which honours
+    $BROWSER) records the URL it was asked to open instead of opening anything."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    opened = tmp_path / "opened.txt"
+    script = bin_dir / "xdg-open"
+    script.write_text(f'#!/bin/sh\necho "$1" >> {opened}\n')
+    script.chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", BROWSER=str(script))
+    return env, opened
+
+
+def test_login_on_a_terminal_reads_the_code_without_echo_like_quilt3(stack, clean, tmp_path):
+    quilt3 = clean
+    env, opened = _browser(tmp_path)
+    assert cli("config", stack.url).returncode == 0
+
+    code = stack.issue_refresh_token()
+    status, ours = on_terminal("quiltmount.cli:main", "login", env=env, answer=code + "\n")
+    assert status == 0, ours
+    assert code not in ours  # getpass turned echo off
+    assert ours.endswith(f"{PROMPT}\r\nlogged in to {stack.url}\r\n"), ours
+    assert quilt3.logged_in() == stack.url
+    assert cli("logout").returncode == 0
+
+    code = stack.issue_refresh_token()
+    status, theirs = on_terminal("quilt3.main:main", "login", env=env, answer=code + "\n")
+    assert status == 0, theirs
+    assert code not in theirs
+    assert ours.split(PROMPT)[0] == theirs.split(PROMPT)[0] == (
+        f"Launching a web browser...\r\nIf that didn't work, please visit the following URL: {stack.url}/login"
+        "\r\n\r\n")
+    assert quilt3.logged_in() == stack.url
+    deadline = time.monotonic() + 10
+    while opened.read_text().count("\n") < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)  # webbrowser does not wait for the browser it starts
+    assert opened.read_text() == f"{stack.url}/login\n" * 2
+
+
+def test_login_on_a_terminal_cancelled_with_ctrl_d(stack, clean, tmp_path):
+    env, _ = _browser(tmp_path)
+    assert cli("config", stack.url).returncode == 0
+    status, screen = on_terminal("quiltmount.cli:main", "login", env=env, answer="\x04")
+    assert status == 1, screen
+    assert screen.endswith("quiltmount: error: No code entered; login cancelled.\r\n"), screen
+    assert "Traceback" not in screen and clean.logged_in() is None

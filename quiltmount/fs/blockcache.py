@@ -81,14 +81,20 @@ class DiskTier:
 
     def get(self, key: BlockKey) -> bytes | None:
         with self._lock:
-            if key not in self._index:
-                return None
-            self._index[key] = self._index[key]  # mark as recently used
+            size = self._index.get(key)  # also marks it as recently used
+        if size is None:
+            return None
         try:
             with open(self._path(key), "rb") as file:
-                return file.read()
+                data = file.read()
         except OSError:  # still being written by another thread, or removed by hand
             return None
+        if len(data) != size:  # truncated behind our back: a short block must never be served
+            log.warning("disk cache block %s has %d bytes instead of %d; dropped", self._path(key), len(data), size)
+            with self._lock:
+                self._index.pop(key, None)
+            return None
+        return data
 
     def put(self, key: BlockKey, data: bytes) -> None:
         if len(data) > self.capacity:

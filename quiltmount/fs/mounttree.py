@@ -20,7 +20,7 @@ class _Reserved(Tree):
 
 
 class MountTree(Tree):
-    """Routes `.packages/...` (and later `.search/...`) to their trees and everything else to the bucket.
+    """Routes `.packages/...` and `.search/...` to their views and everything else to the bucket.
 
     The reserved names answer lookups but are never listed, so `find`, `du` and `rsync` see only the bucket.
     """
@@ -76,9 +76,9 @@ class MountTree(Tree):
         tree, inner = self._route(path)
         return tree.open_write(inner, truncate=truncate, create=create)
 
-    def open_staged(self, path: str):
+    def open_local(self, path: str):
         tree, inner = self._route(path)
-        return tree.open_staged(inner)
+        return tree.open_local(inner)
 
     def truncate(self, path: str, length: int) -> None:
         tree, inner = self._route(path)

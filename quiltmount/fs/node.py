@@ -33,6 +33,16 @@ class Node:
         return self.target is not None
 
 
+class MemoryFile:
+    """A read-only open file over bytes in memory (a file quiltmount generates, e.g. search results)."""
+
+    def __init__(self, content: bytes) -> None:
+        self.content = content
+
+    def read(self, offset: int, size: int) -> bytes:
+        return self.content[offset:offset + size]
+
+
 class Tree:
     """What the FUSE adapter asks of a tree; paths are relative to the tree's root ('' is the root).
 
@@ -71,8 +81,8 @@ class Tree:
     def open_write(self, path: str, *, truncate: bool, create: bool):  # -> WriteHandle
         raise StorageError(f"{path}: read-only", errno.EROFS)
 
-    def open_staged(self, path: str):  # -> WriteHandle | None
-        """A handle on not-yet-uploaded bytes of `path`, if the tree has any."""
+    def open_local(self, path: str):  # -> WriteHandle | MemoryFile | None
+        """A handle on bytes of `path` the tree holds itself (staged writes, generated files), if any."""
         return None
 
     def truncate(self, path: str, length: int) -> None:

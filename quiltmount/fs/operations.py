@@ -20,12 +20,15 @@ from typing import Any
 from mfusepy import ENOATTR, FuseOSError, Operations
 
 from quiltmount.errors import NotFound, StorageError
-from quiltmount.fs.node import Node, Tree
+from quiltmount.fs.node import MemoryFile, Node, Tree
 from quiltmount.fs.readahead import BlockFetcher, ReadStream
 from quiltmount.fs.verify import HashVerifier
 from quiltmount.fs.writeback import WriteHandle, is_write_open
 
 log = logging.getLogger(__name__)
+
+#: Extended-attribute namespaces the kernel and security modules use; quiltmount never defines names there.
+KERNEL_XATTR_NAMESPACES = ("security.", "system.", "trusted.")
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,9 @@ class AttrPolicy:
 
 
 def _translate(method: Callable) -> Callable:
-    """Turn quiltmount exceptions into FuseOSError with the right errno, logging what is not routine."""
+    """Turn quiltmount exceptions into FuseOSError with the right errno, logging what is not routine.
+
+    Paths are logged quoted (`%r`): an S3 key may hold a newline, which must not forge a log line."""
 
     @functools.wraps(method)
     def wrapper(self: BucketOperations, path: str, *args: Any) -> Any:
@@ -51,13 +56,13 @@ def _translate(method: Callable) -> Callable:
         except NotFound:
             raise FuseOSError(errno.ENOENT) from None
         except StorageError as exc:
-            log.warning("%s %s: %s (%s)", method.__name__, path, exc, errno.errorcode.get(exc.errno, exc.errno))
+            log.warning("%s %r: %s (%s)", method.__name__, path, exc, errno.errorcode.get(exc.errno, exc.errno))
             raise FuseOSError(exc.errno) from None
         except OSError as exc:  # the staging disk: ENOSPC, EDQUOT, EIO... reach the writer as they are
-            log.warning("%s %s: %s", method.__name__, path, exc)
+            log.warning("%s %r: %s", method.__name__, path, exc)
             raise FuseOSError(exc.errno or errno.EIO) from None
         except Exception:
-            log.exception("%s %s: unexpected error, returning EIO", method.__name__, path)
+            log.exception("%s %r: unexpected error, returning EIO", method.__name__, path)
             raise FuseOSError(errno.EIO) from None
 
     return wrapper
@@ -79,7 +84,7 @@ class MountOperations(Operations):
         self.attrs = attrs
         self.max_read_window = max_read_window
         self.on_init = on_init
-        self._handles: dict[int, ReadStream | WriteHandle] = {}
+        self._handles: dict[int, ReadStream | WriteHandle | MemoryFile] = {}
         self._handle_ids = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -143,7 +148,7 @@ class MountOperations(Operations):
     @_translate
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
         # `ls -l` asks for security.* and system.* names on every file: answer without a lookup.
-        if name.startswith("user."):
+        if not name.startswith(KERNEL_XATTR_NAMESPACES):
             value = self.tree.xattrs(path[1:]).get(name)
             if value is not None:
                 return value
@@ -154,13 +159,13 @@ class MountOperations(Operations):
         return list(self.tree.xattrs(path[1:]))
 
     # -- data ---------------------------------------------------------------------------------------------
-    def _register(self, handle: ReadStream | WriteHandle) -> int:
+    def _register(self, handle: ReadStream | WriteHandle | MemoryFile) -> int:
         with self._lock:
             number = next(self._handle_ids)
             self._handles[number] = handle
         return number
 
-    def _handle(self, fh: int) -> ReadStream | WriteHandle:
+    def _handle(self, fh: int) -> ReadStream | WriteHandle | MemoryFile:
         handle = self._handles.get(fh)
         if handle is None:
             raise FuseOSError(errno.EBADF)
@@ -170,9 +175,9 @@ class MountOperations(Operations):
     def open(self, path: str, flags: int) -> int:
         if is_write_open(flags):
             return self._register(self.tree.open_write(path[1:], truncate=bool(flags & os.O_TRUNC), create=False))
-        staged = self.tree.open_staged(path[1:])
-        if staged is not None:
-            return self._register(staged)
+        local = self.tree.open_local(path[1:])
+        if local is not None:
+            return self._register(local)
         node = self.tree.lookup(path[1:])
         if node.is_dir or node.obj is None or node.store is None:
             raise FuseOSError(errno.EISDIR)

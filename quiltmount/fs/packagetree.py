@@ -21,12 +21,13 @@ import threading
 import time
 from collections.abc import Callable
 
-from cachetools import LRUCache
+from cachetools import LRUCache, TTLCache
 
-from quiltmount.errors import NotFound, StorageError, UserError
+from quiltmount.errors import AccessDenied, NotFound, StorageError, UserError
 from quiltmount.fs.node import Node, Tree
-from quiltmount.packages.manifest import Manifest, ManifestError, is_top_hash
-from quiltmount.packages.registry import LATEST, InvalidPointer, Registry, is_pointer_name, is_valid_package_name
+from quiltmount.fs.tree import invalid_name_reason
+from quiltmount.packages.manifest import Entry, Manifest, ManifestError, is_top_hash, short_repr
+from quiltmount.packages.registry import LATEST, Registry, is_pointer_name, is_valid_package_name
 from quiltmount.storage.base import ObjectInfo
 from quiltmount.storage.stores import StoreSet
 
@@ -40,42 +41,78 @@ def _json(value: object) -> bytes:
     return json.dumps(value, ensure_ascii=False).encode("utf-8")
 
 
-class RevisionTree(Tree):
-    """One package revision's logical tree: sizes and hashes from the manifest, bytes from physical keys."""
+def _unshowable(path: str) -> str | None:
+    """Why a `/`-separated name cannot appear in a listing, or None.  (The kernel rejects a whole directory
+    listing when one name in it is over 255 bytes, so one such name would hide all its siblings.)"""
+    for part in path.split("/"):
+        reason = invalid_name_reason(part)
+        if reason:
+            return reason
+    return None
 
-    def __init__(self, manifest: Manifest, top_hash: str, stores: StoreSet, mtime: float) -> None:
+
+class RevisionTree(Tree):
+    """One package revision's logical tree: sizes and hashes from the manifest, bytes from physical keys.
+
+    Entries whose logical key has a component the kernel cannot show (over 255 bytes) are left out, with a
+    log line.  Unless `local_files`, entries stored as local files (`file://`) are listed but cannot be opened
+    (EACCES): a manifest in a bucket must not make the daemon read whatever local file it names.
+    """
+
+    def __init__(self, manifest: Manifest, top_hash: str, stores: StoreSet, mtime: float, *,
+                 local_files: bool = True) -> None:
         self.manifest = manifest
         self.top_hash = top_hash
         self.mtime = mtime
         self._dir_node = Node(is_dir=True, mtime=mtime, immutable=True)
         self._dirs: dict[str, dict[str, Node]] = {"": {}}
-        self._entries = {}
+        self._entries: dict[str, Entry] = {}
+        self._refused: dict[str, str] = {}  # logical key -> why it cannot be opened
         for entry in manifest.entries:
-            parts = entry.logical_key.split("/")
-            for depth in range(1, len(parts)):
-                parent, name = "/".join(parts[:depth - 1]), parts[depth - 1]
-                directory = "/".join(parts[:depth])
-                if directory not in self._dirs:
-                    self._dirs[directory] = {}
-                    self._dirs[parent][name] = self._dir_node
-            self._dirs["/".join(parts[:-1])][parts[-1]] = self._file_node(entry, stores)
-            self._entries[entry.logical_key] = entry
+            reason = _unshowable(entry.logical_key)
+            if reason:
+                log.warning("revision %s: skipping logical key %s: %s", top_hash, short_repr(entry.logical_key),
+                            reason)
+                continue
+            self._add(entry, self._file_node(entry, stores, local_files))
         for directory in self._dirs.values():
             ordered = dict(sorted(directory.items()))
             directory.clear()
             directory.update(ordered)
 
-    def _file_node(self, entry, stores: StoreSet) -> Node:
+    def _add(self, entry: Entry, node: Node) -> None:
+        parts = entry.logical_key.split("/")
+        for depth in range(1, len(parts)):
+            parent, name = "/".join(parts[:depth - 1]), parts[depth - 1]
+            directory = "/".join(parts[:depth])
+            if directory not in self._dirs:
+                self._dirs[directory] = {}
+                self._dirs[parent][name] = self._dir_node
+        self._dirs["/".join(parts[:-1])][parts[-1]] = node
+        self._entries[entry.logical_key] = entry
+
+    def _file_node(self, entry: Entry, stores: StoreSet, local_files: bool) -> Node:
         physical = entry.parsed_physical_key()
         if physical.scheme == "s3":
             store = stores.bucket(physical.bucket or "")
             obj = ObjectInfo(physical.key, entry.size, self.mtime, version_id=physical.s3_version_id,
                              content_hash=entry.hash_value)
-        else:
+        elif local_files:
             store = stores.local()
             obj = ObjectInfo(physical.path.lstrip("/"), entry.size, self.mtime, content_hash=entry.hash_value)
+        else:
+            self._refused[entry.logical_key] = (f"its physical key {short_repr(entry.physical_key)} is a local file, "
+                                                "which only a local registry may name")
+            return Node(is_dir=False, size=entry.size, mtime=self.mtime, immutable=True)
         return Node(is_dir=False, size=entry.size, mtime=self.mtime, obj=obj, store=store,
                     expected_hash=(entry.hash_type, entry.hash_value), immutable=True)
+
+    def open_local(self, path: str) -> None:
+        """Refuse entries that must not be read; every other file is read by the FUSE adapter (None)."""
+        reason = self._refused.get(path)
+        if reason is not None:
+            raise AccessDenied(f"revision {self.top_hash}: {short_repr(path)} cannot be read: {reason}")
+        return None
 
     def lookup(self, path: str) -> Node:
         if path == "":
@@ -125,31 +162,49 @@ class PackagesTree(Tree):
         self._resolved: dict[tuple[str, str], tuple[str, float]] = {}
         self._pending_links: dict[tuple[str, str], str] = {}  # (package, temporary name) -> top hash
         self._emptied: set[str] = set()  # packages whose last pointer was removed here, until rmdir
+        # Malformed manifests, so a revision that fails is not downloaded again on every lookup.
+        self._broken: TTLCache[str, str] = TTLCache(1024, metadata_ttl if metadata_ttl > 0 else 1e-9, timer=clock)
+        self._reported: LRUCache[str, bool] = LRUCache(10_000)
 
     # -- cached registry reads ------------------------------------------------------------------------
     def _fresh(self, expires: float) -> bool:
         return self._clock() < expires
 
+    def _report(self, message: str) -> None:
+        """Log a problem of the registry's content once, not at every listing that meets it."""
+        with self._lock:
+            if message in self._reported:
+                return
+            self._reported[message] = True
+        log.warning("%s", message)
+
     def packages(self) -> list[str]:
         with self._lock:
             if self._packages is not None and self._fresh(self._packages[1]):
                 return self._packages[0]
-        names = self.registry.list_packages()
+        names = [name for name in self.registry.list_packages()
+                 if self._showable(f"package {short_repr(name)}", name)]
         with self._lock:
             self._packages = (names, self._clock() + self.ttl)
         return names
 
+    def _showable(self, what: str, path: str) -> bool:
+        """False (and a log line naming `what`) when `path` cannot be listed."""
+        reason = _unshowable(path)
+        if reason:
+            self._report(f"skipping {what} of {self.registry.url}: {reason}")
+        return reason is None
+
     def versions(self, name: str) -> dict[str, str]:
-        """Pointer name -> top hash, timestamps ascending then `latest`."""
+        """Pointer name -> top hash, timestamps ascending then `latest`.  Pointers that do not hold a top hash
+        are left out (and logged): the package's other revisions stay reachable."""
         with self._lock:
             cached = self._versions.get(name)
             if cached is not None and self._fresh(cached[1]):
                 return cached[0]
-        try:
-            pairs = self.registry.list_package_versions(name)
-        except InvalidPointer as exc:
-            log.error("package %s: %s", name, exc)
-            raise StorageError(f"package {name}: {exc}", errno.EIO) from None
+        pairs = self.registry.list_package_versions(name, on_invalid=lambda exc: self._report(f"skipping {exc}"))
+        pairs = [(pointer, top_hash) for pointer, top_hash in pairs
+                 if self._showable(f"pointer {short_repr(pointer)} of {name}", pointer)]
         ordered = dict(sorted(pairs, key=lambda pair: (pair[0] == LATEST, len(pair[0]), pair[0])))
         with self._lock:
             self._versions[name] = (ordered, self._clock() + self.ttl)
@@ -165,17 +220,22 @@ class PackagesTree(Tree):
         top_hash = self._resolve(name, spelled)
         with self._lock:
             tree = self._revisions.get(top_hash)
+            broken = self._broken.get(top_hash)
         if tree is not None:
             return tree
+        if broken is not None:
+            raise StorageError(broken, errno.EIO)
         try:
             manifest = self.registry.load_manifest(top_hash)
         except NotFound:
             log.warning("package %s: manifest %s is missing (a dangling pointer)", name, top_hash)
             raise
-        except ManifestError as exc:
-            log.error("revision %s of %s: %s", top_hash, name, exc)
-            raise StorageError(f"revision {top_hash}: {exc}", errno.EIO) from None
-        tree = RevisionTree(manifest, top_hash, self.stores, self.started)
+        except ManifestError as exc:  # the file system layer logs the reason with each failing call
+            message = f"revision {top_hash} of {name}: {exc}"
+            with self._lock:
+                self._broken[top_hash] = message
+            raise StorageError(message, errno.EIO) from None
+        tree = RevisionTree(manifest, top_hash, self.stores, self.started, local_files=self.registry.is_local)
         with self._lock:
             self._revisions[top_hash] = tree
         return tree
@@ -272,6 +332,10 @@ class PackagesTree(Tree):
         if len(parts) == 2:
             return {"user.quilt.pointers": _json(self.versions(f"{parts[0]}/{parts[1]}"))}
         return {}
+
+    def open_local(self, path: str) -> None:
+        parts, revision, inner = self._route(path)
+        return revision.open_local(inner) if revision is not None else None
 
     # -- changes: pointers only -------------------------------------------------------------------------
     def _pointer_path(self, path: str) -> tuple[str, str]:

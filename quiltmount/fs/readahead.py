@@ -14,7 +14,7 @@ import threading
 from collections.abc import Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from quiltmount.errors import ObjectChanged
+from quiltmount.errors import ObjectChanged, StorageError
 from quiltmount.fs.blockcache import Block, BlockCache
 from quiltmount.fs.verify import HashVerifier
 from quiltmount.storage.base import ObjectInfo, ObjectStore
@@ -70,25 +70,29 @@ class BlockFetcher:
     def _fetch_run(self, store: ObjectStore, obj: ObjectInfo, ident: Hashable, first: int, last: int) -> list[Block]:
         """Fetch blocks first..last (claimed by the caller) with one ranged GET; resolve their futures."""
         bs = self.block_size
-        futures = [self._in_flight[(ident, index)] for index in range(first, last + 1)]
+        start, end = first * bs, min((last + 1) * bs, obj.size)
         try:
-            data = store.get_range(obj, first * bs, min((last + 1) * bs, obj.size))
-            blocks = [Block(data, start, min(bs, len(data) - start)) for start in range(0, len(data), bs)]
+            data = store.get_range(obj, start, end)
+            if len(data) != end - start:  # never cache a short answer as whole blocks
+                raise StorageError(f"{store.name}/{obj.key}: read {len(data)} of {end - start} bytes at {start}")
+            blocks = [Block(data, offset, min(bs, len(data) - offset)) for offset in range(0, len(data), bs)]
             for index, block in zip(range(first, last + 1), blocks):
                 self.cache.put((ident, index), block)
         except BaseException as exc:
-            with self._lock:
-                for index in range(first, last + 1):
-                    self._in_flight.pop((ident, index), None)
-            for future in futures:
-                future.set_exception(exc)
+            self._fail_claims(ident, first, last, exc)
             raise
         with self._lock:
-            for index in range(first, last + 1):
-                self._in_flight.pop((ident, index), None)
+            futures = [self._in_flight.pop((ident, index)) for index in range(first, last + 1)]
         for future, block in zip(futures, blocks):
             future.set_result(block)
         return blocks
+
+    def _fail_claims(self, ident: Hashable, first: int, last: int, exc: BaseException) -> None:
+        """Blocks first..last will not be fetched: their waiters get `exc`, and later reads fetch them anew."""
+        with self._lock:
+            futures = [self._in_flight.pop((ident, index)) for index in range(first, last + 1)]
+        for future in futures:
+            future.set_exception(exc)
 
     def read(self, store: ObjectStore, obj: ObjectInfo, offset: int, size: int) -> bytes | ctypes.Array:
         """Bytes [offset, offset+size) of `obj`, clipped at its end (a zero-copy window within one block)."""
@@ -106,9 +110,15 @@ class BlockFetcher:
         if len(blocks) <= last - first:
             missing = [index for index in range(first, last + 1) if index not in blocks]
             claimed, waiting = self._claim(ident, missing[0], missing[-1])
-            for run_first, run_last in _runs(claimed):
-                blocks.update(zip(range(run_first, run_last + 1),
-                                  self._fetch_run(store, obj, ident, run_first, run_last)))
+            runs = _runs(claimed)
+            for number, (run_first, run_last) in enumerate(runs):
+                try:
+                    fetched = self._fetch_run(store, obj, ident, run_first, run_last)
+                except BaseException as exc:
+                    for later_first, later_last in runs[number + 1:]:  # claimed by us: nobody else will
+                        self._fail_claims(ident, later_first, later_last, exc)
+                    raise
+                blocks.update(zip(range(run_first, run_last + 1), fetched))
             for index, future in waiting.items():
                 blocks[index] = future.result()
             for index in missing:  # cached between our lookup and our claim
@@ -168,7 +178,7 @@ class BlockFetcher:
     def _prefetch_run(self, store: ObjectStore, obj: ObjectInfo, ident: Hashable, first: int, last: int) -> None:
         try:
             self._fetch_run(store, obj, ident, first, last)
-        except Exception as exc:  # the reader that needs the block will retry and report the error
+        except Exception as exc:  # readers waiting for these blocks got the error; later ones fetch them anew
             log.info("read-ahead of %s blocks %d-%d failed: %s", obj.key, first, last, exc)
         finally:
             self._release_budget((last - first + 1) * self.block_size)
@@ -199,7 +209,9 @@ class ReadStream:
     Access counts as sequential once a streak of contiguous reads (small reordering by the kernel's
     parallel requests tolerated) has covered `SEQUENTIAL_TRIGGER` bytes.  Read-ahead then keeps a window of
     blocks in flight ahead of the reader, refilled in whole parts so every GET is part-sized, and the window
-    doubles with each read up to `max_window`.
+    doubles with each read up to `max_window`.  Before that, a read starting exactly where the previous one
+    ended reads whole cached blocks: the reader is coming back for the next bytes (the kernel, for one, re-reads
+    a file page by page after a failed read, and would otherwise cost a GET per 4 KiB page).
     """
 
     SEQUENTIAL_TRIGGER = 2 << 20
@@ -229,6 +241,7 @@ class ReadStream:
         bs = self.fetcher.block_size
         prefetch: tuple[int, int] | None = None
         with self._lock:
+            contiguous = offset == self._next_offset and self._streak > 0
             if self._next_offset - self.BACKWARD_TOLERANCE <= offset <= self._next_offset + self.FORWARD_TOLERANCE:
                 self._streak += size
                 self._next_offset = max(self._next_offset, offset + size)
@@ -245,7 +258,7 @@ class ReadStream:
                 start = max(self._prefetched_until + 1, current + 1)
                 if target - start + 1 >= self._part or (target == self._last_block and start <= target):
                     prefetch = (start, target)
-        if sequential or self.obj.size <= bs:  # a small file is one block: cache it whole
+        if sequential or contiguous or self.obj.size <= bs:  # a small file is one block: cache it whole
             data = self.fetcher.read(self.store, self.obj, offset, size)
         else:
             data = self.fetcher.read_exact(self.store, self.obj, offset, size)

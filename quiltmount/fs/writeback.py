@@ -34,13 +34,30 @@ class _Upload:
     """One submission of a staged file (a file re-opened before its upload started is submitted again)."""
 
     staged: StagedFile
+    tries: int
     future: Future = field(default_factory=Future)
     started: bool = False
     cancelled: bool = False
 
 
+@dataclass
+class _Failure:
+    """A staged file whose upload failed: it is tried again at `retry_at` (monotonic time)."""
+
+    staged: StagedFile
+    pause: float
+    retry_at: float
+
+
 class Uploader:
-    """Uploads closed staged files: one task per file, `attempts` tries with exponential backoff."""
+    """Uploads closed staged files: one task per file, `attempts` tries with exponential backoff.
+
+    A file whose tries all fail is reported failed (status, fsync, umount) and keeps its staged bytes; while
+    the mount lives it is tried again, once per round, the pause continuing to double up to
+    MAX_RETRY_PAUSE, so it lands once the fault clears.  `drain` (unmount) stops those rounds.
+    """
+
+    MAX_RETRY_PAUSE = 60.0
 
     def __init__(self, store: ObjectStore, staging: StagingArea, *, workers: int = 4, attempts: int = 5,
                  backoff: float = 0.5, on_uploaded: Callable[[StagedFile, ObjectInfo], bool] | None = None) -> None:
@@ -50,17 +67,23 @@ class Uploader:
         self.backoff = backoff
         self.on_uploaded = on_uploaded
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="upload")
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()  # also wakes the retry thread when a failure is recorded
         self._uploads: dict[str, _Upload] = {}  # staged id -> its current submission
-        self._failed: dict[str, StagedFile] = {}
+        self._failed: dict[str, _Failure] = {}
+        self._stopping = False
         self.retries = 0
         self.uploaded = 0
+        threading.Thread(target=self._retry_failed, name="upload-retry", daemon=True).start()
 
     def submit(self, staged: StagedFile) -> Future:
-        upload = _Upload(staged)
         with self._lock:  # registered before the task can run
             self._failed.pop(staged.id, None)
-            self._uploads[staged.id] = upload
+            return self._start(staged, self.attempts)
+
+    def _start(self, staged: StagedFile, tries: int) -> Future:
+        """Queue an upload of `staged` (the caller holds the lock)."""
+        upload = _Upload(staged, tries)
+        self._uploads[staged.id] = upload
         self._pool.submit(self._run, upload)
         return upload.future
 
@@ -72,18 +95,14 @@ class Uploader:
                 return
             upload.started = True
         try:
-            info = self._upload_with_retries(staged)
+            info = self._upload_with_retries(staged, upload.tries)
             # on_uploaded says whether the staged bytes can go: not while a new writer has the file open.
             if self.on_uploaded is None or self.on_uploaded(staged, info):
                 staged.state = UPLOADED
                 self.staging.remove(staged)
             log.info("uploaded %s", staged.key)
         except StorageError as exc:
-            staged.attempts += self.attempts
-            self.staging.set_state(staged, FAILED, str(exc))
-            log.error("upload of %s failed, keeping %s: %s", staged.key, self.staging.data_path(staged), exc)
-            with self._lock:
-                self._failed[staged.id] = staged
+            self._record_failure(staged, upload.tries, exc)
             self._finish(upload)
             upload.future.set_exception(exc)
             return
@@ -93,40 +112,67 @@ class Uploader:
             raise
         with self._lock:
             self.uploaded += 1
+            self._failed.pop(staged.id, None)
         self._finish(upload)
         upload.future.set_result(None)
+
+    def _record_failure(self, staged: StagedFile, tries: int, exc: StorageError) -> None:
+        """Keep the bytes, journal the error, and schedule the next round (the backoff keeps doubling)."""
+        staged.attempts += tries
+        self.staging.set_state(staged, FAILED, str(exc))
+        with self._lock:
+            previous = self._failed.get(staged.id)
+            pause = min(previous.pause * 2 if previous else self.backoff * 2 ** self.attempts, self.MAX_RETRY_PAUSE)
+            self._failed[staged.id] = _Failure(staged, pause, time.monotonic() + pause)
+            self._lock.notify_all()
+        log.error("upload of %s failed, keeping %s, next try in %.0f s: %s",
+                  staged.key, self.staging.data_path(staged), pause, exc)
+
+    def _retry_failed(self) -> None:
+        """Thread: start one more try of each failed upload whose pause is over, until `drain`."""
+        with self._lock:
+            while not self._stopping:
+                now = time.monotonic()
+                idle = [failure for failure in self._failed.values() if failure.staged.id not in self._uploads]
+                for failure in idle:
+                    if failure.retry_at <= now:
+                        self.retries += 1
+                        self._start(failure.staged, 1)
+                later = [failure.retry_at - now for failure in idle if failure.retry_at > now]
+                self._lock.wait(min(later) if later else None)
 
     def _finish(self, upload: _Upload) -> None:
         with self._lock:
             if self._uploads.get(upload.staged.id) is upload:
                 del self._uploads[upload.staged.id]
+            self._lock.notify_all()  # a failure recorded just before is now idle: the retry thread plans it
 
-    def _upload_with_retries(self, staged: StagedFile) -> ObjectInfo:
+    def _upload_with_retries(self, staged: StagedFile, tries: int) -> ObjectInfo:
         delay = self.backoff
-        for attempt in range(1, self.attempts + 1):
+        for attempt in range(1, tries + 1):
             try:
                 return self.store.put_file(staged.key, self.staging.data_path(staged))
             except StorageError as exc:
-                if attempt == self.attempts or exc.errno == errno.ENOENT:
+                if attempt == tries or exc.errno == errno.ENOENT:
                     raise
                 with self._lock:
                     self.retries += 1
                 log.warning("upload of %s failed (attempt %d of %d), retrying in %.1f s: %s",
-                            staged.key, attempt, self.attempts, delay, exc)
+                            staged.key, attempt, tries, delay, exc)
                 time.sleep(delay)
                 delay *= 2
         raise AssertionError("unreachable")
 
     def cancel(self, staged: StagedFile) -> bool:
-        """Stop a queued upload, or wait for one already running.
+        """Stop a queued upload (and the retries of a failed one), or wait for one already running.
 
         True if the staged bytes are still there to reuse (never submitted, queued, or failed); False if an
         upload ran and removed them.
         """
         with self._lock:
+            self._failed.pop(staged.id, None)
             upload = self._uploads.get(staged.id)
             if upload is None:
-                self._failed.pop(staged.id, None)
                 return staged.state != UPLOADED
             if not upload.started:
                 upload.cancelled = True
@@ -135,6 +181,8 @@ class Uploader:
         try:
             upload.future.result()
         except StorageError:
+            with self._lock:  # it failed meanwhile: no more rounds for it
+                self._failed.pop(staged.id, None)
             return True  # failed: the bytes are still staged
         return False
 
@@ -146,7 +194,7 @@ class Uploader:
         if upload is not None:
             upload.future.result(timeout)  # raises the StorageError of a failed upload
         elif failed is not None:
-            raise StorageError(f"upload of {staged.key} failed: {failed.error}", errno.EIO)
+            raise StorageError(f"upload of {staged.key} failed: {failed.staged.error}", errno.EIO)
 
     def pending(self) -> int:
         with self._lock:
@@ -158,10 +206,17 @@ class Uploader:
 
     def failures(self) -> list[StagedFile]:
         with self._lock:
-            return list(self._failed.values())
+            return [failure.staged for failure in self._failed.values()]
+
+    def _stop_retrying(self) -> None:
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
 
     def drain(self, timeout: float | None = None) -> list[StagedFile]:
-        """Wait for every queued upload; return the staged files that are still not in S3."""
+        """Unmounting: stop the rounds of failed uploads, wait for every queued upload, and return the
+        staged files that are still not in S3."""
+        self._stop_retrying()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with self._lock:
@@ -179,6 +234,7 @@ class Uploader:
         return self.failures()
 
     def close(self) -> None:
+        self._stop_retrying()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -364,7 +420,7 @@ class WritableBucketTree(Tree):
             handle.truncate(0)
         return handle
 
-    def open_staged(self, path: str) -> WriteHandle | None:
+    def open_local(self, path: str) -> WriteHandle | None:
         """A read-only handle on the staged bytes of `path`, if it has any (read-your-writes)."""
         dirty = self.dirty(path)
         return None if dirty is None else WriteHandle(self, dirty, writable=False)
@@ -410,7 +466,12 @@ class WritableBucketTree(Tree):
             self.bucket.forget(dirty.path)
             return
         self.staging.set_state(dirty.staged, CLOSED)
-        self.uploader.submit(dirty.staged)
+        with self._lock:
+            # A writer that opened the file since the count fell to 0 has cancelled nothing (nothing was
+            # queued yet): it uploads at its own release.  Submitting here too would run two uploads of one
+            # file at once, the older one landing last (stale bytes, or a deleted file coming back).
+            if dirty.writers == 0 and self._dirty.get(dirty.path) is dirty:
+                self.uploader.submit(dirty.staged)
 
     def sync(self, dirty: DirtyFile, *, writer_open: bool) -> None:
         """fsync: the file's current bytes are durable in S3 when this returns (EIO if the upload fails)."""

@@ -21,28 +21,37 @@ from pathlib import PurePosixPath
 from typing import Any, Iterable, Literal
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlparse
 
-from quiltmount.errors import QuiltmountError
+from quiltmount.errors import StorageError
 
 __all__ = [
-    "CHECKSUM_CHUNK_SIZE", "CHECKSUM_MAX_PARTS", "CRC64NVME", "DEFAULT_MAX_RECORD_SIZE", "SHA256",
+    "CHECKSUM_CHUNK_SIZE", "CHECKSUM_MAX_PARTS", "CRC64NVME", "DEFAULT_MAX_RECORD_SIZE", "MAX_ENTRY_SIZE", "SHA256",
     "SHA2_256_CHUNKED", "SUPPORTED_HASH_TYPES",
     "Crc64NvmeHasher", "Entry", "EntryHasher", "Manifest", "ManifestError", "PhysicalKey", "PhysicalKeyError",
     "Sha256Hasher", "Sha2256ChunkedHasher",
     "checksum_chunk_size", "compute_top_hash", "crc64nvme", "format_physical_key", "hash_bytes",
-    "is_top_hash", "logical_key_problem", "make_hasher", "parse_manifest", "parse_physical_key", "top_hash_parts",
-    "tree_order", "write_manifest",
+    "is_top_hash", "logical_key_problem", "make_hasher", "parse_manifest", "parse_physical_key", "short_repr",
+    "top_hash_parts", "tree_order", "write_manifest",
 ]
 
 
-class ManifestError(QuiltmountError):
-    """A manifest (or a physical key in it) is malformed, or is not the manifest it claims to be."""
+class ManifestError(StorageError):
+    """A manifest (or a physical key in it) is malformed, or is not the manifest it claims to be.
 
-    #: What a file system call reading through a broken manifest reports.
-    errno = errno.EIO
+    A `StorageError` with errno EIO: what a file system call reading through a broken manifest reports.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, errno.EIO)
 
 
 class PhysicalKeyError(ManifestError, ValueError):
     """A physical key URL quilt3 would refuse (`quilt3.util.URLParseError`)."""
+
+
+def short_repr(value: Any, limit: int = 100) -> str:
+    """`repr(value)`, cut after `limit` characters: messages quote manifest data, which can be megabytes."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -56,6 +65,9 @@ SUPPORTED_HASH_TYPES = (SHA2_256_CHUNKED, SHA256, CRC64NVME)
 #: Base chunk size of `sha2-256-chunked`: 8 MiB, doubled while a file would need more than 10,000 chunks.
 CHECKSUM_CHUNK_SIZE = 8 * 1024 * 1024
 CHECKSUM_MAX_PARTS = 10_000
+
+#: The largest size a file can have (`off_t`); a manifest claiming more is malformed.
+MAX_ENTRY_SIZE = (1 << 63) - 1
 
 #: quilt3's limit on one manifest line (`QUILT_MANIFEST_MAX_RECORD_SIZE`), in UTF-8 bytes without the newline.
 DEFAULT_MAX_RECORD_SIZE = 1_000_000
@@ -228,7 +240,7 @@ def make_hasher(hash_type: str, size: int) -> EntryHasher:
         return Sha256Hasher()
     if hash_type == CRC64NVME:
         return Crc64NvmeHasher()
-    raise ManifestError(f"unsupported hash type {hash_type!r} (supported: {', '.join(SUPPORTED_HASH_TYPES)})")
+    raise ManifestError(f"unsupported hash type {short_repr(hash_type)} (supported: {', '.join(SUPPORTED_HASH_TYPES)})")
 
 
 def hash_bytes(hash_type: str, data: bytes) -> str:
@@ -281,28 +293,28 @@ def parse_physical_key(url: str) -> PhysicalKey:
     try:
         parsed = urlparse(url)
     except ValueError as exc:
-        raise PhysicalKeyError(f"invalid physical key {url!r}: {exc}") from None
+        raise PhysicalKeyError(f"invalid physical key {short_repr(url)}: {exc}") from None
     if parsed.scheme == "s3":
         if not parsed.netloc:
-            raise PhysicalKeyError(f"invalid physical key {url!r}: missing bucket")
+            raise PhysicalKeyError(f"invalid physical key {short_repr(url)}: missing bucket")
         # The path is percent-decoded (a literal '+' stays '+'); only the query is form-decoded.
         path = unquote(parsed.path)[1:]
         query = parse_qs(parsed.query)
         version_id = query.pop("versionId", [None])[0]  # an empty `versionId=` is dropped by parse_qs: no version
         if query:
-            raise PhysicalKeyError(f"invalid physical key {url!r}: unexpected S3 query string {parsed.query!r}")
+            raise PhysicalKeyError(f"invalid physical key {short_repr(url)}: unexpected S3 query string")
         return PhysicalKey("s3", parsed.netloc, path, version_id)
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
-            raise PhysicalKeyError(f"invalid physical key {url!r}: unexpected hostname")
+            raise PhysicalKeyError(f"invalid physical key {short_repr(url)}: unexpected hostname")
         if not parsed.path:
-            raise PhysicalKeyError(f"invalid physical key {url!r}: missing path")
+            raise PhysicalKeyError(f"invalid physical key {short_repr(url)}: missing path")
         if not parsed.path.startswith("/"):
-            raise PhysicalKeyError(f"invalid physical key {url!r}: relative paths are not allowed")
+            raise PhysicalKeyError(f"invalid physical key {short_repr(url)}: relative paths are not allowed")
         if parsed.query:
-            raise PhysicalKeyError(f"invalid physical key {url!r}: unexpected query")
+            raise PhysicalKeyError(f"invalid physical key {short_repr(url)}: unexpected query")
         return PhysicalKey("file", None, unquote(parsed.path), None)
-    raise PhysicalKeyError(f"invalid physical key {url!r}: unexpected scheme {parsed.scheme!r}")
+    raise PhysicalKeyError(f"invalid physical key {short_repr(url)}: unexpected scheme {short_repr(parsed.scheme)}")
 
 
 def format_physical_key(pk: PhysicalKey) -> str:
@@ -525,12 +537,12 @@ def _parse_dir_meta(obj: dict[str, Any], where: str) -> tuple[str, Any]:
     if not isinstance(key, str):
         raise ManifestError(f"{where}: directory metadata needs a string 'logical_key'")
     if not key.endswith("/"):
-        raise ManifestError(f"{where}: {key!r} has no physical key, and is not a directory (no trailing '/')")
+        raise ManifestError(f"{where}: {short_repr(key)} has no physical key, and is not a directory (no trailing '/')")
     problem = logical_key_problem(key[:-1])
     if problem:
-        raise ManifestError(f"{where}: unsafe directory key {key!r}: {problem}")
+        raise ManifestError(f"{where}: unsafe directory key {short_repr(key)}: {problem}")
     if "meta" not in obj:
-        raise ManifestError(f"{where}: directory metadata line for {key!r} has no 'meta'")
+        raise ManifestError(f"{where}: directory metadata line for {short_repr(key)} has no 'meta'")
     return key, obj["meta"]
 
 
@@ -543,8 +555,8 @@ def _parse_entry(obj: dict[str, Any], where: str) -> Entry:
         raise ManifestError(f"{where}: 'logical_key' must be a string")
     problem = logical_key_problem(logical_key)
     if problem:
-        raise ManifestError(f"{where}: unsafe logical key {logical_key!r}: {problem}")
-    where = f"{where} ({logical_key!r})"
+        raise ManifestError(f"{where}: unsafe logical key {short_repr(logical_key)}: {problem}")
+    where = f"{where} ({short_repr(logical_key)})"
     physical_keys = obj["physical_keys"]
     if not isinstance(physical_keys, list) or not all(isinstance(pk, str) for pk in physical_keys):
         raise ManifestError(f"{where}: 'physical_keys' must be a list of strings")
@@ -554,8 +566,8 @@ def _parse_entry(obj: dict[str, Any], where: str) -> Entry:
     except PhysicalKeyError as exc:
         raise ManifestError(f"{where}: {exc}") from None
     size = obj["size"]
-    if not _is_int(size) or size < 0:
-        raise ManifestError(f"{where}: 'size' must be a non-negative integer, not {size!r}")
+    if not _is_int(size) or not 0 <= size <= MAX_ENTRY_SIZE:
+        raise ManifestError(f"{where}: 'size' must be an integer from 0 to {MAX_ENTRY_SIZE}, not {short_repr(size)}")
     hash_obj = obj["hash"]
     if not isinstance(hash_obj, dict) or not isinstance(hash_obj.get("type"), str) \
             or not isinstance(hash_obj.get("value"), str):
@@ -573,7 +585,7 @@ def _check_tree(entries: list[Entry], dir_meta: dict[str, Any]) -> None:
     directories: set[str] = set()
     for entry in entries:
         if entry.logical_key in files:
-            raise ManifestError(f"duplicate logical key {entry.logical_key!r} in manifest")
+            raise ManifestError(f"duplicate logical key {short_repr(entry.logical_key)} in manifest")
         files.add(entry.logical_key)
         parts = entry.logical_key.split("/")
         directories.update("/".join(parts[:i]) for i in range(1, len(parts)))
@@ -582,7 +594,7 @@ def _check_tree(entries: list[Entry], dir_meta: dict[str, Any]) -> None:
         directories.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
     clash = files & directories
     if clash:
-        raise ManifestError(f"logical key {min(clash)!r} is both a file and a directory in manifest")
+        raise ManifestError(f"logical key {short_repr(min(clash))} is both a file and a directory in manifest")
 
 
 # --------------------------------------------------------------------------------------------------------

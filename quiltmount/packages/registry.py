@@ -16,7 +16,8 @@ Deliberate differences from quilt3 (all about input quilt3 never writes itself):
   stray objects, names it then refuses everywhere else); local registries are listed in sorted order, not
   `os.listdir` order;
 * `list_package_versions` skips pointer files whose names are neither digits nor `latest`, and raises
-  `InvalidPointer` for a pointer whose content is not a top hash (quilt3 returns the content as is);
+  `InvalidPointer` for a pointer whose content is not a top hash (quilt3 returns the content as is), or
+  that is larger than `MAX_POINTER_SIZE` (never downloaded);
 * pointer contents are stripped of whitespace on local registries too (quilt3 strips only on S3);
 * a full-length hash given to `resolve_hash` must be 64 lowercase hex digits (quilt3 uses it unchecked,
   which would let `../` into a key); only 64-hex names under `.quilt/packages/` count as manifests;
@@ -37,11 +38,12 @@ from quiltmount.packages.manifest import (
     Manifest, ManifestError, PhysicalKey, PhysicalKeyError, format_physical_key, is_top_hash, parse_manifest,
     parse_physical_key,
 )
+from quiltmount.paths import make_private_dir
 from quiltmount.storage.base import ObjectStore
 
 __all__ = [
-    "LATEST", "InvalidPointer", "Registry", "RegistryError", "is_pointer_name", "is_valid_package_name",
-    "registry_from_url", "validate_package_name", "validate_pointer_name",
+    "LATEST", "MAX_POINTER_SIZE", "InvalidPointer", "Registry", "RegistryError", "is_pointer_name",
+    "is_valid_package_name", "registry_from_url", "validate_package_name", "validate_pointer_name",
 ]
 
 LATEST = "latest"
@@ -49,6 +51,8 @@ LATEST = "latest"
 _PACKAGE_NAME = re.compile(r"[\w-]+/[\w-]+")  # Unicode \w, like quilt3's PACKAGE_NAME_FORMAT
 _POINTER_NAME = re.compile(r"[0-9]+|latest")
 _MIN_PREFIX = 6
+#: A pointer holds 64 hex digits (quilt3 writes no newline); a larger pointer file is refused without reading it.
+MAX_POINTER_SIZE = 1024
 
 
 class RegistryError(UserError):
@@ -163,13 +167,23 @@ class Registry:
                 names.append(name)
         return names
 
-    def _pointer_names(self, name: str) -> list[str]:
-        """All pointer files of a package, valid names or not, in listing order (S3: recursive, like quilt3)."""
+    def _pointers(self, name: str) -> list[tuple[str, int]]:
+        """(name, size) of every pointer file of a package, valid names or not, in listing order (S3:
+        recursive, like quilt3)."""
         package_dir = self._package_dir(name)
         if self.is_local:
-            return [info.key[len(package_dir):]
-                    for page in self.store.list_dir(package_dir) for info in page.objects]
-        return [info.key[len(package_dir):] for info in self.store.list_keys(package_dir)]
+            infos = [info for page in self.store.list_dir(package_dir) for info in page.objects]
+        else:
+            infos = list(self.store.list_keys(package_dir))
+        return [(info.key[len(package_dir):], info.size) for info in infos]
+
+    def _read_listed_pointer(self, name: str, pointer: str, size: int) -> str:
+        """The top hash in a pointer seen in a listing of `size` bytes; `InvalidPointer` (without a download)
+        when it is too large to be one, `NotFound` if it is gone."""
+        if size > MAX_POINTER_SIZE:
+            raise InvalidPointer(f"pointer {pointer!r} of package {name} in {self.url} is {size} bytes, "
+                                 "too large to contain a top hash")
+        return self._decode_pointer(name, pointer, self.store.get_object(self.pointer_key(name, pointer)))
 
     def _read_pointer_bytes(self, name: str, pointer: str) -> bytes:
         try:
@@ -187,23 +201,28 @@ class Registry:
                                  f"(64 lowercase hex digits): {data[:80]!r}")
         return text
 
-    def list_package_versions(self, name: str) -> list[tuple[str, str]]:
+    def list_package_versions(self, name: str, on_invalid: Callable[[InvalidPointer], None] | None = None,
+                              ) -> list[tuple[str, str]]:
         """`(pointer name, top hash)` of every revision pointer, `latest` included.
 
         Order: S3 key order (timestamps, then `latest`); local registries sorted the same way.  A pointer
-        deleted between the listing and its read is skipped.  Raises `InvalidPointer` if a pointer's content
-        is not a top hash.
+        deleted between the listing and its read is skipped.  A pointer whose content is not a top hash (or
+        that is over `MAX_POINTER_SIZE` bytes, never downloaded) raises `InvalidPointer`; with `on_invalid`,
+        it is handed that error instead and skipped, so one broken pointer does not hide the others.
         """
         validate_package_name(name)
         versions = []
-        for pointer in self._pointer_names(name):
+        for pointer, size in self._pointers(name):
             if not is_pointer_name(pointer):
                 continue
             try:
-                data = self.store.get_object(self.pointer_key(name, pointer))
+                versions.append((pointer, self._read_listed_pointer(name, pointer, size)))
             except NotFound:
                 continue
-            versions.append((pointer, self._decode_pointer(name, pointer, data)))
+            except InvalidPointer as exc:
+                if on_invalid is None:
+                    raise
+                on_invalid(exc)
         return versions
 
     # -- hashes ----------------------------------------------------------------------------------------
@@ -310,9 +329,9 @@ class Registry:
         resolved = self.resolve_hash(name, top_hash)
         deleted: list[str] = []
         remaining: list[str] = []
-        for pointer in self._pointer_names(name):
+        for pointer, size in self._pointers(name):
             try:
-                content = self._decode_pointer(name, pointer, self.store.get_object(self.pointer_key(name, pointer)))
+                content = self._read_listed_pointer(name, pointer, size)
             except (NotFound, InvalidPointer):
                 content = None  # never matches; like quilt3, it still counts as a remaining pointer
             (deleted if content == resolved else remaining).append(pointer)
@@ -386,7 +405,7 @@ class Registry:
 def _write_atomically(path: str, data: bytes) -> None:
     """Best effort: a cache that cannot be written only costs a download next time."""
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        make_private_dir(os.path.dirname(path))
         fd, temp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as file:

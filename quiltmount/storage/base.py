@@ -60,9 +60,10 @@ class ObjectStore(ABC):
 
     @abstractmethod
     def get_range(self, obj: ObjectInfo, start: int, end: int) -> bytes:
-        """Return bytes [start, end) of exactly the object version `obj` names.
+        """Return bytes [start, end) of exactly the object version `obj` names: all of them, never fewer.
 
-        Raises `ObjectChanged` if the object was replaced or deleted since `obj` was obtained.
+        Raises `ObjectChanged` if the object was replaced or deleted since `obj` was obtained, and a
+        `StorageError` once the store's own retries of a failing network or server are spent.
         """
 
     @abstractmethod

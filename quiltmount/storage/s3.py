@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import os
+import random
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import boto3
+import cachetools
 import botocore.exceptions
 from botocore.config import Config
 
@@ -24,6 +29,25 @@ MULTIPART_PART_SIZE = 8 << 20
 MULTIPART_WORKERS = 4
 #: CopyObject handles objects up to 5 GiB; larger ones are copied part by part.
 MAX_SINGLE_COPY = 5 << 30
+#: Seconds S3 may stay silent (to connect, or between two bytes of an answer) before a request is abandoned.
+DEFAULT_TIMEOUT = 10.0
+#: Tries per request (the first one included): botocore's for listings, HEADs and uploads, ours for reads.
+ATTEMPTS = 4
+#: Pause before the first retry of a read; it doubles with each retry (0.2 + 0.4 + 0.8 s at most in all).
+READ_BACKOFF = 0.2
+#: After a read of a key failed all its attempts, reads of that key get one attempt each for this long (or
+#: until one succeeds): the kernel re-reads a page whose read failed at once, and a program should get its
+#: EIO after one round of retries, not two.
+FAILING_WINDOW = 30.0
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Failures that say nothing about the object: the network or the server, worth another try.
+TRANSIENT_ERRORS = (botocore.exceptions.HTTPClientError, botocore.exceptions.ConnectionError,
+                    botocore.exceptions.IncompleteReadError, botocore.exceptions.ChecksumError)
+TRANSIENT_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
+                             "RequestTimeoutException", "InternalError", "ServiceUnavailable"})
 
 
 def _error_code(exc: botocore.exceptions.ClientError) -> str:
@@ -42,27 +66,60 @@ def _is_denied(exc: botocore.exceptions.ClientError) -> bool:
     return _error_code(exc) in ("403", "AccessDenied", "Forbidden") or _http_status(exc) == 403
 
 
+class ShortBody(Exception):
+    """An answer with fewer bytes than asked for (a cut connection, a proxy): never a valid read."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures another try may cure: 5xx, throttling, timeouts, resets, cut or short bodies."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        return _http_status(exc) >= 500 or _error_code(exc) in TRANSIENT_CODES
+    return isinstance(exc, (ShortBody, *TRANSIENT_ERRORS))
+
+
+def _read_body(response: dict) -> bytes:
+    """The whole body; the connection is closed, not reused, if reading it fails half-way."""
+    body = response["Body"]
+    try:
+        return body.read()
+    except BaseException:
+        body.close()
+        raise
+
+
 class S3Store(ObjectStore):
     """One bucket.  Keys are full keys in the bucket; the mount's prefix is handled by the tree."""
 
     def __init__(self, bucket: str, *, profile: str | None = None, region: str | None = None,
-                 endpoint_url: str | None = None) -> None:
+                 endpoint_url: str | None = None, timeout: float | None = None,
+                 session: boto3.Session | None = None) -> None:
+        """`session` (e.g. the Quilt stack's refreshable credentials) replaces the default chain/`profile`."""
         self.bucket = bucket
         self.name = f"s3://{bucket}"
-        try:
-            session = boto3.Session(profile_name=profile, region_name=region)
-        except botocore.exceptions.ProfileNotFound:
-            raise UserError(f"AWS profile not found: {profile}") from None
+        if session is None:
+            try:
+                session = boto3.Session(profile_name=profile, region_name=region)
+            except botocore.exceptions.ProfileNotFound:
+                raise UserError(f"AWS profile not found: {profile}") from None
         custom_endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        config = Config(
-            max_pool_connections=MAX_POOL_CONNECTIONS,
-            connect_timeout=10,
-            read_timeout=60,
-            retries={"max_attempts": 4, "mode": "standard"},
-            # S3-compatible servers (MinIO, moto, Ceph...) rarely serve virtual-hosted names.
-            s3={"addressing_style": "path"} if custom_endpoint else None,
-        )
-        self.client = session.client("s3", endpoint_url=endpoint_url, config=config)
+
+        def client(attempts: int) -> Any:
+            config = Config(
+                max_pool_connections=MAX_POOL_CONNECTIONS,
+                connect_timeout=timeout or DEFAULT_TIMEOUT,
+                read_timeout=timeout or DEFAULT_TIMEOUT,
+                retries={"total_max_attempts": attempts, "mode": "standard"},
+                # S3-compatible servers (MinIO, moto, Ceph...) rarely serve virtual-hosted names.
+                s3={"addressing_style": "path"} if custom_endpoint else None,
+            )
+            return session.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+
+        self.client = client(ATTEMPTS)
+        # GETs retry in `_retry_read`: botocore cannot retry a body cut half-way, and one count of attempts
+        # covering every failure keeps the time a read can take bounded (see docs/SEMANTICS.md, "Faults").
+        self._reads = client(1)
+        self._failing: cachetools.TTLCache[str, bool] = cachetools.TTLCache(10_000, FAILING_WINDOW)
+        self._failing_lock = threading.Lock()
 
     def check_access(self) -> None:
         try:
@@ -117,6 +174,33 @@ class S3Store(ObjectStore):
             raise self._fail("list", prefix, exc) from exc
         return bool(response.get("KeyCount") or response.get("Contents") or response.get("CommonPrefixes"))
 
+    def _retry_read(self, key: str, what: str, call: Callable[[], T]) -> T:
+        """`call()`, tried while it fails transiently: ATTEMPTS times with exponential backoff, or once if
+        reading `key` has just failed that way (FAILING_WINDOW)."""
+        with self._failing_lock:
+            attempts = 1 if key in self._failing else ATTEMPTS
+        delay = READ_BACKOFF
+        for attempt in range(1, attempts + 1):
+            try:
+                result = call()
+            except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError, ShortBody) as exc:
+                if not is_transient(exc):
+                    raise
+                if attempt == attempts:
+                    with self._failing_lock:
+                        self._failing[key] = True
+                    raise
+                pause = delay * random.uniform(0.5, 1.0)  # jitter: readers failed together retry apart
+                log.warning("%s failed (attempt %d of %d), retrying in %.2f s: %s",
+                            what, attempt, attempts, pause, exc)
+                time.sleep(pause)
+                delay *= 2
+            else:
+                with self._failing_lock:
+                    self._failing.pop(key, None)
+                return result
+        raise AssertionError("unreachable")
+
     def get_range(self, obj: ObjectInfo, start: int, end: int) -> bytes:
         if end <= start:
             return b""
@@ -125,20 +209,23 @@ class S3Store(ObjectStore):
             params["VersionId"] = obj.version_id
         elif obj.etag:
             params["IfMatch"] = obj.etag
+
+        def attempt() -> bytes:
+            data = _read_body(self._reads.get_object(**params))
+            if len(data) != end - start:
+                raise ShortBody(f"expected {end - start} bytes, got {len(data)}")
+            return data
+
         try:
-            response = self.client.get_object(**params)
-            data = response["Body"].read()
+            return self._retry_read(obj.key, f"read s3://{self.bucket}/{obj.key} bytes {start}-{end - 1}", attempt)
         except botocore.exceptions.ClientError as exc:
             if _error_code(exc) == "PreconditionFailed" or _http_status(exc) == 412:
                 raise ObjectChanged(f"s3://{self.bucket}/{obj.key} changed since it was opened") from exc
             if _is_not_found(exc):
                 raise ObjectChanged(f"s3://{self.bucket}/{obj.key} was deleted since it was opened") from exc
             raise self._fail("read", obj.key, exc) from exc
-        except botocore.exceptions.BotoCoreError as exc:
+        except (botocore.exceptions.BotoCoreError, ShortBody) as exc:
             raise self._fail("read", obj.key, exc) from exc
-        if len(data) != end - start:
-            raise ObjectChanged(f"s3://{self.bucket}/{obj.key}: expected {end - start} bytes, got {len(data)}")
-        return data
 
     def list_keys(self, prefix: str) -> Iterator[ObjectInfo]:
         paginator = self.client.get_paginator("list_objects_v2")
@@ -151,7 +238,8 @@ class S3Store(ObjectStore):
 
     def get_object(self, key: str) -> bytes:
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            return self._retry_read(key, f"get s3://{self.bucket}/{key}",
+                                    lambda: _read_body(self._reads.get_object(Bucket=self.bucket, Key=key)))
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise self._fail("get", key, exc) from exc
 
@@ -240,3 +328,4 @@ class S3Store(ObjectStore):
 
     def close(self) -> None:
         self.client.close()
+        self._reads.close()

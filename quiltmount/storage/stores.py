@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from quiltmount.storage.base import ObjectStore
 from quiltmount.storage.counting import CountingStore, RequestStats
@@ -13,8 +14,11 @@ class StoreSet:
     """Creates stores on demand (one per bucket, sharing the mount's S3 options and request counters)."""
 
     def __init__(self, *, profile: str | None = None, region: str | None = None,
-                 endpoint_url: str | None = None, stats: RequestStats | None = None) -> None:
+                 endpoint_url: str | None = None, stats: RequestStats | None = None,
+                 timeout: float | None = None, session: Any = None) -> None:
         self.profile = profile
+        self.session = session  # a boto3 session for every bucket (the Quilt stack's credentials), or None
+        self.timeout = timeout  # S3 request timeout (None: the S3 store's default)
         self.region = region
         self.endpoint_url = endpoint_url
         self.stats = stats or RequestStats()
@@ -29,7 +33,8 @@ class StoreSet:
             from quiltmount.storage.s3 import S3Store
 
             created = CountingStore(S3Store(name, profile=self.profile, region=self.region,
-                                            endpoint_url=self.endpoint_url), self.stats)
+                                            endpoint_url=self.endpoint_url, timeout=self.timeout,
+                                            session=self.session), self.stats)
             with self._lock:
                 store = self._buckets.setdefault(name, created)
         return store
