@@ -256,3 +256,40 @@ def test_quick_rewrites_and_deletes_never_resurrect_or_tear(s3, bucket, mount):
     assert keys(s3, bucket) == {"q/"} | {f"q/f{key.split('/')[1]}.bin" for key in kept}
     for key, data in kept.items():
         assert body(s3, bucket, f"q/f{key.split('/')[1]}.bin") == data
+
+
+def _uploads_in_progress(s3, bucket: str, key: str) -> list[int]:
+    """Parts already in S3 of each multipart upload of `key` that is still in progress."""
+    uploads = [u for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) if u["Key"] == key]
+    return [len(s3.list_parts(Bucket=bucket, Key=key, UploadId=u["UploadId"]).get("Parts", [])) for u in uploads]
+
+
+def test_sequential_writes_send_parts_before_close(s3, bucket, mount):
+    """A file written in order from its start has its complete 8 MiB parts in S3 while it is still open;
+    any other pattern (a seek back, a delete) drops them and leaves no upload behind."""
+    mnt = mount(f"s3://{bucket}")
+    data = random.Random(9).randbytes(40 << 20)
+    with open(mnt / "seq.bin", "wb", buffering=0) as file:
+        file.write(data[:32 << 20])
+        wait_for(lambda: _uploads_in_progress(s3, bucket, "seq.bin") == [4])
+        file.write(data[32 << 20:])
+    wait_for(lambda: "seq.bin" in keys(s3, bucket))
+    assert body(s3, bucket, "seq.bin") == data
+    assert s3.head_object(Bucket=bucket, Key="seq.bin")["ETag"].endswith('-5"')
+
+    with open(mnt / "rewritten.bin", "wb", buffering=0) as file:
+        file.write(data[:24 << 20])
+        wait_for(lambda: _uploads_in_progress(s3, bucket, "rewritten.bin") == [3])
+        file.seek(0)
+        file.write(b"X" * 10)
+    wait_for(lambda: "rewritten.bin" in keys(s3, bucket))
+    assert body(s3, bucket, "rewritten.bin") == b"X" * 10 + data[10:24 << 20]
+    wait_for(lambda: _uploads_in_progress(s3, bucket, "rewritten.bin") == [])
+
+    with open(mnt / "gone.bin", "wb", buffering=0) as file:
+        file.write(data[:16 << 20])
+        wait_for(lambda: _uploads_in_progress(s3, bucket, "gone.bin") == [2])
+        os.unlink(mnt / "gone.bin")
+    wait_for(lambda: _uploads_in_progress(s3, bucket, "gone.bin") == [])
+    unmount(mnt)
+    assert "gone.bin" not in keys(s3, bucket)

@@ -92,6 +92,7 @@ class MountOperations(Operations):
     def init_with_config(self, conn_info: Any, config_3: Any) -> None:
         if conn_info is not None and hasattr(conn_info, "max_read"):
             conn_info.max_read = 1 << 20  # accept the kernel's large read requests (libfuse3)
+            conn_info.max_write = 1 << 20  # and 1 MiB writes: 8 times fewer calls than the 128 KiB default
         if conn_info is not None:
             conn_info.max_readahead = 1 << 20
         if self.on_init is not None:

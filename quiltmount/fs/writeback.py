@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from quiltmount.errors import NotFound, StorageError
 from quiltmount.fs.node import Node, Tree
@@ -26,6 +27,9 @@ from quiltmount.storage.base import ObjectInfo, ObjectStore
 log = logging.getLogger(__name__)
 
 COPY_CHUNK = 8 << 20
+#: Part size of uploads fed while writing: the store's multipart part size (quilt3's hash chunk size).
+PART_SIZE = 8 << 20
+MAX_PARTS = 10_000  # S3's limit: a longer sequential write is uploaded after close instead
 UPLOADED = "uploaded"  # in memory only: the journal entry is gone once a file is uploaded
 
 
@@ -60,9 +64,12 @@ class Uploader:
     MAX_RETRY_PAUSE = 60.0
 
     def __init__(self, store: ObjectStore, staging: StagingArea, *, workers: int = 4, attempts: int = 5,
-                 backoff: float = 0.5, on_uploaded: Callable[[StagedFile, ObjectInfo], bool] | None = None) -> None:
+                 backoff: float = 0.5, on_uploaded: Callable[[StagedFile, ObjectInfo], bool] | None = None,
+                 put: Callable[[StagedFile], ObjectInfo] | None = None) -> None:
+        """`put` sends one staged file (default: the store's `put_file` of its bytes)."""
         self.store = store
         self.staging = staging
+        self._put = put or (lambda staged: store.put_file(staged.key, staging.data_path(staged)))
         self.attempts = attempts
         self.backoff = backoff
         self.on_uploaded = on_uploaded
@@ -151,7 +158,7 @@ class Uploader:
         delay = self.backoff
         for attempt in range(1, tries + 1):
             try:
-                return self.store.put_file(staged.key, self.staging.data_path(staged))
+                return self._put(staged)
             except StorageError as exc:
                 if attempt == tries or exc.errno == errno.ENOENT:
                     raise
@@ -262,6 +269,17 @@ class DirtyFile:
             return time.time()
 
 
+@dataclass
+class _Stream:
+    """A file written sequentially from its start: its complete parts go to S3 while the writer writes, so
+    the upload after close has only the tail left.  Any other write pattern drops it (see `wrote`)."""
+
+    upload: Any  # storage.s3.PartUpload
+    end: int = 0  # bytes written so far, all in order from 0
+    parts: int = 0  # parts handed to the upload: bytes [0, parts * PART_SIZE) must not change
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
 class WriteHandle:
     """An open file descriptor on a staged file."""
 
@@ -285,11 +303,13 @@ class WriteHandle:
         if written != len(data):  # a short write to the staging disk is as bad as a failed one
             self.dirty.write_error = f"short write to the staging area ({written} of {len(data)} bytes)"
             raise OSError(errno.ENOSPC, self.dirty.write_error)
+        self.tree.wrote(self.dirty, offset, written)
         return written
 
     def truncate(self, length: int) -> None:
         self.dirty.modified = True
         self.tree.mark_open(self.dirty)
+        self.tree.truncated(self.dirty, length)
         try:
             os.ftruncate(self.fd, length)
         except OSError as exc:
@@ -327,7 +347,8 @@ class WritableBucketTree(Tree):
         self.staging = staging
         self.sync_on_close = sync_on_close
         self.uploader = Uploader(self.store, staging, workers=upload_workers, attempts=upload_attempts,
-                                 on_uploaded=self._uploaded)
+                                 on_uploaded=self._uploaded, put=self._put)
+        self._streams: dict[str, _Stream] = {}  # staged id -> parts sent while a sequential writer writes
         self._dirty: dict[str, DirtyFile] = {}
         self._lock = threading.Lock()
         self.stranded: list[StagedFile] = []
@@ -392,6 +413,7 @@ class WritableBucketTree(Tree):
         if dirty is not None:
             # An upload not started yet is dropped (the file is uploaded again at close); one in progress is
             # waited for, so the bytes it sends are never torn by this writer.
+            self._drop_stream(dirty.staged)
             self.uploader.cancel(dirty.staged)
             self.staging.set_state(dirty.staged, OPEN)
         else:
@@ -415,10 +437,61 @@ class WritableBucketTree(Tree):
                 self._dirty[path] = dirty
             if replaced is not None:  # another writer created it meanwhile: the last one opened wins
                 log.warning("%s: opened for writing by two writers at once; the later open wins", path)
+            if node is None or truncate:
+                self._start_stream(dirty)
         handle = WriteHandle(self, dirty, writable=True)
         if truncate:
             handle.truncate(0)
         return handle
+
+    # -- parts sent while writing -----------------------------------------------------------------------
+    def _start_stream(self, dirty: DirtyFile) -> None:
+        upload = self.store.part_upload(dirty.staged.key, dirty.data_path)
+        if upload is not None:
+            with self._lock:
+                self._streams[dirty.staged.id] = _Stream(upload)
+
+    def wrote(self, dirty: DirtyFile, offset: int, length: int) -> None:
+        """After a write: the next complete part of an in-order file goes to S3; anything else drops it."""
+        with self._lock:
+            stream = self._streams.get(dirty.staged.id)
+        if stream is None:
+            return
+        with stream.lock:
+            in_order = offset == stream.end and dirty.writers == 1
+            if in_order:
+                stream.end += length
+                while stream.parts < min(stream.end // PART_SIZE, MAX_PARTS):
+                    stream.parts += 1
+                    stream.upload.add_part(stream.parts)
+        if not in_order:
+            self._drop_stream(dirty.staged)
+
+    def truncated(self, dirty: DirtyFile, length: int) -> None:
+        with self._lock:
+            stream = self._streams.get(dirty.staged.id)
+        if stream is not None and length != stream.end:
+            self._drop_stream(dirty.staged)
+
+    def _drop_stream(self, staged: StagedFile) -> None:
+        """The file will be uploaded whole after all: abort what was sent (in the background: it waits for
+        the parts in flight)."""
+        with self._lock:
+            stream = self._streams.pop(staged.id, None)
+        if stream is not None and stream.parts:
+            threading.Thread(target=stream.upload.abort, name="abort-upload", daemon=True).start()
+
+    def _put(self, staged: StagedFile) -> ObjectInfo:
+        """Upload a closed staged file: finish its stream if every byte went in order, else send it whole."""
+        with self._lock:
+            stream = self._streams.pop(staged.id, None)
+        path = self.staging.data_path(staged)
+        if stream is not None and stream.parts:
+            size = os.path.getsize(path)
+            if size == stream.end and stream.upload.key == staged.key:
+                return stream.upload.finish(size)
+            threading.Thread(target=stream.upload.abort, name="abort-upload", daemon=True).start()
+        return self.store.put_file(staged.key, path)
 
     def open_local(self, path: str) -> WriteHandle | None:
         """A read-only handle on the staged bytes of `path`, if it has any (read-your-writes)."""
@@ -445,6 +518,7 @@ class WritableBucketTree(Tree):
                 return
             current = self._dirty.get(dirty.path) is dirty
         if not current:  # deleted or replaced while open
+            self._drop_stream(dirty.staged)
             self.staging.remove(dirty.staged)
             return
         if dirty.write_error is not None:
@@ -452,6 +526,7 @@ class WritableBucketTree(Tree):
             # object in place of good data.  The path shows the object as it was before.
             log.error("%s: not uploaded because a write failed (%s); staged bytes discarded",
                       dirty.staged.key, dirty.write_error)
+            self._drop_stream(dirty.staged)
             with self._lock:
                 if self._dirty.get(dirty.path) is dirty:
                     del self._dirty[dirty.path]
@@ -459,6 +534,7 @@ class WritableBucketTree(Tree):
             self.bucket.forget(dirty.path)
             return
         if not dirty.modified:  # already uploaded by fsync or by a synchronous close, or never changed
+            self._drop_stream(dirty.staged)
             with self._lock:
                 if self._dirty.get(dirty.path) is dirty and dirty.writers == 0:
                     del self._dirty[dirty.path]
@@ -479,6 +555,7 @@ class WritableBucketTree(Tree):
             # A descriptor opened after close(2) can fsync before the kernel's (asynchronous) release has
             # queued the upload: then nothing is pending yet, and the bytes are uploaded here.
             if writer_open or (dirty.modified and not self.uploader.has_upload(dirty.staged)):
+                self._drop_stream(dirty.staged)
                 dirty.modified = False  # set before reading the file: a write racing with us sets it again
                 self.store.put_file(dirty.staged.key, dirty.data_path)
             else:
@@ -513,6 +590,7 @@ class WritableBucketTree(Tree):
         with self._lock:
             dirty = self._dirty.pop(path, None)
         if dirty is not None:
+            self._drop_stream(dirty.staged)
             self.uploader.cancel(dirty.staged)
             if dirty.writers == 0:
                 self.staging.remove(dirty.staged)
@@ -553,11 +631,14 @@ class WritableBucketTree(Tree):
         with self._lock:
             replaced = self._dirty.pop(new, None)
         if replaced is not None:
+            self._drop_stream(replaced.staged)
             self.uploader.cancel(replaced.staged)
             if replaced.writers == 0:
                 self.staging.remove(replaced.staged)
         with self._lock:
             dirty = self._dirty.get(old)
+        if dirty is not None:
+            self._drop_stream(dirty.staged)  # its parts went to the old key
         if dirty is not None and (dirty.writers > 0 or self.uploader.cancel(dirty.staged)):
             # Not uploaded yet: the staged bytes simply go to the new key.
             with self._lock:
@@ -593,6 +674,12 @@ class WritableBucketTree(Tree):
                              for staged in self.stranded]}
 
     def close(self) -> None:
+        with self._lock:  # files still open at unmount: their staged bytes stay, their parts go
+            streams = list(self._streams.values())
+            self._streams.clear()
+        for stream in streams:
+            if stream.parts:
+                stream.upload.abort()
         self.uploader.close()
         self.bucket.close()
 

@@ -90,5 +90,10 @@ class ObjectStore(ABC):
     def copy_object(self, source_key: str, key: str) -> ObjectInfo:
         """Copy an object inside the store (server-side where the store can)."""
 
+    def part_upload(self, key: str, path: str):  # -> s3.PartUpload | None
+        """A multipart upload of local file `path` to `key` that can take parts while the file is still
+        being written, or None if the store uploads files in one step only (the default)."""
+        return None
+
     def close(self) -> None:
         """Release connections; the default does nothing."""

@@ -130,5 +130,8 @@ class CountingStore(ObjectStore):
         finally:
             self._end()
 
+    def part_upload(self, key: str, path: str):
+        return self.inner.part_upload(key, path)
+
     def close(self) -> None:
         self.inner.close()

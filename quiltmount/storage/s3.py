@@ -10,7 +10,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import boto3
@@ -26,7 +26,8 @@ MAX_POOL_CONNECTIONS = 64
 #: Files of this size and more are uploaded in parallel parts of this size (quilt3's chunk size, so S3's
 #: composite SHA-256 equals quilt3's sha2-256-chunked hash).
 MULTIPART_PART_SIZE = 8 << 20
-MULTIPART_WORKERS = 4
+#: Parts in flight for all the uploads of one store: the bound on the mount's upload buffers.
+MULTIPART_WORKERS = 8
 #: CopyObject handles objects up to 5 GiB; larger ones are copied part by part.
 MAX_SINGLE_COPY = 5 << 30
 #: Seconds S3 may stay silent (to connect, or between two bytes of an answer) before a request is abandoned.
@@ -118,6 +119,7 @@ class S3Store(ObjectStore):
         # GETs retry in `_retry_read`: botocore cannot retry a body cut half-way, and one count of attempts
         # covering every failure keeps the time a read can take bounded (see docs/SEMANTICS.md, "Faults").
         self._reads = client(1)
+        self._parts = ThreadPoolExecutor(MULTIPART_WORKERS, thread_name_prefix="part")
         self._failing: cachetools.TTLCache[str, bool] = cachetools.TTLCache(10_000, FAILING_WINDOW)
         self._failing_lock = threading.Lock()
 
@@ -257,44 +259,20 @@ class S3Store(ObjectStore):
 
     def put_file(self, key: str, path: str) -> ObjectInfo:
         size = os.path.getsize(path)
+        if size >= MULTIPART_PART_SIZE:
+            return self.part_upload(key, path).finish(size)
         try:
-            if size < MULTIPART_PART_SIZE:
-                with open(path, "rb") as file:
-                    data = file.read()
-                response = self.client.put_object(
-                    Bucket=self.bucket, Key=key, Body=data,
-                    ChecksumSHA256=base64.b64encode(hashlib.sha256(data).digest()).decode())
-            else:
-                response = self._multipart_upload(key, path, size)
+            with open(path, "rb") as file:
+                data = file.read()
+            response = self.client.put_object(
+                Bucket=self.bucket, Key=key, Body=data,
+                ChecksumSHA256=base64.b64encode(hashlib.sha256(data).digest()).decode())
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise self._fail("upload", key, exc) from exc
-        version = response.get("VersionId")
-        return ObjectInfo(key, size, time.time(), response["ETag"], None if version in (None, "null") else version)
+        return _uploaded_info(key, size, response)
 
-    def _multipart_upload(self, key: str, path: str, size: int) -> dict:
-        upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=key,
-                                                        ChecksumAlgorithm="SHA256")["UploadId"]
-
-        def upload_part(number: int) -> dict:
-            with open(path, "rb") as file:
-                file.seek((number - 1) * MULTIPART_PART_SIZE)
-                data = file.read(MULTIPART_PART_SIZE)
-            checksum = base64.b64encode(hashlib.sha256(data).digest()).decode()
-            response = self.client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                                               Body=data, ChecksumSHA256=checksum)
-            return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": checksum}
-
-        try:
-            with ThreadPoolExecutor(MULTIPART_WORKERS, thread_name_prefix="part") as pool:
-                parts = list(pool.map(upload_part, range(1, (size + MULTIPART_PART_SIZE - 1) // MULTIPART_PART_SIZE + 1)))
-            return self.client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
-                                                         MultipartUpload={"Parts": parts})
-        except BaseException:
-            try:  # never leave an incomplete upload behind (it costs storage and is invisible)
-                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
-            except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError):
-                pass
-            raise
+    def part_upload(self, key: str, path: str) -> PartUpload:
+        return PartUpload(self, key, path)
 
     def copy_object(self, source_key: str, key: str) -> ObjectInfo:
         try:
@@ -327,5 +305,94 @@ class S3Store(ObjectStore):
             raise
 
     def close(self) -> None:
+        self._parts.shutdown(wait=False, cancel_futures=True)
         self.client.close()
         self._reads.close()
+
+
+def _uploaded_info(key: str, size: int, response: dict) -> ObjectInfo:
+    version = response.get("VersionId")
+    return ObjectInfo(key, size, time.time(), response["ETag"], None if version in (None, "null") else version)
+
+
+class PartUpload:
+    """A multipart upload of a local file, in MULTIPART_PART_SIZE parts with SHA-256 checksums.
+
+    Parts can be added while the file is still being written (`add_part` once its bytes are final), so a
+    sequential writer's bytes are on their way to S3 before it closes; `finish` uploads the parts not added
+    yet and completes.  Parts run on the store's shared part pool, which bounds the upload buffers of all
+    the uploads to one bucket to MULTIPART_WORKERS parts.  The S3 upload is created with the first part, so an upload
+    aborted before any part costs no request.
+    """
+
+    def __init__(self, store: S3Store, key: str, path: str) -> None:
+        self.store = store
+        self.key = key
+        self.path = path
+        self._lock = threading.Lock()
+        self._upload_id: str | None = None
+        self._parts: dict[int, Future] = {}
+        self._aborted = False
+
+    def _id(self) -> str:
+        with self._lock:
+            if self._upload_id is None:
+                self._upload_id = self.store.client.create_multipart_upload(
+                    Bucket=self.store.bucket, Key=self.key, ChecksumAlgorithm="SHA256")["UploadId"]
+            return self._upload_id
+
+    def _send(self, number: int) -> dict:
+        upload_id = self._id()
+        with open(self.path, "rb") as file:
+            file.seek((number - 1) * MULTIPART_PART_SIZE)
+            data = file.read(MULTIPART_PART_SIZE)
+        checksum = base64.b64encode(hashlib.sha256(data).digest()).decode()
+        response = self.store.client.upload_part(Bucket=self.store.bucket, Key=self.key, UploadId=upload_id,
+                                                 PartNumber=number, Body=data, ChecksumSHA256=checksum)
+        return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": checksum}
+
+    def add_part(self, number: int) -> None:
+        """Start sending part `number` (1-based): its bytes in the file must not change any more."""
+        with self._lock:
+            if not self._aborted and number not in self._parts:
+                self._parts[number] = self.store._parts.submit(self._send, number)
+
+    def finish(self, size: int) -> ObjectInfo:
+        """Send the remaining parts of a file of `size` bytes, wait for all, complete the upload."""
+        for number in range(1, (size + MULTIPART_PART_SIZE - 1) // MULTIPART_PART_SIZE + 1):
+            self.add_part(number)
+        try:
+            with self._lock:
+                futures = [self._parts[number] for number in sorted(self._parts)]
+            parts = [future.result() for future in futures]
+            response = self.store.client.complete_multipart_upload(
+                Bucket=self.store.bucket, Key=self.key, UploadId=self._id(), MultipartUpload={"Parts": parts})
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            self.abort()  # never leave an incomplete upload behind (it costs storage and is invisible)
+            raise self.store._fail("upload", self.key, exc) from exc
+        except BaseException:
+            self.abort()
+            raise
+        return _uploaded_info(self.key, size, response)
+
+    def abort(self) -> None:
+        """Drop the upload: parts not started are cancelled, the S3 upload (if any) is aborted."""
+        with self._lock:
+            self._aborted = True
+            futures = list(self._parts.values())
+        for future in futures:
+            future.cancel()
+        for future in futures:
+            if not future.cancelled():
+                try:
+                    future.result()
+                except Exception:  # the upload is being dropped: a failed part changes nothing
+                    pass
+        with self._lock:
+            upload_id = self._upload_id
+        if upload_id is not None:
+            try:
+                self.store.client.abort_multipart_upload(Bucket=self.store.bucket, Key=self.key,
+                                                         UploadId=upload_id)
+            except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+                log.warning("could not abort the multipart upload of %s: %s", self.key, exc)
