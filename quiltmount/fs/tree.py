@@ -213,6 +213,39 @@ class BucketTree(Tree):
             self._changes += 1
             self._listings.pop(path, None)
 
+    def remember(self, path: str, obj: ObjectInfo) -> None:
+        """An upload of `path` landed as `obj`: the cached parent listing shows it as S3 now holds it.
+
+        Forgetting instead would re-list the directory at the next lookup: once per file for a writer that
+        creates many files in one directory.  The change counter still keeps any listing or lookup that
+        started before the upload landed out of the caches."""
+        parent, _, name = path.rpartition("/")
+        node = Node(is_dir=False, size=obj.size, mtime=obj.mtime, obj=obj, store=self.store)
+        with self._lock:
+            self._changes += 1
+            self._negative.pop(path, None)
+            self._nodes.pop(path, None)
+            self._listings.pop(path, None)
+            cached = self._listings.get(parent)
+            if cached is None:
+                return
+            entries, expiry = cached
+            if name in entries and entries[name].is_dir:
+                return  # a directory of that name still wins
+            self._listings[parent] = ({**entries, name: node}, expiry)
+
+    def remember_new_dir(self, path: str) -> None:
+        """`path` was just created as an empty directory: its listing is known (empty), so looking up the
+        names about to be created in it costs no request."""
+        parent, _, name = path.rpartition("/")
+        with self._lock:
+            self._changes += 1
+            self._negative.pop(path, None)
+            self._nodes.pop(path, None)
+            self._listings.pop(parent, None)
+            if self.caching:
+                self._listings[path] = ({}, self._clock() + self.ttl)
+
     def forget(self, path: str) -> None:
         """Drop cached knowledge of `path` and its parent listing (after a local change)."""
         parent = path.rpartition("/")[0]

@@ -573,7 +573,7 @@ class WritableBucketTree(Tree):
                     if dirty.writers:
                         return False
                     del self._dirty[path]
-                    self.bucket.forget(path)
+                    self.bucket.remember(path, info)
         return True
 
     def truncate(self, path: str, length: int) -> None:
@@ -606,7 +606,7 @@ class WritableBucketTree(Tree):
             raise StorageError(f"{path}: exists", errno.EEXIST)
         self._check_parent(path)
         self.store.put_object(self.bucket.key_of(path) + "/", b"")
-        self.bucket.forget(path)
+        self.bucket.remember_new_dir(path)
 
     def rmdir(self, path: str) -> None:
         if not self.lookup(path).is_dir:

@@ -32,6 +32,10 @@ MULTIPART_WORKERS = 8
 MAX_SINGLE_COPY = 5 << 30
 #: Seconds S3 may stay silent (to connect, or between two bytes of an answer) before a request is abandoned.
 DEFAULT_TIMEOUT = 10.0
+#: The same for the answer to an upload (PUT, UploadPart), and to a request that assembles an object
+#: (CompleteMultipartUpload, copies).
+UPLOAD_TIMEOUT = 60.0
+ASSEMBLY_TIMEOUT = 600.0
 #: Tries per request (the first one included): botocore's for listings, HEADs and uploads, ours for reads.
 ATTEMPTS = 4
 #: Pause before the first retry of a read; it doubles with each retry (0.2 + 0.4 + 0.8 s at most in all).
@@ -104,11 +108,13 @@ class S3Store(ObjectStore):
                 raise UserError(f"AWS profile not found: {profile}") from None
         custom_endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
 
-        def client(attempts: int) -> Any:
+        silence = timeout or DEFAULT_TIMEOUT
+
+        def client(attempts: int, read_timeout: float = silence) -> Any:
             config = Config(
                 max_pool_connections=MAX_POOL_CONNECTIONS,
-                connect_timeout=timeout or DEFAULT_TIMEOUT,
-                read_timeout=timeout or DEFAULT_TIMEOUT,
+                connect_timeout=silence,
+                read_timeout=read_timeout,
                 retries={"total_max_attempts": attempts, "mode": "standard"},
                 # S3-compatible servers (MinIO, moto, Ceph...) rarely serve virtual-hosted names.
                 s3={"addressing_style": "path"} if custom_endpoint else None,
@@ -119,6 +125,11 @@ class S3Store(ObjectStore):
         # GETs retry in `_retry_read`: botocore cannot retry a body cut half-way, and one count of attempts
         # covering every failure keeps the time a read can take bounded (see docs/SEMANTICS.md, "Faults").
         self._reads = client(1)
+        # A server answers an upload once it has checked the body's checksum, and a multipart completion or a
+        # copy once it has assembled the object (minutes for large ones; real S3 sends keep-alive spaces
+        # meanwhile, S3-compatible servers often stay silent): silence there is not a stall.
+        self._uploads = client(ATTEMPTS, max(silence, UPLOAD_TIMEOUT))
+        self._slow = client(ATTEMPTS, max(silence, ASSEMBLY_TIMEOUT))
         self._parts = ThreadPoolExecutor(MULTIPART_WORKERS, thread_name_prefix="part")
         self._failing: cachetools.TTLCache[str, bool] = cachetools.TTLCache(10_000, FAILING_WINDOW)
         self._failing_lock = threading.Lock()
@@ -264,7 +275,7 @@ class S3Store(ObjectStore):
         try:
             with open(path, "rb") as file:
                 data = file.read()
-            response = self.client.put_object(
+            response = self._uploads.put_object(
                 Bucket=self.bucket, Key=key, Body=data,
                 ChecksumSHA256=base64.b64encode(hashlib.sha256(data).digest()).decode())
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
@@ -278,7 +289,7 @@ class S3Store(ObjectStore):
         try:
             source = self.head(source_key)
             if source.size <= MAX_SINGLE_COPY:
-                response = self.client.copy_object(Bucket=self.bucket, Key=key,
+                response = self._slow.copy_object(Bucket=self.bucket, Key=key,
                                                    CopySource={"Bucket": self.bucket, "Key": source_key})
                 etag = response["CopyObjectResult"]["ETag"]
             else:
@@ -293,12 +304,12 @@ class S3Store(ObjectStore):
         try:
             parts = []
             for number, start in enumerate(range(0, size, part_size), start=1):
-                response = self.client.upload_part_copy(
+                response = self._slow.upload_part_copy(
                     Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
                     CopySource={"Bucket": self.bucket, "Key": source_key},
                     CopySourceRange=f"bytes={start}-{min(start + part_size, size) - 1}")
                 parts.append({"PartNumber": number, "ETag": response["CopyPartResult"]["ETag"]})
-            return self.client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
+            return self._slow.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
                                                          MultipartUpload={"Parts": parts})
         except BaseException:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
@@ -306,8 +317,8 @@ class S3Store(ObjectStore):
 
     def close(self) -> None:
         self._parts.shutdown(wait=False, cancel_futures=True)
-        self.client.close()
-        self._reads.close()
+        for client in (self.client, self._reads, self._uploads, self._slow):
+            client.close()
 
 
 def _uploaded_info(key: str, size: int, response: dict) -> ObjectInfo:
@@ -347,7 +358,7 @@ class PartUpload:
             file.seek((number - 1) * MULTIPART_PART_SIZE)
             data = file.read(MULTIPART_PART_SIZE)
         checksum = base64.b64encode(hashlib.sha256(data).digest()).decode()
-        response = self.store.client.upload_part(Bucket=self.store.bucket, Key=self.key, UploadId=upload_id,
+        response = self.store._uploads.upload_part(Bucket=self.store.bucket, Key=self.key, UploadId=upload_id,
                                                  PartNumber=number, Body=data, ChecksumSHA256=checksum)
         return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": checksum}
 
@@ -365,7 +376,7 @@ class PartUpload:
             with self._lock:
                 futures = [self._parts[number] for number in sorted(self._parts)]
             parts = [future.result() for future in futures]
-            response = self.store.client.complete_multipart_upload(
+            response = self.store._slow.complete_multipart_upload(
                 Bucket=self.store.bucket, Key=self.key, UploadId=self._id(), MultipartUpload={"Parts": parts})
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             self.abort()  # never leave an incomplete upload behind (it costs storage and is invisible)
