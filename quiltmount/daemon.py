@@ -136,14 +136,16 @@ def run_mount(options: MountOptions, ready_fd: int | None = None) -> int:
 
 
 def _bound_malloc() -> None:
-    """Keep freed buffers from inflating RSS.  Blocks and upload parts (1-8 MiB) come and go all the time;
-    with glibc's default dynamic mmap threshold they soon land in per-thread heaps that never shrink, and
-    RSS drifts far above the cache budget.  A fixed threshold keeps them in mmaps, returned when freed."""
+    """Keep freed buffers from inflating RSS.  Upload parts and whole small files (up to 8 MiB) come and go
+    all the time; with glibc's default dynamic mmap threshold they soon land in per-thread heaps that never
+    shrink, and RSS drifts far above the cache budget (measured: 371 MiB instead of ~210 under the soak
+    test's load).  A fixed 4 MiB threshold keeps those in mmaps, returned when freed, while the 1 MiB
+    cache blocks stay in the heap (an mmap per block costs cold reads ~15%)."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:  # not glibc: nothing to tune
         return
-    libc.mallopt(M_MMAP_THRESHOLD, 256 << 10)
+    libc.mallopt(M_MMAP_THRESHOLD, 4 << 20)
     libc.mallopt(M_ARENA_MAX, 4)
 
 
