@@ -702,8 +702,8 @@ def read_sequential(path: str, drop_cache: bool = False) -> tuple[int, float]:
     return total, time.perf_counter() - started
 
 
-def measure_sequential(bench: Bench) -> list[Result]:
-    """1. cold sequential read vs download_fileobj; 2. warm re-read on the same mount."""
+def direct_download(bench: Bench) -> tuple[float, dict[str, float]]:
+    """The baseline of measurements 1 and 7: boto3 `download_fileobj` of the big object (seconds, CPU)."""
     sink = NullSink()
     with cpu_meter(bench.cpu_pids()) as direct_cpu:
         started = time.perf_counter()
@@ -711,6 +711,12 @@ def measure_sequential(bench: Bench) -> list[Result]:
         direct_s = time.perf_counter() - started
     if sink.written != bench.size:
         raise RuntimeError(f"download_fileobj wrote {sink.written} bytes, expected {bench.size}")
+    return direct_s, direct_cpu
+
+
+def measure_sequential(bench: Bench) -> list[Result]:
+    """1. cold sequential read vs download_fileobj; 2. warm re-read on the same mount."""
+    direct_s, direct_cpu = direct_download(bench)
 
     with bench.mount("seq") as mount:
         path = bench.in_mount(mount, BIG_KEY)
@@ -929,13 +935,7 @@ def measure_package_listing(bench: Bench) -> list[Result]:
 def measure_package_read(bench: Bench) -> list[Result]:
     """7. cold sequential read of a large package entry (hash-verified) vs download_fileobj of its object."""
     info = bench.packages()
-    sink = NullSink()
-    with cpu_meter(bench.cpu_pids()) as direct_cpu:
-        started = time.perf_counter()
-        bench.s3.download_fileobj(bench.bucket, BIG_KEY, sink, Config=TransferConfig())
-        direct_s = time.perf_counter() - started
-    if sink.written != bench.size:
-        raise RuntimeError(f"download_fileobj wrote {sink.written} bytes, expected {bench.size}")
+    direct_s, direct_cpu = direct_download(bench)
 
     with bench.mount("pkg-read") as mount:
         path = os.path.join(mount.path, ".packages", LARGE_PACKAGE, "latest", LARGE_ENTRY)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 from dataclasses import dataclass
 
-from quiltmount.errors import StorageError
+from quiltmount.errors import NotFound, StorageError
 from quiltmount.storage.base import ObjectInfo, ObjectStore
 
 
@@ -31,6 +31,48 @@ class Node:
     @property
     def is_link(self) -> bool:
         return self.target is not None
+
+
+class PathIndex:
+    """A fixed tree of nodes built from `/`-separated paths (a package revision, a search's hits).
+
+    Directories are implied by the paths.  Where a name is both a file and a directory the directory wins,
+    and a path added twice keeps its first node.
+    """
+
+    def __init__(self, dir_node: Node) -> None:
+        self.dir_node = dir_node
+        self.dirs: dict[str, dict[str, Node]] = {"": {}}
+
+    def add(self, path: str, node: Node) -> bool:
+        """Place `node` at `path`, creating its parent directories; False if the name is already taken."""
+        parts = path.split("/")
+        for depth in range(1, len(parts)):
+            directory = "/".join(parts[:depth])
+            if directory not in self.dirs:
+                self.dirs[directory] = {}
+                self.dirs["/".join(parts[:depth - 1])][parts[depth - 1]] = self.dir_node
+        entries = self.dirs["/".join(parts[:-1])]
+        if parts[-1] in entries:
+            return False
+        entries[parts[-1]] = node
+        return True
+
+    def node(self, path: str) -> Node:
+        if path == "":
+            return self.dir_node
+        parent, _, name = path.rpartition("/")
+        node = self.dirs.get(parent, {}).get(name)
+        if node is None:
+            raise NotFound(path)
+        return node
+
+    def sort(self) -> None:
+        """Order every directory's entries by name."""
+        for directory in self.dirs.values():
+            ordered = dict(sorted(directory.items()))
+            directory.clear()
+            directory.update(ordered)
 
 
 class MemoryFile:

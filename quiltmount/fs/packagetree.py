@@ -24,8 +24,8 @@ from collections.abc import Callable
 from cachetools import LRUCache, TTLCache
 
 from quiltmount.errors import AccessDenied, NotFound, StorageError, UserError
-from quiltmount.fs.node import Node, Tree
-from quiltmount.fs.tree import invalid_name_reason
+from quiltmount.fs.node import Node, PathIndex, Tree
+from quiltmount.fs.tree import invalid_path_reason
 from quiltmount.packages.manifest import Entry, Manifest, ManifestError, is_top_hash, short_repr
 from quiltmount.packages.registry import LATEST, Registry, is_pointer_name, is_valid_package_name
 from quiltmount.storage.base import ObjectInfo
@@ -41,16 +41,6 @@ def _json(value: object) -> bytes:
     return json.dumps(value, ensure_ascii=False).encode("utf-8")
 
 
-def _unshowable(path: str) -> str | None:
-    """Why a `/`-separated name cannot appear in a listing, or None.  (The kernel rejects a whole directory
-    listing when one name in it is over 255 bytes, so one such name would hide all its siblings.)"""
-    for part in path.split("/"):
-        reason = invalid_name_reason(part)
-        if reason:
-            return reason
-    return None
-
-
 class RevisionTree(Tree):
     """One package revision's logical tree: sizes and hashes from the manifest, bytes from physical keys.
 
@@ -64,32 +54,18 @@ class RevisionTree(Tree):
         self.manifest = manifest
         self.top_hash = top_hash
         self.mtime = mtime
-        self._dir_node = Node(is_dir=True, mtime=mtime, immutable=True)
-        self._dirs: dict[str, dict[str, Node]] = {"": {}}
+        self._index = PathIndex(Node(is_dir=True, mtime=mtime, immutable=True))
         self._entries: dict[str, Entry] = {}
         self._refused: dict[str, str] = {}  # logical key -> why it cannot be opened
         for entry in manifest.entries:
-            reason = _unshowable(entry.logical_key)
+            reason = invalid_path_reason(entry.logical_key)
             if reason:
                 log.warning("revision %s: skipping logical key %s: %s", top_hash, short_repr(entry.logical_key),
                             reason)
                 continue
-            self._add(entry, self._file_node(entry, stores, local_files))
-        for directory in self._dirs.values():
-            ordered = dict(sorted(directory.items()))
-            directory.clear()
-            directory.update(ordered)
-
-    def _add(self, entry: Entry, node: Node) -> None:
-        parts = entry.logical_key.split("/")
-        for depth in range(1, len(parts)):
-            parent, name = "/".join(parts[:depth - 1]), parts[depth - 1]
-            directory = "/".join(parts[:depth])
-            if directory not in self._dirs:
-                self._dirs[directory] = {}
-                self._dirs[parent][name] = self._dir_node
-        self._dirs["/".join(parts[:-1])][parts[-1]] = node
-        self._entries[entry.logical_key] = entry
+            self._index.add(entry.logical_key, self._file_node(entry, stores, local_files))
+            self._entries[entry.logical_key] = entry
+        self._index.sort()
 
     def _file_node(self, entry: Entry, stores: StoreSet, local_files: bool) -> Node:
         physical = entry.parsed_physical_key()
@@ -115,18 +91,12 @@ class RevisionTree(Tree):
         return None
 
     def lookup(self, path: str) -> Node:
-        if path == "":
-            return self._dir_node
-        parent, _, name = path.rpartition("/")
-        node = self._dirs.get(parent, {}).get(name)
-        if node is None:
-            raise NotFound(path)
-        return node
+        return self._index.node(path)
 
     def readdir(self, path: str) -> dict[str, Node]:
-        if path not in self._dirs:
+        if path not in self._index.dirs:
             raise NotFound(path)
-        return self._dirs[path]
+        return self._index.dirs[path]
 
     def xattrs(self, path: str) -> dict[str, bytes]:
         node = self.lookup(path)
@@ -190,7 +160,7 @@ class PackagesTree(Tree):
 
     def _showable(self, what: str, path: str) -> bool:
         """False (and a log line naming `what`) when `path` cannot be listed."""
-        reason = _unshowable(path)
+        reason = invalid_path_reason(path)
         if reason:
             self._report(f"skipping {what} of {self.registry.url}: {reason}")
         return reason is None

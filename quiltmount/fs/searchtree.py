@@ -31,8 +31,8 @@ from urllib.parse import unquote
 from cachetools import LRUCache
 
 from quiltmount.errors import NotFound, QuiltmountError, StorageError
-from quiltmount.fs.node import MemoryFile, Node, Tree
-from quiltmount.fs.tree import RESERVED_ROOT_NAMES, invalid_name_reason
+from quiltmount.fs.node import MemoryFile, Node, PathIndex, Tree
+from quiltmount.fs.tree import RESERVED_ROOT_NAMES, invalid_path_reason
 from quiltmount.packages.registry import is_pointer_name, is_valid_package_name
 
 log = logging.getLogger(__name__)
@@ -74,47 +74,20 @@ def _link_target(path: str) -> str:
 
 @dataclass
 class _Results:
-    """One query directory, built once per search: its nodes by path, the hit behind each link."""
+    """One query directory, built once per search: its nodes, generated files, and the hit behind each link."""
 
     searched_at: float  # monotonic
     expires_in: float
-    dir_node: Node
-    dirs: dict[str, dict[str, Node]] = field(default_factory=lambda: {"": {}})
+    index: PathIndex
     files: dict[str, bytes] = field(default_factory=dict)
     hits: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def expired(self, now: float) -> bool:
         return now - self.searched_at >= self.expires_in
 
-    def add(self, path: str, node: Node) -> bool:
-        """Place `node` at `path`, creating parent directories; a directory wins over a link (False)."""
-        parts = path.split("/")
-        for depth in range(1, len(parts)):
-            parent, name = "/".join(parts[:depth - 1]), parts[depth - 1]
-            existing = self.dirs[parent].get(name)
-            if existing is None or not existing.is_dir:
-                if existing is not None:
-                    self.hits.pop("/".join(parts[:depth]), None)
-                self.dirs[parent][name] = self.dir_node
-                self.dirs.setdefault("/".join(parts[:depth]), {})
-        parent, name = "/".join(parts[:-1]), parts[-1]
-        if name in self.dirs[parent]:
-            return False
-        self.dirs[parent][name] = node
-        return True
-
     def add_file(self, name: str, content: bytes) -> None:
         self.files[name] = content
-        self.dirs[""][name] = Node(is_dir=False, size=len(content), mtime=self.dir_node.mtime)
-
-    def node(self, path: str) -> Node:
-        if path == "":
-            return self.dir_node
-        parent, _, name = path.rpartition("/")
-        node = self.dirs.get(parent, {}).get(name)
-        if node is None:
-            raise NotFound(path)
-        return node
+        self.index.dirs[""][name] = Node(is_dir=False, size=len(content), mtime=self.index.dir_node.mtime)
 
 
 class SearchTree(Tree):
@@ -162,7 +135,7 @@ class SearchTree(Tree):
         with self._lock:
             del self._running[name]
             self._results[name] = results
-            self._queries[name] = results.dir_node.mtime
+            self._queries[name] = results.index.dir_node.mtime
         running.set_result(results)
         return results
 
@@ -177,7 +150,7 @@ class SearchTree(Tree):
             return self._failure(name, query, str(exc))
         hits = answer["hits"]["hits"]
         log.info("search %r in %s: %d hit(s) in %.2f s", query, self.bucket, len(hits), time.time() - started)
-        results = _Results(self._clock(), self.ttl, Node(is_dir=True, mtime=started))
+        results = _Results(self._clock(), self.ttl, PathIndex(Node(is_dir=True, mtime=started)))
         for hit in hits:
             self._place(results, hit)
         results.add_file(HITS_FILE, json.dumps(answer, indent=2, ensure_ascii=False).encode("utf-8") + b"\n")
@@ -185,7 +158,7 @@ class SearchTree(Tree):
 
     def _failure(self, name: str, query: str | dict, reason: str) -> _Results:
         log.warning("search %r in %s failed: %s", query, self.bucket or "this mount", reason)
-        results = _Results(self._clock(), min(ERROR_TTL, self.ttl), Node(is_dir=True, mtime=time.time()))
+        results = _Results(self._clock(), min(ERROR_TTL, self.ttl), PathIndex(Node(is_dir=True, mtime=time.time())))
         where = f"s3://{self.bucket}" if self.bucket else "this mount"
         results.add_file(ERROR_FILE, _error_text(name, query, where, reason).encode("utf-8"))
         return results
@@ -195,14 +168,15 @@ class SearchTree(Tree):
         path = self._hit_path(hit)
         if path is None:
             return
-        reason = next(filter(None, map(invalid_name_reason, path.split("/"))), None)
+        reason = invalid_path_reason(path)
         if reason is not None:
             log.info("search hit %r not shown: %s", path, reason)
             return
         if path in (HITS_FILE, ERROR_FILE):
             log.info("search hit %r not shown: the name is taken by quiltmount's own file", path)
             return
-        if results.add(path, Node(is_dir=False, mtime=results.dir_node.mtime, target=_link_target(path))):
+        link = Node(is_dir=False, mtime=results.index.dir_node.mtime, target=_link_target(path))
+        if results.index.add(path, link):
             results.hits[path] = hit
 
     def _hit_path(self, hit: Any) -> str | None:
@@ -234,7 +208,7 @@ class SearchTree(Tree):
         if path == "":
             return self._root
         name, inner = self._split(path)
-        return self._results_for(name).node(inner)
+        return self._results_for(name).index.node(inner)
 
     def readdir(self, path: str) -> dict[str, Node]:
         if path == "":
@@ -242,9 +216,9 @@ class SearchTree(Tree):
                 return {name: Node(is_dir=True, mtime=mtime) for name, mtime in self._queries.items()}
         name, inner = self._split(path)
         results = self._results_for(name)
-        if inner not in results.dirs:
+        if inner not in results.index.dirs:
             raise StorageError(f"{path}: not a directory", errno.ENOTDIR)
-        return dict(results.dirs[inner])
+        return dict(results.index.dirs[inner])
 
     def xattrs(self, path: str) -> dict[str, bytes]:
         name, inner = self._split(path)
@@ -252,8 +226,8 @@ class SearchTree(Tree):
             self.lookup(path)
             return {}
         results = self._results_for(name)
-        results.node(inner)
-        hit = results.hits.get(inner)
+        # Only links carry a hit: a directory may have taken the name of an earlier hit.
+        hit = results.hits.get(inner) if results.index.node(inner).is_link else None
         if hit is None:
             return {}
         return {SCORE_XATTR: str(hit.get("_score")).encode(),

@@ -42,6 +42,13 @@ def invalid_name_reason(name: str) -> str | None:
     return None
 
 
+def invalid_path_reason(path: str) -> str | None:
+    """Why a `/`-separated path cannot be shown (`invalid_name_reason` of its first bad component), or None.
+    (The kernel rejects a whole directory listing when one name in it is over 255 bytes, so one such name
+    would hide all its siblings.)"""
+    return next(filter(None, map(invalid_name_reason, path.split("/"))), None)
+
+
 class BucketTree(Tree):
     """Resolves mount-relative paths (`a/b/c`, '' for the root) to `Node`s from a store's listings."""
 

@@ -474,12 +474,11 @@ class WritableBucketTree(Tree):
             self._drop_stream(dirty.staged)
 
     def _drop_stream(self, staged: StagedFile) -> None:
-        """The file will be uploaded whole after all: abort what was sent (in the background: it waits for
-        the parts in flight)."""
+        """The file will be uploaded whole after all (or not at all): abort what was sent."""
         with self._lock:
             stream = self._streams.pop(staged.id, None)
-        if stream is not None and stream.parts:
-            threading.Thread(target=stream.upload.abort, name="abort-upload", daemon=True).start()
+        if stream is not None:
+            _abort_soon(stream)
 
     def _put(self, staged: StagedFile) -> ObjectInfo:
         """Upload a closed staged file: finish its stream if every byte went in order, else send it whole."""
@@ -490,7 +489,7 @@ class WritableBucketTree(Tree):
             size = os.path.getsize(path)
             if size == stream.end and stream.upload.key == staged.key:
                 return stream.upload.finish(size)
-            threading.Thread(target=stream.upload.abort, name="abort-upload", daemon=True).start()
+            _abort_soon(stream)
         return self.store.put_file(staged.key, path)
 
     def open_local(self, path: str) -> WriteHandle | None:
@@ -587,6 +586,13 @@ class WritableBucketTree(Tree):
         node = self.lookup(path)
         if node.is_dir:
             raise StorageError(f"{path}: is a directory", errno.EISDIR)
+        self._discard(path)
+        self.store.delete_object(self.bucket.key_of(path))
+        self.bucket.forget(path)
+
+    def _discard(self, path: str) -> None:
+        """`path`'s object is being deleted or replaced: drop its staged bytes and any upload of them (an
+        open writer keeps its bytes until it closes; its release then finds the path no longer its own)."""
         with self._lock:
             dirty = self._dirty.pop(path, None)
         if dirty is not None:
@@ -594,8 +600,6 @@ class WritableBucketTree(Tree):
             self.uploader.cancel(dirty.staged)
             if dirty.writers == 0:
                 self.staging.remove(dirty.staged)
-        self.store.delete_object(self.bucket.key_of(path))
-        self.bucket.forget(path)
 
     def mkdir(self, path: str) -> None:
         try:
@@ -628,13 +632,7 @@ class WritableBucketTree(Tree):
                 raise StorageError(f"{new}: is a directory", errno.EISDIR)
         except NotFound:
             self._check_parent(new)
-        with self._lock:
-            replaced = self._dirty.pop(new, None)
-        if replaced is not None:
-            self._drop_stream(replaced.staged)
-            self.uploader.cancel(replaced.staged)
-            if replaced.writers == 0:
-                self.staging.remove(replaced.staged)
+        self._discard(new)
         with self._lock:
             dirty = self._dirty.get(old)
         if dirty is not None:
@@ -682,6 +680,12 @@ class WritableBucketTree(Tree):
                 stream.upload.abort()
         self.uploader.close()
         self.bucket.close()
+
+
+def _abort_soon(stream: _Stream) -> None:
+    """Abort a stream's upload in the background (aborting waits for the parts in flight)."""
+    if stream.parts:
+        threading.Thread(target=stream.upload.abort, name="abort-upload", daemon=True).start()
 
 
 def is_write_open(flags: int) -> bool:
