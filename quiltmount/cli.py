@@ -138,8 +138,9 @@ def cmd_umount(args: argparse.Namespace) -> int:
     else:
         unmount(path)
     if record is not None:
-        _wait_for_daemon(path, int(record.get("pid", 0)), record.get("log_file"))
-    report = state.take_report(path) or {}
+        report = _wait_for_daemon(path, int(record.get("pid", 0)), record.get("log_file"))
+    else:
+        report = state.take_report(path) or {}
     left = report.get("failed_uploads", []) + report.get("stranded", [])
     if left:
         for item in left:
@@ -152,8 +153,9 @@ def cmd_umount(args: argparse.Namespace) -> int:
     return 0
 
 
-def _wait_for_daemon(path: str, pid: int, log_file: str | None) -> None:
-    """Wait for the daemon to finish its uploads and exit, with a progress bar on a terminal."""
+def _wait_for_daemon(path: str, pid: int, log_file: str | None) -> dict:
+    """Wait for the daemon to finish its uploads and exit, with a progress bar on a terminal; return the
+    report it left (uploads that did not land)."""
     from tqdm import tqdm
 
     deadline = time.monotonic() + UMOUNT_WAIT
@@ -165,12 +167,16 @@ def _wait_for_daemon(path: str, pid: int, log_file: str | None) -> None:
                 progress = tqdm(total=pending, desc="uploading", unit="file", file=sys.stderr)
             if progress is not None:
                 progress.update(max(0, progress.total - pending - progress.n))
-            time.sleep(0.1)
+            state.wait_for_exit(pid, 0.1)
+        if pid and state.pid_alive(pid):
+            raise UserError(f"unmounted {path}, but daemon {pid} is still running (log: {log_file})")
+        report = state.take_report(path) or {}
+        if progress is not None:  # the daemon is gone: what it did not upload is in its report
+            progress.update(max(0, progress.total - len(report.get("failed_uploads", [])) - progress.n))
+        return report
     finally:
         if progress is not None:
             progress.close()
-    if pid and state.pid_alive(pid):
-        raise UserError(f"unmounted {path}, but daemon {pid} is still running (log: {log_file})")
 
 
 def cmd_packages_list(args: argparse.Namespace) -> int:
@@ -221,6 +227,7 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"  cache:     memory {format_size(cache.get('memory_used', 0))} / "
               f"{format_size(cache.get('memory_limit', 0))}{disk} ({record.get('cache_dir')})\n"
               f"  requests:  {requests.get('in_flight', 0)} in flight, totals {requests.get('totals', {})}\n"
+              f"  kernel:    {sum(record.get('fuse_calls', {}).values())} calls {record.get('fuse_calls', {})}\n"
               f"  open:      {record.get('open_files', 0)} files, RSS {format_size(record.get('rss_bytes', 0))}\n"
               f"  uploads:   {record.get('pending_uploads', 0)} pending")
     return 0

@@ -152,9 +152,8 @@ def _bound_malloc() -> None:
 def _serve(options: MountOptions, log_file: str, signal: _Signal) -> int:
     os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
     _bound_malloc()
-    from mfusepy import FUSE  # loads libfuse: only in the process that mounts
-
     from quiltmount import mountpoint as mp
+    from quiltmount.fs.binding import FUSE, CallCounts  # loads libfuse: only in the process that mounts
     from quiltmount.fs.blockcache import BlockCache, DiskTier
     from quiltmount.fs.operations import AttrPolicy, MountOperations
     from quiltmount.fs.readahead import BlockFetcher
@@ -187,6 +186,7 @@ def _serve(options: MountOptions, log_file: str, signal: _Signal) -> int:
                        gid=os.getegid() if options.gid is None else options.gid,
                        file_mode=options.file_mode, dir_mode=options.dir_mode)
     started = time.time()
+    calls = CallCounts()
 
     def record(ops: MountOperations) -> dict[str, Any]:
         uploads = writes.stats() if writes is not None else {"pending_uploads": 0}
@@ -194,11 +194,12 @@ def _serve(options: MountOptions, log_file: str, signal: _Signal) -> int:
                 "log_file": log_file, "cache_dir": cache_dir, "started_at": started,
                 "read_only": read_only, "rss_bytes": _rss_bytes(), "open_files": ops.open_handles(),
                 "cache": cache.stats(), "read_ahead": fetcher.stats(), "requests": stores.stats.snapshot(),
+                "fuse_calls": calls.snapshot(),
                 **uploads}
 
     stop = threading.Event()
 
-    def after_init(ops: BucketOperations) -> None:
+    def after_init(ops: MountOperations) -> None:
         def wait_until_live() -> None:
             deadline = time.monotonic() + READY_TIMEOUT
             while mountpoint not in mp.mounted_filesystems():
@@ -231,7 +232,7 @@ def _serve(options: MountOptions, log_file: str, signal: _Signal) -> int:
         fuse_options["allow_other"] = True
     log.info("quiltmount %s mounting %s at %s (log %s)", __version__, source.url, mountpoint, log_file)
     try:
-        FUSE(operations, mountpoint, foreground=True, nothreads=False, **fuse_options)
+        FUSE(operations, mountpoint, calls=calls, foreground=True, nothreads=False, **fuse_options)
     except RuntimeError as exc:
         raise UserError(f"cannot mount {mountpoint}: libfuse error {exc} (details in {log_file})") from None
     finally:

@@ -11,7 +11,6 @@ import argparse
 import functools
 import json
 import os
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -73,7 +72,7 @@ def _use_api_key(args: argparse.Namespace) -> None:
 
 def _api_key_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key-env", metavar="VAR",
-                        help=f"take the catalog API key from environment variable VAR (default: QUILT_API_KEY)")
+                        help="take the catalog API key from environment variable VAR (default: QUILT_API_KEY)")
 
 
 def _print_json(value: Any) -> None:

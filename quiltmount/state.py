@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import tempfile
+import time
 from typing import Any
 
 from quiltmount.paths import mounts_dir, slug
@@ -59,6 +61,19 @@ def read_record(mountpoint: str) -> dict[str, Any] | None:
             return json.load(file)
     except (OSError, ValueError):
         return None
+
+
+def wait_for_exit(pid: int, timeout: float) -> None:
+    """Return when process `pid` exits or after `timeout` seconds, whichever comes first."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # no pidfd (old kernel, gone already): a plain pause
+        time.sleep(timeout)
+        return
+    try:
+        select.select([pidfd], [], [], timeout)  # readable once the process has exited
+    finally:
+        os.close(pidfd)
 
 
 def pid_alive(pid: int) -> bool:

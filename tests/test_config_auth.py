@@ -14,7 +14,6 @@ import stat
 import time
 
 import pytest
-import yaml
 
 from quiltmount import api_keys, auth, catalog, quiltconfig as qconfig
 from quiltmount.catalog import QuiltException

@@ -26,7 +26,7 @@ import pytest
 from botocore.config import Config
 
 from faultproxy import Fault, FaultProxy
-from mounthelpers import force_unmount, fresh_record, run_cli
+from mounthelpers import force_unmount, fresh_record, on_terminal, run_cli
 from quiltmount.errors import ObjectChanged, StorageError
 from quiltmount.fs.blockcache import BlockCache
 from quiltmount.fs.readahead import BlockFetcher
@@ -335,6 +335,41 @@ def test_failed_uploads_are_tried_again_until_the_fault_clears(tmp_path):
         staging.close()
 
 
+def test_a_completion_whose_answer_was_lost_is_confirmed_not_failed(faulty: FaultyMount, tmp_path):
+    """CompleteMultipartUpload assembles the object, then the connection is reset before the answer:
+    botocore retries and S3 says NoSuchUpload.  The upload is done, and must be reported done (recognised by
+    the ETag S3 gives exactly these parts), not failed and retried."""
+    store = S3Store(BUCKET, endpoint_url=faulty.proxy.endpoint_url, timeout=TIMEOUT)
+    key, data = "lost-completion.bin", payload("lost-completion.bin", (16 << 20) + 5)
+    (tmp_path / "source").write_bytes(data)
+    try:
+        upload = store.part_upload(key, str(tmp_path / "source"))
+        upload.add_part(1)
+        upload._parts[1].result(60)  # the multipart upload exists: the next POST on the key is the completion
+        with faulty.proxy.inject(Fault.reset(after=0, method="POST", path=key_path(key), times=1)) as fault:
+            info = upload.finish(len(data))
+        assert fault.hits == 1
+        assert info.size == len(data) and info.etag.endswith('-3"')
+        assert store.get_range(store.head(key), 0, len(data)) == data
+    finally:
+        store.close()
+
+
+def test_objects_over_the_copy_limit_are_copied_in_parallel_parts(faulty: FaultyMount, tmp_path, s3):
+    """`mv` of a file above CopyObject's 5 GiB is a multipart copy; its code path, with small limits."""
+    store = S3Store(BUCKET, endpoint_url=faulty.proxy.endpoint_url, timeout=TIMEOUT)
+    store.max_single_copy, store.copy_part_size = 6 << 20, 5 << 20
+    data = payload("copy-source.bin", (12 << 20) + 7)
+    s3.put_object(Bucket=BUCKET, Key="copy-source.bin", Body=data)
+    try:
+        copied = store.copy_object("copy-source.bin", "copy-target.bin")
+        assert copied.size == len(data) and copied.etag.endswith('-3"')  # three parts: 5 + 5 + 2 MiB
+        assert s3.get_object(Bucket=BUCKET, Key="copy-target.bin")["Body"].read() == data
+        assert s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+    finally:
+        store.close()
+
+
 # -- reads through the mount ------------------------------------------------------------------------------
 @pytest.mark.parametrize("reader", list(READERS))
 @pytest.mark.parametrize("case", list(TRANSIENT))
@@ -425,3 +460,27 @@ def test_writes_stay_staged_and_are_uploaded_once_the_fault_clears(s3, faulty: F
         assert s3.get_object(Bucket=BUCKET, Key=name)["Body"].read() == data
     record = fresh_record(faulty.mnt)
     assert record["failed_uploads"] == [] and record["upload_retries"] >= 2 and failed_puts >= 2 * ATTEMPTS
+
+
+def test_umount_shows_upload_progress_on_a_terminal(s3, faulty: FaultyMount, proxy: FaultProxy, tmp_path):
+    """Uploads slowed down at S3 are still pending when `umount` runs on a terminal: it shows a progress bar
+    that ends at every file, waits for them, and they are in S3 when it returns."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    result = run_cli("mount", f"s3://{BUCKET}", str(mnt), "--endpoint-url", proxy.endpoint_url,
+                     "--cache-dir", str(tmp_path / "cache"))  # the module's mount holds the default one
+    assert result.returncode == 0, result.stderr
+    files = {f"umount-progress/{i}.txt": payload(f"umount-progress-{i}", 2000) for i in range(3)}
+    try:
+        (mnt / "umount-progress").mkdir()
+        with proxy.inject(Fault.latency(3.0, method="PUT", path=r"/umount-progress/\d")) as fault:
+            for key, data in files.items():
+                (mnt / key).write_bytes(data)
+            proxy.wait_for_hits(fault, len(files))
+            status, screen = on_terminal("quiltmount.cli:main", "umount", str(mnt), env=dict(os.environ))
+    finally:
+        force_unmount(mnt)
+    assert status == 0, screen
+    assert "uploading" in screen and "3/3" in screen and f"unmounted {mnt}" in screen, screen
+    for key, data in files.items():
+        assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == data

@@ -147,3 +147,50 @@ def test_sequential_stream_prefetches_and_detects_change(tmp_path):
     (tmp_path / "o").write_bytes(b"changed")
     with pytest.raises(ObjectChanged):
         BlockFetcher(BlockCache(1 << 20)).read(store, obj, 0, 10)
+
+
+class _RecordingStore(LocalStore):
+    """A local store that remembers every range it was asked for."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.ranges: list[tuple[int, int]] = []
+        self._lock = threading.Lock()
+
+    def get_range(self, obj, start: int, end: int) -> bytes:
+        with self._lock:
+            self.ranges.append((start, end))
+        return super().get_range(obj, start, end)
+
+
+def test_sequential_reads_fetch_whole_aligned_parts(tmp_path):
+    part = 8 << 20
+    data = os.urandom(64 << 20)
+    (tmp_path / "o").write_bytes(data)
+    store = _RecordingStore(str(tmp_path))
+    obj = store.head("o")
+    fetcher = BlockFetcher(BlockCache(128 << 20), prefetch_budget=32 << 20)
+    stream = ReadStream(fetcher, store, obj, max_window=16 << 20)
+    out = bytearray()
+    for offset in range(0, len(data), 1 << 20):
+        out += stream.read(offset, 1 << 20)
+    assert bytes(out) == data
+    # Before the stream counts as sequential its reads fetch single blocks; from then on every GET is one
+    # whole part on a part boundary (a GET of a part's remainder at the start aside).
+    parts = [(start, end) for start, end in store.ranges if end - start > 1 << 20]
+    assert len(store.ranges) <= len(data) // part + 4, store.ranges
+    assert all(end % part == 0 or end == len(data) for _, end in parts), parts
+    assert sum(1 for start, end in parts if start % part == 0 and end - start == part) >= len(data) // part - 1
+
+
+def test_random_reads_side_by_side_do_not_start_read_ahead(tmp_path):
+    data = os.urandom(64 << 20)
+    (tmp_path / "o").write_bytes(data)
+    store = _RecordingStore(str(tmp_path))
+    obj = store.head("o")
+    stream = ReadStream(BlockFetcher(BlockCache(128 << 20)), store, obj, max_window=16 << 20)
+    # Two large reads that happen to land next to each other (2 MiB together) are still random reads: each
+    # fetches exactly its bytes.
+    assert bytes(stream.read(10 << 20, 1 << 20)) == data[10 << 20:11 << 20]
+    assert bytes(stream.read(11 << 20, 1 << 20)) == data[11 << 20:12 << 20]
+    assert store.ranges == [(10 << 20, 11 << 20), (11 << 20, 12 << 20)]

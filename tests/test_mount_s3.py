@@ -56,9 +56,20 @@ def test_ls_l_and_find_use_the_listing_not_a_head_per_file(s3, bucket, mount):
     for i in range(300):
         put(s3, bucket, f"many/file-{i:04d}.txt", b"x" * i)
     mnt = mount(f"s3://{bucket}")
-    before = fresh_record(mnt)["requests"]["totals"]
-    listing = subprocess.run(["ls", "-l", str(mnt / "many")], capture_output=True, text=True, check=True)
+    record = fresh_record(mnt)
+    before, calls_before = record["requests"]["totals"], record["fuse_calls"]
+    listing = subprocess.run(["ls", "-l", "--time-style=+%s", str(mnt / "many")],
+                             capture_output=True, text=True, check=True)
     assert len(listing.stdout.splitlines()) == 301
+    # The attributes came with the listing (readdirplus): no lookup per file reached the daemon, and the
+    # sizes and mtimes `ls -l` printed are the listing's.
+    calls = fresh_record(mnt)["fuse_calls"]
+    assert calls.get("getattr", 0) - calls_before.get("getattr", 0) <= 5, calls
+    listed = {obj["Key"].split("/")[1]: obj for obj in s3.list_objects_v2(Bucket=bucket, Prefix="many/")["Contents"]}
+    for line in listing.stdout.splitlines()[1:]:
+        mode, _, _, _, size, mtime, name = line.split()
+        assert mode == "-rw-r--r--" and int(size) == listed[name]["Size"], line
+        assert int(mtime) == int(listed[name]["LastModified"].timestamp()), line
     sizes = subprocess.run(["find", str(mnt / "many"), "-type", "f", "-printf", "%s\n"],
                            capture_output=True, text=True, check=True)
     assert sorted(map(int, sizes.stdout.split())) == list(range(300))

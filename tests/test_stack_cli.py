@@ -3,19 +3,14 @@ catalog test double; the state they leave is checked with the real quilt3."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import pty
-import select
-import struct
 import subprocess
 import sys
-import termios
 import time
 from pathlib import Path
 
-from mounthelpers import run_cli
+from mounthelpers import LOGIN_PROMPT, on_terminal, run_cli
 from test_config_auth import clean, quilt3_module, stack  # noqa: F401  (fixtures)
 
 
@@ -87,49 +82,7 @@ def test_usage_and_configuration_errors(clean):
 
 # -- on a terminal ----------------------------------------------------------------------------------------------
 
-PROMPT = "Enter the code from the webpage: "
-#: Runs a console entry point ("module:function") with the pseudo-terminal on fd 0 as its controlling terminal
-#: (so getpass opens it as /dev/tty), like a program started from an interactive shell.
-ON_TERMINAL = ("import fcntl, importlib, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
-               "module, function = sys.argv.pop(1).split(':'); sys.argv[0] = module.split('.')[0]; "
-               "sys.exit(getattr(importlib.import_module(module), function)())")
-
-
-def on_terminal(entry: str, *args: str, env: dict, answer: str | None = None,
-                timeout: float = 120) -> tuple[int, str]:
-    """Run `entry` (e.g. "quiltmount.cli:main") with ARGS in a new session whose stdin, stdout and stderr are
-    a new pseudo-terminal; type `answer` once the login prompt is on the screen.  Returns the exit status
-    and everything the terminal showed."""
-    master, slave = pty.openpty()
-    fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a new pty is 0x0
-    process = subprocess.Popen([sys.executable, "-c", ON_TERMINAL, entry, *args], stdin=slave, stdout=slave,
-                               stderr=slave, env=env, start_new_session=True)
-    os.close(slave)
-    screen = b""
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            ready, _, _ = select.select([master], [], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
-                raise AssertionError(f"{entry} {args} still running after {timeout} s; the terminal shows {screen!r}")
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: every process holding the terminal has exited
-                break
-            if not chunk:
-                break
-            screen += chunk
-            if answer is not None and PROMPT.encode() in screen:
-                os.write(master, answer.encode())
-                answer = None
-        return process.wait(timeout=timeout), screen.decode(errors="replace")
-    finally:
-        os.close(master)
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-
-
+PROMPT = LOGIN_PROMPT
 def test_progress_bars_only_on_a_terminal(s3, bucket, tmp_path, s3_server):
     source = tmp_path / "src"
     for name in ("a.bin", "sub/b.bin"):

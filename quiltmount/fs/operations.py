@@ -13,7 +13,7 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,10 +26,6 @@ from quiltmount.fs.verify import HashVerifier
 from quiltmount.fs.writeback import WriteHandle, is_write_open
 
 log = logging.getLogger(__name__)
-
-#: Extended-attribute namespaces the kernel and security modules use; quiltmount never defines names there.
-KERNEL_XATTR_NAMESPACES = ("security.", "system.", "trusted.")
-
 
 @dataclass(frozen=True)
 class AttrPolicy:
@@ -48,7 +44,7 @@ def _translate(method: Callable) -> Callable:
     Paths are logged quoted (`%r`): an S3 key may hold a newline, which must not forge a log line."""
 
     @functools.wraps(method)
-    def wrapper(self: BucketOperations, path: str, *args: Any) -> Any:
+    def wrapper(self: MountOperations, path: str, *args: Any) -> Any:
         try:
             return method(self, path, *args)
         except FuseOSError:
@@ -85,6 +81,7 @@ class MountOperations(Operations):
         self.max_read_window = max_read_window
         self.on_init = on_init
         self._handles: dict[int, ReadStream | WriteHandle | MemoryFile] = {}
+        self._dir_listings: dict[int, list[tuple[str, Node | None]]] = {}  # directory handle -> its listing
         self._handle_ids = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -125,11 +122,27 @@ class MountOperations(Operations):
         return self._stat(self.tree.lookup(path[1:]))
 
     @_translate
-    def readdir(self, path: str, fh: int) -> list:
-        entries = self.tree.readdir(path[1:])
-        dir_mode, file_mode, link_mode = stat.S_IFDIR, stat.S_IFREG, stat.S_IFLNK
-        return [".", ".."] + [(name, {"st_mode": dir_mode if node.is_dir else link_mode if node.target else file_mode},
-                               0) for name, node in entries.items()]
+    def readdir_with_offset(self, path: str, offset: int, fh: int) -> Iterator[tuple[str, dict[str, int], int]]:
+        """The entries from position `offset` on, each with full attributes and the position after it.
+
+        The kernel reads a large directory in several calls; the listing taken at offset 0 is kept in the
+        directory handle, so the later calls continue the same listing.  The full attributes go to the kernel
+        with the names (readdirplus, see `binding`): `ls -l` then needs no lookup per entry.
+        """
+        with self._lock:
+            listing = self._dir_listings.get(fh)
+        if listing is None or offset == 0:
+            listing = [(".", None), ("..", None), *self.tree.readdir(path[1:]).items()]
+            with self._lock:
+                self._dir_listings[fh] = listing
+        return self._dir_entries(listing, offset)
+
+    def _dir_entries(self, listing: list[tuple[str, Node | None]],
+                     offset: int) -> Iterator[tuple[str, dict[str, int], int]]:
+        directory = {"st_mode": stat.S_IFDIR}
+        for position in range(offset, len(listing)):
+            name, node = listing[position]
+            yield name, directory if node is None else self._stat(node), position + 1
 
     @_translate
     def readlink(self, path: str) -> str:
@@ -139,7 +152,12 @@ class MountOperations(Operations):
     def opendir(self, path: str) -> int:
         if not self.tree.lookup(path[1:]).is_dir:
             raise FuseOSError(errno.ENOTDIR)
-        return 0
+        with self._lock:
+            return next(self._handle_ids)
+
+    def releasedir(self, path: str, fh: int) -> None:
+        with self._lock:
+            self._dir_listings.pop(fh, None)
 
     def statfs(self, path: str) -> dict[str, int]:
         huge = 1 << 40
@@ -148,12 +166,10 @@ class MountOperations(Operations):
 
     @_translate
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
-        # `ls -l` asks for security.* and system.* names on every file: answer without a lookup.
-        if not name.startswith(KERNEL_XATTR_NAMESPACES):
-            value = self.tree.xattrs(path[1:]).get(name)
-            if value is not None:
-                return value
-        raise FuseOSError(ENOATTR)
+        value = self.tree.xattrs(path[1:]).get(name)
+        if value is None:
+            raise FuseOSError(ENOATTR)
+        return value
 
     @_translate
     def listxattr(self, path: str) -> list[str]:

@@ -94,8 +94,13 @@ class BlockFetcher:
         for future in futures:
             future.set_exception(exc)
 
-    def read(self, store: ObjectStore, obj: ObjectInfo, offset: int, size: int) -> bytes | ctypes.Array:
-        """Bytes [offset, offset+size) of `obj`, clipped at its end (a zero-copy window within one block)."""
+    def read(self, store: ObjectStore, obj: ObjectInfo, offset: int, size: int,
+             whole_parts: bool = False) -> bytes | ctypes.Array:
+        """Bytes [offset, offset+size) of `obj`, clipped at its end (a zero-copy window within one block).
+
+        `whole_parts`: blocks missing from the cache are fetched with the rest of their part (a sequential
+        reader that caught up with its read-ahead wants those next: one part-sized GET, not eight).
+        """
         end = min(offset + size, obj.size)
         if offset >= end:
             return b""
@@ -109,7 +114,10 @@ class BlockFetcher:
                 blocks[index] = data
         if len(blocks) <= last - first:
             missing = [index for index in range(first, last + 1) if index not in blocks]
-            claimed, waiting = self._claim(ident, missing[0], missing[-1])
+            claim_first, claim_last = missing[0], missing[-1]
+            if whole_parts:
+                claim_first, claim_last = self._part_span(claim_first, claim_last, obj)
+            claimed, waiting = self._claim(ident, claim_first, claim_last)
             runs = _runs(claimed)
             for number, (run_first, run_last) in enumerate(runs):
                 try:
@@ -157,8 +165,9 @@ class BlockFetcher:
         last = min(last, (obj.size - 1) // self.block_size)
         ident = object_identity(store, obj)
         scheduled = first - 1
-        for part_first in range(first, last + 1, self.blocks_per_part):
-            part_last = min(part_first + self.blocks_per_part - 1, last)
+        part_first = first
+        while part_first <= last:  # parts aligned to multiples of blocks_per_part, like the reader's fetches
+            part_last = min(self._part_span(part_first, part_first, obj)[1], last)
             part_bytes = (part_last - part_first + 1) * self.block_size
             with self._lock:
                 if self._prefetch_bytes + part_bytes > self.prefetch_budget:
@@ -169,7 +178,14 @@ class BlockFetcher:
             for run_first, run_last in _runs(claimed):
                 self._pool.submit(self._prefetch_run, store, obj, ident, run_first, run_last)
             scheduled = part_last
+            part_first = part_last + 1
         return scheduled
+
+    def _part_span(self, first: int, last: int, obj: ObjectInfo) -> tuple[int, int]:
+        """The blocks of the aligned parts that hold blocks first..last (clipped at the object's end)."""
+        per_part = self.blocks_per_part
+        return (first // per_part * per_part,
+                min((last // per_part + 1) * per_part - 1, max(0, (obj.size - 1) // self.block_size)))
 
     def _release_budget(self, part_bytes: int) -> None:
         with self._lock:
@@ -207,7 +223,8 @@ class ReadStream:
     """One open file: random reads fetch exactly what they need; sequential reads drive read-ahead.
 
     Access counts as sequential once a streak of contiguous reads (small reordering by the kernel's
-    parallel requests tolerated) has covered `SEQUENTIAL_TRIGGER` bytes.  Read-ahead then keeps a window of
+    parallel requests tolerated) has covered `SEQUENTIAL_TRIGGER` bytes in at least `SEQUENTIAL_READS` reads
+    (two large random reads that happen to land side by side are not a stream).  Read-ahead then keeps a window of
     blocks in flight ahead of the reader, refilled in whole parts so every GET is part-sized, and the window
     doubles with each read up to `max_window`.  Before that, a read starting exactly where the previous one
     ended reads whole cached blocks: the reader is coming back for the next bytes (the kernel, for one, re-reads
@@ -215,6 +232,7 @@ class ReadStream:
     """
 
     SEQUENTIAL_TRIGGER = 2 << 20
+    SEQUENTIAL_READS = 3
     BACKWARD_TOLERANCE = 1 << 20
     FORWARD_TOLERANCE = 2 << 20
 
@@ -232,6 +250,7 @@ class ReadStream:
         self._window = self._part
         self._next_offset = 0
         self._streak = 0
+        self._streak_reads = 0
         self._prefetched_until = -1  # last block index already scheduled
         self._lock = threading.Lock()
 
@@ -244,22 +263,27 @@ class ReadStream:
             contiguous = offset == self._next_offset and self._streak > 0
             if self._next_offset - self.BACKWARD_TOLERANCE <= offset <= self._next_offset + self.FORWARD_TOLERANCE:
                 self._streak += size
+                self._streak_reads += 1
                 self._next_offset = max(self._next_offset, offset + size)
             else:
                 self._streak = size
+                self._streak_reads = 1
                 self._next_offset = offset + size
                 self._window = self._part
                 self._prefetched_until = -1
-            sequential = self._streak >= self.SEQUENTIAL_TRIGGER
+            sequential = self._streak >= self.SEQUENTIAL_TRIGGER and self._streak_reads >= self.SEQUENTIAL_READS
             if sequential:
                 current = (offset + size - 1) // bs
                 self._window = min(self._window * 2, self._max_window)
-                target = min(current + self._window, self._last_block)
+                part = self._part  # the window ends where a part ends: every read-ahead GET is a whole part
+                target = min((current + self._window) // part * part + part - 1, self._last_block)
                 start = max(self._prefetched_until + 1, current + 1)
                 if target - start + 1 >= self._part or (target == self._last_block and start <= target):
                     prefetch = (start, target)
         if sequential or contiguous or self.obj.size <= bs:  # a small file is one block: cache it whole
-            data = self.fetcher.read(self.store, self.obj, offset, size)
+            # Whole parts only for a reader strictly continuing a sequential run: random reads that happen to
+            # land close together must not wait for 8 MiB each.
+            data = self.fetcher.read(self.store, self.obj, offset, size, whole_parts=sequential and contiguous)
         else:
             data = self.fetcher.read_exact(self.store, self.obj, offset, size)
         if prefetch is not None:

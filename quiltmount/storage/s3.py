@@ -20,6 +20,7 @@ from botocore.config import Config
 
 from quiltmount.errors import AccessDenied, NotFound, ObjectChanged, StorageError, UserError
 from quiltmount.storage.base import ListPage, ObjectInfo, ObjectStore
+from quiltmount.storage.presigned import PresignedRanges
 
 #: Connections kept per client: read-ahead workers and FUSE threads share them.
 MAX_POOL_CONNECTIONS = 64
@@ -28,8 +29,9 @@ MAX_POOL_CONNECTIONS = 64
 MULTIPART_PART_SIZE = 8 << 20
 #: Parts in flight for all the uploads of one store: the bound on the mount's upload buffers.
 MULTIPART_WORKERS = 8
-#: CopyObject handles objects up to 5 GiB; larger ones are copied part by part.
+#: CopyObject handles objects up to 5 GiB; larger ones are copied part by part, in parts of this size.
 MAX_SINGLE_COPY = 5 << 30
+COPY_PART_SIZE = 512 << 20
 #: Seconds S3 may stay silent (to connect, or between two bytes of an answer) before a request is abandoned.
 DEFAULT_TIMEOUT = 10.0
 #: The same for the answer to an upload (PUT, UploadPart), and to a request that assembles an object
@@ -110,8 +112,8 @@ class S3Store(ObjectStore):
 
         silence = timeout or DEFAULT_TIMEOUT
 
-        def client(attempts: int, read_timeout: float = silence) -> Any:
-            config = Config(
+        def client(attempts: int, read_timeout: float = silence, **options: Any) -> Any:
+            config = Config(**options,
                 max_pool_connections=MAX_POOL_CONNECTIONS,
                 connect_timeout=silence,
                 read_timeout=read_timeout,
@@ -124,13 +126,16 @@ class S3Store(ObjectStore):
         self.client = client(ATTEMPTS)
         # GETs retry in `_retry_read`: botocore cannot retry a body cut half-way, and one count of attempts
         # covering every failure keeps the time a read can take bounded (see docs/SEMANTICS.md, "Faults").
-        self._reads = client(1)
+        # SigV4 named explicitly: botocore would presign with the legacy SigV2 otherwise.
+        self._reads = client(1, signature_version="s3v4")
+        self._presigned = PresignedRanges(self._reads, bucket, silence)
         # A server answers an upload once it has checked the body's checksum, and a multipart completion or a
         # copy once it has assembled the object (minutes for large ones; real S3 sends keep-alive spaces
         # meanwhile, S3-compatible servers often stay silent): silence there is not a stall.
         self._uploads = client(ATTEMPTS, max(silence, UPLOAD_TIMEOUT))
         self._slow = client(ATTEMPTS, max(silence, ASSEMBLY_TIMEOUT))
         self._parts = ThreadPoolExecutor(MULTIPART_WORKERS, thread_name_prefix="part")
+        self.max_single_copy, self.copy_part_size = MAX_SINGLE_COPY, COPY_PART_SIZE
         self._failing: cachetools.TTLCache[str, bool] = cachetools.TTLCache(10_000, FAILING_WINDOW)
         self._failing_lock = threading.Lock()
 
@@ -224,9 +229,17 @@ class S3Store(ObjectStore):
             params["IfMatch"] = obj.etag
 
         def attempt() -> bytes:
+            declined = 0
+            if self._presigned.enabled:
+                data, declined = self._presigned.get(obj.key, obj.version_id, obj.etag, start, end)
+                if data is not None:
+                    self._presigned.answered()
+                    return data
             data = _read_body(self._reads.get_object(**params))
             if len(data) != end - start:
                 raise ShortBody(f"expected {end - start} bytes, got {len(data)}")
+            if declined:
+                self._presigned.boto3_answered(f"HTTP {declined}")
             return data
 
         try:
@@ -288,27 +301,33 @@ class S3Store(ObjectStore):
     def copy_object(self, source_key: str, key: str) -> ObjectInfo:
         try:
             source = self.head(source_key)
-            if source.size <= MAX_SINGLE_COPY:
+            if source.size <= self.max_single_copy:
                 response = self._slow.copy_object(Bucket=self.bucket, Key=key,
                                                    CopySource={"Bucket": self.bucket, "Key": source_key})
                 etag = response["CopyObjectResult"]["ETag"]
             else:
-                etag = self._multipart_copy(source_key, key, source.size)["ETag"]
+                etag = self._multipart_copy(source, key)["ETag"]
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise self._fail("copy", source_key, exc) from exc
         return ObjectInfo(key, source.size, time.time(), etag)
 
-    def _multipart_copy(self, source_key: str, key: str, size: int) -> dict:
-        part_size = 512 << 20
+    def _multipart_copy(self, source: ObjectInfo, key: str) -> dict:
+        """UploadPartCopy of `source` in `copy_part_size` parts, in parallel, each pinned to the source's ETag
+        (a source replaced meanwhile fails the copy instead of mixing two versions)."""
+        part_size = self.copy_part_size
         upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
+
+        def copy_part(number: int, start: int) -> dict:
+            response = self._slow.upload_part_copy(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                CopySource={"Bucket": self.bucket, "Key": source.key}, CopySourceIfMatch=source.etag,
+                CopySourceRange=f"bytes={start}-{min(start + part_size, source.size) - 1}")
+            return {"PartNumber": number, "ETag": response["CopyPartResult"]["ETag"]}
+
         try:
-            parts = []
-            for number, start in enumerate(range(0, size, part_size), start=1):
-                response = self._slow.upload_part_copy(
-                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                    CopySource={"Bucket": self.bucket, "Key": source_key},
-                    CopySourceRange=f"bytes={start}-{min(start + part_size, size) - 1}")
-                parts.append({"PartNumber": number, "ETag": response["CopyPartResult"]["ETag"]})
+            with ThreadPoolExecutor(MULTIPART_WORKERS, thread_name_prefix="copy") as pool:
+                starts = range(0, source.size, part_size)
+                parts = list(pool.map(copy_part, range(1, len(starts) + 1), starts))
             return self._slow.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
                                                          MultipartUpload={"Parts": parts})
         except BaseException:
@@ -317,8 +336,13 @@ class S3Store(ObjectStore):
 
     def close(self) -> None:
         self._parts.shutdown(wait=False, cancel_futures=True)
+        self._presigned.close()
         for client in (self.client, self._reads, self._uploads, self._slow):
             client.close()
+
+
+def _error_code_of(exc: BaseException) -> str:
+    return _error_code(exc) if isinstance(exc, botocore.exceptions.ClientError) else ""
 
 
 def _uploaded_info(key: str, size: int, response: dict) -> ObjectInfo:
@@ -372,6 +396,7 @@ class PartUpload:
         """Send the remaining parts of a file of `size` bytes, wait for all, complete the upload."""
         for number in range(1, (size + MULTIPART_PART_SIZE - 1) // MULTIPART_PART_SIZE + 1):
             self.add_part(number)
+        parts: list[dict] | None = None
         try:
             with self._lock:
                 futures = [self._parts[number] for number in sorted(self._parts)]
@@ -379,12 +404,30 @@ class PartUpload:
             response = self.store._slow.complete_multipart_upload(
                 Bucket=self.store.bucket, Key=self.key, UploadId=self._id(), MultipartUpload={"Parts": parts})
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            completing = parts is not None  # every part is in: the error is the completion's
+            landed = self._landed(parts, size) if completing and _error_code_of(exc) == "NoSuchUpload" else None
+            if landed is not None:
+                return landed
             self.abort()  # never leave an incomplete upload behind (it costs storage and is invisible)
             raise self.store._fail("upload", self.key, exc) from exc
         except BaseException:
             self.abort()
             raise
         return _uploaded_info(self.key, size, response)
+
+    def _landed(self, parts: list[dict], size: int) -> ObjectInfo | None:
+        """The object, if a completion whose answer was lost (and so was retried, and found the upload
+        gone) did assemble it: its ETag is then the one S3 gives exactly these parts."""
+        digests = b"".join(bytes.fromhex(part["ETag"].strip('"')) for part in parts)
+        expected = f'"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{len(parts)}"'
+        try:
+            landed = self.store.head(self.key)
+        except StorageError:
+            return None
+        if landed.etag != expected or landed.size != size:
+            return None
+        log.info("%s: the upload's completion was answered as gone, but the object has its parts: done", self.key)
+        return landed
 
     def abort(self) -> None:
         """Drop the upload: parts not started are cancelled, the S3 upload (if any) is aborted."""
