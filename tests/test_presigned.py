@@ -8,6 +8,7 @@ closed never surfacing as errors.
 from __future__ import annotations
 
 import random
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -90,6 +91,32 @@ def test_an_answer_it_cannot_judge_goes_to_boto3_and_repeated_ones_switch_it_off
         finally:
             store.close()
     assert len(refused) == STRIKES
+
+
+def test_a_refused_old_url_is_signed_again_before_boto3_is_asked(server_bucket):
+    """Credentials rotate: a URL signed with the old ones is refused (403).  Each read then signs the URL
+    anew and reads through it; boto3 is not needed, and the path is not switched off."""
+    stale: list[str] = []
+
+    def refuse_stale(method: str, raw_path: str) -> bool:
+        if "X-Amz-Signature=stale" in raw_path:
+            stale.append(raw_path)
+            return True
+        return False
+
+    with FaultProxy(server_bucket, deny=refuse_stale) as proxy:
+        store = S3Store(BUCKET, endpoint_url=proxy.endpoint_url)
+        try:
+            obj = store.head("data.bin")
+            presigned = store._presigned
+            for start, end in _ranges(STRIKES + 2):
+                target, connections, where = presigned._target(obj.key, None)
+                presigned._urls[(obj.key, None)] = (  # the URL in the cache was signed "long ago"
+                    re.sub(r"X-Amz-Signature=[0-9a-f]+", "X-Amz-Signature=stale", target), connections, where)
+                assert store.get_range(obj, start, end) == DATA[start:end]
+            assert len(stale) == STRIKES + 2 and presigned.enabled
+        finally:
+            store.close()
 
 
 def test_changed_and_deleted_objects_fail_with_one_request(recorded, server_bucket):

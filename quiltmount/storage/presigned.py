@@ -9,8 +9,9 @@ throughput.
 So each object gets a URL presigned by the store's own client (SigV4 query-string auth, with its credentials,
 endpoint and addressing style), reused for a few minutes, and a ranged read is one plain GET of it with a
 `Range` (and `If-Match`) header over kept-alive connections (`httpget`).  An answer with exactly the bytes
-asked for is taken; 404, 412 and 5xx become the ClientError boto3 would raise.  Anything else (a redirect,
-an expired or rejected signature, a TLS failure) is left to boto3: the caller repeats the read through
+asked for is taken; 404, 412 and 5xx become the ClientError boto3 would raise.  A cached URL that is
+refused (400/403: the credentials that signed it rotated) is signed anew and tried once more.  Anything else
+(a redirect, a signature refused again, a TLS failure) is left to boto3: the caller repeats the read through
 `get_object`, which raises the canonical error or succeeds, and a path that keeps failing where boto3
 succeeds (a bucket in another region, a server that refuses query-string auth, a private CA boto3 was told
 about) is switched off.  With a proxy in the environment, or no credentials to sign with, it is never used.
@@ -60,9 +61,10 @@ class PresignedRanges:
             probe = None
         self.enabled = probe is not None and direct_connection_possible(probe)
 
-    def _target(self, key: str, version_id: str | None) -> tuple[str, HostConnections, str]:
+    def _target(self, key: str, version_id: str | None, fresh: bool = False) -> tuple[str, HostConnections, str]:
+        """(path?query, connections, URL without its query) of the object's URL; `fresh`: sign it anew."""
         with self._lock:
-            target = self._urls.get((key, version_id))
+            target = None if fresh else self._urls.get((key, version_id))
         if target is not None:
             return target
         params = {"Bucket": self._bucket, "Key": key}
@@ -87,20 +89,27 @@ class PresignedRanges:
         headers = {"Range": f"bytes={start}-{end - 1}"}
         if etag and not version_id:
             headers["If-Match"] = etag
-        target, connections, where = self._target(key, version_id)
-        try:
-            answer = connections.get(target, headers, where)
-        except ssl.SSLError as exc:
-            log.debug("presigned GET of %s: %s; asking boto3", key, exc)
-            return None, 0
-        status = answer.status
-        if status == 206 and answer.length == end - start:
-            return answer.read(), status
-        if status >= 500 or status in (404, 412):  # unambiguous: boto3 would get the same answer
-            raise _client_error(status, answer.read() if (answer.length or 0) <= 1 << 16 else answer.discard())
-        answer.discard()
         with self._lock:
-            self._urls.pop((key, version_id), None)  # an expired signature, another region: sign anew
+            signed_before = (key, version_id) in self._urls
+        # A URL signed a while ago may have outlived the credentials that signed it (they rotate): a refusal of
+        # such a URL gets one more try with a URL signed now, before boto3 is asked.
+        for fresh in (False, True) if signed_before else (True,):
+            target, connections, where = self._target(key, version_id, fresh)
+            try:
+                answer = connections.get(target, headers, where)
+            except ssl.SSLError as exc:
+                log.debug("presigned GET of %s: %s; asking boto3", key, exc)
+                return None, 0
+            status = answer.status
+            if status == 206 and answer.length == end - start:
+                return answer.read(), status
+            if status >= 500 or status in (404, 412):  # unambiguous: boto3 would get the same answer
+                raise _client_error(status, answer.read() if (answer.length or 0) <= 1 << 16 else answer.discard())
+            answer.discard()
+            if status not in (400, 403):
+                break
+        with self._lock:
+            self._urls.pop((key, version_id), None)  # another region, say: a new URL next time
         log.debug("presigned GET of %s answered %d; asking boto3", key, status)
         return None, status
 
