@@ -45,7 +45,7 @@ class HashVerifier:
                         self._abandoned = True
                         self._pending.clear()
                 return None
-            self._feed(data[self._next - offset:])
+            self._feed(memoryview(data)[self._next - offset:])
             while self._pending:
                 ready = [start for start in self._pending if start <= self._next]
                 if not ready:
@@ -54,11 +54,11 @@ class HashVerifier:
                     piece = self._pending.pop(start)
                     self._pending_bytes -= len(piece)
                     if start + len(piece) > self._next:
-                        self._feed(piece[self._next - start:])
+                        self._feed(memoryview(piece)[self._next - start:])
             if self._next >= self.size:
                 return self._hasher.value() == self.expected
             return None
 
-    def _feed(self, data: bytes) -> None:
+    def _feed(self, data: memoryview) -> None:  # a view: the bytes (often a cached block's) are not copied
         self._hasher.update(data)
         self._next += len(data)
