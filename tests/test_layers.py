@@ -194,3 +194,22 @@ def test_random_reads_side_by_side_do_not_start_read_ahead(tmp_path):
     assert bytes(stream.read(10 << 20, 1 << 20)) == data[10 << 20:11 << 20]
     assert bytes(stream.read(11 << 20, 1 << 20)) == data[11 << 20:12 << 20]
     assert store.ranges == [(10 << 20, 11 << 20), (11 << 20, 12 << 20)]
+
+
+def test_small_reads_filling_holes_fetch_whole_blocks_once(tmp_path):
+    """The kernel re-reads pages it lost from its cache as small reads, several per block: each block is
+    fetched whole, once; a small read far from the previous one still fetches only its bytes."""
+    data = os.urandom(16 << 20)
+    (tmp_path / "o").write_bytes(data)
+    store = _RecordingStore(str(tmp_path))
+    obj = store.head("o")
+    stream = ReadStream(BlockFetcher(BlockCache(64 << 20)), store, obj, max_window=16 << 20)
+    holes = [(offset, 8192) for offset in range(100_000, 3 << 20, 300_000)]  # ~4 per 1 MiB block
+    stream.read(0, 4096)
+    for offset, size in holes:
+        assert bytes(stream.read(offset, size)) == data[offset:offset + size]
+    blocks = {offset // (1 << 20) for offset, _ in holes}
+    assert len(store.ranges) == 1 + len(blocks), store.ranges
+    store.ranges.clear()
+    assert bytes(stream.read(12 << 20, 8192)) == data[12 << 20:(12 << 20) + 8192]  # far away: exact bytes
+    assert store.ranges == [(12 << 20, (12 << 20) + 8192)]

@@ -228,7 +228,9 @@ class ReadStream:
     blocks in flight ahead of the reader, refilled in whole parts so every GET is part-sized, and the window
     doubles with each read up to `max_window`.  Before that, a read starting exactly where the previous one
     ended reads whole cached blocks: the reader is coming back for the next bytes (the kernel, for one, re-reads
-    a file page by page after a failed read, and would otherwise cost a GET per 4 KiB page).
+    a file page by page after a failed read, and would otherwise cost a GET per 4 KiB page).  So do small reads
+    close to the previous one: the kernel filling the holes in its cache of a file (pages reclaimed since it
+    read them), several per block.
     """
 
     SEQUENTIAL_TRIGGER = 2 << 20
@@ -261,7 +263,11 @@ class ReadStream:
         prefetch: tuple[int, int] | None = None
         with self._lock:
             contiguous = offset == self._next_offset and self._streak > 0
-            if self._next_offset - self.BACKWARD_TOLERANCE <= offset <= self._next_offset + self.FORWARD_TOLERANCE:
+            near = self._next_offset - self.BACKWARD_TOLERANCE <= offset <= self._next_offset + self.FORWARD_TOLERANCE
+            # Small reads next to the previous one: the kernel filling holes in its cache of a file it mostly
+            # has (pages reclaimed since it read them), several per block: whole blocks through the cache.
+            hole = near and self._streak > 0 and size < bs
+            if near:
                 self._streak += size
                 self._streak_reads += 1
                 self._next_offset = max(self._next_offset, offset + size)
@@ -280,7 +286,7 @@ class ReadStream:
                 start = max(self._prefetched_until + 1, current + 1)
                 if target - start + 1 >= self._part or (target == self._last_block and start <= target):
                     prefetch = (start, target)
-        if sequential or contiguous or self.obj.size <= bs:  # a small file is one block: cache it whole
+        if sequential or contiguous or hole or self.obj.size <= bs:  # a small file is one block: cache it whole
             # Whole parts only for a reader strictly continuing a sequential run: random reads that happen to
             # land close together must not wait for 8 MiB each.
             data = self.fetcher.read(self.store, self.obj, offset, size, whole_parts=sequential and contiguous)
