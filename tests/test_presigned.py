@@ -93,6 +93,21 @@ def test_an_answer_it_cannot_judge_goes_to_boto3_and_repeated_ones_switch_it_off
     assert len(refused) == STRIKES
 
 
+def test_tls_failures_of_the_presigned_path_count_as_strikes(server_bucket, monkeypatch):
+    """The presigned path answers (None, 0) when TLS fails (a CA only boto3 was told about): boto3 reads
+    instead, and after STRIKES such reads the path is off."""
+    store = S3Store(BUCKET, endpoint_url=server_bucket)
+    try:
+        obj = store.head("data.bin")
+        monkeypatch.setattr(store._presigned, "get", lambda *args: (None, 0))
+        for start, end in _ranges(STRIKES):
+            assert store._presigned.enabled
+            assert store.get_range(obj, start, end) == DATA[start:end]
+        assert not store._presigned.enabled
+    finally:
+        store.close()
+
+
 def test_a_refused_old_url_is_signed_again_before_boto3_is_asked(server_bucket):
     """Credentials rotate: a URL signed with the old ones is refused (403).  Each read then signs the URL
     anew and reads through it; boto3 is not needed, and the path is not switched off."""

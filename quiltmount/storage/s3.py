@@ -229,17 +229,18 @@ class S3Store(ObjectStore):
             params["IfMatch"] = obj.etag
 
         def attempt() -> bytes:
-            declined = 0
+            declined: int | None = None  # the presigned path's answer, when it gave no bytes (0: TLS failed)
             if self._presigned.enabled:
-                data, declined = self._presigned.get(obj.key, obj.version_id, obj.etag, start, end)
+                data, status = self._presigned.get(obj.key, obj.version_id, obj.etag, start, end)
                 if data is not None:
                     self._presigned.answered()
                     return data
+                declined = status
             data = _read_body(self._reads.get_object(**params))
             if len(data) != end - start:
                 raise ShortBody(f"expected {end - start} bytes, got {len(data)}")
-            if declined:
-                self._presigned.boto3_answered(f"HTTP {declined}")
+            if declined is not None:
+                self._presigned.boto3_answered(f"HTTP {declined}" if declined else "TLS failure")
             return data
 
         try:
