@@ -163,14 +163,18 @@ class _RecordingStore(LocalStore):
         return super().get_range(obj, start, end)
 
 
-def test_sequential_reads_fetch_whole_aligned_parts(tmp_path):
-    part = 8 << 20
-    data = os.urandom(64 << 20)
+def _recorded_stream(tmp_path, size: int, **fetcher_options) -> tuple[bytes, _RecordingStore, ReadStream]:
+    """(random bytes of `size`, the recording store holding them as object "o", a read stream of it)."""
+    data = os.urandom(size)
     (tmp_path / "o").write_bytes(data)
     store = _RecordingStore(str(tmp_path))
-    obj = store.head("o")
-    fetcher = BlockFetcher(BlockCache(128 << 20), prefetch_budget=32 << 20)
-    stream = ReadStream(fetcher, store, obj, max_window=16 << 20)
+    fetcher = BlockFetcher(BlockCache(128 << 20), **fetcher_options)
+    return data, store, ReadStream(fetcher, store, store.head("o"), max_window=16 << 20)
+
+
+def test_sequential_reads_fetch_whole_aligned_parts(tmp_path):
+    part = 8 << 20
+    data, store, stream = _recorded_stream(tmp_path, 64 << 20, prefetch_budget=32 << 20)
     out = bytearray()
     for offset in range(0, len(data), 1 << 20):
         out += stream.read(offset, 1 << 20)
@@ -184,11 +188,7 @@ def test_sequential_reads_fetch_whole_aligned_parts(tmp_path):
 
 
 def test_random_reads_side_by_side_do_not_start_read_ahead(tmp_path):
-    data = os.urandom(64 << 20)
-    (tmp_path / "o").write_bytes(data)
-    store = _RecordingStore(str(tmp_path))
-    obj = store.head("o")
-    stream = ReadStream(BlockFetcher(BlockCache(128 << 20)), store, obj, max_window=16 << 20)
+    data, store, stream = _recorded_stream(tmp_path, 64 << 20)
     # Two large reads that happen to land next to each other (2 MiB together) are still random reads: each
     # fetches exactly its bytes.
     assert bytes(stream.read(10 << 20, 1 << 20)) == data[10 << 20:11 << 20]
@@ -199,11 +199,7 @@ def test_random_reads_side_by_side_do_not_start_read_ahead(tmp_path):
 def test_small_reads_filling_holes_fetch_whole_blocks_once(tmp_path):
     """The kernel re-reads pages it lost from its cache as small reads, several per block: each block is
     fetched whole, once; a small read far from the previous one still fetches only its bytes."""
-    data = os.urandom(16 << 20)
-    (tmp_path / "o").write_bytes(data)
-    store = _RecordingStore(str(tmp_path))
-    obj = store.head("o")
-    stream = ReadStream(BlockFetcher(BlockCache(64 << 20)), store, obj, max_window=16 << 20)
+    data, store, stream = _recorded_stream(tmp_path, 16 << 20)
     holes = [(offset, 8192) for offset in range(100_000, 3 << 20, 300_000)]  # ~4 per 1 MiB block
     stream.read(0, 4096)
     for offset, size in holes:

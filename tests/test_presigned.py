@@ -11,7 +11,7 @@ import random
 import re
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import boto3
 import pytest
@@ -50,6 +50,20 @@ def recorded(server_bucket) -> Iterator[tuple[FaultProxy, list[str]]]:
         yield proxy, seen
 
 
+def _refusing(marker: str) -> tuple[Callable[[str, str], bool], list[str]]:
+    """A proxy `deny` predicate that refuses (403) the requests whose raw path holds `marker`, and the list
+    of the paths it refused."""
+    refused: list[str] = []
+
+    def deny(method: str, raw_path: str) -> bool:
+        if marker in raw_path:
+            refused.append(raw_path)
+            return True
+        return False
+
+    return deny, refused
+
+
 def _ranges(count: int) -> list[tuple[int, int]]:
     rng = random.Random(count)
     return [(start, start + rng.randint(1, 300_000)) for start in (rng.randrange(len(DATA) - 300_000)
@@ -74,14 +88,7 @@ def test_ranged_reads_are_plain_gets_of_presigned_urls(recorded):
 def test_an_answer_it_cannot_judge_goes_to_boto3_and_repeated_ones_switch_it_off(server_bucket):
     """A 403 to every presigned URL (a server refusing query-string auth, a wrong region's signature): each
     read is answered by boto3 instead, and after STRIKES of them the presigned path is no longer tried."""
-    refused: list[str] = []
-
-    def refuse_presigned(method: str, raw_path: str) -> bool:
-        if "X-Amz-Signature=" in raw_path:
-            refused.append(raw_path)
-            return True
-        return False
-
+    refuse_presigned, refused = _refusing("X-Amz-Signature=")
     with FaultProxy(server_bucket, deny=refuse_presigned) as proxy:
         store = S3Store(BUCKET, endpoint_url=proxy.endpoint_url)
         try:
@@ -111,14 +118,7 @@ def test_tls_failures_of_the_presigned_path_count_as_strikes(server_bucket, monk
 def test_a_refused_old_url_is_signed_again_before_boto3_is_asked(server_bucket):
     """Credentials rotate: a URL signed with the old ones is refused (403).  Each read then signs the URL
     anew and reads through it; boto3 is not needed, and the path is not switched off."""
-    stale: list[str] = []
-
-    def refuse_stale(method: str, raw_path: str) -> bool:
-        if "X-Amz-Signature=stale" in raw_path:
-            stale.append(raw_path)
-            return True
-        return False
-
+    refuse_stale, stale = _refusing("X-Amz-Signature=stale")
     with FaultProxy(server_bucket, deny=refuse_stale) as proxy:
         store = S3Store(BUCKET, endpoint_url=proxy.endpoint_url)
         try:

@@ -27,6 +27,7 @@ from quiltmount.fs.writeback import WriteHandle, is_write_open
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class AttrPolicy:
     """What every node reports as owner and permissions (`--uid --gid --file-mode --dir-mode`)."""

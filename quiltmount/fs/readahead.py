@@ -162,7 +162,7 @@ class BlockFetcher:
 
         Stops early when the prefetch byte budget is used up (back-pressure).
         """
-        last = min(last, (obj.size - 1) // self.block_size)
+        last = min(last, self.last_block(obj))
         ident = object_identity(store, obj)
         scheduled = first - 1
         part_first = first
@@ -185,7 +185,11 @@ class BlockFetcher:
         """The blocks of the aligned parts that hold blocks first..last (clipped at the object's end)."""
         per_part = self.blocks_per_part
         return (first // per_part * per_part,
-                min((last // per_part + 1) * per_part - 1, max(0, (obj.size - 1) // self.block_size)))
+                min((last // per_part + 1) * per_part - 1, self.last_block(obj)))
+
+    def last_block(self, obj: ObjectInfo) -> int:
+        """The index of the object's last block (0 for an empty object)."""
+        return max(0, (obj.size - 1) // self.block_size)
 
     def _release_budget(self, part_bytes: int) -> None:
         with self._lock:
@@ -248,7 +252,7 @@ class ReadStream:
         bs = fetcher.block_size
         self._part = fetcher.blocks_per_part
         self._max_window = max(self._part, max_window // bs)
-        self._last_block = max(0, (obj.size - 1) // bs)
+        self._last_block = fetcher.last_block(obj)
         self._window = self._part
         self._next_offset = 0
         self._streak = 0

@@ -38,20 +38,13 @@ class Answer:
         self.status = response.status
         self.length = response.length  # Content-Length (None if the server sent none)
 
-    def header(self, name: str) -> str | None:
-        return self._response.getheader(name)
-
     def read(self) -> bytes:
         """The whole body; the connection goes back to the pool once it has been read to its end."""
         try:
             data = self._response.read()
-        except http.client.IncompleteRead as exc:
-            self._connection.close()
-            raise botocore.exceptions.IncompleteReadError(actual_bytes=len(exc.partial),
-                                                          expected_bytes=len(exc.partial) + (exc.expected or 0))
         except BaseException as exc:
             self._connection.close()
-            raise _as_botocore(exc, self._where) from exc
+            raise _as_botocore(exc, self._where)
         self._pool.put(self._connection, self._response)
         return data
 
@@ -65,7 +58,6 @@ class HostConnections:
     """Kept-alive connections to one scheme://host:port, each used by one request at a time."""
 
     def __init__(self, scheme: str, host: str, port: int | None, timeout: float) -> None:
-        self._scheme = scheme
         self._host = host
         self._port = port
         self._timeout = timeout
@@ -108,10 +100,10 @@ class HostConnections:
                 connection.close()
                 if reused:  # the server closed this kept-alive connection meanwhile: once more on a new one
                     continue
-                raise _as_botocore(exc, where) from exc
+                raise _as_botocore(exc, where)
             except BaseException as exc:
                 connection.close()
-                raise _as_botocore(exc, where) from exc
+                raise _as_botocore(exc, where)
             return Answer(self, connection, response, where)
 
     def close(self) -> None:
@@ -148,7 +140,11 @@ def _still_open(connection: http.client.HTTPConnection) -> bool:
 
 
 def _as_botocore(exc: BaseException, where: str) -> BaseException:
-    """The botocore exception boto3 would raise for this failure (TLS errors stay `ssl.SSLError`)."""
+    """The botocore exception boto3 would raise for this failure (TLS errors stay `ssl.SSLError`, and what is
+    not a network failure stays itself).  Raised while `exc` is handled, so `exc` is its context."""
+    if isinstance(exc, http.client.IncompleteRead):
+        return botocore.exceptions.IncompleteReadError(actual_bytes=len(exc.partial),
+                                                       expected_bytes=len(exc.partial) + (exc.expected or 0))
     if isinstance(exc, ssl.SSLError) or not isinstance(exc, (OSError, http.client.HTTPException)):
         return exc
     if isinstance(exc, socket.timeout):

@@ -342,10 +342,6 @@ class S3Store(ObjectStore):
             client.close()
 
 
-def _error_code_of(exc: BaseException) -> str:
-    return _error_code(exc) if isinstance(exc, botocore.exceptions.ClientError) else ""
-
-
 def _uploaded_info(key: str, size: int, response: dict) -> ObjectInfo:
     version = response.get("VersionId")
     return ObjectInfo(key, size, time.time(), response["ETag"], None if version in (None, "null") else version)
@@ -406,9 +402,10 @@ class PartUpload:
                 Bucket=self.store.bucket, Key=self.key, UploadId=self._id(), MultipartUpload={"Parts": parts})
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             completing = parts is not None  # every part is in: the error is the completion's
-            landed = self._landed(parts, size) if completing and _error_code_of(exc) == "NoSuchUpload" else None
-            if landed is not None:
-                return landed
+            if completing and isinstance(exc, botocore.exceptions.ClientError) and _error_code(exc) == "NoSuchUpload":
+                landed = self._landed(parts, size)
+                if landed is not None:
+                    return landed
             self.abort()  # never leave an incomplete upload behind (it costs storage and is invisible)
             raise self.store._fail("upload", self.key, exc) from exc
         except BaseException:
