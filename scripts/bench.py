@@ -118,6 +118,8 @@ PREAD_SEED = 20240611
 RSS_INTERVAL = 0.1
 RSS_SLACK = 150 * MiB
 STATUS_SETTLE = 2.2  # the daemon rewrites its status record every 1 s
+#: Kernel calls a phase reports (status fuse_calls): reads and writes tell the request sizes the kernel chose.
+FUSE_CALLS_SHOWN = ("read", "write", "getattr", "lookup")
 MOUNT_TIMEOUT = 120.0
 MANY_PACKAGE = "bench/many"  # --package-entries entries of 1 KiB (the small objects, reused)
 LARGE_PACKAGE = "bench/large"  # one entry: the big object
@@ -534,9 +536,12 @@ class Mount:
         return seconds
 
     def requests(self) -> dict[str, int]:
-        """The daemon's request totals so far (list/head/get) and the bytes it has read."""
-        requests = self.record()["requests"]
-        return {**requests["totals"], "bytes_read": requests.get("bytes_read", 0)}
+        """The daemon's request totals so far (list/head/get), the bytes it has read and the kernel's calls of
+        the operations in FUSE_CALLS_SHOWN (fuse_read: how many requests a read was cut into)."""
+        record = self.record()
+        requests = record["requests"]
+        calls = {f"fuse_{op}": count for op, count in record.get("fuse_calls", {}).items() if op in FUSE_CALLS_SHOWN}
+        return {**requests["totals"], "bytes_read": requests.get("bytes_read", 0), **calls}
 
     @contextlib.contextmanager
     def phase(self, what: str) -> Iterator[dict[str, Any]]:

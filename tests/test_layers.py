@@ -90,6 +90,27 @@ def test_concurrent_listings_are_shared(local_tree):
     assert store.snapshot()["totals"]["list"] == 1
 
 
+def test_landed_uploads_join_the_cached_listing_in_place(local_tree):
+    """Many files uploaded into one directory: each joins the cached listing without a new LIST and without
+    copying the listing (a copy per file made such a writer quadratic), while listings handed out before
+    stay as they were."""
+    root, store, tree = local_tree
+    before = tree.readdir("d")
+    cached = tree._listings["d"][0]
+    for number in range(200):
+        name = f"d/new{number:03d}.txt"
+        (root / name).write_bytes(b"x")
+        tree.remember(name, store.head(name))
+    assert tree._listings["d"][0] is cached
+    assert sorted(before) == ["e", "f.txt"]
+    after = tree.readdir("d")
+    assert len(after) == 202 and after["new199.txt"].size == 1 and after["e"].is_dir
+    after.clear()  # the caller's own dict
+    assert len(tree.readdir("d")) == 202
+    assert tree.lookup("d/new007.txt").size == 1
+    assert store.snapshot()["totals"]["list"] == 1 and store.snapshot()["totals"].get("head", 0) == 200
+
+
 def test_disk_tier_has_a_hard_cap(tmp_path):
     disk = DiskTier(str(tmp_path / "blocks"), capacity=10_000)
     for i in range(50):

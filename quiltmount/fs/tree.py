@@ -155,11 +155,13 @@ class BucketTree(Tree):
 
     # -- listings -----------------------------------------------------------------------------------------
     def readdir(self, path: str) -> dict[str, Node]:
-        """The entries of directory `path` (name -> node), from cache or one paginated listing."""
+        """The entries of directory `path` (name -> node), from cache or one paginated listing.
+
+        The caller gets its own dict: the cached one changes in place as uploads land (`remember`)."""
         with self._lock:
             listing, fresh = self._cached_listing(path)
             if fresh:
-                return listing
+                return dict(listing)
             pending = self._listing_in_progress.get(path)
             owner = pending is None
             if owner:
@@ -178,7 +180,7 @@ class BucketTree(Tree):
         if self.caching:
             with self._lock:
                 if self._changes == changes:
-                    self._listings[path] = (listing, self._clock() + self.ttl)
+                    self._listings[path] = (dict(listing), self._clock() + self.ttl)
         pending.set_result(listing)
         return listing
 
@@ -224,8 +226,10 @@ class BucketTree(Tree):
         """An upload of `path` landed as `obj`: the cached parent listing shows it as S3 now holds it.
 
         Forgetting instead would re-list the directory at the next lookup: once per file for a writer that
-        creates many files in one directory.  The change counter still keeps any listing or lookup that
-        started before the upload landed out of the caches."""
+        creates many files in one directory (and copying the listing would cost that writer time quadratic
+        in their number: the cached listing is changed in place, which is why `readdir` hands out copies).
+        The change counter still keeps any listing or lookup that started before the upload landed out of
+        the caches."""
         parent, _, name = path.rpartition("/")
         node = Node(is_dir=False, size=obj.size, mtime=obj.mtime, obj=obj, store=self.store)
         with self._lock:
@@ -239,7 +243,7 @@ class BucketTree(Tree):
             entries, expiry = cached
             if name in entries and entries[name].is_dir:
                 return  # a directory of that name still wins
-            self._listings[parent] = ({**entries, name: node}, expiry)
+            entries[name] = node
 
     def remember_new_dir(self, path: str) -> None:
         """`path` was just created as an empty directory: its listing is known (empty), so looking up the

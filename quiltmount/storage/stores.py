@@ -37,6 +37,8 @@ class StoreSet:
                                             session=self.session), self.stats)
             with self._lock:
                 store = self._buckets.setdefault(name, created)
+            if store is not created:  # another thread made this bucket's store meanwhile: use that one
+                created.close()
         return store
 
     def directory(self, path: str) -> ObjectStore:
