@@ -199,7 +199,8 @@ class MountOperations(Operations):
         node = self.tree.lookup(path[1:])
         if node.is_dir or node.obj is None or node.store is None:
             raise FuseOSError(errno.EISDIR)
-        verifier = HashVerifier(node.expected_hash[0], node.expected_hash[1], node.size) if node.expected_hash else None
+        verifier = (HashVerifier(*node.expected_hash, node.size, self.fetcher.hashing) if node.expected_hash
+                    else None)
         return self._register(ReadStream(self.fetcher, node.store, node.obj, max_window=self.max_read_window,
                                          verifier=verifier))
 

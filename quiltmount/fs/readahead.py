@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import threading
 from collections.abc import Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,6 +38,9 @@ class BlockFetcher:
         self.blocks_per_part = max(1, part_size // block_size)
         self.prefetch_budget = max(prefetch_budget, block_size * self.blocks_per_part)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch")
+        #: Where hash-verified reads have their bytes hashed (`HashVerifier`): hashlib lets go of the GIL,
+        #: so up to one worker per core hashes beside the readers.
+        self.hashing = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="hash")
         self._lock = threading.Lock()
         self._in_flight: dict[tuple[Hashable, int], Future] = {}
         self._prefetch_bytes = 0
@@ -210,6 +214,7 @@ class BlockFetcher:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.hashing.shutdown(wait=False, cancel_futures=True)
 
 
 def _runs(indices: list[int]) -> list[tuple[int, int]]:
