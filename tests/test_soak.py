@@ -21,6 +21,13 @@ OVERHEAD_MIB = 160
 WORKER = Path(__file__).with_name("soakworker.py")
 
 
+def _peaks_by_fifth(samples: list[int]) -> str:
+    """"a/b/c/d/e MiB": the peak RSS in each fifth of the run (a creep shows as a rising row)."""
+    size = max(1, len(samples) // 5)
+    return "/".join(f"{max(samples[start:start + size]) >> 20}" for start in range(0, size * 5, size)
+                    if samples[start:start + size]) + " MiB"
+
+
 def _rss(pid: int) -> int:
     with open(f"/proc/{pid}/status", encoding="ascii") as file:
         return next(int(line.split()[1]) * 1024 for line in file if line.startswith("VmRSS:"))
@@ -80,7 +87,7 @@ def test_soak(s3, bucket, mount, tmp_path, request):
     print(f"\nsoak {elapsed:.0f} s: " + ", ".join(f"{role} {ops} ops {size / 2**20:.0f} MiB"
                                                for role, (ops, size) in by_role.items())
           + f"; {len(expected)} files written and verified; peak RSS {peak / 2**20:.0f} MiB "
-          f"(budget {BUDGET_MIB} MiB); errors {len(errors)}")
+          f"(budget {BUDGET_MIB} MiB; by fifth of the run: {_peaks_by_fifth(samples)}); errors {len(errors)}")
     assert errors == [], errors[:10]
     assert all(ops > 0 for ops, _ in by_role.values())
     assert peak <= (BUDGET_MIB + OVERHEAD_MIB) << 20, f"peak RSS {peak >> 20} MiB"
