@@ -17,6 +17,7 @@ import boto3
 import cachetools
 import botocore.exceptions
 from botocore.config import Config
+from s3transfer.utils import ReadFileChunk
 
 from quiltmount.errors import AccessDenied, NotFound, ObjectChanged, StorageError, UserError
 from quiltmount.storage.base import ListPage, ObjectInfo, ObjectStore
@@ -27,8 +28,10 @@ MAX_POOL_CONNECTIONS = 64
 #: Files of this size and more are uploaded in parallel parts of this size (quilt3's chunk size, so S3's
 #: composite SHA-256 equals quilt3's sha2-256-chunked hash).
 MULTIPART_PART_SIZE = 8 << 20
-#: Parts in flight for all the uploads of one store: the bound on the mount's upload buffers.
+#: Parts in flight for all the uploads of one store (each streams from its staged file).
 MULTIPART_WORKERS = 8
+#: Reads of a staged part for its checksum (a reused buffer below the mmap threshold: no page faults).
+HASH_READ_SIZE = 1 << 20
 #: CopyObject handles objects up to 5 GiB; larger ones are copied part by part, in parts of this size.
 MAX_SINGLE_COPY = 5 << 30
 COPY_PART_SIZE = 512 << 20
@@ -347,6 +350,23 @@ class S3Store(ObjectStore):
             client.close()
 
 
+def _sha256_of_range(path: str, start: int, size: int) -> tuple[str, int]:
+    """(base64 SHA-256, length) of bytes [start, start+size) of the file, clipped at its end."""
+    digest = hashlib.sha256()
+    buffer = bytearray(HASH_READ_SIZE)
+    view = memoryview(buffer)
+    length = 0
+    with open(path, "rb", buffering=0) as file:
+        file.seek(start)
+        while length < size:
+            count = file.readinto(view[:min(HASH_READ_SIZE, size - length)])
+            if not count:
+                break
+            digest.update(view[:count])
+            length += count
+    return base64.b64encode(digest.digest()).decode(), length
+
+
 def _uploaded_info(key: str, size: int, response: dict) -> ObjectInfo:
     version = response.get("VersionId")
     return ObjectInfo(key, size, time.time(), response["ETag"], None if version in (None, "null") else version)
@@ -357,9 +377,9 @@ class PartUpload:
 
     Parts can be added while the file is still being written (`add_part` once its bytes are final), so a
     sequential writer's bytes are on their way to S3 before it closes; `finish` uploads the parts not added
-    yet and completes.  Parts run on the store's shared part pool, which bounds the upload buffers of all
-    the uploads to one bucket to MULTIPART_WORKERS parts.  The S3 upload is created with the first part, so an upload
-    aborted before any part costs no request.
+    yet and completes.  Parts run on the store's shared part pool, which bounds the parts in flight of all
+    the uploads to one bucket to MULTIPART_WORKERS; each streams from the file.  The S3 upload is created with
+    the first part, so an upload aborted before any part costs no request.
     """
 
     def __init__(self, store: S3Store, key: str, path: str) -> None:
@@ -379,13 +399,22 @@ class PartUpload:
             return self._upload_id
 
     def _send(self, number: int) -> dict:
+        """Upload part `number`, streamed from the staged file: never a part-sized buffer in memory.
+
+        The file is read twice, once for the checksum and once for the body (the second time from the page
+        cache): reading each part into memory instead cost up to MULTIPART_WORKERS x 8 MiB of RSS outside the
+        cache budget, and more CPU (a fresh 8 MiB buffer takes 2,048 page faults; measured on a 256 MiB `cp`:
+        daemon CPU 0.93-1.05 s -> 0.75-0.83 s, peak RSS of a 2 GiB `cp` 140 -> 86 MiB).  Should the bytes change
+        in between, S3 refuses the part (its checksum no longer matches; moto does not check) and the upload
+        fails into its retries.
+        """
         upload_id = self._id()
-        with open(self.path, "rb") as file:
-            file.seek((number - 1) * MULTIPART_PART_SIZE)
-            data = file.read(MULTIPART_PART_SIZE)
-        checksum = base64.b64encode(hashlib.sha256(data).digest()).decode()
-        response = self.store._uploads.upload_part(Bucket=self.store.bucket, Key=self.key, UploadId=upload_id,
-                                                 PartNumber=number, Body=data, ChecksumSHA256=checksum)
+        start = (number - 1) * MULTIPART_PART_SIZE
+        checksum, length = _sha256_of_range(self.path, start, MULTIPART_PART_SIZE)
+        with ReadFileChunk.from_filename(self.path, start, length, enable_callbacks=False) as body:
+            response = self.store._uploads.upload_part(Bucket=self.store.bucket, Key=self.key, UploadId=upload_id,
+                                                     PartNumber=number, Body=body, ContentLength=length,
+                                                     ChecksumSHA256=checksum)
         return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": checksum}
 
     def add_part(self, number: int) -> None:
