@@ -12,8 +12,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "Bucket", "QuiltException", "api_keys", "clear_api_key", "config", "delete_package",
-           "get_boto3_session", "list_package_versions", "list_packages", "logged_in", "login", "login_with_api_key",
-           "logout", "search"]
+           "get_boto3_session", "index_package", "list_package_versions", "list_packages", "logged_in", "login",
+           "login_with_api_key", "logout", "search"]
 
 
 def __getattr__(name: str) -> Any:

@@ -7,7 +7,8 @@ of quilt3's config, as in quilt3.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 
 from quiltmount import api_keys  # noqa: F401  (quilt3.api_keys)
 from quiltmount.auth import (  # noqa: F401
@@ -16,7 +17,9 @@ from quiltmount.auth import (  # noqa: F401
 from quiltmount.bucket import Bucket  # noqa: F401
 from quiltmount.catalog import QuiltException  # noqa: F401
 from quiltmount.quiltconfig import config, default_local_registry  # noqa: F401
+from quiltmount.packages.index import index_name, open_or_build
 from quiltmount.packages.registry import Registry, registry_from_url
+from quiltmount.paths import index_dir, make_private_dir
 from quiltmount.catalog_search import search  # noqa: F401
 
 
@@ -38,3 +41,24 @@ def delete_package(name: str, registry: str | None = None, top_hash: str | None 
     """Delete package `name` (every pointer) or, with `top_hash` (full or a 6+ character prefix), the pointers
     to that revision, promoting the newest remaining timestamp to `latest`.  Manifests and data stay."""
     _registry(registry).delete_package(name, top_hash=top_hash)
+
+
+def index_package(name: str, registry: str | None = None, top_hash: str | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> dict[str, object]:
+    """Build the on-disk index of revision `top_hash` (full or a 6+ character prefix; default: latest) of
+    package `name`, as a mount would on first access, so that the mount's first listing of it is instant.
+
+    An index already built is checked and kept.  `progress(entries, manifest_bytes)` is called while the
+    manifest streams in.  Returns the revision's `top_hash`, `entries`, index `path` and `disk_bytes`.
+    """
+    reg = _registry(registry)
+    full_hash = reg.resolve_hash(name, top_hash) if top_hash else reg.read_pointer(name)
+    make_private_dir(index_dir())
+    path = os.path.join(index_dir(), index_name(reg.url, full_hash))
+    index = open_or_build(path, lambda: reg.open_manifest(full_hash), top_hash=full_hash,
+                          manifest_url=reg.manifest_url(full_hash), progress=progress)
+    try:
+        return {"name": name, "top_hash": full_hash, "entries": index.entries, "path": path,
+                "disk_bytes": index.disk_bytes}
+    finally:
+        index.close()

@@ -92,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("--registry", help="registry (default: quilt3's default_local_registry)")
     delete.add_argument("--top-hash", metavar="HASH", help="full hash or a unique prefix of 6+ characters")
     delete.set_defaults(handler=cmd_packages_delete)
+    index = package_verbs.add_parser("index", help="build a revision's on-disk index ahead of a mount")
+    index.add_argument("spec", metavar="NAME[@HASH]", help="package name, and a revision's hash or a unique "
+                                                           "prefix of 6+ characters (default: latest)")
+    index.add_argument("--registry", help="registry (default: quilt3's default_local_registry)")
+    index.add_argument("--json", action="store_true", help="machine-readable output")
+    index.set_defaults(handler=cmd_packages_index)
 
     status = commands.add_parser("status", help="show live mounts")
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -207,6 +213,28 @@ def cmd_packages_delete(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_packages_index(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from quiltmount.api import index_package
+
+    name, _, top_hash = args.spec.partition("@")
+    progress = tqdm(desc="indexing", unit=" entries", file=sys.stderr) if sys.stderr.isatty() else None
+    try:
+        result = index_package(name, args.registry, top_hash=top_hash or None,
+                               progress=None if progress is None else lambda entries, _: progress.update(
+                                   entries - progress.n))
+    finally:
+        if progress is not None:
+            progress.close()
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{name}@{result['top_hash']}: {result['entries']} entries, index {result['path']} "
+              f"({format_size(int(result['disk_bytes']))})")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     records = state.live_records()
     if args.json:
@@ -230,6 +258,9 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"  kernel:    {sum(record.get('fuse_calls', {}).values())} calls {record.get('fuse_calls', {})}\n"
               f"  open:      {record.get('open_files', 0)} files, RSS {format_size(record.get('rss_bytes', 0))}\n"
               f"  uploads:   {record.get('pending_uploads', 0)} pending")
+        for index in record.get("indexes", []):
+            print(f"  index:     {index['top_hash'][:12]} {index['entries']} entries, "
+                  f"{format_size(index['disk_bytes'])} ({index['path']})")
     return 0
 
 

@@ -7,6 +7,7 @@ session and waits on a pipe: the daemon writes `READY` once the mountpoint answe
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import gc
@@ -18,16 +19,20 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from quiltmount import __version__, state
 from quiltmount.errors import UserError
-from quiltmount.paths import default_cache_dir, default_log_file, make_private_dir
+from quiltmount.paths import default_cache_dir, default_log_file, index_dir, make_private_dir
 
 log = logging.getLogger("quiltmount")
 
+#: Seconds the parent waits for the daemon's word (READY or an error), or for its next WORKING beat.
 READY_TIMEOUT = 60.0
+WORKING = b"WORKING"
+WORKING_INTERVAL = 5.0
 SEARCH_TIMEOUT = 30.0
 IMMUTABLE_KERNEL_TTL = 24 * 3600.0
 STATUS_INTERVAL = 1.0
@@ -107,16 +112,43 @@ class _Signal:
 
     def __init__(self, fd: int | None) -> None:
         self.fd = fd
+        self._lock = threading.Lock()
 
     def send(self, message: str) -> None:
-        if self.fd is None:
-            return
+        """The final word: READY or ERROR: <reason>."""
+        with self._lock:
+            if self.fd is None:
+                return
+            try:
+                os.write(self.fd, (message.replace("\n", " ") + "\n").encode())
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = None
+
+    @contextlib.contextmanager
+    def working(self) -> Iterator[None]:
+        """While the body runs, tell the parent every few seconds that the daemon is still preparing (indexing
+        a large package revision before mounting it): the parent waits as long as these keep coming."""
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(WORKING_INTERVAL):
+                with self._lock:
+                    if self.fd is None:
+                        return
+                    try:
+                        os.write(self.fd, WORKING + b"\n")
+                    except OSError:
+                        return
+
+        thread = threading.Thread(target=beat, name="working", daemon=True)
+        thread.start()
         try:
-            os.write(self.fd, (message.replace("\n", " ") + "\n").encode())
-            os.close(self.fd)
-        except OSError:
-            pass
-        self.fd = None
+            yield
+        finally:
+            done.set()
+            thread.join()
 
 
 def run_mount(options: MountOptions, ready_fd: int | None = None) -> int:
@@ -181,7 +213,8 @@ def _serve(options: MountOptions, log_file: str, signal: _Signal) -> int:
 
     cache_dir = options.cache_dir or default_cache_dir(source.url)
     make_private_dir(cache_dir)
-    tree, writes, read_only, immutable = _build_tree(source, store, stores, cache_dir, options)
+    with signal.working():
+        tree, writes, packages, read_only, immutable = _build_tree(source, store, stores, cache_dir, options)
     disk = DiskTier(os.path.join(cache_dir, "blocks"), options.disk_cache_size) if options.disk_cache_size else None
     # A quarter of the memory budget for read-ahead in flight, the rest for cached blocks.
     prefetch_budget = max(options.memory_cache_size // 4, 8 << 20)
@@ -199,7 +232,7 @@ def _serve(options: MountOptions, log_file: str, signal: _Signal) -> int:
                 "log_file": log_file, "cache_dir": cache_dir, "started_at": started,
                 "read_only": read_only, "rss_bytes": _rss_bytes(), "open_files": ops.open_handles(),
                 "cache": cache.stats(), "read_ahead": fetcher.stats(), "requests": stores.stats.snapshot(),
-                "fuse_calls": calls.snapshot(),
+                "fuse_calls": calls.snapshot(), "indexes": packages.index_stats(),
                 **uploads}
 
     stop = threading.Event()
@@ -269,29 +302,29 @@ def _finish_uploads(writes: Any, mountpoint: str) -> None:
 
 
 def _build_tree(source: Any, store: Any, stores: Any, cache_dir: str,
-                options: MountOptions) -> tuple[Any, Any, bool, bool]:
-    """The mount's root tree, its write-back layer (None when read-only), whether the mount is read-only,
-    and whether it is immutable (one package revision)."""
+                options: MountOptions) -> tuple[Any, Any, Any, bool, bool]:
+    """The mount's root tree, its write-back layer (None when read-only), its `.packages` view, whether the
+    mount is read-only, and whether it is immutable (one package revision)."""
     from quiltmount.fs.mounttree import MountTree
     from quiltmount.fs.packagetree import PackagesTree
     from quiltmount.fs.tree import BucketTree
     from quiltmount.packages.registry import Registry
 
-    registry = Registry(store, source.registry_url, cache_dir=os.path.join(cache_dir, "manifests"))
-    packages = PackagesTree(registry, stores, metadata_ttl=options.metadata_ttl)
+    packages = PackagesTree(Registry(store, source.registry_url), stores, index_dir=index_dir(),
+                            metadata_ttl=options.metadata_ttl)
     if source.package:
-        return _revision_tree(packages, source.package), None, True, True
+        return _revision_tree(packages, source.package), None, packages, True, True
     bucket = BucketTree(store, source.prefix, metadata_ttl=options.metadata_ttl)
     views = {".packages": packages, ".search": _search_view(source, options)}
     if options.read_only:
-        return MountTree(bucket, views), None, True, False
+        return MountTree(bucket, views), None, packages, True, False
     from quiltmount.fs.staging import StagingArea
     from quiltmount.fs.writeback import WritableBucketTree
 
     writes = WritableBucketTree(bucket, StagingArea(os.path.join(cache_dir, "staging")),
                                 sync_on_close=options.sync_on_close, upload_attempts=options.upload_attempts)
     writes.recover()
-    return MountTree(writes, views), writes, False, False
+    return MountTree(writes, views), writes, packages, False, False
 
 
 def _use_api_key(variable: str | None) -> None:
@@ -387,6 +420,9 @@ def start_background(options: MountOptions) -> int:
             if not chunk:
                 break
             message += chunk
+            while message.startswith(WORKING + b"\n"):  # still preparing: the wait starts again
+                message = message[len(WORKING) + 1:]
+                deadline = time.monotonic() + READY_TIMEOUT
     text = message.decode(errors="replace").strip()
     if text == "READY":
         return process.pid

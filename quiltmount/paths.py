@@ -31,6 +31,11 @@ def default_cache_dir(source_url: str) -> str:
     return os.path.join(cache_root(), slug(source_url))
 
 
+def index_dir() -> str:
+    """Package revision indexes: one per (registry, top hash), shared by every mount of the user."""
+    return os.path.join(cache_root(), "indexes")
+
+
 def default_log_file(mountpoint: str) -> str:
     return os.path.join(state_root(), "logs", slug(mountpoint) + ".log")
 

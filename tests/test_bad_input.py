@@ -29,6 +29,7 @@ from quiltmount import api_keys, auth, catalog, cli, quiltconfig
 from quiltmount.catalog import QuiltException
 from quiltmount.errors import QuiltmountError
 from quiltmount.packages import manifest as mf
+from quiltmount.paths import index_dir
 from test_config_auth import clean, stack  # noqa: F401  (fixtures)
 from test_registry import q3, quilt3_module  # noqa: F401  (fixtures)
 
@@ -244,8 +245,10 @@ def test_malformed_registry_content_gets_eio_and_a_log_line(corpus: Corpus, moun
         assert (packages / "good/pkg/latest" / key).read_bytes() == data
     assert snapshot(tmp_path, skip=("cache", "mnt1")) == outside_before
     cached = {p.relative_to(cache).parts[0] for p in cache.rglob("*") if p.is_file()}
-    assert cached <= {"manifests", "staging"}, cached
-    assert all(mf.is_top_hash(p.name) for p in (cache / "manifests").iterdir())
+    assert cached <= {"staging"}, cached
+    # Revision indexes live in the user's cache, named by top hash; no temporary file is left behind.
+    assert all(mf.is_top_hash(p.name.partition("-")[0]) and p.suffix == ".sqlite"
+               for p in Path(index_dir()).iterdir())
 
     log = Path(mount_record(mnt)["log_file"]).read_text(errors="replace")
     assert "Traceback" not in log

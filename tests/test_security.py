@@ -20,7 +20,8 @@ from mounthelpers import force_unmount, mount_record, run_cli
 from quiltmount import api_keys, auth, catalog, quiltconfig, state
 from quiltmount.catalog import QuiltException
 from quiltmount.packages import manifest as mf
-from quiltmount.paths import mounts_dir
+from quiltmount.packages.index import index_name
+from quiltmount.paths import index_dir, mounts_dir
 from test_bad_input import run, scratch_bucket, snapshot  # noqa: F401  (fixture)
 from test_config_auth import clean, quilt3_module, stack  # noqa: F401  (fixtures)
 
@@ -186,10 +187,12 @@ def test_cache_and_staging_dirs_are_0700(s3, scratch_bucket, mount, tmp_path):
         file.write(b"new")
         staged = [p for p in (cache / "staging/data").iterdir()]
         assert [mode(p) for p in staged] == [0o600]
-    directories = [cache, cache / "manifests", cache / "blocks", cache / "staging", cache / "staging/data",
-                   cache / "staging/journal", Path(mounts_dir())]
+    indexes = Path(index_dir())
+    directories = [cache, cache / "blocks", cache / "staging", cache / "staging/data",
+                   cache / "staging/journal", indexes, Path(mounts_dir())]
     assert {str(d): oct(mode(d)) for d in directories} == {str(d): oct(0o700) for d in directories}
-    assert [oct(mode(p)) for p in (cache / "manifests").iterdir()] == [oct(0o600)]
+    index = indexes / index_name(f"s3://{bucket}", manifest.top_hash)
+    assert [oct(mode(p)) for p in indexes.iterdir() if p == index] == [oct(0o600)]
     assert oct(mode(state.record_path(str(mnt)))) == oct(0o600)
     assert oct(mode(Path(state.read_record(str(mnt))["log_file"]))) == oct(0o600)  # it names keys and paths
 

@@ -90,9 +90,15 @@ class FUSE(mfusepy.FUSE):
         plus = bool(flags & READDIR_PLUS)
         entries = self.operations.readdir_with_offset(
             None if path is None else path.decode(self.encoding, self.errors), offset, fip.contents.fh)
+        built: dict[int, tuple[dict, mfusepy.c_stat]] = {}  # id(attrs) -> (attrs, its struct)
         for name, attrs, position in entries:
-            st = mfusepy.c_stat()
-            mfusepy.set_st_attrs(st, attrs, use_ns=self.use_ns)
+            known = built.get(id(attrs))
+            if known is None:  # entries that share an attributes dict share a struct (filler copies it)
+                st = mfusepy.c_stat()
+                mfusepy.set_st_attrs(st, attrs, use_ns=self.use_ns)
+                built[id(attrs)] = (attrs, st)
+            else:
+                st = known[1]
             fill = FILL_DIR_PLUS if plus and "st_size" in attrs else 0
             if filler(buf, name.encode(self.encoding, self.errors), st, position, fill) != 0:
                 break  # the kernel's buffer is full: it asks again from the last position it got

@@ -141,9 +141,16 @@ class MountOperations(Operations):
     def _dir_entries(self, listing: list[tuple[str, Node | None]],
                      offset: int) -> Iterator[tuple[str, dict[str, int], int]]:
         directory = {"st_mode": stat.S_IFDIR}
+        stats: dict[int, dict[str, int]] = {}  # id(node) -> its attributes: trees share nodes between entries
         for position in range(offset, len(listing)):
             name, node = listing[position]
-            yield name, directory if node is None else self._stat(node), position + 1
+            if node is None:
+                yield name, directory, position + 1
+                continue
+            attrs = stats.get(id(node))
+            if attrs is None:
+                attrs = stats[id(node)] = self._stat(node)
+            yield name, attrs, position + 1
 
     @_translate
     def readlink(self, path: str) -> str:

@@ -8,7 +8,8 @@
                                          found by lookup, never listed, so find and rm -r stay out of it
 ```
 
-Revisions are immutable: a `RevisionTree` is built once from its (hash-verified) manifest and cached.
+Revisions are immutable: a `RevisionTree` answers from the revision's on-disk index, built once per user
+from the (hash-verified) manifest and shared by every mount (`packages.index`).
 Deleting pointers goes through `Registry`, with quilt3's semantics; manifests and data are never deleted.
 """
 
@@ -17,17 +18,21 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from cachetools import LRUCache, TTLCache
 
 from quiltmount.errors import AccessDenied, NotFound, StorageError, UserError
-from quiltmount.fs.node import Node, PathIndex, Tree
-from quiltmount.fs.tree import invalid_path_reason
-from quiltmount.packages.manifest import Entry, Manifest, ManifestError, is_top_hash, short_repr
+from quiltmount.fs.node import Node, Tree
+from quiltmount.names import invalid_path_reason
+from quiltmount.packages.index import ROOT_ID, IndexUnusable, RevisionIndex, Row, index_name, open_or_build
+from quiltmount.packages.manifest import ManifestError, is_top_hash, parse_physical_key, short_repr
 from quiltmount.packages.registry import LATEST, Registry, is_pointer_name, is_valid_package_name
+from quiltmount.paths import make_private_dir
 from quiltmount.storage.base import ObjectInfo
 from quiltmount.storage.stores import StoreSet
 
@@ -35,6 +40,9 @@ log = logging.getLogger(__name__)
 
 REVISION_PREFIX = "@"
 MIN_HASH_PREFIX = 6
+#: Seconds between two progress lines while a revision is indexed.
+PROGRESS_INTERVAL = 2.0
+T = TypeVar("T")
 
 
 def _json(value: object) -> bytes:
@@ -42,84 +50,148 @@ def _json(value: object) -> bytes:
 
 
 class RevisionTree(Tree):
-    """One package revision's logical tree: sizes and hashes from the manifest, bytes from physical keys.
+    """One package revision's logical tree, answered from its on-disk index (`packages.index`): sizes and
+    hashes from the manifest, bytes from physical keys.  Memory stays bounded whatever the revision's size:
+    nodes recently looked up are kept in a small LRU, listings are read from the index page by page.
 
-    Entries whose logical key has a component the kernel cannot show (over 255 bytes) are left out, with a
-    log line.  Unless `local_files`, entries stored as local files (`file://`) are listed but cannot be opened
-    (EACCES): a manifest in a bucket must not make the daemon read whatever local file it names.
+    Entries whose logical key has a component the kernel cannot show (over 255 bytes) are left out of the
+    index, with a log line.  Unless `local_files`, entries stored as local files (`file://`) are listed but
+    cannot be opened (EACCES): a manifest in a bucket must not make the daemon read whatever local file it
+    names.
     """
 
-    def __init__(self, manifest: Manifest, top_hash: str, stores: StoreSet, mtime: float, *,
-                 local_files: bool = True) -> None:
-        self.manifest = manifest
-        self.top_hash = top_hash
+    def __init__(self, index: RevisionIndex, stores: StoreSet, mtime: float, *, local_files: bool = True,
+                 node_cache_size: int = 2048) -> None:
+        self.index = index
+        self.top_hash = index.top_hash
         self.mtime = mtime
-        self._index = PathIndex(Node(is_dir=True, mtime=mtime, immutable=True))
-        self._entries: dict[str, Entry] = {}
-        self._refused: dict[str, str] = {}  # logical key -> why it cannot be opened
-        for entry in manifest.entries:
-            reason = invalid_path_reason(entry.logical_key)
-            if reason:
-                log.warning("revision %s: skipping logical key %s: %s", top_hash, short_repr(entry.logical_key),
-                            reason)
-                continue
-            self._index.add(entry.logical_key, self._file_node(entry, stores, local_files))
-            self._entries[entry.logical_key] = entry
-        self._index.sort()
+        self.stores = stores
+        self.local_files = local_files
+        self._dir_node = Node(is_dir=True, mtime=mtime, immutable=True)
+        self._lock = threading.Lock()
+        self._found: LRUCache[str, tuple[int, Row, Node]] = LRUCache(node_cache_size)
+        self.broken = False
 
-    def _file_node(self, entry: Entry, stores: StoreSet, local_files: bool) -> Node:
-        physical = entry.parsed_physical_key()
-        if physical.scheme == "s3":
-            store = stores.bucket(physical.bucket or "")
-            obj = ObjectInfo(physical.key, entry.size, self.mtime, version_id=physical.s3_version_id,
-                             content_hash=entry.hash_value)
-        elif local_files:
-            store = stores.local()
-            obj = ObjectInfo(physical.path.lstrip("/"), entry.size, self.mtime, content_hash=entry.hash_value)
+    # -- index rows -------------------------------------------------------------------------------------
+    def _query(self, call: Callable[[], T]) -> T:
+        """`call()`; an index found corrupt is deleted (the next mount rebuilds it) and the call fails (EIO)."""
+        try:
+            return call()
+        except IndexUnusable as exc:
+            self.broken = True
+            log.error("revision %s: %s; the index is deleted, to be rebuilt", self.top_hash, exc)
+            self.index.discard()
+            raise
+
+    def _find(self, path: str) -> tuple[int, Row, Node]:
+        """(id, row, node) of `path` (not ''); raises NotFound."""
+        with self._lock:
+            found = self._found.get(path)
+        if found is not None:
+            return found
+        parent_path, _, name = path.rpartition("/")
+        parent = self._find(parent_path)[0] if parent_path else ROOT_ID
+        child = self._query(lambda: self.index.child(parent, name))
+        if child is None:
+            raise NotFound(path)
+        row_id, row = child
+        found = (row_id, row, self._dir_node if row.is_dir else self._file_node(row))
+        with self._lock:
+            self._found[path] = found
+        return found
+
+    def _dir_id(self, path: str) -> int:
+        if path == "":
+            return ROOT_ID
+        row_id, row, _ = self._find(path)
+        if not row.is_dir:
+            raise StorageError(f"{path}: not a directory", errno.ENOTDIR)
+        return row_id
+
+    def _file_node(self, row: Row) -> Node:
+        if row.physical_key.startswith("s3:"):
+            physical = parse_physical_key(row.physical_key)
+            obj = ObjectInfo(physical.key, row.size, self.mtime, version_id=physical.s3_version_id,
+                             content_hash=row.hash[1])
+            store = self.stores.bucket(physical.bucket or "")
+        elif self.local_files:
+            obj = ObjectInfo(parse_physical_key(row.physical_key).path.lstrip("/"), row.size, self.mtime,
+                             content_hash=row.hash[1])
+            store = self.stores.local()
         else:
-            self._refused[entry.logical_key] = (f"its physical key {short_repr(entry.physical_key)} is a local file, "
-                                                "which only a local registry may name")
-            return Node(is_dir=False, size=entry.size, mtime=self.mtime, immutable=True)
-        return Node(is_dir=False, size=entry.size, mtime=self.mtime, obj=obj, store=store,
-                    expected_hash=(entry.hash_type, entry.hash_value), immutable=True)
+            return Node(is_dir=False, size=row.size, mtime=self.mtime, immutable=True)
+        return Node(is_dir=False, size=row.size, mtime=self.mtime, obj=obj, store=store, expected_hash=row.hash,
+                    immutable=True)
 
+    # -- the Tree interface -----------------------------------------------------------------------------
     def open_local(self, path: str) -> None:
         """Refuse entries that must not be read; every other file is read by the FUSE adapter (None)."""
-        reason = self._refused.get(path)
-        if reason is not None:
-            raise AccessDenied(f"revision {self.top_hash}: {short_repr(path)} cannot be read: {reason}")
+        _, row, node = self._find(path)
+        if not row.is_dir and node.obj is None:
+            raise AccessDenied(f"revision {self.top_hash}: {short_repr(path)} cannot be read: its physical key "
+                               f"{short_repr(row.physical_key)} is a local file, which only a local registry "
+                               "may name")
         return None
 
     def lookup(self, path: str) -> Node:
-        return self._index.node(path)
+        return self._dir_node if path == "" else self._find(path)[2]
 
     def readdir(self, path: str) -> dict[str, Node]:
-        if path not in self._index.dirs:
-            raise NotFound(path)
-        return self._index.dirs[path]
+        parent = self._dir_id(path)
+        files: dict[int, Node] = {}  # one node per size: a listing's nodes only give attributes
+        entries: dict[str, Node] = {}
+        for name, size in self._query(lambda: list(self.index.children(parent))):
+            if size is None:
+                entries[name] = self._dir_node
+            else:
+                node = files.get(size)
+                if node is None:
+                    node = files[size] = Node(is_dir=False, size=size, mtime=self.mtime, immutable=True)
+                entries[name] = node
+        return entries
 
     def xattrs(self, path: str) -> dict[str, bytes]:
-        node = self.lookup(path)
         if path == "":
-            message = self.manifest.message
+            header = self.index.header
+            message = header.get("message")
             return {"user.quilt.top_hash": self.top_hash.encode(),
                     "user.quilt.message": b"" if message is None else str(message).encode("utf-8"),
-                    "user.quilt.user_meta": _json(self.manifest.user_meta)}
-        if node.is_dir:
-            meta = self.manifest.dir_meta.get(path + "/")
-            return {} if meta is None else {"user.quilt.meta": _json(meta)}
-        entry = self._entries[path]
-        return {"user.quilt.hash": _json(entry.hash_object()),
-                "user.quilt.physical_key": entry.physical_key.encode("utf-8"),
-                "user.quilt.meta": _json(entry.meta)}
+                    "user.quilt.user_meta": _json(header.get("user_meta"))}
+        _, row, _ = self._find(path)
+        if row.is_dir:
+            meta = self._query(lambda: self.index.dir_meta(path))
+            return {} if meta is None else {"user.quilt.meta": meta.encode("utf-8")}
+        return {"user.quilt.hash": row.hash_json.encode("utf-8"),
+                "user.quilt.physical_key": row.physical_key.encode("utf-8"),
+                "user.quilt.meta": row.meta_json.encode("utf-8")}
+
+    def close(self) -> None:
+        self.index.close()
+
+
+class _ProgressLog:
+    """Logs an index build's progress (entries/s) every PROGRESS_INTERVAL seconds."""
+
+    def __init__(self, top_hash: str) -> None:
+        self.top_hash = top_hash
+        self.started = time.monotonic()
+        self.next_report = self.started + PROGRESS_INTERVAL
+
+    def __call__(self, entries: int, manifest_bytes: int) -> None:
+        now = time.monotonic()
+        if now >= self.next_report:
+            self.next_report = now + PROGRESS_INTERVAL
+            log.info("indexing revision %s: %d entries, %.0f MB of manifest read (%.0f entries/s)",
+                     self.top_hash, entries, manifest_bytes / 1e6, entries / (now - self.started))
 
 
 class PackagesTree(Tree):
     """`.packages/`: every package of a registry, its pointers as symlinks, its revisions by lookup."""
 
-    def __init__(self, registry: Registry, stores: StoreSet, *, metadata_ttl: float, revision_cache_size: int = 64,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, registry: Registry, stores: StoreSet, *, index_dir: str, metadata_ttl: float,
+                 revision_cache_size: int = 16, clock: Callable[[], float] = time.monotonic) -> None:
         self.registry = registry
+        self.index_dir = index_dir
         self.stores = stores
         self.ttl = metadata_ttl
         self._clock = clock
@@ -128,7 +200,9 @@ class PackagesTree(Tree):
         self._lock = threading.Lock()
         self._packages: tuple[list[str], float] | None = None
         self._versions: dict[str, tuple[dict[str, str], float]] = {}
+        # Each open revision holds an index connection (its page cache) and a node LRU: a few MiB.
         self._revisions: LRUCache[str, RevisionTree] = LRUCache(revision_cache_size)
+        self._indexing: dict[str, threading.Lock] = {}  # top hash -> held while one thread opens or builds it
         self._resolved: dict[tuple[str, str], tuple[str, float]] = {}
         self._pending_links: dict[tuple[str, str], str] = {}  # (package, temporary name) -> top hash
         self._emptied: set[str] = set()  # packages whose last pointer was removed here, until rmdir
@@ -188,15 +262,33 @@ class PackagesTree(Tree):
     def revision(self, name: str, spelled: str) -> RevisionTree:
         """The revision named by `@<hash or unique prefix>` (any manifest of the registry)."""
         top_hash = self._resolve(name, spelled)
-        with self._lock:
-            tree = self._revisions.get(top_hash)
-            broken = self._broken.get(top_hash)
+        tree = self._cached_revision(top_hash)
         if tree is not None:
             return tree
+        with self._lock:
+            opening = self._indexing.setdefault(top_hash, threading.Lock())
+        with opening:  # one thread opens or builds an index; the others wait for it
+            tree = self._cached_revision(top_hash)
+            if tree is None:
+                tree = self._open_revision(name, top_hash)
+        with self._lock:
+            self._indexing.pop(top_hash, None)
+        return tree
+
+    def _cached_revision(self, top_hash: str) -> RevisionTree | None:
+        with self._lock:
+            tree = self._revisions.get(top_hash)
+            if tree is not None and tree.broken:
+                del self._revisions[top_hash]
+                tree = None
+            broken = self._broken.get(top_hash)
         if broken is not None:
             raise StorageError(broken, errno.EIO)
+        return tree
+
+    def _open_revision(self, name: str, top_hash: str) -> RevisionTree:
         try:
-            manifest = self.registry.load_manifest(top_hash)
+            index = self._open_index(top_hash)
         except NotFound:
             log.warning("package %s: manifest %s is missing (a dangling pointer)", name, top_hash)
             raise
@@ -205,10 +297,24 @@ class PackagesTree(Tree):
             with self._lock:
                 self._broken[top_hash] = message
             raise StorageError(message, errno.EIO) from None
-        tree = RevisionTree(manifest, top_hash, self.stores, self.started, local_files=self.registry.is_local)
+        tree = RevisionTree(index, self.stores, self.started, local_files=self.registry.is_local)
         with self._lock:
             self._revisions[top_hash] = tree
         return tree
+
+    def _open_index(self, top_hash: str) -> RevisionIndex:
+        make_private_dir(self.index_dir)
+        path = os.path.join(self.index_dir, index_name(self.registry.url, top_hash))
+        return open_or_build(path, lambda: self.registry.open_manifest(top_hash), top_hash=top_hash,
+                             manifest_url=self.registry.manifest_url(top_hash),
+                             progress=_ProgressLog(top_hash))
+
+    def index_stats(self) -> list[dict[str, object]]:
+        """The indexes of the revisions open now (for `status`)."""
+        with self._lock:
+            trees = list(self._revisions.values())
+        return [{"top_hash": tree.top_hash, "entries": tree.index.entries, "path": tree.index.path,
+                 "disk_bytes": tree.index.disk_bytes} for tree in trees]
 
     def _resolve(self, name: str, spelled: str) -> str:
         spelled = spelled.lower()
@@ -383,6 +489,13 @@ class PackagesTree(Tree):
             self._forget(name)
             return
         self._set_pointer(name, new_pointer, top_hash)
+
+    def close(self) -> None:
+        with self._lock:
+            trees = list(self._revisions.values())
+            self._revisions.clear()
+        for tree in trees:
+            tree.close()
 
     def _set_pointer(self, name: str, pointer: str, top_hash: str) -> None:
         self.registry.set_pointer(name, pointer, top_hash)

@@ -32,7 +32,8 @@ from cachetools import LRUCache
 
 from quiltmount.errors import NotFound, QuiltmountError, StorageError
 from quiltmount.fs.node import MemoryFile, Node, PathIndex, Tree
-from quiltmount.fs.tree import RESERVED_ROOT_NAMES, invalid_path_reason
+from quiltmount.fs.tree import RESERVED_ROOT_NAMES
+from quiltmount.names import invalid_path_reason
 from quiltmount.packages.registry import is_pointer_name, is_valid_package_name
 
 log = logging.getLogger(__name__)

@@ -18,6 +18,7 @@ from cachetools import LRUCache, TTLCache
 
 from quiltmount.errors import NotFound
 from quiltmount.fs.node import Node, Tree
+from quiltmount.names import invalid_name_reason
 from quiltmount.storage.base import ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -28,25 +29,6 @@ RELIST_MAX_ENTRIES = 10_000
 
 #: Names at the root of a mount that belong to quiltmount, never to the bucket (like ZFS's `.zfs`).
 RESERVED_ROOT_NAMES = frozenset({".packages", ".search"})
-MAX_NAME_BYTES = 255
-
-
-def invalid_name_reason(name: str) -> str | None:
-    """Why `name` cannot be a directory entry, or None if it can."""
-    if name in ("", ".", ".."):
-        return "empty, '.' or '..' path component"
-    if "\0" in name:
-        return "NUL byte in name"
-    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
-        return f"component longer than {MAX_NAME_BYTES} bytes"
-    return None
-
-
-def invalid_path_reason(path: str) -> str | None:
-    """Why a `/`-separated path cannot be shown (`invalid_name_reason` of its first bad component), or None.
-    (The kernel rejects a whole directory listing when one name in it is over 255 bytes, so one such name
-    would hide all its siblings.)"""
-    return next(filter(None, map(invalid_name_reason, path.split("/"))), None)
 
 
 class BucketTree(Tree):

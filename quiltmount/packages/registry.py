@@ -31,6 +31,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable
+from typing import IO
 from urllib.parse import urlparse
 
 from quiltmount.errors import NotFound, UserError
@@ -355,6 +356,16 @@ class Registry:
         # Named like quilt3's CACHE/manifest/ files: sha256 of the manifest URL.  Keying by URL, not only by
         # hash, matters: re-pushing a top hash may rewrite the manifest with other physical keys.
         return os.path.join(self.cache_dir, hashlib.sha256(self.manifest_url(top_hash).encode()).hexdigest())
+
+    def open_manifest(self, top_hash: str) -> IO[bytes]:
+        """The manifest named `top_hash` as a stream of bytes, unverified (its reader checks the top hash).
+        Raises `NotFound` if the registry has no such manifest."""
+        if not is_top_hash(top_hash):
+            raise RegistryError(f"Invalid hash: {top_hash!r}")
+        try:
+            return self.store.open_object(self.manifest_key(top_hash))
+        except NotFound:
+            raise NotFound(f"manifest {top_hash} not found in {self.url}") from None
 
     def load_manifest(self, top_hash: str) -> Manifest:
         """The manifest named `top_hash` (a full hash), verified: its computed top hash must be its name.

@@ -7,9 +7,13 @@ mix bytes of two versions: a backend raises `ObjectChanged` instead.
 
 from __future__ import annotations
 
+import io
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import IO, Any
+
+from quiltmount.errors import StorageError
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,32 @@ class ListPage:
 
     objects: list[ObjectInfo] = field(default_factory=list)
     prefixes: list[str] = field(default_factory=list)
+
+
+class ObjectStream(io.RawIOBase):
+    """A streamed object body as a raw binary file: `read` reads up to n bytes; an exception in `errors` is
+    raised as `fail(exc)` (a `StorageError`), so readers see the same errors as from the store's methods."""
+
+    def __init__(self, read: Callable[[int], bytes], close: Callable[[], None],
+                 fail: Callable[[Exception], StorageError], errors: tuple[type[Exception], ...]) -> None:
+        super().__init__()
+        self._read, self._close, self._fail, self._errors = read, close, fail, errors
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            data = self._read(len(buffer))
+        except self._errors as exc:
+            raise self._fail(exc) from exc
+        buffer[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._close()
+        super().close()
 
 
 class ObjectStore(ABC):
@@ -73,6 +103,11 @@ class ObjectStore(ABC):
     @abstractmethod
     def get_object(self, key: str) -> bytes:
         """The whole object (for small objects: pointers, manifests); raise `NotFound` if there is none."""
+
+    def open_object(self, key: str) -> IO[bytes]:
+        """The whole object as a stream, for objects too large to hold (a manifest of millions of entries);
+        raise `NotFound` if there is none.  Reading raises `StorageError`.  The default reads it whole."""
+        return io.BytesIO(self.get_object(key))
 
     @abstractmethod
     def put_object(self, key: str, data: bytes) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from typing import IO
 
 from quiltmount.storage.base import ListPage, ObjectInfo, ObjectStore
 
@@ -101,6 +102,13 @@ class CountingStore(ObjectStore):
             return data
         finally:
             self._end(len(data))
+
+    def open_object(self, key: str) -> IO[bytes]:
+        self._begin("get")
+        try:
+            return self.inner.open_object(key)
+        finally:
+            self._end()
 
     def put_object(self, key: str, data: bytes) -> None:
         self._begin("put")

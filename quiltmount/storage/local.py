@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterator
 
 from quiltmount.errors import AccessDenied, NotFound, ObjectChanged, StorageError, UserError
-from quiltmount.storage.base import ListPage, ObjectInfo, ObjectStore
+from quiltmount.storage.base import ListPage, ObjectInfo, ObjectStore, ObjectStream
 
 #: Entries per listing page, as S3 pages its listings.
 PAGE_SIZE = 1000
@@ -105,6 +105,13 @@ class LocalStore(ObjectStore):
                 return file.read()
         except OSError as exc:
             raise self._fail("get", key, exc) from exc
+
+    def open_object(self, key: str) -> ObjectStream:
+        try:
+            file = open(self._path(key), "rb")
+        except OSError as exc:
+            raise self._fail("get", key, exc) from exc
+        return ObjectStream(file.read, file.close, lambda exc: self._fail("read", key, exc), (OSError,))
 
     def put_object(self, key: str, data: bytes) -> None:
         path = self._path(key)

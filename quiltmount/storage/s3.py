@@ -20,7 +20,7 @@ from botocore.config import Config
 from s3transfer.utils import ReadFileChunk
 
 from quiltmount.errors import AccessDenied, NotFound, ObjectChanged, StorageError, UserError
-from quiltmount.storage.base import ListPage, ObjectInfo, ObjectStore
+from quiltmount.storage.base import ListPage, ObjectInfo, ObjectStore, ObjectStream
 from quiltmount.storage.presigned import PresignedRanges
 
 #: Connections kept per client: read-ahead workers and FUSE threads share them.
@@ -277,6 +277,15 @@ class S3Store(ObjectStore):
                                     lambda: _read_body(self._reads.get_object(Bucket=self.bucket, Key=key)))
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise self._fail("get", key, exc) from exc
+
+    def open_object(self, key: str) -> ObjectStream:
+        try:
+            body = self._retry_read(key, f"get s3://{self.bucket}/{key}",
+                                    lambda: self._reads.get_object(Bucket=self.bucket, Key=key)["Body"])
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise self._fail("get", key, exc) from exc
+        return ObjectStream(body.read, body.close, lambda exc: self._fail("read", key, exc),
+                            (botocore.exceptions.BotoCoreError, OSError))
 
     def put_object(self, key: str, data: bytes) -> None:
         try:

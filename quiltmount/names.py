@@ -1,0 +1,25 @@
+"""Which names a directory entry can have: the kernel's rules, shared by the file system views and the
+package index (which leaves out, at build time, the entries a mount could never show)."""
+
+from __future__ import annotations
+
+#: NAME_MAX: the kernel rejects a whole directory listing when one name in it is longer.
+MAX_NAME_BYTES = 255
+
+
+def invalid_name_reason(name: str) -> str | None:
+    """Why `name` cannot be a directory entry, or None if it can."""
+    if name in ("", ".", ".."):
+        return "empty, '.' or '..' path component"
+    if "\0" in name:
+        return "NUL byte in name"
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        return f"component longer than {MAX_NAME_BYTES} bytes"
+    return None
+
+
+def invalid_path_reason(path: str) -> str | None:
+    """Why a `/`-separated path cannot be shown (`invalid_name_reason` of its first bad component), or None.
+    (The kernel rejects a whole directory listing when one name in it is over 255 bytes, so one such name
+    would hide all its siblings.)"""
+    return next(filter(None, map(invalid_name_reason, path.split("/"))), None)
