@@ -304,37 +304,6 @@ def test_missing_and_mismatched_manifests(s3_server, s3, pushed: str) -> None:
         registry.load_manifest("1f2a21a")
 
 
-def test_manifest_cache_is_reused(s3_server, s3, pushed: str, tmp_path: Path) -> None:
-    cache = str(tmp_path / "cache")
-
-    def counted(cache_dir: str | None) -> tuple[Registry, CountingStore]:
-        store = CountingStore(S3Store(pushed, endpoint_url=s3_server.endpoint_url))
-        return Registry(store, f"s3://{pushed}", cache_dir=cache_dir), store
-
-    registry, store = counted(cache)
-    first = registry.load_manifest(FIRST)
-    assert registry.load_manifest(FIRST) == first
-    assert store.snapshot()["totals"] == {"get": 1}
-    # Another registry object on the same cache: no request at all.  The file is named like quilt3's cache.
-    again, again_store = counted(cache)
-    assert again.load_manifest(FIRST) == first
-    assert again_store.snapshot()["totals"] == {}
-    import hashlib
-
-    cached = Path(cache) / hashlib.sha256(f"s3://{pushed}/.quilt/packages/{FIRST}".encode()).hexdigest()
-    assert cached.is_file()
-    # A corrupted cache file is detected by its hash and replaced.
-    cached.write_bytes(cached.read_bytes().replace(b"first version", b"first versiom"))
-    assert again.load_manifest(FIRST) == first
-    assert again_store.snapshot()["totals"] == {"get": 1}
-    assert mf.parse_manifest(cached.read_bytes()).top_hash == FIRST
-    # Without a cache directory every load is a GET.
-    uncached, uncached_store = counted(None)
-    uncached.load_manifest(FIRST)
-    uncached.load_manifest(FIRST)
-    assert uncached_store.snapshot()["totals"] == {"get": 2}
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Local registries (Package.build to file://)
 

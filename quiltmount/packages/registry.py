@@ -26,10 +26,8 @@ Deliberate differences from quilt3 (all about input quilt3 never writes itself):
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from typing import IO
 from urllib.parse import urlparse
@@ -39,7 +37,6 @@ from quiltmount.packages.manifest import (
     Manifest, ManifestError, PhysicalKey, PhysicalKeyError, format_physical_key, is_top_hash, parse_manifest,
     parse_physical_key,
 )
-from quiltmount.paths import make_private_dir
 from quiltmount.storage.base import ObjectStore
 
 __all__ = [
@@ -98,18 +95,16 @@ class Registry:
     """One registry (layout v1) on `store`.
 
     `url` is the registry's URL (`s3://bucket` or `file:///dir`): it decides S3 or local semantics, names the
-    registry in messages and keys the manifest cache.  `prefix` is where `.quilt/` lives in the store ('' or
-    ending in '/'; quilt3 allows `s3://bucket/some/prefix` registries).  `cache_dir`, if given, keeps verified
-    manifests forever: a manifest's name is its content address, so it never changes.
+    registry in messages and keys revision indexes.  `prefix` is where `.quilt/` lives in the store ('' or
+    ending in '/'; quilt3 allows `s3://bucket/some/prefix` registries).
     """
 
-    def __init__(self, store: ObjectStore, url: str, *, cache_dir: str | None = None, prefix: str = "") -> None:
+    def __init__(self, store: ObjectStore, url: str, *, prefix: str = "") -> None:
         if prefix and not prefix.endswith("/"):
             prefix += "/"
         self.store = store
         self.url = url.rstrip("/")
         self.is_local = url.startswith("file:")
-        self.cache_dir = cache_dir
         self.prefix = prefix
         self._root = f"{prefix}.quilt/"
         self._pointers_root = f"{self._root}named_packages/"
@@ -350,13 +345,6 @@ class Registry:
 
     # -- manifests -------------------------------------------------------------------------------------
 
-    def _cache_path(self, top_hash: str) -> str | None:
-        if self.cache_dir is None:
-            return None
-        # Named like quilt3's CACHE/manifest/ files: sha256 of the manifest URL.  Keying by URL, not only by
-        # hash, matters: re-pushing a top hash may rewrite the manifest with other physical keys.
-        return os.path.join(self.cache_dir, hashlib.sha256(self.manifest_url(top_hash).encode()).hexdigest())
-
     def open_manifest(self, top_hash: str) -> IO[bytes]:
         """The manifest named `top_hash` as a stream of bytes, unverified (its reader checks the top hash).
         Raises `NotFound` if the registry has no such manifest."""
@@ -368,33 +356,12 @@ class Registry:
             raise NotFound(f"manifest {top_hash} not found in {self.url}") from None
 
     def load_manifest(self, top_hash: str) -> Manifest:
-        """The manifest named `top_hash` (a full hash), verified: its computed top hash must be its name.
-
-        With a cache directory, a verified copy is kept and reused without any request; a cached copy that
-        fails verification is discarded and downloaded again.  Raises `NotFound` if the registry has no such
-        manifest and `ManifestError` if it is malformed or its content does not hash to its name.
+        """The manifest named `top_hash` (a full hash), whole and verified: its computed top hash must be its
+        name.  (Mounts stream manifests into an index instead: `packages.index`.)  Raises `NotFound` if the
+        registry has no such manifest and `ManifestError` if it is malformed or does not hash to its name.
         """
         if not is_top_hash(top_hash):
             raise RegistryError(f"Invalid hash: {top_hash!r}")
-        cache_path = self._cache_path(top_hash)
-        if cache_path is not None:
-            try:
-                with open(cache_path, "rb") as file:
-                    cached = file.read()
-            except OSError:
-                cached = None
-            if cached is not None:
-                try:
-                    manifest = parse_manifest(cached, max_record_size=None)
-                except ManifestError:
-                    manifest = None
-                if manifest is not None and manifest.top_hash == top_hash:
-                    return manifest
-                try:
-                    os.unlink(cache_path)
-                except OSError:
-                    pass
-
         try:
             data = self.store.get_object(self.manifest_key(top_hash))
         except NotFound:
@@ -408,25 +375,7 @@ class Registry:
         if computed != top_hash:
             raise ManifestError(f"{self.manifest_url(top_hash)}: content hashes to {computed}, "
                                 f"not to its name {top_hash}")
-        if cache_path is not None:
-            _write_atomically(cache_path, data)
         return manifest
-
-
-def _write_atomically(path: str, data: bytes) -> None:
-    """Best effort: a cache that cannot be written only costs a download next time."""
-    try:
-        make_private_dir(os.path.dirname(path))
-        fd, temp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as file:
-                file.write(data)
-            os.replace(temp, path)
-        except BaseException:
-            os.unlink(temp)
-            raise
-    except OSError:
-        pass
 
 
 StoreFactory = Callable[[str, str], ObjectStore]
@@ -442,8 +391,7 @@ def _default_store_factory(scheme: str, location: str) -> ObjectStore:
     return LocalStore(location)
 
 
-def registry_from_url(url: str, *, store_factory: StoreFactory | None = None,
-                      cache_dir: str | None = None) -> Registry:
+def registry_from_url(url: str, *, store_factory: StoreFactory | None = None) -> Registry:
     """A `Registry` for `s3://bucket[/prefix]`, `file:///dir` or a plain directory path (`~` expanded).
 
     `store_factory(scheme, location)` builds the store: `("s3", bucket)` or `("file", absolute_dir)`; the
@@ -461,7 +409,7 @@ def registry_from_url(url: str, *, store_factory: StoreFactory | None = None,
     if pk.scheme == "s3":
         prefix = pk.path.strip("/")
         registry_url = f"s3://{pk.bucket}" + (f"/{prefix}" if prefix else "")
-        return Registry(factory("s3", pk.bucket or ""), registry_url, cache_dir=cache_dir,
+        return Registry(factory("s3", pk.bucket or ""), registry_url,
                         prefix=f"{prefix}/" if prefix else "")
     path = os.path.normpath(pk.path)
-    return Registry(factory("file", path), format_physical_key(PhysicalKey("file", None, path)), cache_dir=cache_dir)
+    return Registry(factory("file", path), format_physical_key(PhysicalKey("file", None, path)))
