@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 from quiltmount import __version__, state
 from quiltmount.errors import UserError
@@ -408,28 +408,36 @@ def start_background(options: MountOptions) -> int:
             start_new_session=True, cwd="/", close_fds=True,
         )
     os.close(write_fd)
-    message = b""
-    deadline = time.monotonic() + READY_TIMEOUT
     with os.fdopen(read_fd, "rb") as pipe:
-        while not message.endswith(b"\n"):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([pipe], [], [], remaining)[0]:
-                process.kill()
-                raise UserError(f"the mount did not become ready within {READY_TIMEOUT:.0f} s (log: {log_file})")
-            chunk = os.read(pipe.fileno(), 4096)
-            if not chunk:
-                break
-            message += chunk
-            while message.startswith(WORKING + b"\n"):  # still preparing: the wait starts again
-                message = message[len(WORKING) + 1:]
-                deadline = time.monotonic() + READY_TIMEOUT
-    text = message.decode(errors="replace").strip()
+        text = await_word(pipe, READY_TIMEOUT)
+    if text is None:
+        process.kill()
+        raise UserError(f"the mount did not become ready within {READY_TIMEOUT:.0f} s (log: {log_file})")
     if text == "READY":
         return process.pid
     if text.startswith("ERROR: "):
         raise UserError(text[len("ERROR: "):])
     code = process.wait(timeout=10)
     raise UserError(f"the mount daemon exited with status {code} before mounting (log: {log_file})")
+
+
+def await_word(pipe: IO[bytes], timeout: float) -> str | None:
+    """The daemon's final word on the ready pipe ('' if it closed the pipe without one), or None once it has
+    been silent for `timeout` seconds; each WORKING beat starts the wait again."""
+    message = b""
+    deadline = time.monotonic() + timeout
+    while not message.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([pipe], [], [], remaining)[0]:
+            return None
+        chunk = os.read(pipe.fileno(), 4096)
+        if not chunk:
+            break
+        message += chunk
+        while message.startswith(WORKING + b"\n"):
+            message = message[len(WORKING) + 1:]
+            deadline = time.monotonic() + timeout
+    return message.decode(errors="replace").strip()
 
 
 def main(argv: list[str]) -> int:

@@ -146,3 +146,30 @@ def test_local_directory_source(tmp_path, mount):
         assert (mnt / "sub dir" / "ü.txt").read_bytes() == b"local"
         subprocess.run(["cmp", str(mnt / "big.bin"), str(source / "big.bin")], check=True)
         assert os.listdir(mnt / "empty") == []
+
+
+def test_the_parent_waits_while_the_daemon_reports_work():
+    """`mount` returns once the daemon says READY; a daemon indexing a large revision before mounting sends
+    WORKING beats, and the parent waits as long as they come (the timeout counts silence only)."""
+    from quiltmount import daemon
+
+    def word(daemon_code: str, timeout: float) -> str | None:
+        read_fd, write_fd = os.pipe()
+        child = subprocess.Popen([sys.executable, "-c", daemon_code, str(write_fd)], pass_fds=(write_fd,))
+        os.close(write_fd)
+        try:
+            with os.fdopen(read_fd, "rb") as pipe:
+                return daemon.await_word(pipe, timeout)
+        finally:
+            child.kill()
+            child.wait()
+
+    # The real beat: _Signal.working() around 1.2 s of work, beating every 0.2 s, then READY.
+    working = ("import sys, time; from quiltmount import daemon; daemon.WORKING_INTERVAL = 0.2; "
+               "signal = daemon._Signal(int(sys.argv[1]))\n"
+               "with signal.working(): time.sleep(1.2)\n"
+               "signal.send('READY')")
+    assert word(working, timeout=0.6) == "READY"
+    silent = "import os, sys, time; time.sleep(1.2); os.write(int(sys.argv[1]), b'READY\\n')"
+    assert word(silent, timeout=0.6) is None
+    assert word("import os, sys; os.write(int(sys.argv[1]), b'ERROR: no such bucket\\n')", 5) == "ERROR: no such bucket"
