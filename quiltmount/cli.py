@@ -254,14 +254,21 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"  log:       {record['log_file']}\n"
               f"  cache:     memory {format_size(cache.get('memory_used', 0))} / "
               f"{format_size(cache.get('memory_limit', 0))}{disk} ({record.get('cache_dir')})\n"
-              f"  requests:  {requests.get('in_flight', 0)} in flight, totals {requests.get('totals', {})}\n"
-              f"  kernel:    {sum(record.get('fuse_calls', {}).values())} calls {record.get('fuse_calls', {})}\n"
+              f"  requests:  {requests.get('in_flight', 0)} in flight; {_counts(requests.get('totals', {}))}\n"
+              f"  kernel:    {sum(record.get('fuse_calls', {}).values())} calls; "
+              f"{_counts(record.get('fuse_calls', {}))}\n"
               f"  open:      {record.get('open_files', 0)} files, RSS {format_size(record.get('rss_bytes', 0))}\n"
               f"  uploads:   {record.get('pending_uploads', 0)} pending")
         for index in record.get("indexes", []):
             print(f"  index:     {index['top_hash'][:12]} {index['entries']} entries, "
                   f"{format_size(index['disk_bytes'])} ({index['path']})")
     return 0
+
+
+def _counts(counts: dict[str, int]) -> str:
+    """`get 2, list 3`: counters as a person reads them, the largest first."""
+    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return ", ".join(f"{name} {count}" for name, count in ordered) or "none"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

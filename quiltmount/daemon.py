@@ -192,6 +192,7 @@ def _serve(options: MountOptions, log_file: str, signal: _Signal) -> int:
     from quiltmount import mountpoint as mp
     from quiltmount.fs.binding import FUSE, CallCounts  # loads libfuse: only in the process that mounts
     from quiltmount.fs.blockcache import BlockCache, DiskTier
+    from quiltmount.fs.handles import FileOpener
     from quiltmount.fs.operations import AttrPolicy, MountOperations
     from quiltmount.fs.readahead import BlockFetcher
     from quiltmount.fs.tree import ttl_for_kernel
@@ -264,7 +265,8 @@ def _serve(options: MountOptions, log_file: str, signal: _Signal) -> int:
 
     # An immutable package revision can be cached by the kernel for as long as the mount lives.
     kernel_ttl = IMMUTABLE_KERNEL_TTL if immutable else ttl_for_kernel(options.metadata_ttl)
-    operations = MountOperations(tree, fetcher, attrs, max_read_window=prefetch_budget // 2, on_init=after_init)
+    files = FileOpener(tree, fetcher, max_read_window=prefetch_budget // 2)
+    operations = MountOperations(tree, files, attrs, on_init=after_init)
     fuse_options: dict[str, Any] = {
         "fsname": f"quiltmount:{source.url}", "subtype": "quiltmount", "default_permissions": True,
         "attr_timeout": kernel_ttl, "entry_timeout": kernel_ttl, "negative_timeout": kernel_ttl,
@@ -282,6 +284,7 @@ def _serve(options: MountOptions, log_file: str, signal: _Signal) -> int:
             _finish_uploads(writes, mountpoint)
         stop.set()
         state.remove_record(mountpoint)
+        files.close()
         fetcher.close()
         tree.close()
         stores.close()

@@ -15,7 +15,7 @@ class Node:
 
     `store` names the store a file is read from when it is not the tree's own (package entries live in any
     bucket).  `expected_hash` is the manifest's (type, value) for package files: reads are verified against
-    it.  `immutable` nodes (package revisions) never change, so their cached attributes never expire.
+    it.
     """
 
     is_dir: bool
@@ -25,8 +25,6 @@ class Node:
     store: ObjectStore | None = None
     target: str | None = None
     expected_hash: tuple[str, str] | None = None
-    immutable: bool = False
-    staged_path: str | None = None  # a file written through the mount and not yet uploaded
 
     @property
     def is_link(self) -> bool:
@@ -75,7 +73,38 @@ class PathIndex:
             directory.update(ordered)
 
 
-class MemoryFile:
+class FileHandle:
+    """An open file, as the FUSE adapter uses it (`fs/handles.py` has the kinds and the opener).
+
+    The defaults describe a read-only handle whose attributes are those of its path.
+    """
+
+    def read(self, offset: int, size: int) -> bytes:
+        raise NotImplementedError
+
+    def write(self, data: bytes, offset: int) -> int:
+        raise StorageError("file not open for writing", errno.EBADF)
+
+    def truncate(self, length: int) -> bool:
+        """Truncate through this handle; False when it is not open for writing (the tree then truncates the
+        file by its path, as truncate(2) does)."""
+        return False
+
+    def flush(self) -> None:
+        """close(2) of a descriptor of this handle."""
+
+    def fsync(self) -> None:
+        """fsync(2)."""
+
+    def release(self) -> None:
+        """The last descriptor is closed."""
+
+    def attributes(self) -> Node | None:
+        """The node `fstat` reports, or None for the node of the path."""
+        return None
+
+
+class MemoryFile(FileHandle):
     """A read-only open file over bytes in memory (a file quiltmount generates, e.g. search results)."""
 
     def __init__(self, content: bytes) -> None:
@@ -120,10 +149,10 @@ class Tree:
     def rename(self, old: str, new: str) -> None:
         raise StorageError(f"{old}: read-only", errno.EROFS)
 
-    def open_write(self, path: str, *, truncate: bool, create: bool):  # -> WriteHandle
+    def open_write(self, path: str, *, truncate: bool, create: bool) -> FileHandle:
         raise StorageError(f"{path}: read-only", errno.EROFS)
 
-    def open_local(self, path: str):  # -> WriteHandle | MemoryFile | None
+    def open_local(self, path: str) -> FileHandle | None:
         """A handle on bytes of `path` the tree holds itself (staged writes, generated files), if any."""
         return None
 

@@ -10,7 +10,6 @@ import errno
 import functools
 import itertools
 import logging
-import os
 import stat
 import threading
 from collections.abc import Callable, Iterator
@@ -20,10 +19,8 @@ from typing import Any
 from mfusepy import ENOATTR, FuseOSError, Operations
 
 from quiltmount.errors import NotFound, StorageError
-from quiltmount.fs.node import MemoryFile, Node, Tree
-from quiltmount.fs.readahead import BlockFetcher, ReadStream
-from quiltmount.fs.verify import HashVerifier
-from quiltmount.fs.writeback import WriteHandle, is_write_open
+from quiltmount.fs.handles import FileOpener
+from quiltmount.fs.node import FileHandle, Node, Tree
 
 log = logging.getLogger(__name__)
 
@@ -70,18 +67,17 @@ def _read_only(*_: Any) -> None:
 
 
 class MountOperations(Operations):
-    """Any quiltmount mount: a `Tree` for names, attributes and changes, the block fetcher for bytes."""
+    """Any quiltmount mount: a `Tree` for names, attributes and changes, open files from a `FileOpener`."""
 
     use_ns = True
 
-    def __init__(self, tree: Tree, fetcher: BlockFetcher, attrs: AttrPolicy, *, max_read_window: int,
+    def __init__(self, tree: Tree, files: FileOpener, attrs: AttrPolicy, *,
                  on_init: Callable[[Any], None] | None = None) -> None:
         self.tree = tree
-        self.fetcher = fetcher
+        self.files = files
         self.attrs = attrs
-        self.max_read_window = max_read_window
         self.on_init = on_init
-        self._handles: dict[int, ReadStream | WriteHandle | MemoryFile] = {}
+        self._handles: dict[int, FileHandle] = {}
         self._dir_listings: dict[int, list[tuple[str, Node | None]]] = {}  # directory handle -> its listing
         self._handle_ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -115,12 +111,9 @@ class MountOperations(Operations):
 
     @_translate
     def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
-        if fh is not None:
-            stream = self._handles.get(fh)
-            if isinstance(stream, ReadStream):
-                obj = stream.obj
-                return self._stat(Node(is_dir=False, size=obj.size, mtime=obj.mtime, obj=obj))
-        return self._stat(self.tree.lookup(path[1:]))
+        handle = self._handles.get(fh) if fh is not None else None
+        node = handle.attributes() if handle is not None else None
+        return self._stat(node if node is not None else self.tree.lookup(path[1:]))
 
     @_translate
     def readdir_with_offset(self, path: str, offset: int, fh: int) -> Iterator[tuple[str, dict[str, int], int]]:
@@ -184,13 +177,13 @@ class MountOperations(Operations):
         return list(self.tree.xattrs(path[1:]))
 
     # -- data ---------------------------------------------------------------------------------------------
-    def _register(self, handle: ReadStream | WriteHandle | MemoryFile) -> int:
+    def _register(self, handle: FileHandle) -> int:
         with self._lock:
             number = next(self._handle_ids)
             self._handles[number] = handle
         return number
 
-    def _handle(self, fh: int) -> ReadStream | WriteHandle | MemoryFile:
+    def _handle(self, fh: int) -> FileHandle:
         handle = self._handles.get(fh)
         if handle is None:
             raise FuseOSError(errno.EBADF)
@@ -198,22 +191,11 @@ class MountOperations(Operations):
 
     @_translate
     def open(self, path: str, flags: int) -> int:
-        if is_write_open(flags):
-            return self._register(self.tree.open_write(path[1:], truncate=bool(flags & os.O_TRUNC), create=False))
-        local = self.tree.open_local(path[1:])
-        if local is not None:
-            return self._register(local)
-        node = self.tree.lookup(path[1:])
-        if node.is_dir or node.obj is None or node.store is None:
-            raise FuseOSError(errno.EISDIR)
-        verifier = (HashVerifier(*node.expected_hash, node.size, self.fetcher.hashing) if node.expected_hash
-                    else None)
-        return self._register(ReadStream(self.fetcher, node.store, node.obj, max_window=self.max_read_window,
-                                         verifier=verifier))
+        return self._register(self.files.open(path[1:], flags))
 
     @_translate
     def create(self, path: str, mode: int, flags: int = 0) -> int:
-        return self._register(self.tree.open_write(path[1:], truncate=True, create=True))
+        return self._register(self.files.create(path[1:]))
 
     @_translate
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
@@ -221,36 +203,29 @@ class MountOperations(Operations):
 
     @_translate
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
-        handle = self._handle(fh)
-        if not isinstance(handle, WriteHandle) or not handle.writable:
-            raise FuseOSError(errno.EBADF)
-        return handle.write(data, offset)
+        return self._handle(fh).write(data, offset)
 
     @_translate
     def truncate(self, path: str, length: int, fh: int | None = None) -> None:
         handle = self._handles.get(fh) if fh is not None else None
-        if isinstance(handle, WriteHandle) and handle.writable:
-            handle.truncate(length)
-        else:
+        if handle is None or not handle.truncate(length):
             self.tree.truncate(path[1:], length)
 
     @_translate
     def flush(self, path: str, fh: int) -> None:
         handle = self._handles.get(fh)
-        if isinstance(handle, WriteHandle):
+        if handle is not None:
             handle.flush()
 
     @_translate
     def fsync(self, path: str, datasync: int, fh: int) -> None:
-        handle = self._handle(fh)
-        if isinstance(handle, WriteHandle):
-            handle.fsync()
+        self._handle(fh).fsync()
 
     @_translate
     def release(self, path: str, fh: int) -> None:
         with self._lock:
             handle = self._handles.pop(fh, None)
-        if isinstance(handle, WriteHandle):
+        if handle is not None:
             handle.release()
 
     # -- namespace changes: what the tree supports ------------------------------------------------------

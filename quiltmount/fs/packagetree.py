@@ -67,7 +67,7 @@ class RevisionTree(Tree):
         self.mtime = mtime
         self.stores = stores
         self.local_files = local_files
-        self._dir_node = Node(is_dir=True, mtime=mtime, immutable=True)
+        self._dir_node = Node(is_dir=True, mtime=mtime)
         self._lock = threading.Lock()
         self._found: LRUCache[str, tuple[int, Row, Node]] = LRUCache(node_cache_size)
         self.broken = False
@@ -119,9 +119,8 @@ class RevisionTree(Tree):
                              content_hash=row.hash[1])
             store = self.stores.local()
         else:
-            return Node(is_dir=False, size=row.size, mtime=self.mtime, immutable=True)
-        return Node(is_dir=False, size=row.size, mtime=self.mtime, obj=obj, store=store, expected_hash=row.hash,
-                    immutable=True)
+            return Node(is_dir=False, size=row.size, mtime=self.mtime)
+        return Node(is_dir=False, size=row.size, mtime=self.mtime, obj=obj, store=store, expected_hash=row.hash)
 
     # -- the Tree interface -----------------------------------------------------------------------------
     def open_local(self, path: str) -> None:
@@ -146,7 +145,7 @@ class RevisionTree(Tree):
             else:
                 node = files.get(size)
                 if node is None:
-                    node = files[size] = Node(is_dir=False, size=size, mtime=self.mtime, immutable=True)
+                    node = files[size] = Node(is_dir=False, size=size, mtime=self.mtime)
                 entries[name] = node
         return entries
 

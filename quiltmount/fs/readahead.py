@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 import threading
 from collections.abc import Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from quiltmount.errors import ObjectChanged, StorageError
+from quiltmount.errors import StorageError
 from quiltmount.fs.blockcache import Block, BlockCache
-from quiltmount.fs.verify import HashVerifier
 from quiltmount.storage.base import ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -38,22 +36,9 @@ class BlockFetcher:
         self.blocks_per_part = max(1, part_size // block_size)
         self.prefetch_budget = max(prefetch_budget, block_size * self.blocks_per_part)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch")
-        #: Where hash-verified reads have their bytes hashed (`HashVerifier`): hashlib lets go of the GIL,
-        #: so up to one worker per core hashes beside the readers.
-        self.hashing = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="hash")
         self._lock = threading.Lock()
         self._in_flight: dict[tuple[Hashable, int], Future] = {}
         self._prefetch_bytes = 0
-        self._corrupt: set[Hashable] = set()
-
-    def mark_corrupt(self, ident: Hashable) -> None:
-        """Remember that an object's bytes do not match its manifest hash: its reads fail from now on."""
-        with self._lock:
-            self._corrupt.add(ident)
-
-    def is_corrupt(self, ident: Hashable) -> bool:
-        with self._lock:
-            return ident in self._corrupt
 
     # -- fetching -----------------------------------------------------------------------------------------
     def _claim(self, ident: Hashable, first: int, last: int) -> tuple[list[int], dict[int, Future]]:
@@ -214,7 +199,6 @@ class BlockFetcher:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self.hashing.shutdown(wait=False, cancel_futures=True)
 
 
 def _runs(indices: list[int]) -> list[tuple[int, int]]:
@@ -247,13 +231,11 @@ class ReadStream:
     BACKWARD_TOLERANCE = 1 << 20
     FORWARD_TOLERANCE = 2 << 20
 
-    def __init__(self, fetcher: BlockFetcher, store: ObjectStore, obj: ObjectInfo, *, max_window: int,
-                 verifier: HashVerifier | None = None) -> None:
+    def __init__(self, fetcher: BlockFetcher, store: ObjectStore, obj: ObjectInfo, *, max_window: int) -> None:
         self.fetcher = fetcher
         self.store = store
         self.obj = obj
-        self.verifier = verifier
-        self._ident = object_identity(store, obj)
+        self.identity = object_identity(store, obj)
         bs = fetcher.block_size
         self._part = fetcher.blocks_per_part
         self._max_window = max(self._part, max_window // bs)
@@ -266,8 +248,6 @@ class ReadStream:
         self._lock = threading.Lock()
 
     def read(self, offset: int, size: int) -> bytes:
-        if self.verifier is not None and self.fetcher.is_corrupt(self._ident):
-            raise ObjectChanged(f"{self.store.name}/{self.obj.key}: content does not match the manifest hash")
         bs = self.fetcher.block_size
         prefetch: tuple[int, int] | None = None
         with self._lock:
@@ -305,9 +285,4 @@ class ReadStream:
             scheduled = self.fetcher.prefetch(self.store, self.obj, *prefetch)
             with self._lock:
                 self._prefetched_until = max(self._prefetched_until, scheduled)
-        if self.verifier is not None and self.verifier.observe(offset, data) is False:
-            self.fetcher.mark_corrupt(self._ident)
-            log.error("%s/%s: content does not match the manifest hash %s; returning EIO",
-                      self.store.name, self.obj.key, self.verifier.expected)
-            raise ObjectChanged(f"{self.store.name}/{self.obj.key}: content does not match the manifest hash")
         return data

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from collections.abc import Hashable
 from concurrent.futures import Executor
 
 from quiltmount.packages.manifest import make_hasher
@@ -27,6 +28,22 @@ log = logging.getLogger(__name__)
 MAX_PENDING_BYTES = 64 << 20
 #: Bytes handed to the worker and not hashed yet; beyond, readers wait for it (memory stays bounded).
 MAX_QUEUED_BYTES = 32 << 20
+
+
+class CorruptObjects:
+    """Objects whose bytes did not match their manifest hash: every later read of them fails (EIO)."""
+
+    def __init__(self) -> None:
+        self._idents: set[Hashable] = set()
+        self._lock = threading.Lock()
+
+    def add(self, ident: Hashable) -> None:
+        with self._lock:
+            self._idents.add(ident)
+
+    def contains(self, ident: Hashable) -> bool:
+        with self._lock:
+            return ident in self._idents
 
 
 class HashVerifier:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from quiltmount.errors import NotFound, StorageError
-from quiltmount.fs.node import Node, Tree
+from quiltmount.fs.node import FileHandle, Node, Tree
 from quiltmount.fs.staging import CLOSED, FAILED, OPEN, StagedFile, StagingArea
 from quiltmount.fs.tree import BucketTree
 from quiltmount.storage.base import ObjectInfo, ObjectStore
@@ -280,7 +280,7 @@ class _Stream:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-class WriteHandle:
+class WriteHandle(FileHandle):
     """An open file descriptor on a staged file."""
 
     def __init__(self, tree: WritableBucketTree, dirty: DirtyFile, *, writable: bool) -> None:
@@ -293,6 +293,8 @@ class WriteHandle:
         return os.pread(self.fd, size, offset)
 
     def write(self, data: bytes, offset: int) -> int:
+        if not self.writable:
+            return super().write(data, offset)
         self.dirty.modified = True
         self.tree.mark_open(self.dirty)
         try:
@@ -306,7 +308,9 @@ class WriteHandle:
         self.tree.wrote(self.dirty, offset, written)
         return written
 
-    def truncate(self, length: int) -> None:
+    def truncate(self, length: int) -> bool:
+        if not self.writable:
+            return False
         self.dirty.modified = True
         self.tree.mark_open(self.dirty)
         self.tree.truncated(self.dirty, length)
@@ -315,6 +319,7 @@ class WriteHandle:
         except OSError as exc:
             self.dirty.write_error = str(exc)
             raise
+        return True
 
     def flush(self) -> None:
         """close(2) of a descriptor: the bytes so far are complete for the user, so a crash before the
@@ -375,7 +380,7 @@ class WritableBucketTree(Tree):
 
     # -- reading the overlay ------------------------------------------------------------------------------
     def _dirty_node(self, dirty: DirtyFile) -> Node:
-        return Node(is_dir=False, size=dirty.size(), mtime=dirty.mtime(), staged_path=dirty.data_path)
+        return Node(is_dir=False, size=dirty.size(), mtime=dirty.mtime())
 
     def lookup(self, path: str) -> Node:
         with self._lock:
@@ -687,7 +692,4 @@ def _abort_soon(stream: _Stream) -> None:
     if stream.parts:
         threading.Thread(target=stream.upload.abort, name="abort-upload", daemon=True).start()
 
-
-def is_write_open(flags: int) -> bool:
-    return flags & os.O_ACCMODE != os.O_RDONLY or bool(flags & os.O_TRUNC)
 

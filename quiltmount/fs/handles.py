@@ -1,0 +1,97 @@
+"""One owner per open file: every handle the FUSE adapter holds answers the same calls (no FUSE here).
+
+```
+FileHandle        read, write, truncate, flush, fsync, release, attributes
+  ReadHandle      a stored object: the read-ahead stream, and verification of package entries
+  WriteHandle     a staged file of the write-back layer (writeback.py)
+  MemoryFile      bytes quiltmount generates itself (node.py: search results)
+FileOpener        picks and builds the handle for an open(2) or creat(2), like rclone's vfs `File.Open`
+```
+
+The adapter (`operations.py`) only translates: it keeps the handles by number and calls them.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+from quiltmount.errors import ObjectChanged, StorageError
+from quiltmount.fs.node import FileHandle, Node, Tree
+from quiltmount.fs.readahead import BlockFetcher, ReadStream
+from quiltmount.fs.verify import CorruptObjects, HashVerifier
+
+log = logging.getLogger(__name__)
+
+#: Hash-verified reads have their bytes hashed on these workers; hashlib lets go of the GIL, so up to one
+#: per core hashes beside the readers.
+HASH_WORKERS = min(4, os.cpu_count() or 1)
+
+
+class ReadHandle(FileHandle):
+    """An open stored object: reads through the block cache and read-ahead (`ReadStream`); a package entry's
+    bytes are also hashed as they go by and checked against its manifest hash once the file has been read."""
+
+    def __init__(self, stream: ReadStream, verifier: HashVerifier | None, corrupt: CorruptObjects) -> None:
+        self.stream = stream
+        self.verifier = verifier
+        self.corrupt = corrupt
+
+    def _refuse(self) -> ObjectChanged:
+        return ObjectChanged(f"{self.stream.store.name}/{self.stream.obj.key}: content does not match the "
+                             "manifest hash")
+
+    def read(self, offset: int, size: int) -> bytes:
+        if self.verifier is not None and self.corrupt.contains(self.stream.identity):
+            raise self._refuse()
+        data = self.stream.read(offset, size)
+        if self.verifier is not None and self.verifier.observe(offset, data) is False:
+            self.corrupt.add(self.stream.identity)
+            log.error("%s/%s: content does not match the manifest hash %s; returning EIO",
+                      self.stream.store.name, self.stream.obj.key, self.verifier.expected)
+            raise self._refuse()
+        return data
+
+    def attributes(self) -> Node:
+        """What was opened, even if the name now points at something else."""
+        obj = self.stream.obj
+        return Node(is_dir=False, size=obj.size, mtime=obj.mtime, obj=obj)
+
+
+def is_write_open(flags: int) -> bool:
+    """open(2) flags that may change the file: a write mode, or O_TRUNC (even with O_RDONLY)."""
+    return flags & os.O_ACCMODE != os.O_RDONLY or bool(flags & os.O_TRUNC)
+
+
+class FileOpener:
+    """Opens the files of one mount: the read path's parts (fetcher, verification workers, window) in one
+    place, so the FUSE adapter needs none of them."""
+
+    def __init__(self, tree: Tree, fetcher: BlockFetcher, *, max_read_window: int) -> None:
+        self.tree = tree
+        self.fetcher = fetcher
+        self.max_read_window = max_read_window
+        self.corrupt = CorruptObjects()
+        self._hashing = ThreadPoolExecutor(max_workers=HASH_WORKERS, thread_name_prefix="hash")
+
+    def open(self, path: str, flags: int) -> FileHandle:
+        if is_write_open(flags):
+            return self.tree.open_write(path, truncate=bool(flags & os.O_TRUNC), create=False)
+        local = self.tree.open_local(path)
+        if local is not None:
+            return local
+        node = self.tree.lookup(path)
+        if node.is_dir or node.obj is None or node.store is None:
+            raise StorageError(f"{path}: is a directory", errno.EISDIR)
+        verifier = (HashVerifier(*node.expected_hash, node.size, self._hashing) if node.expected_hash
+                    else None)
+        stream = ReadStream(self.fetcher, node.store, node.obj, max_window=self.max_read_window)
+        return ReadHandle(stream, verifier, self.corrupt)
+
+    def create(self, path: str) -> FileHandle:
+        return self.tree.open_write(path, truncate=True, create=True)
+
+    def close(self) -> None:
+        self._hashing.shutdown(wait=False, cancel_futures=True)
