@@ -276,6 +276,7 @@ def test_sequential_writes_send_parts_before_close(s3, bucket, mount):
     wait_for(lambda: "seq.bin" in keys(s3, bucket))
     assert body(s3, bucket, "seq.bin") == data
     assert s3.head_object(Bucket=bucket, Key="seq.bin")["ETag"].endswith('-5"')
+    assert fresh_record(mnt)["requests"]["totals"].get("put") == 1  # `status` counts a streamed upload too
 
     with open(mnt / "rewritten.bin", "wb", buffering=0) as file:
         file.write(data[:24 << 20])

@@ -16,19 +16,16 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 from quiltmount.errors import NotFound, StorageError
 from quiltmount.fs.node import FileHandle, Node, Tree
 from quiltmount.fs.staging import CLOSED, FAILED, OPEN, StagedFile, StagingArea
 from quiltmount.fs.tree import BucketTree
-from quiltmount.storage.base import ObjectInfo, ObjectStore
+from quiltmount.storage.base import ObjectInfo, ObjectStore, PartUpload
 
 log = logging.getLogger(__name__)
 
 COPY_CHUNK = 8 << 20
-#: Part size of uploads fed while writing: the store's multipart part size (quilt3's hash chunk size).
-PART_SIZE = 8 << 20
 MAX_PARTS = 10_000  # S3's limit: a longer sequential write is uploaded after close instead
 UPLOADED = "uploaded"  # in memory only: the journal entry is gone once a file is uploaded
 
@@ -274,9 +271,9 @@ class _Stream:
     """A file written sequentially from its start: its complete parts go to S3 while the writer writes, so
     the upload after close has only the tail left.  Any other write pattern drops it (see `wrote`)."""
 
-    upload: Any  # storage.s3.PartUpload
+    upload: PartUpload
     end: int = 0  # bytes written so far, all in order from 0
-    parts: int = 0  # parts handed to the upload: bytes [0, parts * PART_SIZE) must not change
+    parts: int = 0  # parts handed to the upload: bytes [0, parts * upload.part_size) must not change
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -466,7 +463,7 @@ class WritableBucketTree(Tree):
             in_order = offset == stream.end and dirty.writers == 1
             if in_order:
                 stream.end += length
-                while stream.parts < min(stream.end // PART_SIZE, MAX_PARTS):
+                while stream.parts < min(stream.end // stream.upload.part_size, MAX_PARTS):
                     stream.parts += 1
                     stream.upload.add_part(stream.parts)
         if not in_order:

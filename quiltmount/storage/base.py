@@ -11,7 +11,7 @@ import io
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from quiltmount.errors import StorageError
 
@@ -64,6 +64,23 @@ class ObjectStream(io.RawIOBase):
         if not self.closed:
             self._close()
         super().close()
+
+
+class PartUpload(Protocol):
+    """A multipart upload of a local file that takes its parts while the file is still being written."""
+
+    key: str
+    #: Bytes per part: part N holds bytes [(N-1) * part_size, N * part_size) of the file.
+    part_size: int
+
+    def add_part(self, number: int) -> None:
+        """Start sending part `number` (1-based): its bytes in the file must not change any more."""
+
+    def finish(self, size: int) -> ObjectInfo:
+        """Send the remaining parts of a file of `size` bytes, wait for all, and complete the upload."""
+
+    def abort(self) -> None:
+        """Drop the upload and whatever parts it sent."""
 
 
 class ObjectStore(ABC):
@@ -125,7 +142,7 @@ class ObjectStore(ABC):
     def copy_object(self, source_key: str, key: str) -> ObjectInfo:
         """Copy an object inside the store (server-side where the store can)."""
 
-    def part_upload(self, key: str, path: str):  # -> s3.PartUpload | None
+    def part_upload(self, key: str, path: str) -> PartUpload | None:
         """A multipart upload of local file `path` to `key` that can take parts while the file is still
         being written, or None if the store uploads files in one step only (the default)."""
         return None

@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import IO
 
-from quiltmount.storage.base import ListPage, ObjectInfo, ObjectStore
+from quiltmount.storage.base import ListPage, ObjectInfo, ObjectStore, PartUpload
 
 
 class RequestStats:
@@ -138,8 +138,33 @@ class CountingStore(ObjectStore):
         finally:
             self._end()
 
-    def part_upload(self, key: str, path: str):
-        return self.inner.part_upload(key, path)
+    def part_upload(self, key: str, path: str) -> PartUpload | None:
+        upload = self.inner.part_upload(key, path)
+        return None if upload is None else _CountedPartUpload(upload, self)
 
     def close(self) -> None:
         self.inner.close()
+
+
+class _CountedPartUpload:
+    """A part upload counted like `put_file`: one `put`, in flight while it completes (its parts go out
+    while the file is written, as part of that one upload)."""
+
+    def __init__(self, inner: PartUpload, counter: CountingStore) -> None:
+        self.inner = inner
+        self.counter = counter
+        self.key = inner.key
+        self.part_size = inner.part_size
+
+    def add_part(self, number: int) -> None:
+        self.inner.add_part(number)
+
+    def finish(self, size: int) -> ObjectInfo:
+        self.counter._begin("put")
+        try:
+            return self.inner.finish(size)
+        finally:
+            self.counter._end()
+
+    def abort(self) -> None:
+        self.inner.abort()

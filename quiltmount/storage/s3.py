@@ -391,6 +391,8 @@ class PartUpload:
     the first part, so an upload aborted before any part costs no request.
     """
 
+    part_size = MULTIPART_PART_SIZE
+
     def __init__(self, store: S3Store, key: str, path: str) -> None:
         self.store = store
         self.key = key
