@@ -31,14 +31,22 @@ def mode(text: str) -> int:
     return value
 
 
-def positive(text: str) -> int:
+def _at_least(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"invalid number {text!r}: must be >= 1")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}: must be >= {least}")
     return value
+
+
+def positive(text: str) -> int:
+    return _at_least(text, 1)
+
+
+def non_negative(text: str) -> int:
+    return _at_least(text, 0)
 
 
 def id_number(text: str) -> int:

@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="S3 silence (connecting, or between bytes) after which a request is retried (10)")
     mount.add_argument("--search-limit", type=argtypes.positive, default=1000, metavar="N",
                        help="most hits shown in a .search/QUERY/ directory (1000)")
+    mount.add_argument("--kernel-cache-entries", type=argtypes.non_negative, default=65_536, metavar="N",
+                       help="entries the kernel may cache under one top-level name before they are dropped "
+                            "(bounds the daemon's memory; 0: never drop; 65536)")
     mount.add_argument("--api-key-env", metavar="VAR",
                        help="catalog API key for .search from environment variable VAR (default: QUILT_API_KEY "
                             "if set, else the login shared with quilt3)")
@@ -124,7 +127,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         log_file=os.path.abspath(args.log_file) if args.log_file else None, log_level=args.log_level,
         profile=args.profile, region=args.region, endpoint_url=args.endpoint_url, package=args.package,
         sync_on_close=args.sync_on_close, upload_attempts=args.upload_attempts, search_limit=args.search_limit,
-        api_key_env=args.api_key_env, quilt_credentials=args.quilt_credentials, s3_timeout=args.s3_timeout)
+        kernel_cache_entries=args.kernel_cache_entries, api_key_env=args.api_key_env, quilt_credentials=args.quilt_credentials, s3_timeout=args.s3_timeout)
     if args.foreground:
         return run_mount(options)
     start_background(options)

@@ -63,6 +63,7 @@ class MountOptions:
     upload_attempts: int = 5
     s3_timeout: int = 10
     search_limit: int = 1000
+    kernel_cache_entries: int = 65_536
     quilt_credentials: bool = False
     api_key_env: str | None = None  # the *name* of the variable: the key itself never enters argv or a file
 
@@ -190,7 +191,7 @@ def _serve(options: MountOptions, log_file: str, signal: _Signal) -> int:
     os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
     _bound_malloc()
     from quiltmount import mountpoint as mp
-    from quiltmount.fs.binding import FUSE, CallCounts  # loads libfuse: only in the process that mounts
+    from quiltmount.fs.binding import FUSE, CallCounts, KernelCacheTrim  # loads libfuse: only when mounting
     from quiltmount.fs.blockcache import BlockCache, DiskTier
     from quiltmount.fs.handles import FileOpener
     from quiltmount.fs.operations import AttrPolicy, MountOperations
@@ -226,6 +227,7 @@ def _serve(options: MountOptions, log_file: str, signal: _Signal) -> int:
                        file_mode=options.file_mode, dir_mode=options.dir_mode)
     started = time.time()
     calls = CallCounts()
+    trim = KernelCacheTrim(options.kernel_cache_entries) if options.kernel_cache_entries else None
 
     def record(ops: MountOperations) -> dict[str, Any]:
         uploads = writes.stats() if writes is not None else {"pending_uploads": 0}
@@ -233,7 +235,8 @@ def _serve(options: MountOptions, log_file: str, signal: _Signal) -> int:
                 "log_file": log_file, "cache_dir": cache_dir, "started_at": started,
                 "read_only": read_only, "rss_bytes": _rss_bytes(), "open_files": ops.open_handles(),
                 "cache": cache.stats(), "read_ahead": fetcher.stats(), "requests": stores.stats.snapshot(),
-                "fuse_calls": calls.snapshot(), "indexes": packages.index_stats(),
+                "fuse_calls": calls.snapshot(), "kernel_cache_trims": trim.trims if trim is not None else 0,
+                "indexes": packages.index_stats(),
                 **uploads}
 
     stop = threading.Event()
@@ -276,7 +279,7 @@ def _serve(options: MountOptions, log_file: str, signal: _Signal) -> int:
         fuse_options["allow_other"] = True
     log.info("quiltmount %s mounting %s at %s (log %s)", __version__, source.url, mountpoint, log_file)
     try:
-        FUSE(operations, mountpoint, calls=calls, foreground=True, nothreads=False, **fuse_options)
+        FUSE(operations, mountpoint, calls=calls, trim=trim, foreground=True, nothreads=False, **fuse_options)
     except RuntimeError as exc:
         raise UserError(f"cannot mount {mountpoint}: libfuse error {exc} (details in {log_file})") from None
     finally:

@@ -410,3 +410,22 @@ def test_index_command_shows_progress_on_a_terminal(tmp_path: Path) -> None:
     assert index_file(Path(registry).as_uri(), manifest.top_hash).exists()
     bad = run_cli("packages", "index", "scale/nope", "--registry", registry)
     assert (bad.returncode, bad.stderr.count("\n")) == (1, 1) and "Traceback" not in bad.stderr
+
+
+def test_walking_a_large_revision_keeps_the_kernel_cache_bounded(tmp_path: Path, mount) -> None:
+    """Every entry the kernel learns costs the daemon a libfuse node until the kernel forgets it; past
+    --kernel-cache-entries under one top-level name the mount tells the kernel to drop them.  Walks still see
+    everything, and a process working inside the revision keeps its place."""
+    source, manifest = put_registry_local(tmp_path / "registry")
+    mnt = mount(source, "--kernel-cache-entries", "2000")
+    revision = mnt / ".packages/scale/big/latest"
+    inside = subprocess.Popen(["sh", "-c", "cd big && sleep 4 && ls | wc -l && pwd"], cwd=revision,
+                              stdout=subprocess.PIPE, text=True)
+    for _ in range(2):
+        found = subprocess.run(["find", "-L", str(revision), "-type", "f"], capture_output=True, text=True,
+                               check=True).stdout.splitlines()
+        assert len(found) == len(manifest.entries)
+    out, _ = inside.communicate(timeout=60)
+    assert out.split() == [str(BIG_DIR_ENTRIES), os.path.join(os.path.realpath(revision), "big")]
+    # 40,000 entries went to the kernel, every 2,000 a trim (counted when the kernel still had the name).
+    assert fresh_record(mnt)["kernel_cache_trims"] >= 10

@@ -20,12 +20,18 @@ no path decoding, lookup or exception in Python.
 Entries are passed with their positions (libfuse's "offset mode"): libfuse 3.14 drops the attributes of
 entries given without one.  `Operations.readdir_with_offset(path, offset, fh)` yields (name, attributes,
 position after it) from `offset` on; attributes with an `st_size` count as full.
+
+And it keeps the kernel's cache of the mount's inodes bounded (`KernelCacheTrim`): libfuse keeps a node
+(~170 bytes) for every inode the kernel holds, and the kernel holds them until memory runs short, so a
+`find` over a million-entry package revision left 170 MiB in the daemon for good.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import logging
+import queue
 import threading
 from collections import Counter
 
@@ -43,6 +49,77 @@ _kept = threading.local()
 
 #: Extended-attribute namespaces of the kernel and security modules: never names of quiltmount's.
 KERNEL_XATTR_NAMESPACES = (b"security.", b"system.", b"trusted.")
+#: libfuse's node id of the mount's root.
+FUSE_ROOT_ID = 1
+
+log = logging.getLogger(__name__)
+
+
+class KernelCacheTrim:
+    """Drops a subtree of the mount from the kernel's cache once `limit` entries under it went to the kernel.
+
+    Every entry the kernel learns (a lookup, or a listing with attributes) becomes an inode it keeps until
+    memory runs short, and libfuse keeps a node for each: a daemon's memory would grow with every entry ever
+    walked.  Entries are counted per name at the mount's root (`.packages`, a top-level directory); when one
+    has had `limit` since its last trim, the kernel is told that name is stale
+    (`fuse_lowlevel_notify_inval_entry`), which drops its unused dentries and inodes: the kernel forgets
+    them, and libfuse frees its nodes.  Open files and working directories stay; the next access looks the
+    names up again (answered from the daemon's caches and indexes).  The only names libfuse's high-level API
+    lets us address are those at the root (node id 1), hence the per-root-name granularity.  libfuse 3 only.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.trims = 0
+        self._counts: Counter[bytes] = Counter()
+        self._lock = threading.Lock()
+        self._session: int | None = None
+        self._pending: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """In a libfuse callback (its context names the session): begin trimming."""
+        libfuse = mfusepy._libfuse
+        libfuse.fuse_get_session.restype = ctypes.c_void_p
+        libfuse.fuse_get_session.argtypes = [ctypes.c_void_p]
+        libfuse.fuse_lowlevel_notify_inval_entry.restype = ctypes.c_int
+        libfuse.fuse_lowlevel_notify_inval_entry.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_char_p,
+                                                             ctypes.c_size_t]
+        with self._lock:
+            self._session = libfuse.fuse_get_session(libfuse.fuse_get_context().contents.fuse)
+        # Not from a libfuse worker: a notification sent while serving a request on the same names can
+        # deadlock (libfuse's documentation), so a thread of its own sends them.
+        self._thread = threading.Thread(target=self._run, name="kernel-trim", daemon=True)
+        self._thread.start()
+
+    def handed(self, path: bytes, count: int) -> None:
+        """`count` entries under `path` (b'/top/...') went to the kernel."""
+        top = path.split(b"/", 2)[1] if path.startswith(b"/") else b""
+        if not top or self._session is None:
+            return
+        with self._lock:
+            self._counts[top] += count
+            if self._counts[top] < self.limit:
+                return
+            del self._counts[top]
+        self._pending.put(top)
+
+    def _run(self) -> None:
+        while (name := self._pending.get()) is not None:
+            with self._lock:
+                if self._session is None:
+                    return
+                result = mfusepy._libfuse.fuse_lowlevel_notify_inval_entry(self._session, FUSE_ROOT_ID, name,
+                                                                           len(name))
+                if result == 0:
+                    self.trims += 1
+            log.debug("kernel cache of /%s dropped (%d)", name.decode(errors="replace"), result)
+
+    def stop(self) -> None:
+        """Before libfuse ends the session: no notification after this returns."""
+        with self._lock:
+            self._session = None
+        self._pending.put(None)
 
 
 class CallCounts:
@@ -65,13 +142,30 @@ class CallCounts:
 class FUSE(mfusepy.FUSE):
     """`mfusepy.FUSE` whose libfuse3 listings carry the attributes `readdir_with_offset` gives.
 
-    `calls`, if given, counts the operations; the other arguments are mfusepy's (it mounts and serves in
-    the constructor).
+    `calls`, if given, counts the operations; `trim`, if given, keeps the kernel's cache bounded (libfuse 3);
+    the other arguments are mfusepy's (it mounts and serves in the constructor).
     """
 
-    def __init__(self, operations, mountpoint: str, *, calls: CallCounts | None = None, **options) -> None:
+    def __init__(self, operations, mountpoint: str, *, calls: CallCounts | None = None,
+                 trim: KernelCacheTrim | None = None, **options) -> None:
         self._calls = calls
+        self._trim = trim if mfusepy.fuse_version_major >= 3 else None
         super().__init__(operations, mountpoint, **options)
+
+    def init_fuse_3(self, conn, config) -> None:
+        if self._trim is not None:
+            self._trim.start()
+        return super().init_fuse_3(conn, config)
+
+    def destroy(self, private_data) -> None:
+        if self._trim is not None:
+            self._trim.stop()
+        return super().destroy(private_data)
+
+    def getattr_fuse_3(self, path: bytes, buf, fip):
+        if self._trim is not None and path is not None:
+            self._trim.handed(path, 1)
+        return super().getattr_fuse_3(path, buf, fip)
 
     def _wrapper(self, func, *args, **kwargs):  # every callback from libfuse comes through here
         if KEEP_THREAD_STATES and not getattr(_kept, "state", False):
@@ -91,6 +185,7 @@ class FUSE(mfusepy.FUSE):
         entries = self.operations.readdir_with_offset(
             None if path is None else path.decode(self.encoding, self.errors), offset, fip.contents.fh)
         built: dict[int, tuple[dict, mfusepy.c_stat]] = {}  # id(attrs) -> (attrs, its struct)
+        with_attributes = 0
         for name, attrs, position in entries:
             known = built.get(id(attrs))
             if known is None:  # entries that share an attributes dict share a struct (filler copies it)
@@ -102,4 +197,7 @@ class FUSE(mfusepy.FUSE):
             fill = FILL_DIR_PLUS if plus and "st_size" in attrs else 0
             if filler(buf, name.encode(self.encoding, self.errors), st, position, fill) != 0:
                 break  # the kernel's buffer is full: it asks again from the last position it got
+            with_attributes += bool(fill)
+        if self._trim is not None and with_attributes and path is not None:
+            self._trim.handed(path, with_attributes)
         return 0

@@ -14,9 +14,10 @@ dependency.  (LMDB would need one; a hand-written sorted file would need its own
 ```
 info(key, value)        format, top_hash, manifest (URL), stamp (the file's mtime), manifest_bytes, entries,
                         directories, header, complete
-nodes(id, parent, name, size, hash, physical_key, meta)
+nodes(id, parent, name, size, hash_type, hash_value, hash, physical_key, meta)
                         one row per file and directory; the root is id 0 and has no row; directories have
-                        size NULL; `hash` and `meta` are the JSON the xattrs show
+                        size NULL; `meta` is the JSON the xattr shows, `hash` too when the manifest's hash
+                        object is not exactly {"type", "value"} (else NULL: one JSON encoding less per entry)
 dir_meta(path, meta)    directory metadata lines (path without the trailing '/')
 ```
 
@@ -49,7 +50,7 @@ from quiltmount.packages.manifest import (
 log = logging.getLogger(__name__)
 
 #: Bumped whenever the schema or the meaning of a column changes: an index of another format is rebuilt.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SUFFIX = ".sqlite"
 ROOT_ID = 0
 _BATCH = 5_000  # rows per executemany
@@ -63,12 +64,13 @@ _SQLITE_MAGIC = b"SQLite format 3\x00"
 _SCHEMA = """
 CREATE TABLE info (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 CREATE TABLE nodes (id INTEGER PRIMARY KEY, parent INTEGER NOT NULL, name TEXT NOT NULL, size INTEGER,
-                    hash TEXT, physical_key TEXT, meta TEXT);
+                    hash_type TEXT, hash_value TEXT, hash TEXT, physical_key TEXT, meta TEXT);
 CREATE UNIQUE INDEX nodes_by_parent ON nodes (parent, name);
 CREATE TABLE dir_meta (path TEXT PRIMARY KEY, meta TEXT) WITHOUT ROWID;
 """
 
 
+_PLAIN_HASH_KEYS = ["type", "value"]
 #: The JSON text the xattrs show (key order kept, non-ASCII as is); one encoder, not one per call.
 _json = json.JSONEncoder(ensure_ascii=False).encode
 
@@ -88,15 +90,17 @@ class Row:
     name: str
     is_dir: bool
     size: int = 0
-    hash_json: str = ""
+    hash: tuple[str, str] = ("", "")  # (type, value)
+    raw_hash_json: str | None = None
     physical_key: str = ""
     meta_json: str = "{}"
 
     @property
-    def hash(self) -> tuple[str, str]:
-        """(type, value) of the entry's hash."""
-        hash_obj = json.loads(self.hash_json)
-        return hash_obj["type"], hash_obj["value"]
+    def hash_json(self) -> str:
+        """The manifest's hash object as JSON (the xattr)."""
+        if self.raw_hash_json is not None:
+            return self.raw_hash_json
+        return _json({"type": self.hash[0], "value": self.hash[1]})
 
 
 def index_name(registry_url: str, top_hash: str) -> str:
@@ -204,7 +208,8 @@ class _Builder:
             self.digest.update(part.encode("ascii"))
         else:
             self.parts.append((sort_key, part))
-        reason = invalid_path_reason(entry.logical_key)
+        # (A key of 63 characters or fewer has no component over 255 bytes: most keys skip the check.)
+        reason = invalid_path_reason(entry.logical_key) if len(entry.logical_key) > 63 else None
         if reason:  # hashed, but left out of the tree: the kernel could not list its directory
             self.skipped += 1
             if self.skipped <= _SKIPPED_LOGGED:
@@ -214,8 +219,10 @@ class _Builder:
         parent_path, _, name = entry.logical_key.rpartition("/")
         if parent_path != self.last_dir[0]:
             self.last_dir = (parent_path, self._directory(parent_path) if parent_path else ROOT_ID)
-        self.files.append((self.next_id, self.last_dir[1], name, entry.size, _json(entry.hash_object()),
-                           entry.physical_key, _json(entry.meta) if entry.meta else "{}"))
+        raw_hash = entry.hash_object()
+        self.files.append((self.next_id, self.last_dir[1], name, entry.size, entry.hash_type, entry.hash_value,
+                           None if list(raw_hash) == _PLAIN_HASH_KEYS else _json(raw_hash), entry.physical_key,
+                           _json(entry.meta) if entry.meta else "{}"))
         self.next_id += 1
         self.entries += 1
         if len(self.files) >= _BATCH:
@@ -237,7 +244,7 @@ class _Builder:
             row = (self.next_id, None)
             self.next_id += 1
             self.directories += 1
-            self._insert([(row[0], parent, name, None, None, None, None)])
+            self._insert([(row[0], parent, name, None, None, None, None, None, None)])
         self.dir_ids[path] = row[0]
         return row[0]
 
@@ -254,7 +261,7 @@ class _Builder:
 
     def _insert(self, rows: list[tuple]) -> None:
         try:
-            self.db.executemany("INSERT INTO nodes VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            self.db.executemany("INSERT INTO nodes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         except sqlite3.IntegrityError:
             raise ManifestError(self._conflict(rows)) from None
 
@@ -395,14 +402,14 @@ class RevisionIndex:
 
     def child(self, parent: int, name: str) -> tuple[int, Row] | None:
         """(id, row) of `name` in directory `parent`, or None."""
-        rows = self._query("SELECT id, size, hash, physical_key, meta FROM nodes WHERE parent = ? AND name = ?",
-                           (parent, name))
+        rows = self._query("SELECT id, size, hash_type, hash_value, hash, physical_key, meta FROM nodes "
+                           "WHERE parent = ? AND name = ?", (parent, name))
         if not rows:
             return None
-        row_id, size, hash_json, physical_key, meta_json = rows[0]
+        row_id, size, hash_type, hash_value, raw_hash_json, physical_key, meta_json = rows[0]
         if size is None:
             return row_id, Row(name, True)
-        return row_id, Row(name, False, size, hash_json, physical_key, meta_json)
+        return row_id, Row(name, False, size, (hash_type, hash_value), raw_hash_json, physical_key, meta_json)
 
     def children(self, parent: int) -> Iterator[tuple[str, int | None]]:
         """(name, size or None for a directory) of every entry of directory `parent`, by name.

@@ -488,6 +488,10 @@ def logical_key_problem(logical_key: str) -> str | None:
     surrogates from `\\udXXX` escapes).  These are also the rules quilt3 applies when *adding* keys
     (`quilt3.util.validate_key`); it does not check them when loading a manifest.
     """
+    if logical_key.isascii():  # the common case, with string searches only (no lone surrogate in ASCII)
+        padded = f"/{logical_key}/"
+        if not ("//" in padded or "/./" in padded or "/../" in padded or "\x00" in logical_key):
+            return None
     if not logical_key:
         return "it is empty"
     if "\x00" in logical_key:
