@@ -4,9 +4,11 @@
 Run (as root, with /dev/fuse and fusermount3; from the project's virtualenv)::
 
     python scripts/bench.py                 # full run: 512 MiB object, 5,000 small files, 256 MiB and
-                                            # 2 GiB copied in (~5 min)
+                                            # 2 GiB copied in (~5 min; + ~7 min for the scale test, 12.)
     python scripts/bench.py --quick         # smoke run: 64 MiB object, 500 small files, 50 preads,
-                                            # a 1,000-entry package, 64 MiB and 100 files written
+                                            # a 1,000-entry package, 64 MiB and 100 files written,
+                                            # 100,000-entry revisions for the scale test
+    python scripts/bench.py --only scale    # the revision index at 1,000,000 entries (~5-10 min)
     python scripts/bench.py --endpoint-url http://127.0.0.1:9000   # use a running S3 server
 
 Without ``--endpoint-url`` it starts the project's moto test server (``tests/s3server.py``,
@@ -36,7 +38,8 @@ ratio is the median of the rounds' ratios) and the JSON every round:
    ``.packages/bench/large/latest/big.bin`` (reads of package files are verified against the
    manifest's sha2-256-chunked hash) vs ``download_fileobj``, and the daemon's CPU seconds per GB for
    it vs for the plain bucket read of measurement 1;
-8. the peak RSS of every daemon (``/proc/PID/status`` sampled every 0.1 s) vs the memory budget;
+8. the peak RSS of every daemon but those of 12 (``/proc/PID/status`` sampled every 0.1 s) vs the memory
+   budget;
 9. ``cp`` of a ``--write-mib`` (256) MiB file of random bytes, from the run's temporary directory on local
    disk, into a fresh mount (``bench/write/``) until it is durable, vs boto3 ``upload_file`` (default
    ``TransferConfig``) of the same file to another key, measured just before (target ratio >= 0.8); also
@@ -45,7 +48,26 @@ ratio is the median of the rounds' ratios) and the JSON every round:
     open/write/close, one thread) until all are durable, vs a ``put_object`` call per file (one thread);
 11. full run only (``--rss-write-mib``, 2048; 0 skips it): ``cp`` of a 2 GiB random file into a mount with
     ``--memory-cache-size 256M`` (``--write-memory-cache-size``) until durable, the daemon's RSS sampled
-    every 0.1 s throughout: its peak vs the budget + 150 MiB.
+    every 0.1 s throughout: its peak vs the budget + 150 MiB;
+12. the on-disk revision index at scale (``--scale-entries``, 1,000,000; 100,000 with ``--quick``; 0 skips
+    it; ``--only scale``): three packages ``bench/scale1``-``scale3`` of that many 1 KiB entries
+    (``dirNNNN/fileNNNN.bin``, 1,000 per directory, physical keys cycling through 16 of the small objects),
+    their manifests written line by line to local files (the top hash computed as they are written, checked
+    first at 2,000 entries against ``Manifest.top_hash`` and ``write_manifest``) and uploaded with
+    ``upload_file``.  Every daemon of the run has a private ``XDG_CACHE_HOME`` under the run's temporary
+    directory, so the indexes (``$XDG_CACHE_HOME/quiltmount/indexes/``) start absent; each measurement is on a
+    fresh mount of the bucket: (a) the first ``ls`` of ``.packages/bench/scale1/latest/`` with its index
+    removed first (the daemon builds it) and the daemon's peak RSS meanwhile; (b) with the index built, the
+    first ``ls`` of the revision, and, on another mount after only an ``ls`` of ``.packages/bench/scale1/``,
+    ``os.stat`` of 5 deep entries in 5 directories never listed (median and max); (c) ``find -L
+    .../latest/ | wc -l`` (the count must be entries + directories + 1), the S3 requests the daemon made
+    during it (after one ``ls`` of the revision) and the daemon's RSS after it; (a)-(c) run ``--rounds``
+    times, the table gives the median times and the largest RSS and request counts; (d) all three revisions
+    browsed in one mount (``ls`` and ``find -L`` of each; scale1's index built, scale2's and scale3's built
+    cold in this mount): the daemon's peak RSS over the whole mount and its RSS at the end; (e) index and
+    manifest sizes.  For 12 the baseline column is not measured in the run: it is the figure measured on
+    main before the revision index (issue 13), when every fresh mount parsed the whole manifest into memory
+    (1,000,000 and 100,000 entries only).
 
 "Durable" in 9-11 is when ``quiltmount umount`` returns: it unmounts, then waits for the daemon to
 finish every pending upload and exit, and fails if one did not land.  The time runs from the start of
@@ -105,6 +127,7 @@ TESTS_DIR = REPO / "tests"
 
 KiB = 1 << 10
 MiB = 1 << 20
+GiB = 1 << 30
 MB = 1_000_000
 
 BIG_KEY = "bench/big.bin"
@@ -134,6 +157,21 @@ VERIFY_RANGE = 1 * MiB
 VERIFY_SEED = 20240612
 SMALL_VERIFY = 25  # small written files whose bytes are read back with get_object
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+SCALE_PACKAGES = ("bench/scale1", "bench/scale2", "bench/scale3")  # 12.: three revisions of --scale-entries
+SCALE_DIR_ENTRIES = 1000  # entries per directory: dirNNNN/fileNNNN.bin
+SCALE_OBJECTS = 16  # the small objects the scale entries point at (only a few are read)
+SCALE_CHECK_ENTRIES = 2000  # the streamed manifest writer is checked against Manifest.top_hash at this size
+SCALE_DEEP_STATS = 5  # deep paths stat'ed on a fresh mount, each in a directory never listed
+SCALE_RSS_TARGET = 250 * MiB
+#: measured on main before the revision index (issue 13): entries -> first `ls` of the revision (the daemon
+#: downloaded and parsed the whole manifest on every fresh mount), daemon RSS after browsing it, its peak RSS,
+#: `find -L` of the revision.
+SCALE_REFERENCE: dict[int, dict[str, float]] = {
+    1_000_000: {"first_ls_seconds": 54.0, "rss_after_bytes": 1.48 * GiB, "peak_rss_bytes": 2.2 * GiB,
+                "find_seconds": 16.0},
+    100_000: {"first_ls_seconds": 4.2, "rss_after_bytes": 186 * MiB, "peak_rss_bytes": 259 * MiB,
+              "find_seconds": 1.5},
+}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -407,6 +445,123 @@ def prepare_packages(bench: Bench) -> dict[str, Any]:
     return info
 
 
+def scale_sources(bench: Bench) -> list[tuple[str, bytes]]:
+    """(physical key, bytes) of the small objects the scale entries point at (SCALE_OBJECTS of them)."""
+    return [(s3_physical_key(bench.bucket, key, None),
+             bench.s3.get_object(Bucket=bench.bucket, Key=key)["Body"].read()) for key in bench.keys[:SCALE_OBJECTS]]
+
+
+def scale_directories(count: int) -> int:
+    return -(-count // SCALE_DIR_ENTRIES)
+
+
+def scale_logical_key(index: int) -> str:
+    """Entry `index` of a scale revision: `dirNNNN/fileNNNN.bin`, SCALE_DIR_ENTRIES per directory."""
+    return f"dir{index // SCALE_DIR_ENTRIES:04d}/file{index % SCALE_DIR_ENTRIES:04d}.bin"
+
+
+def scale_batches(count: int, sources: list[tuple[str, bytes]]) -> Iterator[list[mf.Entry]]:
+    """The entries of a scale revision one directory at a time, in tree-walk order (sorted names)."""
+    hashed = [(physical_key, len(data), mf.hash_bytes(mf.SHA2_256_CHUNKED, data)) for physical_key, data in sources]
+    for first in range(0, count, SCALE_DIR_ENTRIES):
+        batch = []
+        for index in range(first, min(first + SCALE_DIR_ENTRIES, count)):
+            physical_key, size, hash_value = hashed[index % len(hashed)]
+            batch.append(mf.Entry(scale_logical_key(index), physical_key, size, mf.SHA2_256_CHUNKED, hash_value))
+        yield batch
+
+
+def write_scale_manifests(revisions: list[tuple[str, dict[str, Any]]], count: int,
+                          sources: list[tuple[str, bytes]]) -> list[str]:
+    """Write one manifest file per (path, header), all with the same `count` entries: their top hashes.
+
+    Streaming, one directory of entries at a time: each batch's lines are what `write_manifest` writes for it
+    (its header line stripped), and the top hashes are SHA-256 over `header_hash_part` then each
+    `entry_hash_part` in tree-walk order, fed as the lines are written.
+    """
+    digests = [hashlib.sha256(mf.header_hash_part(header).encode("ascii")) for _, header in revisions]
+    with contextlib.ExitStack() as stack:
+        files = [stack.enter_context(open(path, "wb")) for path, _ in revisions]
+        for file, (_, header) in zip(files, revisions):
+            file.write(mf.write_manifest(mf.Manifest(header, [])))
+        for batch in scale_batches(count, sources):
+            data = mf.write_manifest(mf.Manifest({}, batch))
+            lines = data[data.index(b"\n") + 1:]
+            parts = "".join(mf.entry_hash_part(entry) for entry in batch).encode("ascii")
+            for file, digest in zip(files, digests):
+                file.write(lines)
+                digest.update(parts)
+    return [digest.hexdigest() for digest in digests]
+
+
+def check_scale_writer(workdir: str, sources: list[tuple[str, bytes]]) -> dict[str, Any]:
+    """write_scale_manifests at SCALE_CHECK_ENTRIES entries vs Manifest.top_hash and write_manifest of the
+    same entries held in memory, and the file parsed back: a bug in the streamed writer fails the run."""
+    header = {"version": "v0", "message": "bench scale check"}
+    path = os.path.join(workdir, "scale-check.jsonl")
+    try:
+        (streamed,) = write_scale_manifests([(path, header)], SCALE_CHECK_ENTRIES, sources)
+        with open(path, "rb") as file:
+            data = file.read()
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    manifest = mf.Manifest(header, [entry for batch in scale_batches(SCALE_CHECK_ENTRIES, sources)
+                                    for entry in batch])
+    if streamed != manifest.top_hash:
+        raise RuntimeError(f"streamed top hash {streamed} != Manifest.top_hash {manifest.top_hash} "
+                           f"({SCALE_CHECK_ENTRIES} entries)")
+    if data != mf.write_manifest(manifest):
+        raise RuntimeError(f"the streamed manifest of {SCALE_CHECK_ENTRIES} entries differs from write_manifest's")
+    if mf.parse_manifest(data, max_record_size=None).top_hash != streamed:
+        raise RuntimeError("the streamed manifest, parsed back, does not hash to its top hash")
+    return {"entries": SCALE_CHECK_ENTRIES, "top_hash": streamed, "bytes": len(data)}
+
+
+def prepare_scale_packages(bench: Bench) -> tuple[dict[str, Any], list[bytes]]:
+    """Write SCALE_PACKAGES, --scale-entries entries each (a different header each: three top hashes).
+
+    The manifests are written to local files (never all entries in memory) and uploaded with upload_file,
+    unless the registry already has a manifest of that top hash and size (a persistent --endpoint-url server);
+    then the timestamp and `latest` pointers, as put_package writes them.  Returns the figures and the bytes
+    of the objects the entries point at (entry i: object i modulo their number).
+    """
+    count = bench.args.scale_entries
+    s3, bucket = bench.s3, bench.bucket
+    sources = scale_sources(bench)
+    info: dict[str, Any] = {"entries": count, "directories": scale_directories(count),
+                            "writer_check": check_scale_writer(bench.workdir, sources)}
+    revisions = [(os.path.join(bench.workdir, f"scale-manifest-{number}.jsonl"),
+                  {"version": "v0", "message": f"bench scale revision {number}: {count} entries"})
+                 for number in range(1, len(SCALE_PACKAGES) + 1)]
+    try:
+        started = time.perf_counter()
+        top_hashes = write_scale_manifests(revisions, count, sources)
+        info["write_seconds"] = time.perf_counter() - started
+        started = time.perf_counter()
+        info["revisions"] = []
+        for package, (path, _), top_hash in zip(SCALE_PACKAGES, revisions, top_hashes):
+            size = os.path.getsize(path)
+            key = f".quilt/packages/{top_hash}"
+            try:
+                present = s3.head_object(Bucket=bucket, Key=key)["ContentLength"] == size
+            except ClientError:
+                present = False
+            if not present:
+                s3.upload_file(path, bucket, key, Config=TransferConfig())
+            for pointer in (str(int(time.time())), "latest"):
+                s3.put_object(Bucket=bucket, Key=f".quilt/named_packages/{package}/{pointer}",
+                              Body=top_hash.encode("ascii"))
+            info["revisions"].append({"package": package, "top_hash": top_hash, "manifest_bytes": size,
+                                      "uploaded": not present})
+        info["upload_seconds"] = time.perf_counter() - started
+    finally:
+        for path, _ in revisions:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+    return info, [data for _, data in sources]
+
+
 # --------------------------------------------------------------------------------------------------
 # Mounts
 # --------------------------------------------------------------------------------------------------
@@ -666,6 +821,14 @@ class Bench:
         self.rss: dict[str, dict[str, int]] = {}
         self.seq_cold: dict[str, Any] | None = None  # measurement 1's figures, compared with the package read
         self._packages: dict[str, Any] | None = None
+        self._scale: dict[str, Any] | None = None
+        self.scale_bodies: list[bytes] = []  # the objects scale entry i points at, i modulo their number
+        # The daemons' XDG_CACHE_HOME: the revision indexes they build ($XDG_CACHE_HOME/quiltmount/indexes/,
+        # shared by every mount of a user) live and die with the run, so the first use of a revision is cold.
+        self.cache_home = os.path.join(workdir, "xdg-cache")
+        self.index_dir = os.path.join(self.cache_home, "quiltmount", "indexes")
+        os.makedirs(self.cache_home, mode=0o700, exist_ok=True)
+        self.env = {**os.environ, "XDG_CACHE_HOME": self.cache_home}
 
     def packages(self) -> dict[str, Any]:
         """The benchmark packages, written on first use (see prepare_packages)."""
@@ -675,8 +838,20 @@ class Bench:
             self._packages = prepare_packages(self)
         return self._packages
 
+    def scale_packages(self) -> dict[str, Any]:
+        """The scale packages of measurement 12, written on first use (see prepare_scale_packages)."""
+        if self._scale is None:
+            count = self.args.scale_entries
+            print(f"  writing packages {', '.join(SCALE_PACKAGES)} ({count} entries each) ...", flush=True)
+            self._scale, self.scale_bodies = prepare_scale_packages(self)
+            print(f"  manifests of {self._scale['revisions'][0]['manifest_bytes'] / MB:.0f} MB written in "
+                  f"{self._scale['write_seconds']:.1f} s, uploaded in {self._scale['upload_seconds']:.1f} s",
+                  flush=True)
+        return self._scale
+
     def quiltmount(self, *argv: str, timeout: float) -> str:
-        result = subprocess.run([*self.qm, *argv], capture_output=True, text=True, timeout=timeout, check=False)
+        result = subprocess.run([*self.qm, *argv], capture_output=True, text=True, timeout=timeout, check=False,
+                                env=self.env)  # the daemon `mount` starts inherits it
         if result.returncode != 0:
             raise RuntimeError(f"quiltmount {' '.join(argv)} exited {result.returncode}: {result.stderr.strip()}")
         return result.stdout
@@ -1269,14 +1444,292 @@ def measure_write_rss(bench: Bench) -> list[Result]:
                    sampler.peak_rss / MiB, None, Target("value", "<=", (budget + RSS_SLACK) / MiB), details)]
 
 
+# --------------------------------------------------------------------------------------------------
+# 12. The revision index at scale
+# --------------------------------------------------------------------------------------------------
+
+
+def scale_index_files(bench: Bench, top_hash: str) -> list[str]:
+    """The index files of revision `top_hash` in the daemons' index directory (finished or being built)."""
+    try:
+        names = os.listdir(bench.index_dir)
+    except FileNotFoundError:
+        return []
+    return sorted(os.path.join(bench.index_dir, name) for name in names if top_hash in name)
+
+
+def remove_scale_index(bench: Bench, top_hash: str) -> int:
+    """Delete the index of revision `top_hash`, so that its next use builds it (cold): the files removed."""
+    paths = scale_index_files(bench, top_hash)
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    return len(paths)
+
+
+def index_inode(bench: Bench, top_hash: str) -> tuple[int, int] | None:
+    """(inode, size) of the finished index of `top_hash` (a rebuild renames a new file into place), or None."""
+    for path in scale_index_files(bench, top_hash):
+        if path.endswith(".sqlite") and not os.path.basename(path).startswith("."):
+            st = os.stat(path)
+            return st.st_ino, st.st_size
+    return None
+
+
+def daemon_index_log(mount: Mount) -> list[str]:
+    """The lines of the daemon's log about revision indexes ("indexing revision ...", "indexed revision ...")."""
+    log_file = (mount.sampler.last_record if mount.sampler and mount.sampler.last_record else {}).get("log_file")
+    if not log_file:
+        with contextlib.suppress(Exception):
+            log_file = mount.record().get("log_file")
+    if not log_file:
+        return []
+    try:
+        with open(log_file, encoding="utf-8", errors="replace") as log:
+            return [line.rstrip("\n") for line in log if "index" in line]
+    except OSError:
+        return []
+
+
+def revision_root(mount: Mount, package: str) -> str:
+    return os.path.join(mount.path, ".packages", package, "latest")
+
+
+@contextlib.contextmanager
+def rss_window(mount: Mount) -> Iterator[dict[str, Any]]:
+    """Sample the daemon's RSS during the block (a sampler of its own): its peak, and its RSS right after."""
+    figures: dict[str, Any] = {}
+    window = RssSampler(mount.pid)
+    window.start()
+    try:
+        yield figures
+    finally:
+        window.stop()
+    after = read_rss(mount.pid)
+    figures.update({"peak_rss_bytes": window.peak_rss, "peak_vmhwm_bytes": window.peak_hwm,
+                    "rss_after_bytes": after[0] if after else None, "rss_samples": window.samples})
+
+
+def scale_ls(bench: Bench, mount: Mount, package: str) -> dict[str, Any]:
+    """`ls .packages/PACKAGE/latest/` (a subprocess) as a phase, the daemon's RSS sampled meanwhile."""
+    root = revision_root(mount, package)
+    with mount.phase(f"ls of {package}/latest/") as stats, rss_window(mount) as rss:
+        listing, seconds = run_captured(["ls", root + "/"], bench.args.phase_timeout)
+    directories = scale_directories(bench.args.scale_entries)
+    if len(listing.split()) != directories:
+        raise RuntimeError(f"ls {root}/ shows {len(listing.split())} names, expected {directories}")
+    return {"seconds": seconds, **rss, **stats}
+
+
+def scale_find(bench: Bench, mount: Mount, package: str) -> dict[str, Any]:
+    """`find -L .packages/PACKAGE/latest/ | wc -l` as a phase; the count must be every entry and directory."""
+    root = revision_root(mount, package)
+    with mount.phase(f"find -L of {package}/latest/") as stats, rss_window(mount) as rss:
+        output, seconds = run_captured(["bash", "-c", 'set -o pipefail; find -L "$1" | wc -l', "find-count",
+                                        root + "/"], bench.args.phase_timeout)
+    count = bench.args.scale_entries
+    expected = count + scale_directories(count) + 1
+    found = int(output.strip())
+    if found != expected:
+        raise RuntimeError(f"find -L {root}/ | wc -l printed {found}, expected {expected} "
+                           f"({count} entries + {scale_directories(count)} directories + the root)")
+    return {"seconds": seconds, "lines": found, **rss, **stats}
+
+
+def deep_entries(count: int) -> list[int]:
+    """SCALE_DEEP_STATS entry numbers in different directories (when there are that many), the first
+    dir0777/file0123.bin when there are 778 directories or more."""
+    directories = scale_directories(count)
+    indexes = []
+    for k in range(SCALE_DEEP_STATS):
+        directory = (777 + k * max(directories // SCALE_DEEP_STATS, 1)) % directories
+        in_directory = min(SCALE_DIR_ENTRIES, count - directory * SCALE_DIR_ENTRIES)
+        indexes.append(directory * SCALE_DIR_ENTRIES + (123 + 211 * k) % in_directory)
+    return indexes
+
+
+def mib(value: float | None) -> float | None:
+    return value / MiB if value is not None else None
+
+
+def measure_scale(bench: Bench) -> list[Result]:
+    """12. a revision of --scale-entries entries: cold and built index, deep stats, find -L, RSS, sizes."""
+    info = bench.scale_packages()
+    count, directories = info["entries"], info["directories"]
+    revisions = info["revisions"]
+    first, top_hash = revisions[0]["package"], revisions[0]["top_hash"]
+    reference = SCALE_REFERENCE.get(count, {})
+    label = f"scale {count:,}:"
+    timeout = bench.args.phase_timeout
+    cold_rounds: list[dict[str, Any]] = []
+    warm_rounds: list[dict[str, Any]] = []
+    stat_rounds: list[dict[str, Any]] = []
+    find_rounds: list[dict[str, Any]] = []
+
+    def say(text: str) -> None:
+        print(f"  {text}", flush=True)
+
+    for number in range(1, bench.args.rounds + 1):
+        # (a) cold: the index is not built; the first ls builds it.
+        removed = remove_scale_index(bench, top_hash)
+        with bench.mount("scale-cold") as mount:
+            figures = scale_ls(bench, mount, first)
+            figures["index_files_removed_before"] = removed
+            figures["daemon_log"] = daemon_index_log(mount)
+        built = index_inode(bench, top_hash)
+        if built is None:
+            raise RuntimeError(f"no index of {top_hash} in {bench.index_dir} after the first ls: did the daemon "
+                               f"use XDG_CACHE_HOME={bench.cache_home}?")
+        if not figures["requests"].get("get"):
+            raise RuntimeError(f"the cold ls made no GET (the manifest was not read?): {figures['requests']}")
+        cold_rounds.append(figures)
+        say(f"round {number}: cold ls {figures['seconds']:.2f} s, peak RSS {figures['peak_rss_bytes'] / MiB:.0f} MiB")
+
+        # (b) the index built, a fresh mount: the first ls; then, on another, stats of deep paths.
+        with bench.mount("scale-warm") as mount:
+            figures = scale_ls(bench, mount, first)
+            figures["daemon_log"] = daemon_index_log(mount)
+        if index_inode(bench, top_hash) != built:
+            raise RuntimeError(f"the index of {top_hash} was rebuilt by the ls of a fresh mount")
+        warm_rounds.append(figures)
+        with bench.mount("scale-stat") as mount:
+            run_captured(["ls", os.path.join(mount.path, ".packages", first) + "/"], timeout)
+            entries = deep_entries(count)
+            paths = [os.path.join(revision_root(mount, first), scale_logical_key(index)) for index in entries]
+            seconds = []
+            with mount.phase("stat of deep paths") as stats:
+                for path in paths:
+                    started = time.perf_counter()
+                    size = os.stat(path).st_size
+                    seconds.append(time.perf_counter() - started)
+                    if size != SMALL_FILE_SIZE:
+                        raise RuntimeError(f"{path} has size {size}, expected {SMALL_FILE_SIZE}")
+            # One entry read through the mount (hash-verified by the daemon) against its object's bytes.
+            with open(paths[0], "rb") as file:
+                data = file.read()
+            if data != bench.scale_bodies[entries[0] % len(bench.scale_bodies)]:
+                raise RuntimeError(f"{paths[0]}: read {len(data)} bytes that differ from its object's")
+        stat_rounds.append({"paths": [path[len(mount.path):] for path in paths], "seconds": seconds,
+                            "bytes_read_back": len(data), **stats})
+        say(f"round {number}: first ls with the index built {warm_rounds[-1]['seconds']:.3f} s, deep stats "
+            + ", ".join(f"{value * 1000:.1f}" for value in seconds) + " ms")
+
+        # (c) find -L of every entry on a fresh mount whose index is built (after one ls: the pointer resolved).
+        with bench.mount("scale-find") as mount:
+            run_captured(["ls", revision_root(mount, first) + "/"], timeout)
+            figures = scale_find(bench, mount, first)
+        find_rounds.append(figures)
+        say(f"round {number}: find -L {figures['seconds']:.2f} s, {figures['lines']} lines, "
+            f"requests {figures['requests']}, peak RSS {figures['peak_rss_bytes'] / MiB:.0f} MiB, "
+            f"after {(figures['rss_after_bytes'] or 0) / MiB:.0f} MiB")
+
+    # (d) the three revisions browsed in one mount: the first's index built, the others' built here (cold).
+    for revision in revisions[1:]:
+        remove_scale_index(bench, revision["top_hash"])
+    browse: dict[str, Any] = {"revisions": []}
+    with bench.mount("scale-browse") as mount:
+        for revision in revisions:
+            package = revision["package"]
+            cold = index_inode(bench, revision["top_hash"]) is None
+            ls_figures = scale_ls(bench, mount, package)
+            find_figures = scale_find(bench, mount, package)
+            browse["revisions"].append({"package": package, "index_built_here": cold, "ls": ls_figures,
+                                        "find": find_figures})
+            say(f"one mount: {package} ({'cold' if cold else 'index built'}): ls {ls_figures['seconds']:.2f} s "
+                f"(peak RSS {ls_figures['peak_rss_bytes'] / MiB:.0f} MiB, after "
+                f"{(ls_figures['rss_after_bytes'] or 0) / MiB:.0f}), find -L {find_figures['seconds']:.2f} s "
+                f"(peak RSS {find_figures['peak_rss_bytes'] / MiB:.0f} MiB, after "
+                f"{(find_figures['rss_after_bytes'] or 0) / MiB:.0f}), requests {find_figures['requests']}")
+        end = read_rss(mount.pid)
+        assert mount.sampler is not None
+        mount.sampler.sample()
+        browse["rss_end_bytes"], browse["vmhwm_end_bytes"] = end if end else (None, None)
+        browse["peak_rss_bytes"], browse["peak_vmhwm_bytes"] = mount.sampler.peak_rss, mount.sampler.peak_hwm
+        browse["rss_samples"] = mount.sampler.samples
+        record = mount.record()
+        browse["status_indexes"] = record.get("indexes", [])
+        browse["status_rss_bytes"] = record.get("rss_bytes")
+        browse["log_file"] = record.get("log_file")
+        browse["daemon_log"] = daemon_index_log(mount)
+    say(f"one mount: peak RSS {browse['peak_rss_bytes'] / MiB:.0f} MiB, at the end "
+        f"{(browse['rss_end_bytes'] or 0) / MiB:.0f} MiB")
+
+    # (e) sizes: every index file on disk and what the daemon's status said.
+    index_bytes = {}
+    for revision in revisions:
+        files = scale_index_files(bench, revision["top_hash"])
+        index_bytes[revision["top_hash"]] = {os.path.basename(path): os.path.getsize(path) for path in files}
+    status_bytes = {entry["top_hash"]: entry["disk_bytes"] for entry in browse["status_indexes"]}
+    first_index = status_bytes.get(top_hash) or sum(index_bytes[top_hash].values())
+    manifest_bytes = revisions[0]["manifest_bytes"]
+
+    def median(rounds: list[dict[str, Any]], key: str = "seconds") -> float:
+        return statistics.median(entry[key] for entry in rounds)
+
+    stats_all = [value for entry in stat_rounds for value in entry["seconds"]]
+    find_requests = max(sum(entry["requests"].get(op, 0) for op in ("list", "head", "get", "put"))
+                        for entry in find_rounds)
+    common = {"entries": count, "directories": directories, "revisions": revisions,
+              "baseline": "measured on main before the revision index (issue 13), not in this run"
+              if reference else None, "reference": reference or None,
+              "xdg_cache_home": bench.cache_home, "index_dir": bench.index_dir}
+    cold_peak = max(entry["peak_rss_bytes"] for entry in cold_rounds)
+    browse_cold = [entry["ls"] for entry in browse["revisions"] if entry["index_built_here"]]
+    return [
+        Result(f"{label} first ls of a revision, index not built (builds it)", "s", median(cold_rounds),
+               reference.get("first_ls_seconds"), Target("value", "<=", 15),
+               {**common, "rounds": cold_rounds,
+                "cold_ls_seconds_in_shared_mount": [entry["seconds"] for entry in browse_cold]}),
+        Result(f"{label} daemon peak RSS during that ls (largest of rounds)", "MiB", cold_peak / MiB,
+               mib(reference.get("peak_rss_bytes")), Target("value", "<=", SCALE_RSS_TARGET / MiB),
+               {"rounds_peak_rss_bytes": [entry["peak_rss_bytes"] for entry in cold_rounds],
+                "rounds_peak_vmhwm_bytes": [entry["peak_vmhwm_bytes"] for entry in cold_rounds],
+                "shared_mount_cold_peak_rss_bytes": [entry["peak_rss_bytes"] for entry in browse_cold]}),
+        Result(f"{label} first ls of a revision, index built, fresh mount", "s", median(warm_rounds),
+               reference.get("first_ls_seconds"), Target("value", "<=", 1), {**common, "rounds": warm_rounds}),
+        Result(f"{label} stat of a deep path, fresh mount (median of {len(stats_all)})", "ms",
+               statistics.median(stats_all) * 1000, None, Target("value", "<=", 50), {"rounds": stat_rounds}),
+        Result(f"{label} stat of a deep path, fresh mount (slowest of {len(stats_all)})", "ms",
+               max(stats_all) * 1000, None, Target("value", "<=", 50),
+               {"first_stat_of_each_round_ms": [entry["seconds"][0] * 1000 for entry in stat_rounds]}),
+        Result(f"{label} find -L | wc -l of a revision, index built", "s", median(find_rounds),
+               reference.get("find_seconds"), Target("value", "<=", 16), {**common, "rounds": find_rounds}),
+        Result(f"{label} S3 requests during find -L (most in a round)", "requests", float(find_requests), None,
+               Target("value", "==", 0), {"rounds": [entry["requests"] for entry in find_rounds]}),
+        Result(f"{label} daemon RSS after ls + find -L of one revision (largest of rounds)", "MiB",
+               max(mib(entry["rss_after_bytes"]) or 0 for entry in find_rounds),
+               mib(reference.get("rss_after_bytes")), Target("value", "<=", SCALE_RSS_TARGET / MiB),
+               {"rounds_rss_after_bytes": [entry["rss_after_bytes"] for entry in find_rounds],
+                "rounds_peak_rss_during_find_bytes": [entry["peak_rss_bytes"] for entry in find_rounds]}),
+        Result(f"{label} daemon peak RSS, 3 revisions in one mount (2 indexed there)", "MiB",
+               browse["peak_rss_bytes"] / MiB, mib(reference.get("peak_rss_bytes")),
+               Target("value", "<=", SCALE_RSS_TARGET / MiB),
+               {**browse, "reference_note": "the reference is the peak for one revision"}),
+        Result(f"{label} daemon RSS at the end of that mount", "MiB",
+               mib(browse["rss_end_bytes"]), mib(reference.get("rss_after_bytes")),
+               Target("value", "<=", SCALE_RSS_TARGET / MiB), {"vmhwm_end_bytes": browse["vmhwm_end_bytes"]}),
+        Result(f"{label} index size on disk (per revision)", "MiB", first_index / MiB, None, None,
+               {"files": index_bytes, "status_disk_bytes": status_bytes,
+                "bytes_per_entry": first_index / count}),
+        Result(f"{label} manifest size (per revision)", "MiB", manifest_bytes / MiB, None, None,
+               {"manifest_bytes": [revision["manifest_bytes"] for revision in revisions],
+                "bytes_per_entry": manifest_bytes / count, "write_seconds": info["write_seconds"],
+                "upload_seconds": info["upload_seconds"], "writer_check": info["writer_check"]}),
+    ]
+
+
 def rss_result(bench: Bench) -> Result:
     """8. peak daemon RSS over the whole run vs the memory-cache budget."""
     budget = parse_size(bench.args.memory_cache_size)
-    peak = max((entry["peak_rss_bytes"] for entry in bench.rss.values()), default=0)
-    hwm = max((entry["peak_hwm_bytes"] for entry in bench.rss.values()), default=0)
-    return Result("daemon peak RSS (sampled)", "MiB", peak / MiB if bench.rss else None, None,
+    # The daemons of 12 hold revision indexes and the inodes of millions of entries, not cache: their RSS has
+    # targets of its own there.
+    counted = [entry for label, entry in bench.rss.items() if not label.startswith("scale-")]
+    peak = max((entry["peak_rss_bytes"] for entry in counted), default=0)
+    hwm = max((entry["peak_hwm_bytes"] for entry in counted), default=0)
+    return Result("daemon peak RSS (sampled)", "MiB", peak / MiB if counted else None, None,
                   Target("value", "<=", (budget + RSS_SLACK) / MiB),
-                  {"budget_bytes": budget, "peak_vmhwm_bytes": hwm, "per_daemon": bench.rss})
+                  {"budget_bytes": budget, "peak_vmhwm_bytes": hwm, "per_daemon": bench.rss,
+                   "not_counted": "the scale-* daemons (measurement 12)"})
 
 
 def parse_size(text: str) -> int:
@@ -1346,7 +1799,7 @@ STEPS: dict[str, tuple[str, Callable[[Bench], Result | list[Result]]]] = {
     "package-listing": ("package find/du", measure_package_listing),
     "package-read": ("package entry read", measure_package_read),
     "cp": ("cp into a mount", measure_cp_write), "small-writes": ("small-file writes", measure_small_writes)}
-STEP_NAMES = (*STEPS, "write-rss")
+STEP_NAMES = (*STEPS, "write-rss", "scale")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -1371,6 +1824,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "as --quick does)")
     parser.add_argument("--write-memory-cache-size", default="256M",
                         help="--memory-cache-size of the mount of the write RSS check")
+    parser.add_argument("--scale-entries", type=int,
+                        help="entries of each of the 3 revisions of the index scale test (default 1000000, "
+                             "100000 with --quick; 0 skips it)")
     parser.add_argument("--json-out", default="bench-results.json")
     parser.add_argument("--phase-timeout", type=float, default=600.0,
                         help="seconds before a hung measurement's daemon is killed")
@@ -1381,7 +1837,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="run only these measurements: " + ", ".join(STEP_NAMES))
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 64 MiB, 500 small files, 50 preads, 1,000 package entries, "
-                             "a 64 MiB cp and 100 small writes, no write RSS check")
+                             "a 64 MiB cp and 100 small writes, no write RSS check, 100,000-entry scale test")
     args = parser.parse_args(argv)
     quick = args.quick
     args.size_mib = args.size_mib or (64 if quick else 512)
@@ -1393,6 +1849,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.rounds = args.rounds or (1 if quick else 3)
     if args.rss_write_mib is None:
         args.rss_write_mib = 0 if quick else 2048
+    if args.scale_entries is None:
+        args.scale_entries = 100_000 if quick else 1_000_000
     args.only = args.only.split(",") if args.only else list(STEP_NAMES)
     unknown = sorted(set(args.only) - set(STEP_NAMES))
     if unknown:
@@ -1417,6 +1875,8 @@ def main(argv: list[str] | None = None) -> int:
         steps = [(label, step) for name, (label, step) in STEPS.items() if name in args.only]
         if args.rss_write_mib and "write-rss" in args.only:
             steps.append((f"daemon RSS during a {args.rss_write_mib} MiB cp", measure_write_rss))
+        if args.scale_entries and "scale" in args.only:
+            steps.append((f"revision index at scale ({args.scale_entries} entries)", measure_scale))
         for label, step in steps:
             print(f"measuring {label} ...", flush=True)
             try:
@@ -1428,6 +1888,7 @@ def main(argv: list[str] | None = None) -> int:
             results.extend(outcome if isinstance(outcome, list) else [outcome])
         results.append(rss_result(bench))
         report["packages"] = bench._packages
+        report["scale_packages"] = bench._scale
 
     print()
     print_table(results)
