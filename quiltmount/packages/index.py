@@ -28,6 +28,7 @@ manifest that hashes to its name becomes an index.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import io
 import json
@@ -58,7 +59,7 @@ _PROGRESS_EVERY = 50_000  # entries between progress reports
 _SKIPPED_LOGGED = 10  # entries left out that are logged one by one
 #: Page cache of a reading connection, in KiB (SQLite's negative cache_size): what one open index costs.
 READ_CACHE_KIB = 2048
-_BUILD_CACHE_KIB = 32 * 1024
+_BUILD_CACHE_KIB = 8 * 1024
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 _SCHEMA = """
@@ -344,6 +345,15 @@ def build_index(path: str, open_manifest: Callable[[], IO[bytes]], *, top_hash: 
     raise AssertionError("unreachable")
 
 
+def _return_freed_memory() -> None:
+    """A build allocates and frees millions of small objects and its SQLite page cache; glibc keeps freed
+    heap pages for reuse unless asked to give them back (measured: +35-45 MiB of RSS left per build)."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def _remove(path: str) -> None:
     try:
         os.unlink(path)
@@ -497,7 +507,11 @@ def open_or_build(path: str, open_manifest: Callable[[], IO[bytes]], *, top_hash
         except IndexUnusable as exc:
             log.warning("%s: rebuilding it", exc)
     started = time.monotonic()
-    entries = build_index(path, open_manifest, top_hash=top_hash, manifest_url=manifest_url, progress=progress)
+    try:
+        entries = build_index(path, open_manifest, top_hash=top_hash, manifest_url=manifest_url,
+                              progress=progress)
+    finally:
+        _return_freed_memory()
     elapsed = time.monotonic() - started
     log.info("indexed revision %s: %d entries in %.1f s (%.0f entries/s)", top_hash, entries, elapsed,
              entries / elapsed if elapsed > 0 else 0.0)
