@@ -153,7 +153,7 @@ class _Builder:
         self.db.execute("BEGIN")
         if not ordered:
             self.db.execute("CREATE TEMP TABLE parts (sort_key BLOB PRIMARY KEY, part TEXT) WITHOUT ROWID")
-        self.stamp = int(time.time())  # the file's mtime once built (see `_check_file`)
+        self.stamp = int(time.time())  # the file's mtime once built (see `_modified`)
         self.next_id = ROOT_ID + 1
         self.dir_ids: LRUCache[str, int] = LRUCache(65_536)  # path -> id of directories seen lately
         self.last_dir = ("", ROOT_ID)  # the parent of the previous entry: entries come grouped by directory
