@@ -32,7 +32,7 @@ class Node:
 
 
 class PathIndex:
-    """A fixed tree of nodes built from `/`-separated paths (a package revision, a search's hits).
+    """A fixed tree of nodes built from `/`-separated paths (a search's hits).
 
     Directories are implied by the paths.  Where a name is both a file and a directory the directory wins,
     and a path added twice keeps its first node.
