@@ -13,7 +13,6 @@ import getpass
 import json
 import os
 import sys
-import tempfile
 import threading
 import time
 import webbrowser
@@ -24,6 +23,7 @@ import requests
 
 from quiltmount import catalog
 from quiltmount.catalog import QuiltException
+from quiltmount.files import atomic_file
 from quiltmount.quiltconfig import data_dir, get_from_config
 
 REFRESH_MARGIN = 60.0
@@ -55,18 +55,8 @@ def _load(path: Path) -> dict[str, Any]:
 def _save(path: Path, value: dict[str, Any]) -> None:
     """Write JSON like quilt3 (`json.dump` defaults), via a 0600 temporary file renamed into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mkstemp creates it 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as stream:
-            json.dump(value, stream)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_file(str(path)) as stream:
+        stream.write(json.dumps(value).encode("utf-8"))
 
 
 def load_auth() -> dict[str, Any]:

@@ -20,15 +20,37 @@ def state_root() -> str:
     return platformdirs.user_state_dir(APP)
 
 
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+
+
 def slug(text: str, length: int = 40) -> str:
-    """A file-name-safe, readable and unique name for a source or mountpoint."""
-    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[-length:] or "root"
-    return f"{readable}-{hashlib.sha256(text.encode('utf-8', 'surrogateescape')).hexdigest()[:12]}"
+    """A file-name-safe, readable and unique name for a source or mountpoint: the end of `text` (where paths
+    differ), cut at a separator so no word is cut in two, then a digest of the whole text."""
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
+    if len(readable) > length:
+        tail = readable[-length:]
+        cut = re.search(r"[_.-]", tail[:-1])
+        readable = tail[cut.end():] if cut and readable[-length - 1] not in "_.-" else tail
+    return f"{readable.strip('_') or 'root'}-{_digest(text)}"
+
+
+def _legacy_slug(text: str, length: int = 40) -> str:
+    """The name earlier versions gave a source (its last 40 characters, cut anywhere), to find their caches."""
+    return f"{re.sub(r'[^A-Za-z0-9._-]+', '_', text).strip('_')[-length:] or 'root'}-{_digest(text)}"
 
 
 def default_cache_dir(source_url: str) -> str:
-    """Stable per source, so a remount finds what a previous daemon of the same source left."""
-    return os.path.join(cache_root(), slug(source_url))
+    """Stable per source, so a remount finds what a previous daemon of the same source left.  A directory
+    under the old name is renamed to the new one: it may hold staged writes a crash left to upload."""
+    path = os.path.join(cache_root(), slug(source_url))
+    legacy = os.path.join(cache_root(), _legacy_slug(source_url))
+    if legacy != path and os.path.isdir(legacy) and not os.path.lexists(path):
+        try:
+            os.rename(legacy, path)
+        except OSError:
+            return legacy  # e.g. renamed by a concurrent mount of the same source, or a read-only cache
+    return path
 
 
 def index_dir() -> str:

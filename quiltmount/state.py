@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import os
 import select
-import tempfile
 import time
 from typing import Any
 
+from quiltmount.files import atomic_file
 from quiltmount.paths import mounts_dir, slug
 
 
@@ -20,10 +20,8 @@ def write_record(mountpoint: str, record: dict[str, Any]) -> None:
     """Atomically replace the mount's record (readers never see half a file)."""
     directory = mounts_dir()
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=directory, prefix=".record-")
-    with os.fdopen(fd, "w") as file:
-        json.dump(record, file, indent=1, sort_keys=True)
-    os.replace(temp, record_path(mountpoint))
+    with atomic_file(record_path(mountpoint)) as file:
+        file.write(json.dumps(record, indent=1, sort_keys=True).encode("utf-8"))
 
 
 def report_path(mountpoint: str) -> str:

@@ -11,9 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from quiltmount.errors import NotFound, ObjectChanged, UserError
+from quiltmount.files import atomic_file
 from quiltmount.fs.blockcache import Block, BlockCache, DiskTier
 from quiltmount.fs.readahead import BlockFetcher, ReadStream
 from quiltmount.fs.tree import BucketTree
+from quiltmount.paths import _legacy_slug, default_cache_dir, slug
 from quiltmount.storage import parse_source
 from quiltmount.storage.counting import CountingStore
 from quiltmount.storage.local import LocalStore
@@ -42,6 +44,36 @@ def test_parse_source(tmp_path):
     for bad in ("s3://", "http://x/y", str(tmp_path / "missing"), "file://host/x"):
         with pytest.raises(UserError):
             parse_source(bad)
+
+
+def test_names_of_sources_are_cut_between_words(tmp_path, monkeypatch):
+    source = "file:///tmp/pytest-of-root/pytest-7/test_demo0/quiltmount-example"
+    readable = slug(source).rsplit("-", 1)[0]
+    assert readable == "pytest-7_test_demo0_quiltmount-example", readable
+    assert _legacy_slug(source).startswith("t_pytest-7_")  # what the old rule made of it
+    assert slug("s3://bucket/" + "x" * 60).startswith("x" * 40 + "-")  # nowhere to cut: the last 40
+    assert slug("/a/b") != slug("/a_b") and slug("/").startswith("root-")
+    # A cache directory made under the old name is taken over, staged writes and all.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    legacy = tmp_path / "quiltmount" / _legacy_slug(source)
+    (legacy / "staging").mkdir(parents=True)
+    (legacy / "staging" / "kept").write_text("staged")
+    path = default_cache_dir(source)
+    assert os.path.basename(path) == slug(source) and not legacy.exists()
+    assert open(os.path.join(path, "staging", "kept")).read() == "staged"
+
+
+def test_atomic_file_replaces_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "record.json"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_file(str(target)) as file:
+        file.write(b"half")
+        raise RuntimeError("interrupted")
+    assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["record.json"]
+    with atomic_file(str(target), mode=0o640, durable=True) as file:
+        file.write(b"new")
+    assert target.read_bytes() == b"new" and os.stat(target).st_mode & 0o777 == 0o640
+    assert os.listdir(tmp_path) == ["record.json"]
 
 
 @pytest.fixture

@@ -17,6 +17,8 @@ from collections.abc import Hashable
 
 from cachetools import LRUCache
 
+from quiltmount.files import atomic_file
+
 log = logging.getLogger(__name__)
 
 BlockKey = tuple[Hashable, int]  # (object identity, block index)
@@ -114,18 +116,12 @@ class DiskTier:
         path = self._path(key)
         try:
             os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-            with open(path + ".tmp", "wb") as file:
+            with atomic_file(path) as file:
                 file.write(data)
-            os.replace(path + ".tmp", path)
         except OSError as exc:
             log.warning("disk cache write failed (%s); block kept in memory only", exc)
             with self._lock:
                 self._index.pop(key, None)
-            for leftover in (path + ".tmp", path):
-                try:
-                    os.unlink(leftover)
-                except OSError:
-                    pass
 
 
 class BlockCache:

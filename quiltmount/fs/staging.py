@@ -19,6 +19,7 @@ import uuid
 from dataclasses import asdict, dataclass
 
 from quiltmount.errors import UserError
+from quiltmount.files import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -63,15 +64,8 @@ class StagingArea:
 
     def save(self, staged: StagedFile) -> None:
         path = os.path.join(self._journal, staged.id + ".json")
-        temp = path + ".tmp"
-        with self._lock:
-            fd = os.open(temp, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
-            try:
-                os.write(fd, json.dumps(asdict(staged)).encode())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(temp, path)
+        with self._lock, atomic_file(path, durable=True) as file:
+            file.write(json.dumps(asdict(staged)).encode())
 
     def set_state(self, staged: StagedFile, state: str, error: str | None = None) -> None:
         staged.state, staged.error = state, error

@@ -9,14 +9,15 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-import threading
 from collections.abc import Iterator
 
 from quiltmount.errors import AccessDenied, NotFound, ObjectChanged, StorageError, UserError
+from quiltmount.files import atomic_file, file_mode
 from quiltmount.storage.base import ListPage, ObjectInfo, ObjectStore, ObjectStream
 
 #: Entries per listing page, as S3 pages its listings.
 PAGE_SIZE = 1000
+COPY_BUFFER = 1 << 20
 
 
 def _fingerprint(st: os.stat_result) -> str:
@@ -123,10 +124,8 @@ class LocalStore(ObjectStore):
             return
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            temp = f"{path}.quiltmount-{os.getpid()}.tmp"
-            with open(temp, "wb") as file:
+            with atomic_file(path, mode=file_mode()) as file:
                 file.write(data)
-            os.replace(temp, path)
         except OSError as exc:
             raise self._fail("put", key, exc) from exc
 
@@ -145,9 +144,8 @@ class LocalStore(ObjectStore):
         target = self._path(key)
         try:
             os.makedirs(os.path.dirname(target), exist_ok=True)
-            temp = f"{target}.quiltmount-{os.getpid()}-{threading.get_ident()}.tmp"
-            shutil.copyfile(path, temp)
-            os.replace(temp, target)
+            with atomic_file(target, mode=file_mode()) as file, open(path, "rb") as source:
+                shutil.copyfileobj(source, file, COPY_BUFFER)
             return self.head(key)
         except OSError as exc:
             raise self._fail("upload", key, exc) from exc
