@@ -6,6 +6,7 @@ import math
 import os
 import random
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -15,7 +16,9 @@ from quiltmount.files import atomic_file
 from quiltmount.fs.blockcache import Block, BlockCache, DiskTier
 from quiltmount.fs.readahead import BlockFetcher, ReadStream
 from quiltmount.fs.tree import BucketTree
+from quiltmount.fs.verify import CorruptObjects
 from quiltmount.paths import _legacy_slug, default_cache_dir, slug
+from quiltmount.singleflight import SingleFlight
 from quiltmount.storage import parse_source
 from quiltmount.storage.counting import CountingStore
 from quiltmount.storage.local import LocalStore
@@ -120,6 +123,54 @@ def test_concurrent_listings_are_shared(local_tree):
         results = list(pool.map(lambda _: tree.readdir("d"), range(16)))
     assert all(result == results[0] for result in results)
     assert store.snapshot()["totals"]["list"] == 1
+
+
+def test_single_flight_shares_one_run_and_its_failure():
+    flight: SingleFlight[int] = SingleFlight()
+    started, release = threading.Event(), threading.Event()
+    runs = []
+
+    def work(value: int) -> int:
+        runs.append(value)
+        started.set()
+        release.wait(5)
+        if value < 0:
+            raise ValueError("listing failed")
+        return value
+
+    with ThreadPoolExecutor(8) as pool:
+        first = pool.submit(flight.run, "k", lambda: work(1))
+        started.wait(5)
+        waiters = [pool.submit(flight.run, "k", lambda: work(2)) for _ in range(6)]
+        other = pool.submit(flight.run, "other", lambda: 3)  # another key is not held up
+        assert other.result(5) == 3
+        deadline = time.monotonic() + 5
+        while not all(w.running() for w in waiters) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)  # from running() to waiting inside run(): a few bytecodes
+        release.set()
+        assert first.result(5) == 1 and [w.result(5) for w in waiters] == [1] * 6
+    assert runs == [1]  # the waiters shared the first run
+    started.clear()
+    release.clear()
+    with ThreadPoolExecutor(4) as pool:
+        failing = pool.submit(flight.run, "k", lambda: work(-1))
+        started.wait(5)
+        sharing = pool.submit(flight.run, "k", lambda: work(4))
+        release.set()
+        for future in (failing, sharing):
+            with pytest.raises(ValueError, match="listing failed"):
+                future.result(5)
+    assert flight.run("k", lambda: 5) == 5  # a finished run is not remembered
+
+
+def test_corrupt_objects_are_remembered_within_a_bound():
+    corrupt = CorruptObjects(capacity=3)
+    for ident in ("a", "b", "c"):
+        corrupt.add(ident)
+    assert corrupt.contains("a") and corrupt.contains("c")
+    corrupt.add("d")
+    assert corrupt.contains("d") and not corrupt.contains("a")
 
 
 def test_landed_uploads_join_the_cached_listing_in_place(local_tree):

@@ -23,7 +23,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
@@ -35,6 +34,7 @@ from quiltmount.fs.node import MemoryFile, Node, PathIndex, Tree
 from quiltmount.fs.tree import RESERVED_ROOT_NAMES
 from quiltmount.names import invalid_path_reason
 from quiltmount.packages.registry import is_pointer_name, is_valid_package_name
+from quiltmount.singleflight import SingleFlight
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,8 @@ PACKAGES_DIR = ".packages"
 ERROR_TTL = 2.0
 #: Results of at most this many queries are kept; older ones are searched again when looked at.
 KEPT_RESULTS = 256
+#: Query directories listed in `ls .search/` (names only): beyond this the least recently run are forgotten.
+KEPT_QUERIES = 10_000
 
 # Linux allows `user.*` attributes only on regular files and directories, and hits are symlinks: their
 # attributes are in a namespace of their own, which the kernel hands to FUSE unchecked.
@@ -107,37 +109,28 @@ class SearchTree(Tree):
         self._clock = clock
         self._root = Node(is_dir=True, mtime=time.time())
         self._lock = threading.Lock()
-        self._queries: dict[str, float] = {}  # every query name run and not forgotten -> time of its last run
+        self._queries: LRUCache[str, float] = LRUCache(KEPT_QUERIES)  # query name -> time of its last run
         self._results: LRUCache[str, _Results] = LRUCache(KEPT_RESULTS)
-        self._running: dict[str, Future] = {}
+        self._searches: SingleFlight[_Results] = SingleFlight()
 
     # -- running queries ----------------------------------------------------------------------------------
     def _results_for(self, name: str) -> _Results:
         """The (fresh) results of query directory `name`, searching at most once at a time per name."""
         with self._lock:
             results = self._results.get(name)
-            if results is not None and not results.expired(self._clock()):
-                return results
-            running = self._running.get(name)
-            if running is None:
-                running = self._running[name] = Future()
-                mine = True
-            else:
-                mine = False
-        if not mine:
-            return running.result()
-        try:
-            results = self._run(name)
-        except BaseException as exc:
-            with self._lock:
-                del self._running[name]
-            running.set_exception(exc)
-            raise
+        if results is not None and not results.expired(self._clock()):
+            return results
+        return self._searches.run(name, lambda: self._fresh_results(name))
+
+    def _fresh_results(self, name: str) -> _Results:
         with self._lock:
-            del self._running[name]
+            results = self._results.get(name)
+        if results is not None and not results.expired(self._clock()):
+            return results  # a search that ended just before this one began
+        results = self._run(name)
+        with self._lock:
             self._results[name] = results
             self._queries[name] = results.index.dir_node.mtime
-        running.set_result(results)
         return results
 
     def _run(self, name: str) -> _Results:

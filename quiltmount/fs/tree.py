@@ -19,6 +19,7 @@ from cachetools import LRUCache, TTLCache
 from quiltmount.errors import NotFound
 from quiltmount.fs.node import Node, Tree
 from quiltmount.names import invalid_name_reason
+from quiltmount.singleflight import SingleFlight
 from quiltmount.storage.base import ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class BucketTree(Tree):
         self._negative: TTLCache[str, bool] = TTLCache(negative_cache_size, ttl, timer=clock)
         self._reported_keys: LRUCache[str, bool] = LRUCache(10_000)
         self._lock = threading.Lock()
-        self._listing_in_progress: dict[str, Future] = {}
+        self._listings_in_progress: SingleFlight[dict[str, Node]] = SingleFlight()
         # Bumped by every local change: a listing or lookup that started before a change is not cached,
         # since it may predate that change (S3 answered before the upload landed).
         self._changes = 0
@@ -144,26 +145,21 @@ class BucketTree(Tree):
             listing, fresh = self._cached_listing(path)
             if fresh:
                 return dict(listing)
-            pending = self._listing_in_progress.get(path)
-            owner = pending is None
-            if owner:
-                pending = self._listing_in_progress[path] = Future()
+        return dict(self._listings_in_progress.run(path, lambda: self._fresh_listing(path)))
+
+    def _fresh_listing(self, path: str) -> dict[str, Node]:
+        """The cached listing if another run just made it, else one from the store (cached unless something
+        changed the bucket meanwhile).  Callers sharing the run copy it."""
+        with self._lock:
+            listing, fresh = self._cached_listing(path)
+            if fresh:
+                return dict(listing)
             changes = self._changes
-        if not owner:
-            return pending.result()
-        try:
-            listing = self._list(path)
-        except BaseException as exc:
-            pending.set_exception(exc)
-            raise
-        finally:
-            with self._lock:
-                del self._listing_in_progress[path]
+        listing = self._list(path)
         if self.caching:
             with self._lock:
                 if self._changes == changes:
                     self._listings[path] = (dict(listing), self._clock() + self.ttl)
-        pending.set_result(listing)
         return listing
 
     def _list(self, path: str) -> dict[str, Node]:

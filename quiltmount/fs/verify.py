@@ -20,6 +20,8 @@ from collections import deque
 from collections.abc import Hashable
 from concurrent.futures import Executor
 
+from cachetools import LRUCache
+
 from quiltmount.packages.manifest import make_hasher
 
 log = logging.getLogger(__name__)
@@ -31,15 +33,18 @@ MAX_QUEUED_BYTES = 32 << 20
 
 
 class CorruptObjects:
-    """Objects whose bytes did not match their manifest hash: every later read of them fails (EIO)."""
+    """Objects whose bytes did not match their manifest hash: every later read of them fails (EIO).
 
-    def __init__(self) -> None:
-        self._idents: set[Hashable] = set()
+    Bounded: past `capacity` the least recently refused is forgotten; read again, it is verified again and
+    fails again when its last byte is read, as a first read would."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self._idents: LRUCache[Hashable, bool] = LRUCache(capacity)
         self._lock = threading.Lock()
 
     def add(self, ident: Hashable) -> None:
         with self._lock:
-            self._idents.add(ident)
+            self._idents[ident] = True
 
     def contains(self, ident: Hashable) -> bool:
         with self._lock:
