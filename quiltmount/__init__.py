@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from quiltmount.version import __version__
 
 __all__ = ["__version__", "Bucket", "QuiltException", "api_keys", "clear_api_key", "config", "delete_package",
            "get_boto3_session", "index_package", "list_package_versions", "list_packages", "logged_in", "login",

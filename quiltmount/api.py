@@ -15,7 +15,7 @@ from quiltmount.auth import (  # noqa: F401
     clear_api_key, get_boto3_session, logged_in, login, login_with_api_key, logout,
 )
 from quiltmount.bucket import Bucket  # noqa: F401
-from quiltmount.catalog import QuiltException  # noqa: F401
+from quiltmount.errors import QuiltException  # noqa: F401
 from quiltmount.quiltconfig import config, default_local_registry  # noqa: F401
 from quiltmount.packages.index import index_name, open_or_build
 from quiltmount.packages.registry import Registry, registry_from_url

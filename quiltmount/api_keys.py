@@ -9,6 +9,7 @@ import datetime
 import textwrap
 from typing import Any, Literal
 
+from quiltmount import auth  # noqa: F401  (its import gives the catalog client the user's token)
 from quiltmount.catalog import InvalidCatalogResponse, graphql, json_kind
 
 APIKeyStatus = Literal["ACTIVE", "EXPIRED"]

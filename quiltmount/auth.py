@@ -4,7 +4,8 @@
 quilt3's data directory, mode 0600, in quilt3's JSON formats, so a login done by either client is seen by the
 other.  An API key is kept in memory only.  Differences from quilt3: files are created 0600 from the start
 (quilt3 chmods after opening) and written atomically; the access token is re-checked (and refreshed when it
-expires within 60 s) before every catalog request, not only when the session is created.
+expires within 60 s) before every catalog request, not only when the session is created.  Importing this
+module hands the catalog client its token provider (`current_token`): `catalog` must not import `auth`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import requests
 
 from quiltmount import catalog
-from quiltmount.catalog import QuiltException
+from quiltmount.errors import QuiltException
 from quiltmount.files import atomic_file
 from quiltmount.quiltconfig import data_dir, get_from_config
 
@@ -135,6 +136,9 @@ def current_token() -> str | None:
             contents[url] = entry
             save_auth(contents)
         return entry.get("access_token")
+
+
+catalog.set_token_provider(current_token)
 
 
 def _read_code() -> str:

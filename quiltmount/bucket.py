@@ -27,11 +27,11 @@ from typing import Any
 from urllib.parse import ParseResult, parse_qs, unquote, urlparse
 from urllib.request import url2pathname
 
-from quiltmount.catalog import QuiltException, search_api
-from quiltmount.errors import QuiltmountError
+from quiltmount.auth import get_boto3_session
+from quiltmount.catalog import search_api
+from quiltmount.errors import QuiltException, QuiltmountError
 from quiltmount.packages.manifest import PhysicalKey, checksum_chunk_size, format_physical_key
-
-PART_SIZE = 8 * 1024 * 1024
+from quiltmount.units import PART_SIZE
 
 #: quilt3's `UPLOAD_ETAG_OPTIMIZATION_THRESHOLD`: from this size on, an upload whose destination already holds
 #: the same bytes is skipped.
@@ -301,8 +301,6 @@ class Bucket:
             if anonymous not in self._clients:
                 from botocore import UNSIGNED
                 from botocore.config import Config
-
-                from quiltmount.auth import get_boto3_session
 
                 session = get_boto3_session()
                 options: dict[str, Any] = {"max_pool_connections": _max_concurrency()}

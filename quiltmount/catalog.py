@@ -3,6 +3,9 @@
 Behaves like quilt3's `session.py` (spec section 2.1): one process-wide `requests.Session` with quilt3's
 headers and response hook.  Difference: the Authorization header is computed before *every* request, so a
 long-running process refreshes an expiring access token instead of sending it until it is rejected.
+
+The tokens belong to `auth`, which needs this client (to fetch AWS credentials) and so hands it a token
+provider (`set_token_provider`) when it is imported, instead of this module importing `auth`.
 """
 
 from __future__ import annotations
@@ -10,24 +13,19 @@ from __future__ import annotations
 import json
 import platform
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import requests
 
-from quiltmount.errors import QuiltmountError
+from quiltmount.errors import QuiltException
+from quiltmount.quiltconfig import get_from_config
 
 REQUEST_TIMEOUT = 60.0
 QUILT3_COMPAT_VERSION = "8.0.0"
 
-
-class QuiltException(QuiltmountError):
-    """quilt3's `QuiltException`: a message plus optional keyword attributes (e.g. `response`)."""
-
-    def __init__(self, message: str, **kwargs: Any) -> None:
-        self.message = message
-        for key, value in kwargs.items():
-            setattr(self, key, value)
-        super().__init__(message)
+#: Gives the bearer token for the next catalog request, or None to send none.
+TokenProvider = Callable[[], str | None]
 
 
 class InvalidCatalogResponse(QuiltException):
@@ -45,8 +43,6 @@ class GraphQLError(QuiltException):
 
 def registry_url() -> str:
     """`registryUrl` of the config; a clear error instead of quilt3's TypeError/URL error when unset."""
-    from quiltmount.quiltconfig import get_from_config
-
     url = get_from_config("registryUrl")
     if not url:
         raise QuiltException("No Quilt catalog is configured: run `quiltmount config CATALOG_URL` "
@@ -82,13 +78,24 @@ def _check_token(token: object) -> None:
                              "run `quiltmount login` (or set a valid API key) again.")
 
 
+_token_provider: TokenProvider | None = None
+
+
+def set_token_provider(provider: TokenProvider) -> None:
+    """Ask `provider` for the bearer token of every catalog request from now on (`auth` does, on import).
+
+    Until a provider is set, requests carry no token, as when nobody is logged in."""
+    global _token_provider
+    _token_provider = provider
+
+
 class _BearerAuth(requests.auth.AuthBase):
-    """Looks the token up (refreshing it when it expires within a minute) for each request."""
+    """Asks the token provider for the token (which `auth` refreshes when it expires within a minute) before
+    each request."""
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        from quiltmount.auth import current_token
-
-        token = current_token()
+        provider = _token_provider
+        token = provider() if provider is not None else None
         if token is not None:
             _check_token(token)
             request.headers["Authorization"] = f"Bearer {token}"
@@ -187,5 +194,5 @@ def search_api(query: str | dict, index: str, limit: int = 10, timeout: float = 
     return answer
 
 
-__all__ = ["GraphQLError", "InvalidCatalogResponse", "QuiltException", "clear_session", "get_json",
-           "get_session", "graphql", "json_kind", "registry_url", "search_api", "user_agent"]
+__all__ = ["GraphQLError", "InvalidCatalogResponse", "TokenProvider", "clear_session", "get_json", "get_session",
+           "graphql", "json_kind", "registry_url", "search_api", "set_token_provider", "user_agent"]

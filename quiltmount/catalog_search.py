@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from quiltmount import auth  # noqa: F401  (its import gives the catalog client the user's token)
 from quiltmount.catalog import search_api
 
 

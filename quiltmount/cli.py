@@ -6,15 +6,21 @@ Exit status: 0 success, 1 failure (one line on stderr), 2 usage error.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-from quiltmount import __version__, argtypes, state
+from quiltmount import argtypes, state
 from quiltmount.errors import QuiltmountError, UserError
 from quiltmount.units import format_size, parse_size
+from quiltmount.version import __version__
+
+if TYPE_CHECKING:
+    from quiltmount.storage import Source
 
 UMOUNT_WAIT = 600.0
 
@@ -113,27 +119,40 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    from quiltmount.daemon import MountOptions, run_mount, start_background
+    from quiltmount.launcher import MountOptions, start_background
     from quiltmount.storage import parse_source
 
     source = parse_source(args.source)  # fail fast on a bad SOURCE, before any process is started
     options = MountOptions(
-        source=args.source if source.scheme == "s3" else source.location,
+        source=_with_package(source, args.package),
         mountpoint=os.path.abspath(args.mountpoint), read_only=args.read_only,
         cache_dir=os.path.abspath(args.cache_dir) if args.cache_dir else None,
         disk_cache_size=args.disk_cache_size, memory_cache_size=args.memory_cache_size,
         metadata_ttl=args.metadata_ttl, uid=args.uid, gid=args.gid, file_mode=args.file_mode,
         dir_mode=args.dir_mode, allow_other=args.allow_other,
         log_file=os.path.abspath(args.log_file) if args.log_file else None, log_level=args.log_level,
-        profile=args.profile, region=args.region, endpoint_url=args.endpoint_url, package=args.package,
+        profile=args.profile, region=args.region, endpoint_url=args.endpoint_url,
         sync_on_close=args.sync_on_close, upload_attempts=args.upload_attempts, search_limit=args.search_limit,
-        kernel_cache_entries=args.kernel_cache_entries, api_key_env=args.api_key_env, quilt_credentials=args.quilt_credentials, s3_timeout=args.s3_timeout)
+        kernel_cache_entries=args.kernel_cache_entries, api_key_env=args.api_key_env,
+        quilt_credentials=args.quilt_credentials, s3_timeout=args.s3_timeout)
     if args.foreground:
+        from quiltmount.daemon import run_mount
+
         return run_mount(options)
     start_background(options)
     record = state.read_record(options.mountpoint) or {}
     print(f"mounted {source.url} at {options.mountpoint} (log: {record.get('log_file', '?')})")
     return 0
+
+
+def _with_package(source: Source, package: str | None) -> Source:
+    """SOURCE, mounting the package revision of --package if given (in the source URI or with --package,
+    not both)."""
+    if not package:
+        return source
+    if source.package:
+        raise UserError("give the package either in the source URI or with --package, not both")
+    return dataclasses.replace(source, package=package)
 
 
 def cmd_umount(args: argparse.Namespace) -> int:

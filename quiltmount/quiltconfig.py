@@ -19,8 +19,7 @@ from urllib.parse import urlparse
 import platformdirs
 import yaml
 
-from quiltmount.catalog import QuiltException
-from quiltmount.errors import UserError
+from quiltmount.errors import QuiltException, UserError
 
 CONFIG_JSON_TIMEOUT = 30.0
 

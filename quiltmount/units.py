@@ -1,9 +1,16 @@
-"""Human-friendly sizes and durations for command-line options."""
+"""Human-friendly sizes and durations for command-line options; the sizes of multipart uploads."""
 
 from __future__ import annotations
 
 import math
 import re
+
+#: The part size of multipart uploads to S3, which is also quilt3's checksum chunk: the two must be equal, so
+#: that S3's composite SHA-256 of an object uploaded in parts of this size is quilt3's `sha2-256-chunked` hash
+#: of it.  quilt3 (through boto3) uploads files of this size and more in parts of this size; so does quiltmount.
+PART_SIZE = 8 << 20
+#: S3's limit on the parts of one multipart upload (quilt3 doubles its chunk while a file would need more).
+MAX_PARTS = 10_000
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _MULTIPLIERS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}

@@ -26,8 +26,7 @@ from flask import Response
 
 from mounthelpers import mount_record
 from quiltmount import api_keys, auth, catalog, cli, quiltconfig
-from quiltmount.catalog import QuiltException
-from quiltmount.errors import QuiltmountError
+from quiltmount.errors import QuiltException, QuiltmountError
 from quiltmount.packages import manifest as mf
 from quiltmount.paths import index_dir
 from test_config_auth import clean, stack  # noqa: F401  (fixtures)

@@ -21,7 +21,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from quiltmount.bucket import Bucket
-from quiltmount.catalog import QuiltException
+from quiltmount.errors import QuiltException
 
 
 @pytest.fixture(scope="session")

@@ -151,7 +151,7 @@ def test_local_directory_source(tmp_path, mount):
 def test_the_parent_waits_while_the_daemon_reports_work():
     """`mount` returns once the daemon says READY; a daemon indexing a large revision before mounting sends
     WORKING beats, and the parent waits as long as they come (the timeout counts silence only)."""
-    from quiltmount import daemon
+    from quiltmount import launcher
 
     def word(daemon_code: str, timeout: float) -> str | None:
         read_fd, write_fd = os.pipe()
@@ -159,17 +159,40 @@ def test_the_parent_waits_while_the_daemon_reports_work():
         os.close(write_fd)
         try:
             with os.fdopen(read_fd, "rb") as pipe:
-                return daemon.await_word(pipe, timeout)
+                return launcher.await_word(pipe, timeout)
         finally:
             child.kill()
             child.wait()
 
-    # The real beat: _Signal.working() around 1.2 s of work, beating every 0.2 s, then READY.
-    working = ("import sys, time; from quiltmount import daemon; daemon.WORKING_INTERVAL = 0.2; "
-               "signal = daemon._Signal(int(sys.argv[1]))\n"
+    # The real beat: ReadySignal.working() around 1.2 s of work, beating every 0.2 s, then READY.
+    working = ("import sys, time; from quiltmount import launcher; launcher.WORKING_INTERVAL = 0.2; "
+               "signal = launcher.ReadySignal(int(sys.argv[1]))\n"
                "with signal.working(): time.sleep(1.2)\n"
-               "signal.send('READY')")
+               "signal.ready()")
     assert word(working, timeout=0.6) == "READY"
     silent = "import os, sys, time; time.sleep(1.2); os.write(int(sys.argv[1]), b'READY\\n')"
     assert word(silent, timeout=0.6) is None
     assert word("import os, sys; os.write(int(sys.argv[1]), b'ERROR: no such bucket\\n')", 5) == "ERROR: no such bucket"
+
+
+def test_the_source_reaches_the_daemon_parsed(tmp_path):
+    """The command parses SOURCE (and --package) once; the daemon gets the parsed `Source` as data."""
+    from quiltmount.launcher import MountOptions
+    from quiltmount.storage import Source
+
+    options = MountOptions(source=Source("s3", "bucket", "some/prefix/", package="team/ds:latest"),
+                           mountpoint=str(tmp_path))
+    assert MountOptions.from_json(options.to_json()) == options
+    both = run_cli("mount", "quilt+s3://bucket#package=team/ds", str(tmp_path), "--package", "team/other")
+    assert_one_line_error(both, 1, "give the package either in the source URI or with --package, not both")
+
+
+def test_importing_the_daemon_loads_no_control_api_and_no_libfuse():
+    """The daemon needs none of the quilt3-compatible API to start, and loads libfuse only once it mounts
+    (after choosing the library)."""
+    code = "import sys, quiltmount.daemon; print(' '.join(sorted(sys.modules)))"
+    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                check=True).stdout.split())
+    api = {f"quiltmount.{name}" for name in ("api", "api_keys", "auth", "bucket", "catalog", "catalog_search",
+                                             "quiltconfig", "stackcli")}
+    assert not loaded & (api | {"mfusepy"})

@@ -11,13 +11,15 @@ import dataclasses
 import io
 import os
 import stat
+import subprocess
+import sys
 import time
 
 import pytest
 
 from quiltmount import api_keys, auth, catalog, quiltconfig as qconfig
-from quiltmount.catalog import QuiltException
 from quiltmount.catalog_search import search
+from quiltmount.errors import QuiltException
 
 
 @pytest.fixture(scope="session")
@@ -301,6 +303,15 @@ def test_error_hook_messages(stack):
     qconfig.config(registryUrl=None)
     with pytest.raises(QuiltException, match="No Quilt catalog is configured"):
         search("x")
+
+
+@pytest.mark.parametrize("module", ["api_keys", "catalog_search", "bucket"])
+def test_modules_that_ask_the_catalog_as_the_user_hand_it_the_token(module):
+    """The catalog client does not import `auth` (which needs it); importing `auth` hands the client its token
+    provider, so each module sending the user's requests imports `auth`, even when imported on its own."""
+    code = (f"import sys, quiltmount.{module}; from quiltmount import catalog; "
+            "assert catalog._token_provider is sys.modules['quiltmount.auth'].current_token")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def _as_dicts(value):

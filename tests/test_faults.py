@@ -31,7 +31,7 @@ from quiltmount.errors import ObjectChanged, StorageError
 from quiltmount.fs.blockcache import BlockCache
 from quiltmount.fs.readahead import BlockFetcher
 from quiltmount.fs.staging import StagingArea
-from quiltmount.fs.writeback import Uploader
+from quiltmount.fs.uploads import Uploader
 from quiltmount.storage.base import ObjectInfo
 from quiltmount.storage.local import LocalStore
 from quiltmount.storage.s3 import ATTEMPTS, READ_BACKOFF, S3Store

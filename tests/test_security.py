@@ -18,7 +18,7 @@ import pytest
 
 from mounthelpers import force_unmount, mount_record, run_cli
 from quiltmount import api_keys, auth, catalog, quiltconfig, state
-from quiltmount.catalog import QuiltException
+from quiltmount.errors import QuiltException
 from quiltmount.packages import manifest as mf
 from quiltmount.packages.index import index_name
 from quiltmount.paths import index_dir, mounts_dir

@@ -15,7 +15,8 @@ import pytest
 from botocore.config import Config
 
 from faultproxy import FaultProxy, _Upstream
-from quiltmount.storage.s3 import MULTIPART_PART_SIZE, S3Store
+from quiltmount.storage.s3 import S3Store
+from quiltmount.units import PART_SIZE
 
 BUCKET = "upload-wire-bucket"
 
@@ -43,7 +44,7 @@ def proxy(s3_server) -> Iterator[RecordingProxy]:
         yield recording
 
 
-@pytest.mark.parametrize("size", [300_000, MULTIPART_PART_SIZE + 1_000_000], ids=["single put", "multipart"])
+@pytest.mark.parametrize("size", [300_000, PART_SIZE + 1_000_000], ids=["single put", "multipart"])
 def test_upload_bodies_carry_their_checksum_and_are_not_hashed_again(proxy: RecordingProxy, tmp_path, s3_server,
                                                                    size: int):
     data = random.Random(size).randbytes(size)
@@ -62,7 +63,7 @@ def test_upload_bodies_carry_their_checksum_and_are_not_hashed_again(proxy: Reco
         assert headers.get("x-amz-checksum-sha256") == base64.b64encode(hashlib.sha256(body).digest()).decode(), path
         assert headers.get("x-amz-content-sha256") == "UNSIGNED-PAYLOAD", path
         assert "x-amz-checksum-sha256" in headers["authorization"].lower(), "the checksum header must be signed"
-    assert len(puts) == (1 if size < MULTIPART_PART_SIZE else 2)
+    assert len(puts) == (1 if size < PART_SIZE else 2)
 
     s3 = boto3.client("s3", endpoint_url=s3_server.endpoint_url, config=Config(s3={"addressing_style": "path"}))
     assert info.size == size

@@ -274,6 +274,26 @@ class PackagesTree(Tree):
             self._indexing.pop(top_hash, None)
         return tree
 
+    def revision_for_spec(self, spec: str) -> RevisionTree:
+        """`ns/name` (latest), `ns/name@<hash or prefix>` or `ns/name:<pointer>` -> that revision's tree.
+        An invalid name, or a package or pointer the registry does not have, is a `UserError`; a revision
+        that cannot be opened raises what `revision` raises."""
+        pointer: str | None = None
+        if "@" in spec:
+            name, _, spelled = spec.partition("@")
+        else:
+            name, _, pointer = spec.partition(":")
+            pointer = pointer or LATEST
+        if not is_valid_package_name(name):
+            raise UserError(f"invalid package name: {name!r} (expected namespace/name)")
+        if pointer is not None:
+            versions = self.versions(name)
+            if pointer not in versions:
+                raise UserError(f"package {name} has no pointer {pointer!r}" if versions
+                                else f"package not found: {name} in {self.registry.url}")
+            spelled = versions[pointer]
+        return self.revision(name, spelled)
+
     def _cached_revision(self, top_hash: str) -> RevisionTree | None:
         with self._lock:
             tree = self._revisions.get(top_hash)

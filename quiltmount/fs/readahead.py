@@ -21,6 +21,9 @@ from quiltmount.storage.base import ObjectInfo, ObjectStore
 log = logging.getLogger(__name__)
 
 DEFAULT_BLOCK_SIZE = 1 << 20
+#: Read-ahead fetches whole parts of this size on multiples of it, one GET each: few large requests (see
+#: README, "Why presigned URLs for reads").  A tuning of the read path, not the multipart part size
+#: (`units.PART_SIZE`), though equal to it: objects are read whatever part size they were uploaded in.
 DEFAULT_PART_SIZE = 8 << 20
 
 

@@ -22,6 +22,7 @@ from typing import IO, Any, Iterable, Iterator, Literal
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlparse
 
 from quiltmount.errors import StorageError
+from quiltmount.units import MAX_PARTS, PART_SIZE
 
 __all__ = [
     "CHECKSUM_CHUNK_SIZE", "CHECKSUM_MAX_PARTS", "CRC64NVME", "DEFAULT_MAX_RECORD_SIZE", "MAX_ENTRY_SIZE", "SHA256",
@@ -63,8 +64,8 @@ CRC64NVME = "CRC64NVME"
 SUPPORTED_HASH_TYPES = (SHA2_256_CHUNKED, SHA256, CRC64NVME)
 
 #: Base chunk size of `sha2-256-chunked`: 8 MiB, doubled while a file would need more than 10,000 chunks.
-CHECKSUM_CHUNK_SIZE = 8 * 1024 * 1024
-CHECKSUM_MAX_PARTS = 10_000
+CHECKSUM_CHUNK_SIZE = PART_SIZE
+CHECKSUM_MAX_PARTS = MAX_PARTS
 
 #: The largest size a file can have (`off_t`); a manifest claiming more is malformed.
 MAX_ENTRY_SIZE = (1 << 63) - 1

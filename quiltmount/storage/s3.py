@@ -6,11 +6,10 @@ import base64
 import hashlib
 import logging
 import os
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import boto3
@@ -20,14 +19,13 @@ from botocore.config import Config
 from s3transfer.utils import ReadFileChunk
 
 from quiltmount.errors import AccessDenied, NotFound, ObjectChanged, StorageError, UserError
+from quiltmount.retry import call_with_retries
 from quiltmount.storage.base import ListPage, ObjectInfo, ObjectStore, ObjectStream
 from quiltmount.storage.presigned import PresignedRanges
+from quiltmount.units import PART_SIZE
 
 #: Connections kept per client: read-ahead workers and FUSE threads share them.
 MAX_POOL_CONNECTIONS = 64
-#: Files of this size and more are uploaded in parallel parts of this size (quilt3's chunk size, so S3's
-#: composite SHA-256 equals quilt3's sha2-256-chunked hash).
-MULTIPART_PART_SIZE = 8 << 20
 #: Parts in flight for all the uploads of one store (each streams from its staged file).
 MULTIPART_WORKERS = 8
 #: Reads of a staged part for its checksum (a reused buffer below the mmap threshold: no page faults).
@@ -205,27 +203,22 @@ class S3Store(ObjectStore):
         reading `key` has just failed that way (FAILING_WINDOW)."""
         with self._failing_lock:
             attempts = 1 if key in self._failing else ATTEMPTS
-        delay = READ_BACKOFF
-        for attempt in range(1, attempts + 1):
-            try:
-                result = call()
-            except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError, ShortBody) as exc:
-                if not is_transient(exc):
-                    raise
-                if attempt == attempts:
-                    with self._failing_lock:
-                        self._failing[key] = True
-                    raise
-                pause = delay * random.uniform(0.5, 1.0)  # jitter: readers failed together retry apart
-                log.warning("%s failed (attempt %d of %d), retrying in %.2f s: %s",
-                            what, attempt, attempts, pause, exc)
-                time.sleep(pause)
-                delay *= 2
-            else:
+
+        def before_retry(exc: Exception, attempt: int, pause: float) -> None:
+            log.warning("%s failed (attempt %d of %d), retrying in %.2f s: %s", what, attempt, attempts, pause, exc)
+
+        try:
+            result = call_with_retries(call, attempts=attempts, pause=READ_BACKOFF, retry_on=is_transient,
+                                       before_retry=before_retry,
+                                       jitter=True)  # readers failed together retry apart
+        except Exception as exc:
+            if is_transient(exc):  # every attempt failed
                 with self._failing_lock:
-                    self._failing.pop(key, None)
-                return result
-        raise AssertionError("unreachable")
+                    self._failing[key] = True
+            raise
+        with self._failing_lock:
+            self._failing.pop(key, None)
+        return result
 
     def get_range(self, obj: ObjectInfo, start: int, end: int) -> bytes:
         if end <= start:
@@ -301,7 +294,7 @@ class S3Store(ObjectStore):
 
     def put_file(self, key: str, path: str) -> ObjectInfo:
         size = os.path.getsize(path)
-        if size >= MULTIPART_PART_SIZE:
+        if size >= PART_SIZE:
             return self.part_upload(key, path).finish(size)
         try:
             with open(path, "rb") as file:
@@ -314,7 +307,8 @@ class S3Store(ObjectStore):
         return _uploaded_info(key, size, response)
 
     def part_upload(self, key: str, path: str) -> PartUpload:
-        return PartUpload(self, key, path)
+        return PartUpload(key, path, bucket=self.bucket, client=self.client, upload_client=self._uploads,
+                          assembly_client=self._slow, pool=self._parts, head=self.head, fail=self._fail)
 
     def copy_object(self, source_key: str, key: str) -> ObjectInfo:
         try:
@@ -382,7 +376,7 @@ def _uploaded_info(key: str, size: int, response: dict) -> ObjectInfo:
 
 
 class PartUpload:
-    """A multipart upload of a local file, in MULTIPART_PART_SIZE parts with SHA-256 checksums.
+    """A multipart upload of a local file, in `PART_SIZE` parts with SHA-256 checksums.
 
     Parts can be added while the file is still being written (`add_part` once its bytes are final), so a
     sequential writer's bytes are on their way to S3 before it closes; `finish` uploads the parts not added
@@ -391,12 +385,24 @@ class PartUpload:
     the first part, so an upload aborted before any part costs no request.
     """
 
-    part_size = MULTIPART_PART_SIZE
+    part_size = PART_SIZE
 
-    def __init__(self, store: S3Store, key: str, path: str) -> None:
-        self.store = store
+    def __init__(self, key: str, path: str, *, bucket: str, client: Any, upload_client: Any, assembly_client: Any,
+                 pool: Executor, head: Callable[[str], ObjectInfo],
+                 fail: Callable[[str, str, Exception], StorageError]) -> None:
+        """What the upload needs of its store: `client` creates and aborts it, `upload_client` sends the parts
+        and `assembly_client` completes it (their timeouts differ); `pool` runs the parts; `head` finds an
+        object whose completion was answered as gone; `fail` turns a boto error into the store's
+        `StorageError`."""
         self.key = key
         self.path = path
+        self.bucket = bucket
+        self._client = client
+        self._upload_client = upload_client
+        self._assembly_client = assembly_client
+        self._pool = pool
+        self._head = head
+        self._fail = fail
         self._lock = threading.Lock()
         self._upload_id: str | None = None
         self._parts: dict[int, Future] = {}
@@ -405,8 +411,8 @@ class PartUpload:
     def _id(self) -> str:
         with self._lock:
             if self._upload_id is None:
-                self._upload_id = self.store.client.create_multipart_upload(
-                    Bucket=self.store.bucket, Key=self.key, ChecksumAlgorithm="SHA256")["UploadId"]
+                self._upload_id = self._client.create_multipart_upload(
+                    Bucket=self.bucket, Key=self.key, ChecksumAlgorithm="SHA256")["UploadId"]
             return self._upload_id
 
     def _send(self, number: int) -> dict:
@@ -420,31 +426,31 @@ class PartUpload:
         fails into its retries.
         """
         upload_id = self._id()
-        start = (number - 1) * MULTIPART_PART_SIZE
-        checksum, length = _sha256_of_range(self.path, start, MULTIPART_PART_SIZE)
+        start = (number - 1) * self.part_size
+        checksum, length = _sha256_of_range(self.path, start, self.part_size)
         with ReadFileChunk.from_filename(self.path, start, length, enable_callbacks=False) as body:
-            response = self.store._uploads.upload_part(Bucket=self.store.bucket, Key=self.key, UploadId=upload_id,
-                                                     PartNumber=number, Body=body, ContentLength=length,
-                                                     ChecksumSHA256=checksum)
+            response = self._upload_client.upload_part(Bucket=self.bucket, Key=self.key, UploadId=upload_id,
+                                                        PartNumber=number, Body=body, ContentLength=length,
+                                                        ChecksumSHA256=checksum)
         return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": checksum}
 
     def add_part(self, number: int) -> None:
         """Start sending part `number` (1-based): its bytes in the file must not change any more."""
         with self._lock:
             if not self._aborted and number not in self._parts:
-                self._parts[number] = self.store._parts.submit(self._send, number)
+                self._parts[number] = self._pool.submit(self._send, number)
 
     def finish(self, size: int) -> ObjectInfo:
         """Send the remaining parts of a file of `size` bytes, wait for all, complete the upload."""
-        for number in range(1, (size + MULTIPART_PART_SIZE - 1) // MULTIPART_PART_SIZE + 1):
+        for number in range(1, (size + self.part_size - 1) // self.part_size + 1):
             self.add_part(number)
         parts: list[dict] | None = None
         try:
             with self._lock:
                 futures = [self._parts[number] for number in sorted(self._parts)]
             parts = [future.result() for future in futures]
-            response = self.store._slow.complete_multipart_upload(
-                Bucket=self.store.bucket, Key=self.key, UploadId=self._id(), MultipartUpload={"Parts": parts})
+            response = self._assembly_client.complete_multipart_upload(
+                Bucket=self.bucket, Key=self.key, UploadId=self._id(), MultipartUpload={"Parts": parts})
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             completing = parts is not None  # every part is in: the error is the completion's
             if completing and isinstance(exc, botocore.exceptions.ClientError) and _error_code(exc) == "NoSuchUpload":
@@ -452,7 +458,7 @@ class PartUpload:
                 if landed is not None:
                     return landed
             self.abort()  # never leave an incomplete upload behind (it costs storage and is invisible)
-            raise self.store._fail("upload", self.key, exc) from exc
+            raise self._fail("upload", self.key, exc) from exc
         except BaseException:
             self.abort()
             raise
@@ -464,7 +470,7 @@ class PartUpload:
         digests = b"".join(bytes.fromhex(part["ETag"].strip('"')) for part in parts)
         expected = f'"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{len(parts)}"'
         try:
-            landed = self.store.head(self.key)
+            landed = self._head(self.key)
         except StorageError:
             return None
         if landed.etag != expected or landed.size != size:
@@ -489,7 +495,6 @@ class PartUpload:
             upload_id = self._upload_id
         if upload_id is not None:
             try:
-                self.store.client.abort_multipart_upload(Bucket=self.store.bucket, Key=self.key,
-                                                         UploadId=upload_id)
+                self._client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=upload_id)
             except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
                 log.warning("could not abort the multipart upload of %s: %s", self.key, exc)

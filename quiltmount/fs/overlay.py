@@ -1,0 +1,325 @@
+"""The writable overlay: staged files laid over a bucket's tree, and the operations that change the bucket.
+
+Stat, reads and listings show the staged (local) state of a file until its upload lands (read-your-writes).
+`WritableBucketTree` opens files for writing (staging the object's bytes first unless truncating), owns each
+`DirtyFile` from its first writer until its upload lands, and implements fsync, truncate, unlink, mkdir, rmdir
+and rename on the bucket.  Uploads go through the `Uploader` (uploads.py), finishing the parts sent while the
+file was written (`PartStreams`, partstream.py) when every byte went in order.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+
+from quiltmount.errors import NotFound, StorageError
+from quiltmount.fs.dirty import DirtyFile
+from quiltmount.fs.handles import WriteHandle
+from quiltmount.fs.node import Node, Tree
+from quiltmount.fs.partstream import PartStreams
+from quiltmount.fs.staging import CLOSED, OPEN, StagedFile, StagingArea
+from quiltmount.fs.tree import BucketTree
+from quiltmount.fs.uploads import Uploader
+from quiltmount.storage.base import ObjectInfo
+
+log = logging.getLogger(__name__)
+
+#: Bytes per ranged GET when an object's current bytes are staged for a writer (the most held in memory at
+#: once).  A read size, not the multipart part size (`units.PART_SIZE`), though equal to it.
+COPY_CHUNK = 8 << 20
+
+
+class WritableBucketTree(Tree):
+    """A bucket tree with staged local files laid over it, and the operations that change the bucket."""
+
+    def __init__(self, bucket: BucketTree, staging: StagingArea, *, sync_on_close: bool = False,
+                 upload_workers: int = 4, upload_attempts: int = 5) -> None:
+        self.bucket = bucket
+        self.store = bucket.store
+        self.staging = staging
+        self.sync_on_close = sync_on_close
+        self._streams = PartStreams(self.store)
+        self.uploader = Uploader(self.store, staging, workers=upload_workers, attempts=upload_attempts,
+                                 on_uploaded=self._uploaded, put=self._put)
+        self._dirty: dict[str, DirtyFile] = {}
+        self._lock = threading.Lock()  # guards `_dirty`, and the writer count of each of its files
+        self.stranded: list[StagedFile] = []
+
+    def _dirty_file(self, path: str, staged: StagedFile, *, writers: int = 0, modified: bool = True) -> DirtyFile:
+        return DirtyFile(path, staged, self.staging, self._streams, self._lock, self._last_writer_released,
+                         writers=writers, modified=modified)
+
+    # -- start-up -----------------------------------------------------------------------------------------
+    def recover(self) -> int:
+        """Upload what a previous daemon staged and closed; report files that were still open."""
+        queued = 0
+        for staged in self.staging.recover():
+            path = staged.key[len(self.bucket.root_prefix):] if staged.key.startswith(self.bucket.root_prefix) else None
+            if staged.state == OPEN or path is None:
+                log.error("staged file for %s was still open when the daemon stopped: kept at %s, not uploaded",
+                          staged.key, self.staging.data_path(staged))
+                self.stranded.append(staged)
+                continue
+            self.staging.set_state(staged, CLOSED)
+            with self._lock:
+                self._dirty[path] = self._dirty_file(path, staged)
+            self.uploader.submit(staged)
+            queued += 1
+        if queued:
+            log.info("recovery: uploading %d staged file(s) left by a previous daemon", queued)
+        return queued
+
+    # -- reading the overlay ------------------------------------------------------------------------------
+    def _dirty_node(self, dirty: DirtyFile) -> Node:
+        return Node(is_dir=False, size=dirty.size(), mtime=dirty.mtime())
+
+    def lookup(self, path: str) -> Node:
+        with self._lock:
+            dirty = self._dirty.get(path)
+        if dirty is not None:
+            return self._dirty_node(dirty)
+        return self.bucket.lookup(path)
+
+    def readdir(self, path: str) -> dict[str, Node]:
+        entries = dict(self.bucket.readdir(path))
+        prefix = path + "/" if path else ""
+        with self._lock:
+            local = [dirty for key, dirty in self._dirty.items()
+                     if key.startswith(prefix) and "/" not in key[len(prefix):]]
+        for dirty in local:
+            entries[dirty.path[len(prefix):]] = self._dirty_node(dirty)
+        return dict(sorted(entries.items()))
+
+    def dirty(self, path: str) -> DirtyFile | None:
+        with self._lock:
+            return self._dirty.get(path)
+
+    # -- writing ------------------------------------------------------------------------------------------
+    def _check_parent(self, path: str) -> None:
+        parent = path.rpartition("/")[0]
+        if parent and not self.lookup(parent).is_dir:
+            raise StorageError(f"{parent}: not a directory", errno.ENOTDIR)
+
+    def open_write(self, path: str, *, truncate: bool, create: bool) -> WriteHandle:
+        """A writable handle on `path`, staging the object's current bytes first unless truncating."""
+        with self._lock:
+            dirty = self._dirty.get(path)
+            if dirty is not None:
+                dirty.writers += 1  # pinned: a finishing upload now keeps the staged bytes
+        if dirty is not None:
+            # An upload not started yet is dropped (the file is uploaded again at close); one in progress is
+            # waited for, so the bytes it sends are never torn by this writer.
+            self._streams.drop(dirty.staged)
+            self.uploader.cancel(dirty.staged)
+            self.staging.set_state(dirty.staged, OPEN)
+        else:
+            node = None
+            try:
+                node = self.lookup(path)
+            except NotFound:
+                if not create:
+                    raise
+                self._check_parent(path)
+            if node is not None and node.is_dir:
+                raise StorageError(f"{path}: is a directory", errno.EISDIR)
+            staged = self.staging.create(self.bucket.key_of(path))
+            # A new file, or an existing one being truncated, must be uploaded even if nothing is written.
+            dirty = self._dirty_file(path, staged, writers=1, modified=node is None or truncate)
+            if node is not None and not truncate and node.obj is not None:
+                self._copy_in(node.obj, dirty.data_path)
+            with self._lock:
+                replaced = self._dirty.get(path)
+                self._dirty[path] = dirty
+            if replaced is not None:  # another writer created it meanwhile: the last one opened wins
+                log.warning("%s: opened for writing by two writers at once; the later open wins", path)
+            if node is None or truncate:
+                self._streams.start(staged, dirty.data_path)
+        handle = WriteHandle(dirty, self.sync, writable=True, sync_on_close=self.sync_on_close)
+        if truncate:
+            handle.truncate(0)
+        return handle
+
+    def open_local(self, path: str) -> WriteHandle | None:
+        """A read-only handle on the staged bytes of `path`, if it has any (read-your-writes)."""
+        dirty = self.dirty(path)
+        return None if dirty is None else WriteHandle(dirty, self.sync, writable=False)
+
+    def _copy_in(self, obj: ObjectInfo, data_path: str) -> None:
+        with open(data_path, "r+b") as file:
+            for start in range(0, obj.size, COPY_CHUNK):
+                file.write(self.store.get_range(obj, start, min(obj.size, start + COPY_CHUNK)))
+
+    def _last_writer_released(self, dirty: DirtyFile) -> None:
+        """`dirty`'s last writer has released it: queue its upload, or drop its staged bytes (the path is no
+        longer its own, a write failed, or there is nothing left to upload)."""
+        # `DirtyFile.release` let go of this lock once the count fell to 0: a delete, rename or new open of the
+        # path since then is met here as one just before the count fell (deleted: not current) or just after it
+        # (renamed: current at its new path; re-opened: the writer checks below).
+        with self._lock:
+            current = self._dirty.get(dirty.path) is dirty
+        if not current:  # deleted or replaced while open
+            self._streams.drop(dirty.staged)
+            self.staging.remove(dirty.staged)
+            return
+        if dirty.write_error is not None:
+            # The writer was told (ENOSPC, EIO...); uploading what did get staged would put a truncated
+            # object in place of good data.  The path shows the object as it was before.
+            log.error("%s: not uploaded because a write failed (%s); staged bytes discarded",
+                      dirty.staged.key, dirty.write_error)
+            self._streams.drop(dirty.staged)
+            with self._lock:
+                if self._dirty.get(dirty.path) is dirty:
+                    del self._dirty[dirty.path]
+            self.staging.remove(dirty.staged)
+            self.bucket.forget(dirty.path)
+            return
+        if not dirty.modified:  # already uploaded by fsync or by a synchronous close, or never changed
+            self._streams.drop(dirty.staged)
+            with self._lock:
+                if self._dirty.get(dirty.path) is dirty and dirty.writers == 0:
+                    del self._dirty[dirty.path]
+            self.staging.remove(dirty.staged)
+            self.bucket.forget(dirty.path)
+            return
+        self.staging.set_state(dirty.staged, CLOSED)
+        with self._lock:
+            # A writer that opened the file since the count fell to 0 has cancelled nothing (nothing was
+            # queued yet): it uploads at its own release.  Submitting here too would run two uploads of one
+            # file at once, the older one landing last (stale bytes, or a deleted file coming back).
+            if dirty.writers == 0 and self._dirty.get(dirty.path) is dirty:
+                self.uploader.submit(dirty.staged)
+
+    def sync(self, dirty: DirtyFile, *, writer_open: bool) -> None:
+        """fsync: the file's current bytes are durable in S3 when this returns (EIO if the upload fails)."""
+        try:
+            # A descriptor opened after close(2) can fsync before the kernel's (asynchronous) release has
+            # queued the upload: then nothing is pending yet, and the bytes are uploaded here.
+            if writer_open or (dirty.modified and not self.uploader.has_upload(dirty.staged)):
+                self._streams.drop(dirty.staged)
+                dirty.modified = False  # set before reading the file: a write racing with us sets it again
+                self.store.put_file(dirty.staged.key, dirty.data_path)
+            else:
+                self.uploader.wait(dirty.staged)
+        except StorageError as exc:  # whatever S3 said, for fsync(2) the data is not durable: EIO
+            dirty.modified = True
+            log.error("fsync of %s: upload failed: %s", dirty.staged.key, exc)
+            raise StorageError(f"fsync of {dirty.staged.key}: {exc}", errno.EIO) from None
+
+    def _put(self, staged: StagedFile) -> ObjectInfo:
+        """Upload a closed staged file: finish its stream if every byte went in order, else send it whole."""
+        path = self.staging.data_path(staged)
+        info = self._streams.finish(staged, path)
+        return info if info is not None else self.store.put_file(staged.key, path)
+
+    def _uploaded(self, staged: StagedFile, info: ObjectInfo) -> bool:
+        """An upload landed: the path shows the object again, unless a writer re-opened it meanwhile."""
+        with self._lock:
+            for path, dirty in list(self._dirty.items()):
+                if dirty.staged is staged:
+                    if dirty.writers:
+                        return False
+                    del self._dirty[path]
+                    self.bucket.remember(path, info)
+        return True
+
+    def truncate(self, path: str, length: int) -> None:
+        handle = self.open_write(path, truncate=length == 0, create=False)
+        try:
+            handle.truncate(length)
+        finally:
+            handle.release()
+
+    def unlink(self, path: str) -> None:
+        node = self.lookup(path)
+        if node.is_dir:
+            raise StorageError(f"{path}: is a directory", errno.EISDIR)
+        self._discard(path)
+        self.store.delete_object(self.bucket.key_of(path))
+        self.bucket.forget(path)
+
+    def _discard(self, path: str) -> None:
+        """`path`'s object is being deleted or replaced: drop its staged bytes and any upload of them (an
+        open writer keeps its bytes until it closes; its release then finds the path no longer its own)."""
+        with self._lock:
+            dirty = self._dirty.pop(path, None)
+        if dirty is not None:
+            self._streams.drop(dirty.staged)
+            self.uploader.cancel(dirty.staged)
+            if dirty.writers == 0:
+                self.staging.remove(dirty.staged)
+
+    def mkdir(self, path: str) -> None:
+        try:
+            self.lookup(path)
+        except NotFound:
+            pass
+        else:
+            raise StorageError(f"{path}: exists", errno.EEXIST)
+        self._check_parent(path)
+        self.store.put_object(self.bucket.key_of(path) + "/", b"")
+        self.bucket.remember_new_dir(path)
+
+    def rmdir(self, path: str) -> None:
+        if not self.lookup(path).is_dir:
+            raise StorageError(f"{path}: not a directory", errno.ENOTDIR)
+        self.bucket.forget_listing(path)
+        if self.readdir(path):
+            raise StorageError(f"{path}: directory not empty", errno.ENOTEMPTY)
+        self.store.delete_object(self.bucket.key_of(path) + "/")
+        self.bucket.forget(path)
+
+    def rename(self, old: str, new: str) -> None:
+        node = self.lookup(old)
+        if node.is_dir:
+            # Directories are prefixes: moving one is a copy of every object.  EXDEV makes mv(1) do exactly
+            # that, object by object (not atomic, as documented).
+            raise StorageError(f"{old}: directories cannot be renamed in place", errno.EXDEV)
+        try:
+            if self.lookup(new).is_dir:
+                raise StorageError(f"{new}: is a directory", errno.EISDIR)
+        except NotFound:
+            self._check_parent(new)
+        self._discard(new)
+        with self._lock:
+            dirty = self._dirty.get(old)
+        if dirty is not None:
+            self._streams.drop(dirty.staged)  # its parts went to the old key
+        if dirty is not None and (dirty.writers > 0 or self.uploader.cancel(dirty.staged)):
+            # Not uploaded yet: the staged bytes simply go to the new key.
+            with self._lock:
+                self._dirty.pop(old, None)
+                dirty.path = new
+                self._dirty[new] = dirty
+            dirty.staged.key = self.bucket.key_of(new)
+            self.staging.save(dirty.staged)
+            if dirty.writers == 0:
+                self.uploader.submit(dirty.staged)
+            try:
+                self.store.delete_object(self.bucket.key_of(old))
+            except NotFound:
+                pass
+        else:
+            self.store.copy_object(self.bucket.key_of(old), self.bucket.key_of(new))
+            self.store.delete_object(self.bucket.key_of(old))
+        self.bucket.forget(old)
+        self.bucket.forget(new)
+
+    def set_attributes(self, path: str) -> None:
+        """chmod/chown/utimens: accepted and not stored (mode, owner and mtime come from the mount options
+        and S3), so cp -p, rsync -a and touch work; documented in SEMANTICS."""
+        self.lookup(path)
+
+    def stats(self) -> dict:
+        failures = self.uploader.failures()
+        return {"pending_uploads": self.uploader.pending(), "uploaded": self.uploader.uploaded,
+                "upload_retries": self.uploader.retries,
+                "failed_uploads": [{"key": staged.key, "error": staged.error,
+                                    "staged": self.staging.data_path(staged)} for staged in failures],
+                "stranded": [{"key": staged.key, "staged": self.staging.data_path(staged)}
+                             for staged in self.stranded]}
+
+    def close(self) -> None:
+        self._streams.close()  # files still open at unmount: their staged bytes stay, their parts go
+        self.uploader.close()
+        self.bucket.close()

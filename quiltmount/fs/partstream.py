@@ -1,0 +1,99 @@
+"""Parts sent while a file is written: the multipart uploads of staged files written in order from their start.
+
+Parts are the store's size (`PartUpload.part_size`).  A stream stops taking parts at S3's limit of parts
+(MAX_PARTS): a longer sequential write is uploaded after close instead.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+
+from quiltmount.fs.staging import StagedFile
+from quiltmount.storage.base import ObjectInfo, ObjectStore, PartUpload
+from quiltmount.units import MAX_PARTS
+
+
+@dataclass
+class _Stream:
+    """A file written sequentially from its start: its complete parts go to S3 while the writer writes, so
+    the upload after close has only the tail left.  Any other write pattern drops it (see `wrote`)."""
+
+    upload: PartUpload
+    end: int = 0  # bytes written so far, all in order from 0
+    parts: int = 0  # parts handed to the upload: bytes [0, parts * upload.part_size) must not change
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class PartStreams:
+    """The streams of the staged files being written in order, by staged file."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+        self._streams: dict[str, _Stream] = {}  # staged id -> parts sent while a sequential writer writes
+        self._lock = threading.Lock()
+
+    def start(self, staged: StagedFile, data_path: str) -> None:
+        """A file (new, or truncated to nothing) whose parts can go while it is written, if the store can."""
+        upload = self.store.part_upload(staged.key, data_path)
+        if upload is not None:
+            with self._lock:
+                self._streams[staged.id] = _Stream(upload)
+
+    def wrote(self, staged: StagedFile, offset: int, length: int, *, sole_writer: bool) -> None:
+        """After a write: the next complete part of an in-order file goes to S3; anything else (or a second
+        writer: not `sole_writer`) drops it."""
+        with self._lock:
+            stream = self._streams.get(staged.id)
+        if stream is None:
+            return
+        with stream.lock:
+            in_order = offset == stream.end and sole_writer
+            if in_order:
+                stream.end += length
+                while stream.parts < min(stream.end // stream.upload.part_size, MAX_PARTS):
+                    stream.parts += 1
+                    stream.upload.add_part(stream.parts)
+        if not in_order:
+            self.drop(staged)
+
+    def truncated(self, staged: StagedFile, length: int) -> None:
+        with self._lock:
+            stream = self._streams.get(staged.id)
+        if stream is not None and length != stream.end:
+            self.drop(staged)
+
+    def drop(self, staged: StagedFile) -> None:
+        """The file will be uploaded whole after all (or not at all): abort what was sent."""
+        with self._lock:
+            stream = self._streams.pop(staged.id, None)
+        if stream is not None:
+            _abort_soon(stream)
+
+    def finish(self, staged: StagedFile, data_path: str) -> ObjectInfo | None:
+        """Upload a closed staged file by finishing its stream, if every byte of it went in order; None if it
+        has to be sent whole (its stream, if any, is dropped)."""
+        with self._lock:
+            stream = self._streams.pop(staged.id, None)
+        if stream is not None and stream.parts:
+            size = os.path.getsize(data_path)
+            if size == stream.end and stream.upload.key == staged.key:
+                return stream.upload.finish(size)
+            _abort_soon(stream)
+        return None
+
+    def close(self) -> None:
+        """Unmounting: files still open keep their staged bytes, their parts go."""
+        with self._lock:
+            streams = list(self._streams.values())
+            self._streams.clear()
+        for stream in streams:
+            if stream.parts:
+                stream.upload.abort()
+
+
+def _abort_soon(stream: _Stream) -> None:
+    """Abort a stream's upload in the background (aborting waits for the parts in flight)."""
+    if stream.parts:
+        threading.Thread(target=stream.upload.abort, name="abort-upload", daemon=True).start()

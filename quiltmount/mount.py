@@ -1,0 +1,134 @@
+"""One mount's life: checks, stores, the layers and caches, the FUSE loop, and draining uploads at the end."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from quiltmount import mountpoint as mp, state
+from quiltmount.errors import UserError
+from quiltmount.fs.blockcache import BlockCache, DiskTier
+from quiltmount.fs.handles import FileOpener
+from quiltmount.fs.overlay import WritableBucketTree
+from quiltmount.fs.readahead import BlockFetcher
+from quiltmount.fs.tree import ttl_for_kernel
+from quiltmount.launcher import READY_TIMEOUT, MountOptions, ReadySignal
+from quiltmount.mountcatalog import stack_session, use_api_key
+from quiltmount.mountlayers import build_layers
+from quiltmount.paths import default_cache_dir, make_private_dir
+from quiltmount.statusrecord import StatusRecord
+from quiltmount.storage.stores import StoreSet
+from quiltmount.version import __version__
+
+if TYPE_CHECKING:
+    from quiltmount.fs.operations import MountOperations
+
+log = logging.getLogger("quiltmount")
+
+IMMUTABLE_KERNEL_TTL = 24 * 3600.0
+
+
+def serve(options: MountOptions, log_file: str, signal: ReadySignal) -> int:
+    """Mount `options.source` and serve it until unmounted; `signal` gets READY once the mount is live.
+    Returns the exit status; what the user can fix raises `UserError`."""
+    os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
+    from quiltmount.fs.binding import FUSE, CallCounts, KernelCacheTrim  # loads libfuse: only when mounting
+    from quiltmount.fs.operations import AttrPolicy, MountOperations
+
+    mp.check_environment()
+    use_api_key(options.api_key_env)
+    source = options.source
+    mountpoint = mp.prepare_mountpoint(options.mountpoint)
+    stores = StoreSet(profile=options.profile, region=options.region, endpoint_url=options.endpoint_url,
+                      timeout=options.s3_timeout, session=stack_session() if options.quilt_credentials else None)
+    store = stores.bucket(source.location) if source.scheme == "s3" else stores.directory(source.location)
+    store.check_access()
+
+    cache_dir = options.cache_dir or default_cache_dir(source.url)
+    make_private_dir(cache_dir)
+    with signal.working():
+        layers = build_layers(source, store, stores, cache_dir, options)
+    disk = DiskTier(os.path.join(cache_dir, "blocks"), options.disk_cache_size) if options.disk_cache_size else None
+    # A quarter of the memory budget for read-ahead in flight, the rest for cached blocks.
+    prefetch_budget = max(options.memory_cache_size // 4, 8 << 20)
+    cache = BlockCache(options.memory_cache_size - prefetch_budget, disk)
+    fetcher = BlockFetcher(cache, prefetch_budget=prefetch_budget)
+    attrs = AttrPolicy(uid=os.geteuid() if options.uid is None else options.uid,
+                       gid=os.getegid() if options.gid is None else options.gid,
+                       file_mode=options.file_mode, dir_mode=options.dir_mode)
+    calls = CallCounts()
+    trim = KernelCacheTrim(options.kernel_cache_entries) if options.kernel_cache_entries else None
+    status = StatusRecord(source_url=source.url, mountpoint=mountpoint, log_file=log_file, cache_dir=cache_dir,
+                          read_only=layers.read_only, cache=cache, fetcher=fetcher, stores=stores, calls=calls,
+                          trim=trim, packages=layers.packages, writes=layers.writes)
+    stop = threading.Event()
+
+    def after_init(operations: MountOperations) -> None:
+        threading.Thread(target=_go_live, args=(status, operations, signal, stop), name="status",
+                         daemon=True).start()
+
+    # An immutable package revision can be cached by the kernel for as long as the mount lives.
+    kernel_ttl = IMMUTABLE_KERNEL_TTL if layers.immutable else ttl_for_kernel(options.metadata_ttl)
+    files = FileOpener(layers.tree, fetcher, max_read_window=prefetch_budget // 2)
+    operations = MountOperations(layers.tree, files, attrs, on_init=after_init)
+    fuse_options: dict[str, Any] = {
+        "fsname": f"quiltmount:{source.url}", "subtype": "quiltmount", "default_permissions": True,
+        "attr_timeout": kernel_ttl, "entry_timeout": kernel_ttl, "negative_timeout": kernel_ttl,
+        "max_read": 1 << 20, "ro": layers.read_only, ("kernel_cache" if layers.immutable else "auto_cache"): True,
+    }
+    if options.allow_other:
+        fuse_options["allow_other"] = True
+    log.info("quiltmount %s mounting %s at %s (log %s)", __version__, source.url, mountpoint, log_file)
+    try:
+        FUSE(operations, mountpoint, calls=calls, trim=trim, foreground=True, nothreads=False, **fuse_options)
+    except RuntimeError as exc:
+        raise UserError(f"cannot mount {mountpoint}: libfuse error {exc} (details in {log_file})") from None
+    finally:
+        if layers.writes is not None:
+            _finish_uploads(layers.writes, mountpoint)
+        stop.set()
+        state.remove_record(mountpoint)
+        files.close()
+        fetcher.close()
+        layers.tree.close()
+        stores.close()
+    log.info("unmounted %s", mountpoint)
+    return 0
+
+
+def _go_live(status: StatusRecord, operations: MountOperations, signal: ReadySignal, stop: threading.Event) -> None:
+    """Once the kernel shows the mount: its first status record, then READY, then a fresh record every
+    second until `stop`."""
+    mountpoint = status.mountpoint
+    deadline = time.monotonic() + READY_TIMEOUT
+    while mountpoint not in mp.mounted_filesystems():
+        if time.monotonic() > deadline:
+            signal.fail("the kernel did not show the mount in time")
+            return
+        time.sleep(0.01)
+    if mp.raise_kernel_readahead(mountpoint):
+        log.debug("kernel read-ahead raised to 1 MiB")
+    status.write(operations)
+    # What exists now (modules, boto3's service models, the tree) lives as long as the mount: out of
+    # the collector's reach, so that full collections, which botocore's garbage triggers every few
+    # requests, scan only what came since.
+    gc.freeze()
+    log.info("mounted %s at %s (cache %s)", status.source_url, mountpoint, status.cache_dir)
+    signal.ready()
+    status.keep_writing(operations, stop)
+
+
+def _finish_uploads(writes: WritableBucketTree, mountpoint: str) -> None:
+    """After unmount: wait for every staged upload, then leave `umount` a report of what is still staged."""
+    pending = writes.uploader.pending()
+    if pending:
+        log.info("unmounted; finishing %d pending upload(s)", pending)
+    writes.uploader.drain()
+    stats = writes.stats()
+    state.write_report(mountpoint, {"failed_uploads": stats["failed_uploads"], "stranded": stats["stranded"]})
+    for failure in stats["failed_uploads"]:
+        log.error("not uploaded: %s (staged at %s): %s", failure["key"], failure["staged"], failure["error"])

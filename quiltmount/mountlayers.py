@@ -1,0 +1,70 @@
+"""The tree a mount serves: one package revision, or the bucket (writable unless --read-only) with its
+`.packages` and `.search` views."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from quiltmount.errors import StorageError, UserError
+from quiltmount.fs.mounttree import MountTree
+from quiltmount.fs.node import Tree
+from quiltmount.fs.overlay import WritableBucketTree
+from quiltmount.fs.packagetree import PackagesTree
+from quiltmount.fs.searchtree import SearchTree
+from quiltmount.fs.staging import StagingArea
+from quiltmount.fs.tree import BucketTree
+from quiltmount.launcher import MountOptions
+from quiltmount.mountcatalog import bucket_search
+from quiltmount.packages.registry import Registry
+from quiltmount.paths import index_dir
+from quiltmount.storage import ObjectStore, Source
+from quiltmount.storage.stores import StoreSet
+
+
+@dataclass
+class Layers:
+    """The mount's root tree, its write-back layer (None when read-only) and its `.packages` view (whose
+    open indexes `status` shows)."""
+
+    tree: Tree
+    writes: WritableBucketTree | None
+    packages: PackagesTree
+    immutable: bool  # one package revision: the kernel may cache it for as long as the mount lives
+
+    @property
+    def read_only(self) -> bool:
+        return self.writes is None
+
+
+def build_layers(source: Source, store: ObjectStore, stores: StoreSet, cache_dir: str,
+                 options: MountOptions) -> Layers:
+    """The layers for `source`; a writable bucket first recovers what a previous mount left staged."""
+    packages = PackagesTree(Registry(store, source.registry_url), stores, index_dir=index_dir(),
+                            metadata_ttl=options.metadata_ttl)
+    if source.package:
+        return Layers(_package_revision(packages, source.package), None, packages, immutable=True)
+    bucket = BucketTree(store, source.prefix, metadata_ttl=options.metadata_ttl)
+    views = {".packages": packages, ".search": _search_view(source, options)}
+    if options.read_only:
+        return Layers(MountTree(bucket, views), None, packages, immutable=False)
+    writes = WritableBucketTree(bucket, StagingArea(os.path.join(cache_dir, "staging")),
+                                sync_on_close=options.sync_on_close, upload_attempts=options.upload_attempts)
+    writes.recover()
+    return Layers(MountTree(writes, views), writes, packages, immutable=False)
+
+
+def _package_revision(packages: PackagesTree, spec: str) -> Tree:
+    try:
+        return packages.revision_for_spec(spec)
+    except StorageError as exc:  # NotFound too
+        raise UserError(f"cannot mount {spec}: {exc}") from None
+
+
+def _search_view(source: Source, options: MountOptions) -> SearchTree:
+    """`.search/`: the catalog's search of the mounted bucket."""
+    if source.scheme != "s3":
+        return SearchTree(None, bucket="", metadata_ttl=options.metadata_ttl,
+                          unavailable="search needs a mount of an S3 bucket (s3://BUCKET); this is a local directory")
+    return SearchTree(bucket_search(source.location), bucket=source.location, key_prefix=source.prefix,
+                      limit=options.search_limit, metadata_ttl=options.metadata_ttl)
