@@ -24,13 +24,13 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from enum import Enum
 from typing import Any
-from urllib.parse import ParseResult, parse_qs, unquote, urlparse
+from urllib.parse import urlparse
 from urllib.request import url2pathname
 
 from quiltmount.auth import get_boto3_session
 from quiltmount.catalog import search_api
 from quiltmount.errors import QuiltException, QuiltmountError
-from quiltmount.packages.manifest import PhysicalKey, checksum_chunk_size, format_physical_key
+from quiltmount.packages.manifest import PhysicalKey, checksum_chunk_size, format_physical_key, s3_physical_key
 from quiltmount.units import PART_SIZE
 
 #: quilt3's `UPLOAD_ETAG_OPTIMIZATION_THRESHOLD`: from this size on, an upload whose destination already holds
@@ -75,16 +75,6 @@ def _transfer_config() -> Any:
 
 # -- locations (quilt3's `PhysicalKey.from_url(fix_url(path))`) -------------------------------------------------
 
-def _s3_location(parsed: ParseResult) -> PhysicalKey:
-    if not parsed.netloc:
-        raise ValueError("Missing bucket")
-    query = parse_qs(parsed.query)
-    version_id = query.pop("versionId", [None])[0]
-    if query:
-        raise ValueError(f"Unexpected S3 query string: {parsed.query!r}")
-    return PhysicalKey("s3", parsed.netloc, unquote(parsed.path)[1:], version_id)
-
-
 def _local_location(path: str, directory: bool) -> PhysicalKey:
     real = os.path.realpath(path)
     return PhysicalKey("file", None, real + "/" if directory and not real.endswith("/") else real)
@@ -101,7 +91,7 @@ def _location(path: Any) -> PhysicalKey:
         trailing = text.endswith(os.sep) or (os.altsep is not None and text.endswith(os.altsep))
         return _local_location(str(pathlib.Path(text).expanduser().resolve().absolute()), trailing)
     if parsed.scheme == "s3":
-        return _s3_location(parsed)
+        return s3_physical_key(parsed)
     if parsed.scheme != "file":
         raise ValueError(f"Unexpected scheme: {parsed.scheme!r}")
     if parsed.netloc not in ("", "localhost"):
@@ -279,15 +269,13 @@ class Bucket:
         parsed = urlparse(str(bucket_uri))
         if parsed.scheme != "s3":
             raise QuiltException("Bucket URI must be an S3 URI")
-        if not parsed.netloc:
-            raise QuiltException("Missing bucket")
-        query = parse_qs(parsed.query)
-        version_id = query.pop("versionId", [None])[0]
-        if query:
-            raise QuiltException(f"Unexpected S3 query string: {parsed.query!r}")
-        if unquote(parsed.path)[1:] or version_id is not None:
+        try:
+            location = s3_physical_key(parsed)
+        except ValueError as exc:
+            raise QuiltException(str(exc)) from None
+        if location.path or location.version_id is not None:
             raise QuiltException("Bucket URI shouldn't contain a path or a version ID")
-        self.name = parsed.netloc
+        self.name = location.bucket
         self._clients: dict[bool, Any] = {}
         self._client_lock = threading.Lock()
 

@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    from quiltmount.launcher import MountOptions, start_background
+    from quiltmount.daemon.launcher import MountOptions, start_background
     from quiltmount.storage import parse_source
 
     source = parse_source(args.source)  # fail fast on a bad SOURCE, before any process is started
@@ -136,7 +136,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         kernel_cache_entries=args.kernel_cache_entries, api_key_env=args.api_key_env,
         quilt_credentials=args.quilt_credentials, s3_timeout=args.s3_timeout)
     if args.foreground:
-        from quiltmount.daemon import run_mount
+        from quiltmount.daemon.entry import run_mount
 
         return run_mount(options)
     start_background(options)

@@ -11,6 +11,8 @@ import re
 PART_SIZE = 8 << 20
 #: S3's limit on the parts of one multipart upload (quilt3 doubles its chunk while a file would need more).
 MAX_PARTS = 10_000
+#: Parts in flight at once for all the uploads (and server-side copies) to one bucket, by default.
+PART_WORKERS = 8
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _MULTIPLIERS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}

@@ -598,7 +598,7 @@ ONE_LINE_ERRORS = {  # exit 1
     "versions-bad-name": (["packages", "versions", "../../etc", "--registry", "{registry}"], "Invalid package name"),
     "versions-three-parts": (["packages", "versions", "a/b/c", "--registry", "{registry}"], "Invalid package name"),
     "list-gs": (["packages", "list", "gs://bucket"], "Invalid registry URL"),
-    "list-s3-no-bucket": (["packages", "list", "s3://"], "missing bucket"),
+    "list-s3-no-bucket": (["packages", "list", "s3://"], "Missing bucket"),
     "list-version-id": (["packages", "list", "s3://b?versionId=1"], "cannot have a version ID"),
     "delete-short-hash": (["packages", "delete", "a/b", "--registry", "{registry}", "--top-hash", "abc"],
                           "Invalid hash"),

@@ -151,7 +151,7 @@ def test_local_directory_source(tmp_path, mount):
 def test_the_parent_waits_while_the_daemon_reports_work():
     """`mount` returns once the daemon says READY; a daemon indexing a large revision before mounting sends
     WORKING beats, and the parent waits as long as they come (the timeout counts silence only)."""
-    from quiltmount import launcher
+    from quiltmount.daemon import launcher
 
     def word(daemon_code: str, timeout: float) -> str | None:
         read_fd, write_fd = os.pipe()
@@ -165,7 +165,7 @@ def test_the_parent_waits_while_the_daemon_reports_work():
             child.wait()
 
     # The real beat: ReadySignal.working() around 1.2 s of work, beating every 0.2 s, then READY.
-    working = ("import sys, time; from quiltmount import launcher; launcher.WORKING_INTERVAL = 0.2; "
+    working = ("import sys, time; from quiltmount.daemon import launcher; launcher.WORKING_INTERVAL = 0.2; "
                "signal = launcher.ReadySignal(int(sys.argv[1]))\n"
                "with signal.working(): time.sleep(1.2)\n"
                "signal.ready()")
@@ -177,7 +177,7 @@ def test_the_parent_waits_while_the_daemon_reports_work():
 
 def test_the_source_reaches_the_daemon_parsed(tmp_path):
     """The command parses SOURCE (and --package) once; the daemon gets the parsed `Source` as data."""
-    from quiltmount.launcher import MountOptions
+    from quiltmount.daemon.launcher import MountOptions
     from quiltmount.storage import Source
 
     options = MountOptions(source=Source("s3", "bucket", "some/prefix/", package="team/ds:latest"),

@@ -14,7 +14,9 @@ import pytest
 from quiltmount.errors import NotFound, ObjectChanged, UserError
 from quiltmount.files import atomic_file
 from quiltmount.fs.blockcache import Block, BlockCache, DiskTier
+from quiltmount.fs.overlay import WritableBucketTree
 from quiltmount.fs.readahead import BlockFetcher, ReadStream
+from quiltmount.fs.staging import StagingArea
 from quiltmount.fs.tree import BucketTree
 from quiltmount.fs.verify import CorruptObjects
 from quiltmount.paths import _legacy_slug, default_cache_dir, slug
@@ -171,6 +173,33 @@ def test_corrupt_objects_are_remembered_within_a_bound():
     assert corrupt.contains("a") and corrupt.contains("c")
     corrupt.add("d")
     assert corrupt.contains("d") and not corrupt.contains("a")
+
+
+def test_a_writer_reopening_during_the_last_release_keeps_its_bytes(tmp_path):
+    """The last writer's release lets go of the tree's lock between counting itself out and deciding what
+    becomes of the staged bytes; a writer opening the file in that gap must keep them."""
+    root = tmp_path / "root"
+    root.mkdir()
+    store = LocalStore(str(root))
+    tree = WritableBucketTree(BucketTree(store, metadata_ttl=60), StagingArea(str(tmp_path / "staging")))
+    try:
+        first = tree.open_write("f.txt", truncate=True, create=True)
+        first.write(b"one", 0)
+        first.flush()
+        first.fsync()  # uploaded: nothing is left to upload when this writer goes
+        dirty = first.dirty
+        os.close(first.fd)
+        with tree._lock:  # the first half of DirtyFile.release
+            dirty.writers -= 1
+        second = tree.open_write("f.txt", truncate=False, create=False)  # in the gap
+        tree._last_writer_released(dirty)  # the second half, late
+        second.write(b"two", 0)
+        second.flush()
+        second.release()
+        assert tree.uploader.drain(timeout=30) == []
+        assert (root / "f.txt").read_bytes() == b"two"
+    finally:
+        tree.close()
 
 
 def test_landed_uploads_join_the_cached_listing_in_place(local_tree):

@@ -27,11 +27,6 @@ from quiltmount.fs.verify import CorruptObjects, HashVerifier
 
 log = logging.getLogger(__name__)
 
-#: Hash-verified reads have their bytes hashed on these workers; hashlib lets go of the GIL, so up to one
-#: per core hashes beside the readers.
-HASH_WORKERS = min(4, os.cpu_count() or 1)
-
-
 class ReadHandle(FileHandle):
     """An open stored object: reads through the block cache and read-ahead (`ReadStream`); a package entry's
     bytes are also hashed as they go by and checked against its manifest hash once the file has been read."""
@@ -141,12 +136,13 @@ class FileOpener:
     """Opens the files of one mount: the read path's parts (fetcher, verification workers, window) in one
     place, so the FUSE adapter needs none of them."""
 
-    def __init__(self, tree: Tree, fetcher: BlockFetcher, *, max_read_window: int) -> None:
+    def __init__(self, tree: Tree, fetcher: BlockFetcher, *, max_read_window: int, hash_workers: int) -> None:
+        """Verified reads are hashed on `hash_workers` threads beside the readers (hashlib lets go of the GIL)."""
         self.tree = tree
         self.fetcher = fetcher
         self.max_read_window = max_read_window
         self.corrupt = CorruptObjects()
-        self._hashing = ThreadPoolExecutor(max_workers=HASH_WORKERS, thread_name_prefix="hash")
+        self._hashing = ThreadPoolExecutor(max_workers=hash_workers, thread_name_prefix="hash")
 
     def open(self, path: str, flags: int) -> FileHandle:
         if is_write_open(flags):

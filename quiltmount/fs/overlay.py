@@ -162,23 +162,21 @@ class WritableBucketTree(Tree):
             self._streams.drop(dirty.staged)
             self.staging.remove(dirty.staged)
             return
-        if dirty.write_error is not None:
-            # The writer was told (ENOSPC, EIO...); uploading what did get staged would put a truncated
-            # object in place of good data.  The path shows the object as it was before.
-            log.error("%s: not uploaded because a write failed (%s); staged bytes discarded",
-                      dirty.staged.key, dirty.write_error)
-            self._streams.drop(dirty.staged)
+        if dirty.write_error is not None or not dirty.modified:
+            if dirty.write_error is not None:
+                # The writer was told (ENOSPC, EIO...); uploading what did get staged would put a truncated
+                # object in place of good data.  The path shows the object as it was before.
+                log.error("%s: not uploaded because a write failed (%s); staged bytes discarded",
+                          dirty.staged.key, dirty.write_error)
+            # Else it was already uploaded by fsync or by a synchronous close, or never changed.
             with self._lock:
+                if dirty.writers:
+                    # Re-opened since the count fell to 0: the staged bytes are that writer's now, and its
+                    # own release decides (a failed write stays failed).
+                    return
                 if self._dirty.get(dirty.path) is dirty:
                     del self._dirty[dirty.path]
-            self.staging.remove(dirty.staged)
-            self.bucket.forget(dirty.path)
-            return
-        if not dirty.modified:  # already uploaded by fsync or by a synchronous close, or never changed
             self._streams.drop(dirty.staged)
-            with self._lock:
-                if self._dirty.get(dirty.path) is dirty and dirty.writers == 0:
-                    del self._dirty[dirty.path]
             self.staging.remove(dirty.staged)
             self.bucket.forget(dirty.path)
             return

@@ -42,6 +42,8 @@ REVISION_PREFIX = "@"
 MIN_HASH_PREFIX = 6
 #: Seconds between two progress lines while a revision is indexed.
 PROGRESS_INTERVAL = 2.0
+#: Packages whose pointer lists (and resolved hash prefixes) are kept between lookups; the rest are read again.
+KEPT_PACKAGES = 4096
 T = TypeVar("T")
 
 
@@ -198,11 +200,11 @@ class PackagesTree(Tree):
         self._dir_node = Node(is_dir=True, mtime=self.started)
         self._lock = threading.Lock()
         self._packages: tuple[list[str], float] | None = None
-        self._versions: dict[str, tuple[dict[str, str], float]] = {}
+        self._versions: LRUCache[str, tuple[dict[str, str], float]] = LRUCache(KEPT_PACKAGES)  # -> expiry
         # Each open revision holds an index connection (its page cache) and a node LRU: a few MiB.
         self._revisions: LRUCache[str, RevisionTree] = LRUCache(revision_cache_size)
         self._indexing: dict[str, threading.Lock] = {}  # top hash -> held while one thread opens or builds it
-        self._resolved: dict[tuple[str, str], tuple[str, float]] = {}
+        self._resolved: LRUCache[tuple[str, str], tuple[str, float]] = LRUCache(KEPT_PACKAGES)  # hash prefixes
         self._pending_links: dict[tuple[str, str], str] = {}  # (package, temporary name) -> top hash
         self._emptied: set[str] = set()  # packages whose last pointer was removed here, until rmdir
         # Malformed manifests, so a revision that fails is not downloaded again on every lookup.

@@ -37,7 +37,8 @@ class BucketTree(Tree):
 
     def __init__(self, store: ObjectStore, root_prefix: str = "", *, metadata_ttl: float = 10.0,
                  negative_cache_size: int = 100_000, listing_cache_size: int = 10_000,
-                 node_cache_size: int = 100_000, clock: Callable[[], float] = time.monotonic) -> None:
+                 node_cache_size: int = 100_000, lookup_workers: int = 8,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.root_prefix = root_prefix
         self.ttl = metadata_ttl
@@ -54,7 +55,7 @@ class BucketTree(Tree):
         # Bumped by every local change: a listing or lookup that started before a change is not cached,
         # since it may predate that change (S3 answered before the upload landed).
         self._changes = 0
-        self._lookup_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="lookup")
+        self._lookup_pool = ThreadPoolExecutor(max_workers=lookup_workers, thread_name_prefix="lookup")
 
     @property
     def caching(self) -> bool:

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import IO, Any, Iterable, Iterator, Literal
-from urllib.parse import parse_qs, quote, unquote, urlencode, urlparse
+from urllib.parse import ParseResult, parse_qs, quote, unquote, urlencode, urlparse
 
 from quiltmount.errors import StorageError
 from quiltmount.units import MAX_PARTS, PART_SIZE
@@ -283,6 +283,19 @@ class PhysicalKey:
         return format_physical_key(self)
 
 
+def s3_physical_key(parsed: ParseResult) -> PhysicalKey:
+    """The object a parsed `s3://` URL names, read as quilt3's `PhysicalKey.from_url` reads it (the one
+    reader of `s3://` URLs for manifests, registries and `Bucket`); ValueError with quilt3's message."""
+    if not parsed.netloc:
+        raise ValueError("Missing bucket")
+    query = parse_qs(parsed.query)
+    version_id = query.pop("versionId", [None])[0]  # an empty `versionId=` is dropped by parse_qs: no version
+    if query:
+        raise ValueError(f"Unexpected S3 query string: {parsed.query!r}")
+    # The path is percent-decoded (a literal '+' stays '+'); only the query is form-decoded.
+    return PhysicalKey("s3", parsed.netloc, unquote(parsed.path)[1:], version_id)
+
+
 def parse_physical_key(url: str) -> PhysicalKey:
     """Parse an `s3://` or `file://` URL exactly as `quilt3.util.PhysicalKey.from_url` does.
 
@@ -296,15 +309,10 @@ def parse_physical_key(url: str) -> PhysicalKey:
     except ValueError as exc:
         raise PhysicalKeyError(f"invalid physical key {short_repr(url)}: {exc}") from None
     if parsed.scheme == "s3":
-        if not parsed.netloc:
-            raise PhysicalKeyError(f"invalid physical key {short_repr(url)}: missing bucket")
-        # The path is percent-decoded (a literal '+' stays '+'); only the query is form-decoded.
-        path = unquote(parsed.path)[1:]
-        query = parse_qs(parsed.query)
-        version_id = query.pop("versionId", [None])[0]  # an empty `versionId=` is dropped by parse_qs: no version
-        if query:
-            raise PhysicalKeyError(f"invalid physical key {short_repr(url)}: unexpected S3 query string")
-        return PhysicalKey("s3", parsed.netloc, path, version_id)
+        try:
+            return s3_physical_key(parsed)
+        except ValueError as exc:
+            raise PhysicalKeyError(f"invalid physical key {short_repr(url)}: {exc}") from None
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
             raise PhysicalKeyError(f"invalid physical key {short_repr(url)}: unexpected hostname")

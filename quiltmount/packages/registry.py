@@ -30,7 +30,6 @@ import os
 import re
 from collections.abc import Callable
 from typing import IO
-from urllib.parse import urlparse
 
 from quiltmount.errors import NotFound, UserError
 from quiltmount.packages.manifest import (
@@ -129,9 +128,9 @@ class Registry:
 
     def manifest_url(self, top_hash: str) -> str:
         """The manifest's URL as quilt3 spells it (also the name of quilt3's manifest cache file)."""
-        parsed = urlparse(self.url)
-        if parsed.scheme == "s3":
-            return format_physical_key(PhysicalKey("s3", parsed.netloc, self.manifest_key(top_hash)))
+        if self.url.startswith("s3://"):
+            bucket = parse_physical_key(self.url).bucket
+            return format_physical_key(PhysicalKey("s3", bucket, self.manifest_key(top_hash)))
         return f"{self.url}/{self.manifest_key(top_hash)}"
 
     # -- listing ---------------------------------------------------------------------------------------

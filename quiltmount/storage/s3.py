@@ -22,12 +22,10 @@ from quiltmount.errors import AccessDenied, NotFound, ObjectChanged, StorageErro
 from quiltmount.retry import call_with_retries
 from quiltmount.storage.base import ListPage, ObjectInfo, ObjectStore, ObjectStream
 from quiltmount.storage.presigned import PresignedRanges
-from quiltmount.units import PART_SIZE
+from quiltmount.units import PART_SIZE, PART_WORKERS
 
 #: Connections kept per client: read-ahead workers and FUSE threads share them.
 MAX_POOL_CONNECTIONS = 64
-#: Parts in flight for all the uploads of one store (each streams from its staged file).
-MULTIPART_WORKERS = 8
 #: Reads of a staged part for its checksum (a reused buffer below the mmap threshold: no page faults).
 HASH_READ_SIZE = 1 << 20
 #: CopyObject handles objects up to 5 GiB; larger ones are copied part by part, in parts of this size.
@@ -100,8 +98,9 @@ class S3Store(ObjectStore):
 
     def __init__(self, bucket: str, *, profile: str | None = None, region: str | None = None,
                  endpoint_url: str | None = None, timeout: float | None = None,
-                 session: boto3.Session | None = None) -> None:
-        """`session` (e.g. the Quilt stack's refreshable credentials) replaces the default chain/`profile`."""
+                 session: boto3.Session | None = None, part_workers: int = PART_WORKERS) -> None:
+        """`session` (e.g. the Quilt stack's refreshable credentials) replaces the default chain/`profile`;
+        `part_workers` parts of uploads (and of server-side copies) are in flight at once."""
         self.bucket = bucket
         self.name = f"s3://{bucket}"
         if session is None:
@@ -140,7 +139,8 @@ class S3Store(ObjectStore):
         # (measured: 10 ms of CPU per 8 MiB part, with awscrt's signer) that proves nothing more.
         self._uploads = client(ATTEMPTS, max(silence, UPLOAD_TIMEOUT), s3={"payload_signing_enabled": False})
         self._slow = client(ATTEMPTS, max(silence, ASSEMBLY_TIMEOUT))
-        self._parts = ThreadPoolExecutor(MULTIPART_WORKERS, thread_name_prefix="part")
+        self.part_workers = part_workers
+        self._parts = ThreadPoolExecutor(part_workers, thread_name_prefix="part")
         self.max_single_copy, self.copy_part_size = MAX_SINGLE_COPY, COPY_PART_SIZE
         self._failing: cachetools.TTLCache[str, bool] = cachetools.TTLCache(10_000, FAILING_WINDOW)
         self._failing_lock = threading.Lock()
@@ -337,7 +337,7 @@ class S3Store(ObjectStore):
             return {"PartNumber": number, "ETag": response["CopyPartResult"]["ETag"]}
 
         try:
-            with ThreadPoolExecutor(MULTIPART_WORKERS, thread_name_prefix="copy") as pool:
+            with ThreadPoolExecutor(self.part_workers, thread_name_prefix="copy") as pool:
                 starts = range(0, source.size, part_size)
                 parts = list(pool.map(copy_part, range(1, len(starts) + 1), starts))
             return self._slow.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
@@ -381,7 +381,7 @@ class PartUpload:
     Parts can be added while the file is still being written (`add_part` once its bytes are final), so a
     sequential writer's bytes are on their way to S3 before it closes; `finish` uploads the parts not added
     yet and completes.  Parts run on the store's shared part pool, which bounds the parts in flight of all
-    the uploads to one bucket to MULTIPART_WORKERS; each streams from the file.  The S3 upload is created with
+    the uploads to one bucket to `part_workers`; each streams from the file.  The S3 upload is created with
     the first part, so an upload aborted before any part costs no request.
     """
 
@@ -419,7 +419,7 @@ class PartUpload:
         """Upload part `number`, streamed from the staged file: never a part-sized buffer in memory.
 
         The file is read twice, once for the checksum and once for the body (the second time from the page
-        cache): reading each part into memory instead cost up to MULTIPART_WORKERS x 8 MiB of RSS outside the
+        cache): reading each part into memory instead cost up to `part_workers` x 8 MiB of RSS outside the
         cache budget, and more CPU (a fresh 8 MiB buffer takes 2,048 page faults; measured on a 256 MiB `cp`:
         daemon CPU 0.93-1.05 s -> 0.75-0.83 s, peak RSS of a 2 GiB `cp` 140 -> 86 MiB).  Should the bytes change
         in between, S3 refuses the part (its checksum no longer matches; moto does not check) and the upload

@@ -8,6 +8,7 @@ from typing import Any
 from quiltmount.storage.base import ObjectStore
 from quiltmount.storage.counting import CountingStore, RequestStats
 from quiltmount.storage.local import LocalStore
+from quiltmount.units import PART_WORKERS
 
 
 class StoreSet:
@@ -15,8 +16,9 @@ class StoreSet:
 
     def __init__(self, *, profile: str | None = None, region: str | None = None,
                  endpoint_url: str | None = None, stats: RequestStats | None = None,
-                 timeout: float | None = None, session: Any = None) -> None:
+                 timeout: float | None = None, session: Any = None, part_workers: int = PART_WORKERS) -> None:
         self.profile = profile
+        self.part_workers = part_workers  # parts of uploads and copies in flight per bucket
         self.session = session  # a boto3 session for every bucket (the Quilt stack's credentials), or None
         self.timeout = timeout  # S3 request timeout (None: the S3 store's default)
         self.region = region
@@ -34,7 +36,7 @@ class StoreSet:
 
             created = CountingStore(S3Store(name, profile=self.profile, region=self.region,
                                             endpoint_url=self.endpoint_url, timeout=self.timeout,
-                                            session=self.session), self.stats)
+                                            session=self.session, part_workers=self.part_workers), self.stats)
             with self._lock:
                 store = self._buckets.setdefault(name, created)
             if store is not created:  # another thread made this bucket's store meanwhile: use that one

@@ -16,11 +16,11 @@ from quiltmount.fs.handles import FileOpener
 from quiltmount.fs.overlay import WritableBucketTree
 from quiltmount.fs.readahead import BlockFetcher
 from quiltmount.fs.tree import ttl_for_kernel
-from quiltmount.launcher import READY_TIMEOUT, MountOptions, ReadySignal
-from quiltmount.mountcatalog import stack_session, use_api_key
-from quiltmount.mountlayers import build_layers
+from quiltmount.daemon.launcher import READY_TIMEOUT, MountOptions, ReadySignal
+from quiltmount.daemon.stack import stack_session, use_api_key
+from quiltmount.daemon.layers import build_layers
 from quiltmount.paths import default_cache_dir, make_private_dir
-from quiltmount.statusrecord import StatusRecord
+from quiltmount.daemon.status import StatusRecord
 from quiltmount.storage.stores import StoreSet
 from quiltmount.version import __version__
 
@@ -44,7 +44,8 @@ def serve(options: MountOptions, log_file: str, signal: ReadySignal) -> int:
     source = options.source
     mountpoint = mp.prepare_mountpoint(options.mountpoint)
     stores = StoreSet(profile=options.profile, region=options.region, endpoint_url=options.endpoint_url,
-                      timeout=options.s3_timeout, session=stack_session() if options.quilt_credentials else None)
+                      timeout=options.s3_timeout, session=stack_session() if options.quilt_credentials else None,
+                      part_workers=options.part_workers)
     store = stores.bucket(source.location) if source.scheme == "s3" else stores.directory(source.location)
     store.check_access()
 
@@ -56,7 +57,7 @@ def serve(options: MountOptions, log_file: str, signal: ReadySignal) -> int:
     # A quarter of the memory budget for read-ahead in flight, the rest for cached blocks.
     prefetch_budget = max(options.memory_cache_size // 4, 8 << 20)
     cache = BlockCache(options.memory_cache_size - prefetch_budget, disk)
-    fetcher = BlockFetcher(cache, prefetch_budget=prefetch_budget)
+    fetcher = BlockFetcher(cache, prefetch_budget=prefetch_budget, workers=options.fetch_workers)
     attrs = AttrPolicy(uid=os.geteuid() if options.uid is None else options.uid,
                        gid=os.getegid() if options.gid is None else options.gid,
                        file_mode=options.file_mode, dir_mode=options.dir_mode)
@@ -73,7 +74,8 @@ def serve(options: MountOptions, log_file: str, signal: ReadySignal) -> int:
 
     # An immutable package revision can be cached by the kernel for as long as the mount lives.
     kernel_ttl = IMMUTABLE_KERNEL_TTL if layers.immutable else ttl_for_kernel(options.metadata_ttl)
-    files = FileOpener(layers.tree, fetcher, max_read_window=prefetch_budget // 2)
+    files = FileOpener(layers.tree, fetcher, max_read_window=prefetch_budget // 2,
+                       hash_workers=options.hash_workers)
     operations = MountOperations(layers.tree, files, attrs, on_init=after_init)
     fuse_options: dict[str, Any] = {
         "fsname": f"quiltmount:{source.url}", "subtype": "quiltmount", "default_permissions": True,

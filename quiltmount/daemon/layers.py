@@ -14,8 +14,8 @@ from quiltmount.fs.packagetree import PackagesTree
 from quiltmount.fs.searchtree import SearchTree
 from quiltmount.fs.staging import StagingArea
 from quiltmount.fs.tree import BucketTree
-from quiltmount.launcher import MountOptions
-from quiltmount.mountcatalog import bucket_search
+from quiltmount.daemon.launcher import MountOptions
+from quiltmount.daemon.stack import bucket_search
 from quiltmount.packages.registry import Registry
 from quiltmount.paths import index_dir
 from quiltmount.storage import ObjectStore, Source
@@ -44,12 +44,14 @@ def build_layers(source: Source, store: ObjectStore, stores: StoreSet, cache_dir
                             metadata_ttl=options.metadata_ttl)
     if source.package:
         return Layers(_package_revision(packages, source.package), None, packages, immutable=True)
-    bucket = BucketTree(store, source.prefix, metadata_ttl=options.metadata_ttl)
+    bucket = BucketTree(store, source.prefix, metadata_ttl=options.metadata_ttl,
+                        lookup_workers=options.lookup_workers)
     views = {".packages": packages, ".search": _search_view(source, options)}
     if options.read_only:
         return Layers(MountTree(bucket, views), None, packages, immutable=False)
     writes = WritableBucketTree(bucket, StagingArea(os.path.join(cache_dir, "staging")),
-                                sync_on_close=options.sync_on_close, upload_attempts=options.upload_attempts)
+                                sync_on_close=options.sync_on_close, upload_attempts=options.upload_attempts,
+                                upload_workers=options.upload_workers)
     writes.recover()
     return Layers(MountTree(writes, views), writes, packages, immutable=False)
 

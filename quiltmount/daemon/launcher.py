@@ -23,8 +23,9 @@ from typing import IO
 
 from quiltmount.errors import UserError
 from quiltmount.paths import default_log_file
-from quiltmount.process import create_log_file
+from quiltmount.daemon.process import create_log_file
 from quiltmount.storage import Source
+from quiltmount.units import PART_WORKERS
 
 #: Seconds the parent waits for the daemon's word (READY or an error), or for its next WORKING beat.
 READY_TIMEOUT = 60.0
@@ -63,6 +64,12 @@ class MountOptions:
     kernel_cache_entries: int = 65_536
     quilt_credentials: bool = False
     api_key_env: str | None = None  # the *name* of the variable: the key itself never enters argv or a file
+    # Threads of each pool:
+    fetch_workers: int = 16  # ranged GETs: read-ahead and cache misses
+    lookup_workers: int = 8  # HEADs of names missing from a listing
+    hash_workers: int = min(4, os.cpu_count() or 1)  # SHA-256 of package entries as they are read
+    upload_workers: int = 4  # files uploaded at once
+    part_workers: int = PART_WORKERS  # parts of uploads and copies in flight per bucket
 
     @property
     def log_path(self) -> str:

@@ -15,7 +15,7 @@ from quiltmount.fs.blockcache import BlockCache
 from quiltmount.fs.overlay import WritableBucketTree
 from quiltmount.fs.packagetree import PackagesTree
 from quiltmount.fs.readahead import BlockFetcher
-from quiltmount.process import rss_bytes
+from quiltmount.daemon.process import rss_bytes
 from quiltmount.storage.stores import StoreSet
 from quiltmount.version import __version__
 

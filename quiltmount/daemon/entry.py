@@ -1,19 +1,18 @@
-"""The mount daemon: `python -m quiltmount.daemon OPTIONS-JSON READY-FD`, started by `launcher`, or
-`run_mount` in the command's own process for `quiltmount mount --foreground`.
+"""The daemon's entry: `main` for `python -m quiltmount.daemon OPTIONS-JSON READY-FD` (started by `launcher`),
+or `run_mount` in the command's own process for `quiltmount mount --foreground`.
 
-It sets up its process, serves the mount (`mount.serve`) and turns any failure into one line on the ready
+It sets up its process, serves the mount (`serve.serve`) and turns any failure into one line on the ready
 pipe and exit status 1.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 
 from quiltmount.errors import UserError
-from quiltmount.launcher import MountOptions, ReadySignal
-from quiltmount.mount import serve
-from quiltmount.process import bound_malloc, setup_logging
+from quiltmount.daemon.launcher import MountOptions, ReadySignal
+from quiltmount.daemon.serve import serve
+from quiltmount.daemon.process import bound_malloc, setup_logging
 
 log = logging.getLogger("quiltmount")
 
@@ -39,7 +38,3 @@ def run_mount(options: MountOptions, ready_fd: int | None = None) -> int:
 def main(argv: list[str]) -> int:
     options = MountOptions.from_json(argv[0])
     return run_mount(options, int(argv[1]) if len(argv) > 1 else None)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
