@@ -44,6 +44,7 @@ def stack_session() -> Any:
 def bucket_search(bucket: str) -> Callable[[str | dict, int], dict]:
     """The catalog's search of `bucket`'s objects and packages (`Bucket.search`'s indexes), as `.search/`
     calls it: (query, limit) -> the catalog's answer."""
+    from quiltmount import auth  # noqa: F401  (its import gives the catalog client the user's token)
     from quiltmount.catalog import search_api
 
     def search(query: str | dict, limit: int) -> dict:
