@@ -4,15 +4,28 @@ conflicts of a concurrent push."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
+import json
+import logging
 import os
+import random
 from pathlib import Path
 
 import pytest
 from test_registry import FILES, _new_bucket, _patch_quilt3, _source_dir
 
 from quiltmount.errors import QuiltException
-from quiltmount.packages.commit import Changes, NewFile, PackageConflict, commit_revision
-from quiltmount.packages.registry import Registry, RegistryError
+from quiltmount.packages.commit import (
+    Changes, NewFile, PackageConflict, _chunked_hash_of_checksum, commit_revision,
+)
+from quiltmount.packages.manifest import (
+    CHECKSUM_CHUNK_SIZE, Entry, ManifestError, compute_top_hash, encode_record, entry_record, hash_bytes,
+    header_record,
+)
+from quiltmount.packages.registry import LATEST, Registry, RegistryError
+from quiltmount.storage.counting import CountingStore
 from quiltmount.storage.local import LocalStore
 from quiltmount.storage.s3 import S3Store
 
@@ -64,7 +77,7 @@ def test_commit_is_what_quilt3_reads_and_would_hash(q3, s3_server, s3, tmp_path:
     changes = Changes(files={"data/hello.txt": NewFile(changed), "new/dir/added.bin": NewFile(added, {"user_meta": {"x": 1}})},
                       deleted={"empty.txt"}, entry_meta={"README.md": {"user_meta": {"title": "Demo"}}})
     done = commit_revision(registry, "demo/pkg", parent, changes, message="edit", clock=lambda: 1_900_000_000)
-    assert done.pointer == "1900000000"
+    assert done.pointer == "1900000000" and done.entries == 4 and done.reused == 0
 
     pkg = q3.Package.browse("demo/pkg", registry=registry_url, top_hash=done.top_hash)
     expected = {"README.md": FILES["README.md"], "data/hello.txt": b"hello again\n",
@@ -144,10 +157,19 @@ def test_local_registry_and_bad_input(q3, tmp_path: Path, s3_server, s3) -> None
 
     for bad, needle in ((Changes(deleted={"nope.txt"}), "not in the parent"),
                         (Changes(entry_meta={"nope.txt": {}}), "not in the parent"),
+                        (Changes(renamed={"x.txt": "nope.txt"}), "'nope.txt' is not in the parent"),
                         (Changes(files={"../up": NewFile(changed)}), "invalid logical key"),
-                        (Changes(files={"README.md": NewFile(changed)}, deleted={"README.md"}), "both")):
+                        (Changes(renamed={"a//b": "README.md"}), "invalid logical key"),
+                        (Changes(files={"README.md": NewFile(changed)}, deleted={"README.md"}), "both"),
+                        (Changes(renamed={"x.txt": "README.md"}, deleted={"x.txt"}), "both deleted and written"),
+                        (Changes(renamed={"x.txt": "README.md"}, files={"x.txt": NewFile(changed)}),
+                         "both a new file and a renamed entry"),
+                        (Changes(entry_meta={"README.md": None}), "must be an object"),
+                        (Changes(files={"data": NewFile(changed)}), "'data' would be both a file and a directory"),
+                        (Changes(renamed={"README.md/x": "empty.txt"}), "'README.md' would be both a file")):
         with pytest.raises(RegistryError, match=needle):
             commit_revision(registry, "demo/pkg", done.top_hash, bad, message="m")
+    assert not (root / "demo/pkg/data").exists()  # refused before any upload
     with pytest.raises(QuiltException, match="workflows are not configured"):
         commit_revision(registry, "demo/pkg", done.top_hash, Changes(), message="m", workflow="alpha")
     (root / ".quilt/workflows").mkdir(parents=True)
@@ -155,3 +177,257 @@ def test_local_registry_and_bad_input(q3, tmp_path: Path, s3_server, s3) -> None
     with pytest.raises(RegistryError, match="workflow configuration"):
         commit_revision(registry, "demo/pkg", done.top_hash, Changes(), message="m")
     assert q3.Package.browse("demo/pkg", registry=registry_url).top_hash == done.top_hash  # untouched
+
+
+def _never(*args, **kwargs):
+    raise AssertionError("the parent must stream by, not be loaded whole")
+
+
+def _key(i: int) -> str:
+    return f"dir_{i % 7}/sub_{i % 3}/file_{i:05d}.bin"
+
+
+def _big_parent(q3, bucket: str, registry_url: str, count: int) -> str:
+    """A parent of `count` entries and a few more (whose objects need not exist: nothing reads them), with
+    directory metadata and keys whose order is a trap, built (and so written) by quilt3; its top hash."""
+    from quilt3.packages import PackageEntry
+    from quilt3.util import PhysicalKey as Quilt3Key
+
+    def entry(key: str, i: int, meta: dict | None = None) -> PackageEntry:
+        digest = base64.b64encode(hashlib.sha256(key.encode()).digest()).decode()
+        return PackageEntry(Quilt3Key(bucket, f"src/{key}", f"v{i}"), i * 10,
+                            {"type": "sha2-256-chunked", "value": digest}, meta)
+
+    pkg = q3.Package()
+    for i in range(count):
+        pkg.set(_key(i), entry(_key(i), i, {"user_meta": {"i": i}} if i % 5 == 0 else None))
+    for i, key in enumerate(["data/hello.txt", "data-raw.csv", "données/été.csv", "gone/a.txt", "gone/b.txt",
+                             "a b/c#d?.txt"]):
+        pkg.set(key, entry(key, i))
+    pkg["dir_1"].set_meta({"kind": "one"})
+    pkg["dir_2/sub_1"].set_meta({"nested": "Zoë"})
+    pkg["gone"].set_meta({"bye": 1})
+    return pkg.set_meta({"author": "Zoë"}).build("demo/big", registry=registry_url, message="many")
+
+
+def _lines(data: bytes) -> dict[str, bytes]:
+    """A manifest's lines after the header, by logical key."""
+    return {json.loads(line)["logical_key"]: line for line in data.splitlines()[1:]}
+
+
+def test_a_large_parent_streams_by_and_quilt3_agrees(q3, s3_server, s3, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    bucket = _new_bucket(s3)
+    registry_url = f"s3://{bucket}"
+    parent = _big_parent(q3, bucket, registry_url, 3000)
+    registry = Registry(S3Store(bucket, endpoint_url=s3_server.endpoint_url), registry_url)
+    monkeypatch.setattr(Registry, "load_manifest", _never)
+
+    work = tmp_path / "work"
+    replaced = _write(work / "replaced.bin", b"r" * 2000)
+    added = {"data/zz.txt": _write(work / "zz.txt", b"between data/hello.txt and data-raw.csv\n"),
+             "dir_0/aaa.bin": _write(work / "aaa.bin", os.urandom(1500)),
+             "new/deep/x.bin": _write(work / "x.bin", b"x")}
+    deleted = {"gone/a.txt", "gone/b.txt", _key(20), *(_key(i) for i in range(100, 120))}
+    changes = Changes(files={_key(5): NewFile(replaced),  # its meta stays
+                             _key(7): NewFile(replaced, {"user_meta": {"new": True}}),
+                             **{key: NewFile(path) for key, path in added.items()}},
+                      deleted=deleted,
+                      renamed={"moved/été.bin": _key(20), "copy.bin": _key(21)},  # a move, a copy
+                      entry_meta={_key(30): {"user_meta": {"edited": 1}}, "copy.bin": {"user_meta": {"copy": 1}}},
+                      user_meta={"author": "Zoë", "v": 2})
+    done = commit_revision(registry, "demo/big", parent, changes, message="edit many", temp_dir=str(tmp_path))
+    assert done.entries == 3006 - len(deleted) + len(added) + 2
+    assert not list((tmp_path).glob("quiltmount-commit-*"))  # the work files are gone
+
+    # quilt3 reads it, agrees on its top hash, and writes exactly these bytes for it.
+    ours = s3.get_object(Bucket=bucket, Key=f".quilt/packages/{done.top_hash}")["Body"].read()
+    pkg = q3.Package.browse("demo/big", registry=registry_url, top_hash=done.top_hash)
+    assert pkg.top_hash == done.top_hash and len(list(pkg.walk())) == done.entries
+    dumped = io.BytesIO()
+    pkg.dump(dumped)
+    assert dumped.getvalue() == ours
+    assert pkg[_key(5)].meta == {"i": 5} and pkg[_key(7)].meta == {"new": True}
+    assert pkg["copy.bin"].meta == {"copy": 1} and pkg[_key(21)].meta == {}
+
+    # quilt3 computes the same top hash for the same changes made to the parent it browses.
+    from quilt3.packages import PackageEntry
+
+    same = q3.Package.browse("demo/big", registry=registry_url, top_hash=parent)
+    same.set(_key(5), replaced, meta={"i": 5})
+    same.set(_key(7), replaced, meta={"new": True})
+    for key, path in added.items():
+        same.set(key, path)
+    source = same[_key(21)]
+    same.set("moved/été.bin", same[_key(20)])
+    same.set("copy.bin", PackageEntry(source.physical_key, source.size, source.hash, {"user_meta": {"copy": 1}}))
+    for key in deleted:
+        same.delete(key)
+    same[_key(30)].set_meta({"edited": 1})
+    same.set_meta({"author": "Zoë", "v": 2})
+    same._set_commit_message("edit many")
+    same._calculate_missing_hashes()
+    assert same.top_hash == done.top_hash
+
+    # The rows that stay are the parent's bytes; renamed rows keep their physical keys; directory metadata
+    # stays where a directory still holds an entry.
+    before, after = _lines(s3.get_object(Bucket=bucket, Key=f".quilt/packages/{parent}")["Body"].read()), _lines(ours)
+    unchanged = before.keys() & after.keys() - changes.files.keys() - changes.entry_meta.keys()
+    assert len(unchanged) > 2900 and all(before[key] == after[key] for key in unchanged)
+    for new, old in changes.renamed.items():
+        assert json.loads(after[new])["physical_keys"] == json.loads(before[old])["physical_keys"]
+    assert {"dir_1/", "dir_2/sub_1/"} <= after.keys() and "gone/" not in after
+
+
+def test_renamed_entries_are_quilt3s_set_and_delete(q3, tmp_path: Path) -> None:
+    root = tmp_path / "registry"
+    root.mkdir()
+    registry_url = root.as_uri()
+    src = _source_dir(tmp_path / "src")
+    base = q3.Package().set_dir("/", str(src)).set("data/hello.txt", str(src / "data/hello.txt"), meta={"lang": "en"})
+    parent = base.build("demo/pkg", registry=registry_url, message="first")
+    registry = Registry(LocalStore(str(root)), registry_url)
+    changes = Changes(renamed={"docs/README.md": "README.md",  # a move: the old key is deleted too
+                               "data-raw.csv": "empty.txt", "empty.txt": "data-raw.csv",  # a swap
+                               "hello-copy.txt": "data/hello.txt"},  # a copy, with a meta of its own
+                      deleted={"README.md"}, entry_meta={"hello-copy.txt": {"user_meta": {"copy": True}}})
+    done = commit_revision(registry, "demo/pkg", parent, changes, message="renames")
+
+    before = q3.Package.browse("demo/pkg", registry=registry_url, top_hash=parent)
+    pkg = q3.Package.browse("demo/pkg", registry=registry_url, top_hash=done.top_hash)
+    assert pkg.top_hash == done.top_hash
+    assert sorted(lk for lk, _ in pkg.walk()) == ["data-raw.csv", "data/hello.txt", "docs/README.md", "empty.txt",
+                                                  "hello-copy.txt"]
+    for new, old in changes.renamed.items():
+        assert (pkg[new].physical_key, pkg[new].size, pkg[new].hash) == \
+            (before[old].physical_key, before[old].size, before[old].hash), new
+    assert pkg["hello-copy.txt"].meta == {"copy": True} and pkg["data/hello.txt"].meta == {"lang": "en"}
+
+    from quilt3.packages import PackageEntry
+
+    same = q3.Package.browse("demo/pkg", registry=registry_url, top_hash=parent)
+    readme, raw, empty, hello = (same[key] for key in ("README.md", "data-raw.csv", "empty.txt", "data/hello.txt"))
+    same.set("docs/README.md", readme)
+    same.delete("README.md")
+    same.set("data-raw.csv", empty)
+    same.set("empty.txt", raw)
+    same.set("hello-copy.txt", PackageEntry(hello.physical_key, hello.size, hello.hash, {"user_meta": {"copy": True}}))
+    same._set_commit_message("renames")
+    assert same.top_hash == done.top_hash
+
+
+def test_a_failed_commit_finishes_without_sending_files_again(q3, s3_server, s3, tmp_path: Path) -> None:
+    bucket = _new_bucket(s3)
+    registry_url = f"s3://{bucket}"
+    q3.Package().set_dir("/", str(_source_dir(tmp_path / "src"))).push("demo/pkg", registry=registry_url,
+                                                                        message="first", force=True)
+    parent = q3.Package.browse("demo/pkg", registry=registry_url).top_hash
+    store = CountingStore(S3Store(bucket, endpoint_url=s3_server.endpoint_url))
+    registry = Registry(store, registry_url)
+    work = tmp_path / "work"
+    big = {f"big/{n}.bin": _write(work / f"{n}.bin", random.Random(n).randbytes(1024 + n * 5000)) for n in range(3)}
+    changes = Changes(files={**{key: NewFile(path) for key, path in big.items()},
+                             "small.txt": NewFile(_write(work / "small.txt", b"under 1 KiB: always sent\n"))})
+
+    def commit(parent: str, clock: int) -> tuple[object, dict]:
+        before = store.snapshot()["totals"]
+        done = commit_revision(registry, "demo/pkg", parent, changes, message="edit", clock=lambda: clock)
+        after = store.snapshot()["totals"]
+        return done, {op: after[op] - before.get(op, 0) for op in after}
+
+    def versions(key: str) -> list[str]:
+        listed = s3.list_object_versions(Bucket=bucket, Prefix=f"demo/pkg/{key}").get("Versions", [])
+        return [version["VersionId"] for version in listed if version["Key"] == f"demo/pkg/{key}"]
+
+    first, requests = commit(parent, 1_900_000_000)
+    assert first.reused == 0 and requests["put"] == 4 + 3  # the files, the manifest, two pointers
+    # A failure after the uploads: neither the manifest nor the pointers landed.
+    s3.delete_object(Bucket=bucket, Key=f".quilt/packages/{first.top_hash}")
+    s3.delete_object(Bucket=bucket, Key=".quilt/named_packages/demo/pkg/1900000000")
+    s3.put_object(Bucket=bucket, Key=".quilt/named_packages/demo/pkg/latest", Body=parent.encode())
+
+    again, requests = commit(parent, 1_900_000_100)
+    assert again.top_hash == first.top_hash and again.reused == 3
+    assert requests["put"] == 1 + 3  # small.txt, the manifest, two pointers
+    assert all(len(versions(key)) == 1 for key in big) and len(versions("small.txt")) == 2
+    pkg = q3.Package.browse("demo/pkg", registry=registry_url, top_hash=again.top_hash)
+    for key, path in big.items():  # pinned to the version that was already there
+        assert pkg[key].physical_key.version_id == versions(key)[0]
+        assert pkg[key].get_bytes() == Path(path).read_bytes()
+
+    # A destination holding other bytes is no reason to skip: that file is sent.
+    Path(big["big/0.bin"]).write_bytes(b"changed" * 300)
+    third, requests = commit(again.top_hash, 1_900_000_200)
+    assert third.reused == 2 and requests["put"] == 2 + 3
+    assert len(versions("big/0.bin")) == 2
+    pkg = q3.Package.browse("demo/pkg", registry=registry_url, top_hash=third.top_hash)
+    assert pkg["big/0.bin"].get_bytes() == b"changed" * 300 and pkg.top_hash == third.top_hash
+
+
+def test_what_an_s3_checksum_says_of_the_bytes() -> None:
+    data = random.Random(1).randbytes(3000)
+    single = base64.b64encode(hashlib.sha256(data).digest()).decode()  # what one PUT of it carries
+    assert _chunked_hash_of_checksum(single, len(data)) == hash_bytes("sha2-256-chunked", data)
+    size = 2 * CHECKSUM_CHUNK_SIZE + 5  # three parts of quilt3's chunk size
+    composite = "Y68lgvvPstmbueZHNVw/WNEIEX0Qxy01vyRB//bzz/g="
+    assert _chunked_hash_of_checksum(f"{composite}-3", size) == composite
+    assert _chunked_hash_of_checksum(f"{composite}-2", size) is None  # other parts: not quilt3's chunks
+    assert _chunked_hash_of_checksum(composite, size) is None  # one PUT of a file that quilt3 sends in parts
+    assert _chunked_hash_of_checksum(f"{single}-1", len(data)) is None
+    assert _chunked_hash_of_checksum("not base64!", len(data)) is None
+
+
+def test_a_parent_that_does_not_hash_to_its_name_fails_with_nothing_written(q3, s3_server, s3,
+                                                                           tmp_path: Path) -> None:
+    bucket = _new_bucket(s3)
+    registry_url = f"s3://{bucket}"
+    q3.Package().set_dir("/", str(_source_dir(tmp_path / "src"))).push("demo/pkg", registry=registry_url,
+                                                                        message="first", force=True)
+    parent = q3.Package.browse("demo/pkg", registry=registry_url).top_hash
+    key = f".quilt/packages/{parent}"
+    data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    tampered = data.replace(b'"size": 8,', b'"size": 9,')  # data-raw.csv's row
+    assert tampered != data
+    s3.put_object(Bucket=bucket, Key=key, Body=tampered)
+    objects = sorted(item["Key"] for item in s3.list_objects_v2(Bucket=bucket)["Contents"])
+    store = CountingStore(S3Store(bucket, endpoint_url=s3_server.endpoint_url))
+    registry = Registry(store, registry_url)
+    changes = Changes(files={"new.bin": NewFile(_write(tmp_path / "new.bin", os.urandom(2000)))},
+                      deleted={"empty.txt"})
+    with pytest.raises(ManifestError, match=f"{key}: content hashes to [0-9a-f]{{64}}, not to its name {parent}"):
+        commit_revision(registry, "demo/pkg", parent, changes, message="edit")
+    assert "put" not in store.snapshot()["totals"]
+    assert sorted(item["Key"] for item in s3.list_objects_v2(Bucket=bucket)["Contents"]) == objects
+
+
+def test_a_parent_not_in_quilt3s_order_is_read_whole(q3, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = tmp_path / "registry"
+    root.mkdir()
+    registry_url = root.as_uri()
+    keys = ["data-raw.csv", "data/hello.txt", "b.txt", "a/y.txt", "a/x.txt"]  # string order, reversed: not tree order
+    entries = [Entry(key, f"file:///nowhere/{i}", i, "sha2-256-chunked", hash_bytes("sha2-256-chunked", key.encode()))
+               for i, key in enumerate(keys)]
+    header = {"version": "v0", "message": "by hand"}
+    parent = compute_top_hash(header, entries)
+    (root / ".quilt/packages").mkdir(parents=True)
+    (root / f".quilt/packages/{parent}").write_bytes(
+        encode_record(header_record(header)) + b"".join(encode_record(entry_record(entry)) for entry in entries)
+        + encode_record({"logical_key": "a/", "meta": {"dir": 1}}))  # directory metadata last
+    registry = Registry(LocalStore(str(root)), registry_url)
+    registry.set_pointer("demo/hand", LATEST, parent)
+    changes = Changes(deleted={"b.txt"}, renamed={"a/z.txt": "data-raw.csv"})
+    with caplog.at_level(logging.INFO, logger="quiltmount.packages.commit"):
+        done = commit_revision(registry, "demo/hand", parent, changes, message="fixed")
+    assert "not in tree order" in caplog.text
+
+    ours = (root / f".quilt/packages/{done.top_hash}").read_bytes()
+    assert list(_lines(ours)) == ["a/", "a/x.txt", "a/y.txt", "a/z.txt", "data/hello.txt", "data-raw.csv"]
+    pkg = q3.Package.browse("demo/hand", registry=registry_url, top_hash=done.top_hash)
+    dumped = io.BytesIO()
+    pkg.dump(dumped)
+    assert pkg.top_hash == done.top_hash and dumped.getvalue() == ours
+    same = q3.Package.browse("demo/hand", registry=registry_url, top_hash=parent)
+    same.set("a/z.txt", same["data-raw.csv"])
+    same.delete("b.txt")
+    same._set_commit_message("fixed")
+    assert same.top_hash == done.top_hash

@@ -6,31 +6,61 @@ hash, then the manifest, a timestamp pointer and `latest`, in that order.
 This is the engine under package drafts: it knows registries and local files, not mounts.  Unchanged entries
 are never read or re-hashed; only the files of `Changes.files` are (hashed locally, in one pass each, and
 uploaded with S3 SHA-256 checksums by the store).
+
+A parent can have millions of entries, so it is never held in memory.  A commit takes two passes:
+
+1. the parent's manifest streams by once (`_Scan`): its top hash is checked, the changes are checked against
+   its keys, and the rows that stay are written, already serialized as quilt3 writes them and with their
+   top-hash parts, to a spill file in tree order.  Nothing is written to the registry before this pass
+   succeeded, and nothing that grows with the parent stays in memory: the changes, the rows they refer to
+   (rename sources, replaced entries whose meta stays) and the directory metadata.
+2. the new files are uploaded (or found already in place: `_already_there`), and the spill is merged with the
+   new entries, sorted the same way, into the new manifest, in a local file, while its top hash is computed.
+
+Manifests quilt3 wrote are in tree order with their directory metadata first; any other layout is read whole
+instead (`Registry.load_manifest`), which is correct but holds it in memory.
 """
 
 from __future__ import annotations
 
-import copy
+import base64
+import binascii
+import dataclasses
+import hashlib
+import io
+import logging
 import os
+import struct
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
-from quiltmount.errors import NotFound, QuiltException
+from quiltmount.errors import NotFound, QuiltException, StorageError
 from quiltmount.packages.manifest import (
-    SHA2_256_CHUNKED, Entry, Manifest, PhysicalKey, format_physical_key, logical_key_problem, make_hasher,
-    parse_physical_key, tree_order, write_manifest,
+    CHECKSUM_CHUNK_SIZE, SHA2_256_CHUNKED, DirMeta, Entry, ManifestError, PhysicalKey, checksum_chunk_size,
+    dir_meta_records, encode_record, entry_hash_part, entry_record, format_physical_key, header_hash_part,
+    header_record, iter_manifest, logical_key_problem, make_hasher, parse_physical_key, short_repr,
+    tree_order, tree_sort_key,
 )
 from quiltmount.packages.registry import LATEST, Registry, RegistryError, validate_package_name
+from quiltmount.storage.base import ObjectInfo, ObjectStore
+
+log = logging.getLogger(__name__)
 
 #: `.quilt/workflows/config.yml`: with one, quilt3 validates every push against the registry's workflows.
 WORKFLOW_CONFIG = ".quilt/workflows/config.yml"
 #: Files hashed and uploaded at once (each large one also sends its parts in parallel).
 UPLOAD_WORKERS = 8
-#: Bytes read at a time while a new file is hashed.
+#: Bytes read at a time while a new file is hashed, and buffered while a manifest is read or written.
 HASH_BUFFER = 1 << 20
+#: New files this large or larger are not sent again when their destination already holds their bytes
+#: (quilt3's `UPLOAD_ETAG_OPTIMIZATION_THRESHOLD`): below it, the HEAD would cost as much as the upload.
+REUSE_MIN_SIZE = 1024
+#: A row of the spill file: the lengths of its sort key, top-hash part and manifest line, then those bytes.
+_SPILL_ROW = struct.Struct("<III")
 
 
 class _Keep:
@@ -58,11 +88,19 @@ class NewFile:
 
 @dataclass
 class Changes:
-    """What a revision changes in its parent: files added or replaced, logical keys deleted, the `meta` of
-    unchanged entries, and the header's `user_meta` (KEEP: the parent's)."""
+    """What a revision changes in its parent: files added or replaced, logical keys deleted, entries renamed,
+    the `meta` of entries that are not new files, and the header's `user_meta` (KEEP: the parent's).
+
+    `renamed` maps a new logical key to a parent key: the new key gets that parent entry (same physical key,
+    size, hash and meta, or `entry_meta[new key]`), as `mv` of an unchanged file in a draft does.  It takes
+    nothing away: a move also lists the old key in `deleted` (quilt3's `pkg.set(new, pkg[old]);
+    pkg.delete(old)`); left out, the old key keeps its entry (a copy, or a swap where another rename writes
+    it).  A written key (a file or a rename's new key) cannot also be deleted.
+    """
 
     files: dict[str, NewFile] = field(default_factory=dict)
     deleted: set[str] = field(default_factory=set)
+    renamed: dict[str, str] = field(default_factory=dict)
     entry_meta: dict[str, Any] = field(default_factory=dict)
     user_meta: Any = KEEP
 
@@ -71,37 +109,46 @@ class Changes:
 class Committed:
     top_hash: str
     pointer: str | None  # the new timestamp pointer; None when `dedupe` found the revision already latest
-    manifest: Manifest
+    entries: int  # file entries of the new revision
+    reused: int  # new files found already in place, not sent again
 
 
 def commit_revision(registry: Registry, name: str, parent: str | None, changes: Changes, *,
                     message: str | None, workflow: Any = ..., force: bool = False, dedupe: bool = False,
-                    clock: Callable[[], float] = time.time) -> Committed:
+                    clock: Callable[[], float] = time.time, temp_dir: str | None = None) -> Committed:
     """Publish `parent` (a full top hash, or None for a new package) with `changes` as a new revision of
     `name`; `latest` moves only if it still names `parent` (unless `force`).  `workflow` as quilt3's: `...`
-    (the default workflow) or None; registries with a workflow configuration are refused for now."""
+    (the default workflow) or None; registries with a workflow configuration are refused for now.
+
+    The new manifest is assembled in `temp_dir` (default: the system's), which needs room for about twice
+    the manifest.  A commit that failed half-way can be run again: new files that already landed are not
+    sent again.
+    """
     validate_package_name(name)
     if message is not None and not isinstance(message, str):
         raise RegistryError(f"the commit message must be a string, not {type(message).__name__}")
+    _check_changes(changes)
     _check_workflows(registry, workflow)
-    base = registry.load_manifest(parent) if parent is not None else Manifest()
-    _check_changes(base, changes)
     latest = _latest(registry, name) if not force or dedupe else None
     if not force:
         _check_conflict(latest, parent)
-    new_entries = _upload(registry, name, base, changes)
-    manifest = _revision(base, changes, new_entries, message)
-    top_hash = manifest.top_hash
-    if dedupe and top_hash == latest:
-        return Committed(top_hash, None, manifest)
-    data = write_manifest(manifest)
-    if not force:  # again just before writing, as quilt3 does: the window for a lost update is the writes'
-        _check_conflict(_latest(registry, name), parent)
-    registry.store.put_object(registry.manifest_key(top_hash), data)
+    with tempfile.TemporaryDirectory(prefix="quiltmount-commit-", dir=temp_dir) as work:
+        spill_path, manifest_path = os.path.join(work, "rows"), os.path.join(work, "manifest")
+        scan = _scan_parent(registry, parent, changes, spill_path)
+        uploaded, reused = _upload(registry, name, changes, scan.rows)
+        new_entries = [*uploaded, *_renamed_entries(changes, scan.rows)]
+        header = _new_header(scan.header, changes, message)
+        top_hash, entries = _write_manifest_file(manifest_path, header, scan.kept_dir_meta(), spill_path,
+                                                 new_entries)
+        if dedupe and top_hash == latest:
+            return Committed(top_hash, None, entries, reused)
+        if not force:  # again just before writing, as quilt3 does: the window for a lost update is the writes'
+            _check_conflict(_latest(registry, name), parent)
+        registry.store.put_file(registry.manifest_key(top_hash), manifest_path)
     pointer = str(int(clock()))
     registry.set_pointer(name, pointer, top_hash)
     registry.set_pointer(name, LATEST, top_hash)
-    return Committed(top_hash, pointer, manifest)
+    return Committed(top_hash, pointer, entries, reused)
 
 
 def _check_workflows(registry: Registry, workflow: Any) -> None:
@@ -116,17 +163,23 @@ def _check_workflows(registry: Registry, workflow: Any) -> None:
                         "registry with workflows is not supported yet; push with quilt3")
 
 
-def _check_changes(base: Manifest, changes: Changes) -> None:
-    present = {entry.logical_key for entry in base.entries}
-    for logical_key in changes.files:
+def _check_changes(changes: Changes) -> None:
+    """What can be checked without the parent (its keys are checked while it streams by: `_Scan`)."""
+    for logical_key in (*changes.files, *changes.renamed):
         problem = logical_key_problem(logical_key)
         if problem:
             raise RegistryError(f"invalid logical key {logical_key!r}: {problem}")
-    for logical_key in (*changes.deleted, *changes.entry_meta):
-        if logical_key not in present:
-            raise RegistryError(f"{logical_key!r} is not in the parent revision")
-    if changes.deleted & changes.files.keys():
-        raise RegistryError("a logical key cannot be both deleted and written")
+    both = changes.files.keys() & changes.renamed.keys()
+    if both:
+        raise RegistryError(f"{min(both)!r} cannot be both a new file and a renamed entry")
+    both = changes.deleted & (changes.files.keys() | changes.renamed.keys())
+    if both:
+        raise RegistryError(f"{min(both)!r} cannot be both deleted and written")
+    metas = [*changes.entry_meta.items(),
+             *((key, new.meta) for key, new in changes.files.items() if new.meta is not KEEP)]
+    for logical_key, meta in metas:
+        if not isinstance(meta, dict):  # quilt3's entries hold a dict (their user meta under "user_meta")
+            raise RegistryError(f"the meta of {logical_key!r} must be an object, not {type(meta).__name__}")
 
 
 def _latest(registry: Registry, name: str) -> str | None:
@@ -142,51 +195,319 @@ def _check_conflict(latest: str | None, parent: str | None) -> None:
                               f"expected {parent!r}. Use force=True (Python) or --force (CLI) to overwrite.")
 
 
-def _upload(registry: Registry, name: str, base: Manifest, changes: Changes) -> dict[str, Entry]:
-    """Hash and upload every new file to `NS/NAME/<logical key>`; its entry, by logical key."""
-    old_meta = {entry.logical_key: entry.meta for entry in base.entries}
+# --------------------------------------------------------------------------------------------------------
+# Pass 1: the parent
+
+class _Unordered(Exception):
+    """The parent's manifest is not in quilt3's layout (entries in tree order, directory metadata first)."""
+
+
+_Record = dict[str, Any] | Entry | DirMeta
+
+
+class _Scan:
+    """One pass over the parent's records, entries in tree order: checks them and the changes, and spills
+    the rows that stay (see the module's docstring).
+
+    The keys of the new revision are walked in order as well (the parent's rows that stay, merged with the
+    keys the changes write), so a key that would be both a file and a directory, and the directories that
+    still hold an entry, are known before anything is uploaded.
+    """
+
+    def __init__(self, changes: Changes, spill: IO[bytes]) -> None:
+        self.changes = changes
+        self.spill = spill
+        self.written = changes.files.keys() | changes.renamed.keys()
+        self.pending = sorted((tree_sort_key(key), key) for key in self.written)  # written keys, in tree order
+        self.next_pending = 0
+        # Parent rows the changes need: rename sources, and replaced entries whose meta stays.
+        self.wanted = {*changes.renamed.values(),
+                       *(key for key, new in changes.files.items() if new.meta is KEEP)}
+        self.must_exist = {*changes.deleted, *changes.renamed.values(),
+                           *(changes.entry_meta.keys() - changes.renamed.keys())}
+        self.found: set[str] = set()
+        self.rows: dict[str, Entry] = {}
+        self.header: dict[str, Any] = {}
+        self.digest = hashlib.sha256()
+        self.dir_meta: dict[str, Any] = {}
+        self.dir_meta_paths: set[str] | None = None  # every directory a metadata line names, once entries start
+        self.holding: set[str] = set()  # directory-metadata keys of directories that hold an entry
+        self.last_directory: str | None = None
+        self.previous_row: tuple[bytes, str] | None = None  # the parent's previous entry
+        self.previous_key: tuple[bytes, str] | None = None  # the new revision's previous key
+
+    def run(self, records: Iterator[_Record]) -> str:
+        """Read every record (the header first); return the parent's computed top hash."""
+        self.header = next(records)
+        self.digest.update(header_hash_part(self.header).encode("ascii"))
+        for record in records:
+            if isinstance(record, DirMeta):
+                if self.dir_meta_paths is not None:
+                    raise _Unordered()
+                self.dir_meta[record.key] = record.meta
+            else:
+                self._parent_entry(record)
+        self._walk_written(None)
+        return self.digest.hexdigest()
+
+    def check_found(self) -> None:
+        missing = self.must_exist - self.found
+        if missing:
+            raise RegistryError(f"{min(missing)!r} is not in the parent revision")
+
+    def kept_dir_meta(self) -> dict[str, Any]:
+        return {key: meta for key, meta in self.dir_meta.items() if key in self.holding}
+
+    def _parent_entry(self, entry: Entry) -> None:
+        key = entry.logical_key
+        sort_key = tree_sort_key(key)
+        self._check_parent_order(sort_key, key)
+        part = entry_hash_part(entry)
+        self.digest.update(part.encode("ascii"))
+        if key in self.must_exist:
+            self.found.add(key)
+        if key in self.wanted:
+            self.rows[key] = entry
+        if key in self.changes.deleted or key in self.written:
+            return
+        self._walk_written(sort_key)
+        meta = self.changes.entry_meta.get(key, KEEP)
+        if meta is not KEEP:
+            entry = dataclasses.replace(entry, meta=meta)
+            part = entry_hash_part(entry)
+        self._new_key(sort_key, key)
+        self._spill(sort_key, part.encode("ascii"), encode_record(entry_record(entry)))
+
+    def _spill(self, sort_key: bytes, part: bytes, line: bytes) -> None:
+        self.spill.write(_SPILL_ROW.pack(len(sort_key), len(part), len(line)))
+        self.spill.write(sort_key + part + line)
+
+    def _check_parent_order(self, sort_key: bytes, key: str) -> None:
+        """Entries strictly in tree order, no key both a file and a directory (as `parse_manifest` checks)."""
+        if self.dir_meta_paths is None:  # the first entry: directory metadata is all read
+            self.dir_meta_paths = {path for dir_key in self.dir_meta
+                                   for path in (dir_key[:-1], *_directories(dir_key[:-1]))}
+        if key in self.dir_meta_paths:
+            raise ManifestError(f"logical key {short_repr(key)} is both a file and a directory in manifest")
+        previous = self.previous_row
+        if previous is not None:
+            if sort_key <= previous[0]:
+                if sort_key == previous[0]:
+                    raise ManifestError(f"duplicate logical key {short_repr(key)} in manifest")
+                raise _Unordered()
+            if sort_key.startswith(previous[0] + b"\0"):
+                raise ManifestError(f"logical key {short_repr(previous[1])} is both a file and a directory in "
+                                    "manifest")
+        self.previous_row = (sort_key, key)
+
+    def _walk_written(self, before: bytes | None) -> None:
+        """Walk the keys the changes write that come before the sort key `before` (all that are left for
+        None): their entries are merged in later (`_merged`), but their places are known now."""
+        pending = self.pending
+        while self.next_pending < len(pending) and (before is None or pending[self.next_pending][0] < before):
+            self._new_key(*pending[self.next_pending])
+            self.next_pending += 1
+
+    def _new_key(self, sort_key: bytes, key: str) -> None:
+        """The new revision's next key, in tree order: a file must not hold a key under it."""
+        previous = self.previous_key
+        if previous is not None and sort_key.startswith(previous[0] + b"\0"):
+            raise RegistryError(f"{key!r} cannot be in the revision: {previous[1]!r} would be both a file and "
+                                "a directory")
+        self.previous_key = (sort_key, key)
+        if self.dir_meta:
+            self._hold(key)
+
+    def _hold(self, key: str) -> None:
+        directory = key.rpartition("/")[0]
+        if directory == self.last_directory:  # keys come grouped by directory: most need nothing
+            return
+        self.last_directory = directory
+        for path in _directories(key):
+            if path + "/" in self.dir_meta:
+                self.holding.add(path + "/")
+
+
+def _directories(key: str) -> Iterator[str]:
+    """The directories holding `key`: `a/b/c` -> `a/b`, `a`."""
+    directory = key.rpartition("/")[0]
+    while directory:
+        yield directory
+        directory = directory.rpartition("/")[0]
+
+
+def _scan_parent(registry: Registry, parent: str | None, changes: Changes, spill_path: str) -> _Scan:
+    """Pass 1 over `parent` (streamed; read whole if it is not in quilt3's layout), its rows that stay spilled
+    to `spill_path`.  Raises `ManifestError` if the parent is malformed or does not hash to its name."""
+    if parent is None:
+        return _run_scan(changes, spill_path, iter([{"version": "v0"}]))
+    url = registry.manifest_url(parent)
+    try:
+        with registry.open_manifest(parent) as stream:
+            records = iter_manifest(io.BufferedReader(stream, HASH_BUFFER), max_record_size=None)
+            return _run_scan(changes, spill_path, records, parent)
+    except _Unordered:
+        log.info("manifest %s is not in tree order (or has directory metadata after its entries): reading it "
+                 "whole", url)
+    except ManifestError as exc:
+        raise ManifestError(f"{url}: {exc}") from None
+    manifest = registry.load_manifest(parent)  # checked, top hash included
+    records = iter([manifest.header, *(DirMeta(key, meta) for key, meta in manifest.dir_meta.items()),
+                    *tree_order(manifest.entries)])
+    return _run_scan(changes, spill_path, records, parent)
+
+
+def _run_scan(changes: Changes, spill_path: str, records: Iterator[_Record], parent: str | None = None) -> _Scan:
+    with open(spill_path, "wb", buffering=HASH_BUFFER) as spill:
+        scan = _Scan(changes, spill)
+        computed = scan.run(records)
+    if parent is not None and computed != parent:
+        raise ManifestError(f"content hashes to {computed}, not to its name {parent}")
+    scan.check_found()
+    return scan
+
+
+# --------------------------------------------------------------------------------------------------------
+# Uploads
+
+def _upload(registry: Registry, name: str, changes: Changes, parent_rows: dict[str, Entry],
+            ) -> tuple[list[Entry], int]:
+    """Hash every new file and upload it to `NS/NAME/<logical key>`, unless it is there already; their
+    entries, and how many were there already."""
     location = parse_physical_key(registry.url)  # s3://bucket or file:///dir
 
-    def one(logical_key: str, new: NewFile) -> Entry:
+    def one(logical_key: str, new: NewFile) -> tuple[Entry, bool]:
         size = os.path.getsize(new.path)
-        hasher = make_hasher(SHA2_256_CHUNKED, size)
-        with open(new.path, "rb") as file:
-            while chunk := file.read(HASH_BUFFER):
-                hasher.update(chunk)
+        hash_value = _hash_file(new.path, size)
         key = f"{registry.prefix}{name}/{logical_key}"
-        info = registry.store.put_file(key, new.path)
+        info = _already_there(registry.store, key, size, hash_value)
+        was_there = info is not None
+        if info is None:
+            info = registry.store.put_file(key, new.path)
         if location.scheme == "s3":
             physical = PhysicalKey("s3", location.bucket, key, info.version_id)
         else:
             physical = PhysicalKey("file", None, os.path.join(location.path, key))
-        meta = old_meta.get(logical_key, {}) if new.meta is KEEP else new.meta
-        return Entry(logical_key, format_physical_key(physical), size, SHA2_256_CHUNKED, hasher.value(),
-                     copy.deepcopy(meta))
+        if new.meta is not KEEP:
+            meta = new.meta
+        else:
+            meta = parent_rows[logical_key].meta if logical_key in parent_rows else {}
+        entry = Entry(logical_key, format_physical_key(physical), size, SHA2_256_CHUNKED, hash_value, meta)
+        return entry, was_there
 
     with ThreadPoolExecutor(UPLOAD_WORKERS, thread_name_prefix="commit") as pool:
-        futures = {key: pool.submit(one, key, new) for key, new in changes.files.items()}
-        return {key: future.result() for key, future in futures.items()}
+        futures = [pool.submit(one, key, new) for key, new in changes.files.items()]
+        results = [future.result() for future in futures]
+    reused = sum(1 for _, was_there in results if was_there)
+    if reused:
+        log.info("%d of %d new files were already in place: not sent again", reused, len(results))
+    return [entry for entry, _ in results], reused
 
 
-def _revision(base: Manifest, changes: Changes, new_entries: dict[str, Entry], message: str | None) -> Manifest:
-    """The new manifest: quilt3's header (the parent's, `user_meta` then `message` set, no `workflow`), the
-    parent's rows that stay, the new ones, in tree order; directory metadata of directories that still hold
-    an entry."""
-    header = copy.deepcopy(base.header)
+def _hash_file(path: str, size: int) -> str:
+    hasher = make_hasher(SHA2_256_CHUNKED, size)
+    with open(path, "rb") as file:
+        while chunk := file.read(HASH_BUFFER):
+            hasher.update(chunk)
+    return hasher.value()
+
+
+def _already_there(store: ObjectStore, key: str, size: int, hash_value: str) -> ObjectInfo | None:
+    """The object at `key` if it already holds the bytes hashing to `hash_value` (`sha2-256-chunked`), as
+    quilt3's `_reuse_remote_file` decides: same size and SHA-256 checksum, for files of `REUSE_MIN_SIZE` or
+    more.  Objects without a checksum are sent again (quilt3 would compare MD5 ETags; every upload of ours and
+    of quilt3's carries a checksum), and so are files of local registries, which keep none."""
+    if size < REUSE_MIN_SIZE:
+        return None
+    try:
+        info = store.head(key, checksum=True)
+    except StorageError:  # missing, or not ours to read: send it (quilt3 does too)
+        return None
+    if info.size != size or info.checksum_sha256 is None:
+        return None
+    return info if _chunked_hash_of_checksum(info.checksum_sha256, size) == hash_value else None
+
+
+def _chunked_hash_of_checksum(checksum: str, size: int) -> str | None:
+    """The `sha2-256-chunked` hash of an object of `size` bytes, from S3's SHA-256 checksum of it, read as
+    quilt3 reads it (spec 6.7): `<base64>-<parts>` of a multipart upload in quilt3's chunks is that hash; a
+    single PUT's checksum (files under one chunk) is the SHA-256 of the bytes, the hash of a single chunk once
+    hashed again.  None for an object uploaded any other way (it is then sent again)."""
+    value, dash, parts = checksum.partition("-")
+    multipart = size >= CHECKSUM_CHUNK_SIZE
+    if dash:
+        chunks = -(-size // checksum_chunk_size(size))
+        return value if multipart and parts == str(chunks) else None
+    if multipart:
+        return None
+    try:
+        digest = base64.b64decode(value, validate=True)
+    except binascii.Error:
+        return None
+    return base64.b64encode(hashlib.sha256(digest).digest()).decode("ascii")
+
+
+def _renamed_entries(changes: Changes, parent_rows: dict[str, Entry]) -> list[Entry]:
+    entries = []
+    for logical_key, source in changes.renamed.items():
+        entry = parent_rows[source]
+        entries.append(dataclasses.replace(entry, logical_key=logical_key,
+                                           meta=changes.entry_meta.get(logical_key, entry.meta)))
+    return entries
+
+
+# --------------------------------------------------------------------------------------------------------
+# Pass 2: the new manifest
+
+def _new_header(parent_header: dict[str, Any], changes: Changes, message: str | None) -> dict[str, Any]:
+    """quilt3's header: the parent's, `user_meta` then `message` set, no `workflow`."""
+    header = dict(parent_header)
     if changes.user_meta is not KEEP:
         header["user_meta"] = changes.user_meta
     header["message"] = message
     header.pop("workflow", None)
-    entries = []
-    for entry in base.entries:
-        if entry.logical_key in changes.deleted or entry.logical_key in new_entries:
-            continue
-        if entry.logical_key in changes.entry_meta:
-            entry = copy.copy(entry)
-            entry.meta = changes.entry_meta[entry.logical_key]
-        entries.append(entry)
-    entries.extend(new_entries.values())
-    directories = {key[:index + 1] for entry in entries for key in (entry.logical_key,)
-                   for index, char in enumerate(key) if char == "/"}
-    dir_meta = {path: meta for path, meta in base.dir_meta.items() if path in directories}
-    return Manifest(header, tree_order(entries), dir_meta)
+    return header
+
+
+def _write_manifest_file(path: str, header: dict[str, Any], dir_meta: dict[str, Any], spill_path: str,
+                         new_entries: list[Entry]) -> tuple[str, int]:
+    """Write the new manifest at `path`: the header, directory metadata, then the spilled rows merged with
+    `new_entries` in tree order.  Its top hash and entry count."""
+    digest = hashlib.sha256(header_hash_part(header).encode("ascii"))
+    count = 0
+    with open(path, "wb", buffering=HASH_BUFFER) as out:
+        out.write(encode_record(header_record(header)))
+        for record in dir_meta_records(dir_meta):
+            out.write(encode_record(record))
+        for part, line in _merged(_spilled_rows(spill_path), new_entries):
+            digest.update(part)
+            out.write(line)
+            count += 1
+    return digest.hexdigest(), count
+
+
+def _spilled_rows(path: str) -> Iterator[tuple[bytes, bytes, bytes]]:
+    """(sort key, top-hash part, manifest line) of every row `_Scan` spilled, in order."""
+    with open(path, "rb", buffering=HASH_BUFFER) as spill:
+        while head := spill.read(_SPILL_ROW.size):
+            key_size, part_size, line_size = _SPILL_ROW.unpack(head)
+            row = spill.read(key_size + part_size + line_size)
+            yield row[:key_size], row[key_size:key_size + part_size], row[key_size + part_size:]
+
+
+def _merged(rows: Iterable[tuple[bytes, bytes, bytes]], new_entries: list[Entry]) -> Iterator[tuple[bytes, bytes]]:
+    """(top-hash part, manifest line) of the parent's rows and the new entries, merged in tree order (no key
+    is in both: `_Scan` left out the rows the changes replace)."""
+    pending = sorted(((tree_sort_key(entry.logical_key), entry) for entry in new_entries), key=lambda item: item[0])
+    index = 0
+    for sort_key, part, line in rows:
+        while index < len(pending) and pending[index][0] < sort_key:
+            yield _new_row(pending[index][1])
+            index += 1
+        yield part, line
+    for _, entry in pending[index:]:
+        yield _new_row(entry)
+
+
+def _new_row(entry: Entry) -> tuple[bytes, bytes]:
+    return entry_hash_part(entry).encode("ascii"), encode_record(entry_record(entry))

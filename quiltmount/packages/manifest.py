@@ -28,7 +28,8 @@ __all__ = [
     "CHECKSUM_CHUNK_SIZE", "CHECKSUM_MAX_PARTS", "CRC64NVME", "DEFAULT_MAX_RECORD_SIZE", "MAX_ENTRY_SIZE", "SHA256",
     "SHA2_256_CHUNKED", "SUPPORTED_HASH_TYPES", "Crc64NvmeHasher", "DirMeta", "Entry", "EntryHasher", "Manifest",
     "ManifestError", "PhysicalKey", "PhysicalKeyError", "Sha256Hasher", "Sha2256ChunkedHasher", "checksum_chunk_size",
-    "compute_top_hash", "crc64nvme", "format_physical_key", "hash_bytes", "is_top_hash", "iter_manifest",
+    "compute_top_hash", "crc64nvme", "dir_meta_records", "encode_record", "entry_record", "format_physical_key",
+    "hash_bytes", "header_record", "is_top_hash", "iter_manifest",
     "logical_key_problem", "make_hasher", "normalize_physical_key", "parse_manifest", "parse_physical_key",
     "short_repr", "entry_hash_part", "header_hash_part", "top_hash_parts", "tree_order", "tree_sort_key",
     "write_manifest",
@@ -704,15 +705,48 @@ def _check_tree(entries: list[Entry], dir_meta: dict[str, Any]) -> None:
 _ENCODE_LINE = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode  # ", " / ": ", raw UTF-8
 
 
-def _manifest_records(manifest: Manifest) -> Iterable[dict[str, Any]]:
-    yield {key: value for key, value in manifest.header.items() if key != "top_hash"}
-    for key in sorted(manifest.dir_meta, key=_tree_key):
-        meta = manifest.dir_meta[key]
-        if meta:  # quilt3 only writes truthy directory metadata
+def header_record(header: dict[str, Any]) -> dict[str, Any]:
+    """The header line's object: the header without an obsolete `top_hash`, in insertion order."""
+    return {key: value for key, value in header.items() if key != "top_hash"}
+
+
+def dir_meta_records(dir_meta: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The directory-metadata lines' objects quilt3 writes: truthy metadata only, in tree-walk order."""
+    for key in sorted(dir_meta, key=_tree_key):
+        meta = dir_meta[key]
+        if meta:
             yield {"logical_key": key, "meta": meta}
+
+
+def entry_record(entry: Entry) -> dict[str, Any]:
+    """A file entry line's object, keys in quilt3's order."""
+    return {"logical_key": entry.logical_key, "physical_keys": [entry.physical_key], "size": entry.size,
+            "hash": entry.hash_object(), "meta": entry.meta}
+
+
+def _manifest_records(manifest: Manifest) -> Iterable[dict[str, Any]]:
+    yield header_record(manifest.header)
+    yield from dir_meta_records(manifest.dir_meta)
     for entry in tree_order(manifest.entries):
-        yield {"logical_key": entry.logical_key, "physical_keys": [entry.physical_key], "size": entry.size,
-               "hash": entry.hash_object(), "meta": entry.meta}
+        yield entry_record(entry)
+
+
+def encode_record(record: dict[str, Any], *, max_record_size: int | None = DEFAULT_MAX_RECORD_SIZE) -> bytes:
+    """One manifest line as quilt3 writes it (`Package.dump`), newline included: the serializer of every
+    record `write_manifest` writes, for writers that stream a manifest line by line.
+
+    Raises `ManifestError` for NaN/Infinity, lone surrogates, or a line over `max_record_size` bytes.
+    """
+    try:
+        line = _ENCODE_LINE(record).encode("utf-8")
+    except (ValueError, TypeError, UnicodeEncodeError) as exc:
+        raise ManifestError(f"cannot write manifest record {record.get('logical_key', 'header')!r}: {exc}") \
+            from None
+    if max_record_size is not None and len(line) > max_record_size:
+        what = "package metadata" if "logical_key" not in record else f"entry {record['logical_key']!r}"
+        raise ManifestError(f"manifest record for {what} is {len(line)} bytes, "
+                            f"but must be at most {max_record_size} bytes")
+    return line + b"\n"
 
 
 def write_manifest(manifest: Manifest, *, max_record_size: int | None = DEFAULT_MAX_RECORD_SIZE) -> bytes:
@@ -721,20 +755,8 @@ def write_manifest(manifest: Manifest, *, max_record_size: int | None = DEFAULT_
     Header first (insertion order), then truthy directory metadata and the file entries, both in tree-walk
     order.  Raises `ManifestError` for NaN/Infinity, lone surrogates, or a line over `max_record_size` bytes.
     """
-    out = bytearray()
-    for record in _manifest_records(manifest):
-        try:
-            line = _ENCODE_LINE(record).encode("utf-8")
-        except (ValueError, TypeError, UnicodeEncodeError) as exc:
-            raise ManifestError(f"cannot write manifest record {record.get('logical_key', 'header')!r}: {exc}") \
-                from None
-        if max_record_size is not None and len(line) > max_record_size:
-            what = "package metadata" if "logical_key" not in record else f"entry {record['logical_key']!r}"
-            raise ManifestError(f"manifest record for {what} is {len(line)} bytes, "
-                                f"but must be at most {max_record_size} bytes")
-        out += line
-        out += b"\n"
-    return bytes(out)
+    return b"".join(encode_record(record, max_record_size=max_record_size)
+                    for record in _manifest_records(manifest))
 
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")

@@ -22,6 +22,8 @@ class ObjectInfo:
 
     Reads are pinned to `version_id` when there is one, else to `etag`.  Package entries of unversioned
     buckets have neither: their `content_hash` (the manifest's) is their identity, checked after reading.
+    `checksum_sha256` is the SHA-256 checksum the store keeps for the object, when `head` was asked for it and
+    the store has one (S3's `ChecksumSHA256`: base64, with `-<parts>` after a multipart upload's).
     """
 
     key: str
@@ -30,6 +32,7 @@ class ObjectInfo:
     etag: str = ""
     version_id: str | None = None
     content_hash: str | None = None
+    checksum_sha256: str | None = None
 
 
 @dataclass
@@ -98,8 +101,9 @@ class ObjectStore(ABC):
         """Yield pages of the objects and child prefixes directly under `prefix` ('' or ending in '/')."""
 
     @abstractmethod
-    def head(self, key: str) -> ObjectInfo:
-        """Return the object at `key`; raise `NotFound` if there is none."""
+    def head(self, key: str, *, checksum: bool = False) -> ObjectInfo:
+        """Return the object at `key`; raise `NotFound` if there is none.  With `checksum`, its
+        `checksum_sha256` too, if the store keeps one."""
 
     @abstractmethod
     def prefix_exists(self, prefix: str) -> bool:

@@ -64,10 +64,10 @@ class CountingStore(ObjectStore):
                 return
             yield page
 
-    def head(self, key: str) -> ObjectInfo:
+    def head(self, key: str, *, checksum: bool = False) -> ObjectInfo:
         self._begin("head")
         try:
-            return self.inner.head(key)
+            return self.inner.head(key, checksum=checksum)
         finally:
             self._end()
 

@@ -69,7 +69,8 @@ class LocalStore(ObjectStore):
         if page.objects or page.prefixes:
             yield page
 
-    def head(self, key: str) -> ObjectInfo:
+    def head(self, key: str, *, checksum: bool = False) -> ObjectInfo:
+        """The file at `key`; local files have no stored checksum, so `checksum` changes nothing."""
         try:
             st = os.stat(self._path(key))
         except OSError as exc:

@@ -182,14 +182,16 @@ class S3Store(ObjectStore):
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise self._fail("list", prefix, exc) from exc
 
-    def head(self, key: str) -> ObjectInfo:
+    def head(self, key: str, *, checksum: bool = False) -> ObjectInfo:
         try:
-            response = self.client.head_object(Bucket=self.bucket, Key=key)
+            response = self.client.head_object(Bucket=self.bucket, Key=key,
+                                               **({"ChecksumMode": "ENABLED"} if checksum else {}))
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise self._fail("head", key, exc) from exc
         version = response.get("VersionId")
         return ObjectInfo(key, int(response["ContentLength"]), response["LastModified"].timestamp(),
-                          response["ETag"], None if version in (None, "null") else version)
+                          response["ETag"], None if version in (None, "null") else version,
+                          checksum_sha256=response.get("ChecksumSHA256"))
 
     def prefix_exists(self, prefix: str) -> bool:
         try:
@@ -299,8 +301,9 @@ class S3Store(ObjectStore):
         try:
             with open(path, "rb") as file:
                 data = file.read()
+            # The algorithm named as well: S3-compatible servers (moto) keep a checksum only then.
             response = self._uploads.put_object(
-                Bucket=self.bucket, Key=key, Body=data,
+                Bucket=self.bucket, Key=key, Body=data, ChecksumAlgorithm="SHA256",
                 ChecksumSHA256=base64.b64encode(hashlib.sha256(data).digest()).decode())
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise self._fail("upload", key, exc) from exc
