@@ -1,0 +1,299 @@
+"""A package draft on local disk: the revision it started from and what it changes, kept across crashes and
+remounts until it is committed or discarded.
+
+```
+<directory>/draft.json     package, registry, parent top hash, deleted and renamed logical keys, meta changes
+<directory>/staging/       the bytes of new and changed files: a `StagingArea` whose keys are logical keys
+```
+
+`draft.json` is replaced atomically and durably after every change, and a staged file's journal entry is
+written before its bytes, so a crash leaves a draft that is the last complete change (a file being written
+keeps what reached the disk, as in the bucket).  Unchanged files are not here at all: they are the parent's
+rows, read lazily from their physical keys; a draft costs nothing until something changes.
+
+The draft records logical changes only: which keys the parent has is the caller's knowledge (its tree answers
+from the parent's index), passed in as `in_parent`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from quiltmount.files import atomic_file
+from quiltmount.fs.staging import OPEN, StagedFile, StagingArea
+from quiltmount.packages.commit import KEEP, Changes, Committed, NewFile, commit_revision
+from quiltmount.packages.registry import Registry
+
+DRAFT_FILE = "draft.json"
+FORMAT = 1
+
+
+class DraftError(Exception):
+    """A draft directory that cannot be used (missing, unreadable, or of another format)."""
+
+
+@dataclass
+class _Record:
+    package: str
+    registry: str
+    parent: str | None
+    deleted: list[str] = field(default_factory=list)  # parent keys removed
+    renamed: dict[str, str] = field(default_factory=dict)  # new logical key -> the parent key it shows
+    entry_meta: dict[str, Any] = field(default_factory=dict)  # parent keys whose `meta` changed
+    file_meta: dict[str, Any] = field(default_factory=dict)  # staged keys whose `meta` was set
+    user_meta: Any = KEEP  # the header's user_meta; KEEP: the parent's
+
+    def to_json(self) -> dict[str, Any]:
+        data = {"format": FORMAT, "package": self.package, "registry": self.registry, "parent": self.parent,
+                "deleted": sorted(self.deleted), "renamed": self.renamed, "entry_meta": self.entry_meta,
+                "file_meta": self.file_meta}
+        if self.user_meta is not KEEP:
+            data["user_meta"] = self.user_meta
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> _Record:
+        if data.get("format") != FORMAT:
+            raise DraftError(f"draft format {data.get('format')!r}, expected {FORMAT}")
+        return cls(data["package"], data["registry"], data["parent"], list(data["deleted"]), dict(data["renamed"]),
+                   dict(data["entry_meta"]), dict(data["file_meta"]), data.get("user_meta", KEEP))
+
+
+class Draft:
+    """One draft of one package.  Thread-safe: a lock orders changes and their writes to `draft.json`."""
+
+    def __init__(self, directory: str, record: _Record) -> None:
+        self.directory = directory
+        self._record = record
+        self.staging = StagingArea(os.path.join(directory, "staging"))
+        self._files: dict[str, StagedFile] = {staged.key: staged for staged in self.staging.recover()}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def create(cls, directory: str, *, package: str, registry: str, parent: str | None) -> Draft:
+        """A new draft of `package` from revision `parent` (None: a new package)."""
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        if os.path.exists(os.path.join(directory, DRAFT_FILE)):
+            raise DraftError(f"{directory}: a draft is already there")
+        draft = cls(directory, _Record(package, registry, parent))
+        draft._save()
+        return draft
+
+    @classmethod
+    def open(cls, directory: str) -> Draft:
+        try:
+            with open(os.path.join(directory, DRAFT_FILE), encoding="utf-8") as file:
+                record = _Record.from_json(json.load(file))
+        except FileNotFoundError:
+            raise DraftError(f"{directory}: no draft there") from None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DraftError(f"{directory}: unreadable draft ({exc})") from None
+        return cls(directory, record)
+
+    @property
+    def package(self) -> str:
+        return self._record.package
+
+    @property
+    def registry(self) -> str:
+        return self._record.registry
+
+    @property
+    def parent(self) -> str | None:
+        return self._record.parent
+
+    def _save(self) -> None:
+        """draft.json as it is now (the caller holds the lock, or owns the draft alone)."""
+        data = json.dumps(self._record.to_json(), ensure_ascii=False).encode("utf-8")
+        with atomic_file(os.path.join(self.directory, DRAFT_FILE), durable=True) as file:
+            file.write(data)
+
+    # -- what the draft shows ------------------------------------------------------------------------------
+    def staged(self, logical_key: str) -> StagedFile | None:
+        """The new bytes of `logical_key`, if it has any."""
+        with self._lock:
+            return self._files.get(logical_key)
+
+    def source_of(self, logical_key: str) -> str | None:
+        """The parent key whose row `logical_key` shows (itself, or what was renamed to it), or None when the
+        draft hides or replaces it: the caller looks that key up in the parent."""
+        with self._lock:
+            if logical_key in self._files:
+                return None
+            if logical_key in self._record.renamed:
+                return self._record.renamed[logical_key]
+            hidden = logical_key in self._record.deleted or logical_key in self._record.renamed.values()
+            return None if hidden else logical_key
+
+    def added_keys(self) -> list[str]:
+        """Keys the parent may not have: staged files and rename targets (for listings)."""
+        with self._lock:
+            return sorted({*self._files, *self._record.renamed})
+
+    def meta(self, logical_key: str) -> Any:
+        """The entry `meta` the draft sets for `logical_key`, or KEEP."""
+        with self._lock:
+            if logical_key in self._files:
+                return self._record.file_meta.get(logical_key, KEEP)
+            return self._record.entry_meta.get(logical_key, KEEP)
+
+    @property
+    def user_meta(self) -> Any:
+        return self._record.user_meta
+
+    # -- changing it ---------------------------------------------------------------------------------------
+    def write(self, logical_key: str, *, meta_shown: Any = KEEP) -> StagedFile:
+        """A new, empty staged file for `logical_key`, replacing whatever it showed.  Its meta stays: pass
+        `meta_shown`, the meta of the row it showed, when that row is a renamed one (the caller knows the
+        parent's rows; a key's own parent row needs nothing)."""
+        staged = self.staging.create(logical_key)
+        with self._lock:
+            replaced = self._files.get(logical_key)
+            self._files[logical_key] = staged
+            source = self._record.renamed.pop(logical_key, None)
+            if source is not None and logical_key not in self._record.file_meta and meta_shown is not KEEP:
+                self._record.file_meta[logical_key] = meta_shown
+            self._save()
+        if replaced is not None:
+            self.staging.remove(replaced)
+        return staged
+
+    def remove(self, logical_key: str, *, in_parent: bool) -> None:
+        """`rm`: the key shows nothing any more."""
+        with self._lock:
+            staged = self._files.pop(logical_key, None)
+            self._record.file_meta.pop(logical_key, None)
+            self._record.renamed.pop(logical_key, None)
+            if in_parent and logical_key not in self._record.deleted:
+                self._record.deleted.append(logical_key)
+                self._record.entry_meta.pop(logical_key, None)
+            self._save()
+        if staged is not None:
+            self.staging.remove(staged)
+
+    def rename(self, old: str, new: str, *, old_in_parent: bool, new_in_parent: bool,
+               meta_shown: Any = KEEP) -> None:
+        """`mv old new`: `new` shows what `old` showed, with its meta (staged bytes move; a parent row is
+        referenced, never copied), `old` shows nothing, whatever `new` showed is gone.  `meta_shown`: the meta
+        `old` showed, which staged bytes take along (the caller knows parent rows; without it, none)."""
+        with self._lock:
+            record = self._record
+            staged = self._files.pop(old, None)
+            source = record.renamed.pop(old, None)
+            if staged is None and source is None and old_in_parent and old not in record.deleted:
+                source = old
+            if staged is not None or old in record.file_meta:
+                meta = record.file_meta.pop(old, KEEP)
+            else:
+                meta = record.entry_meta.pop(old, KEEP) if source == old else KEEP
+            for key, in_parent in ((old, old_in_parent), (new, new_in_parent)):
+                if in_parent and key not in record.deleted:
+                    record.deleted.append(key)
+                    record.entry_meta.pop(key, None)
+            replaced = self._files.pop(new, None)
+            record.renamed.pop(new, None)
+            record.file_meta.pop(new, None)
+            if staged is not None:
+                staged.key = new
+                self._files[new] = staged
+                if meta is KEEP:  # else the row `new` had in the parent would lend it its meta
+                    meta = {} if meta_shown is KEEP else meta_shown
+            elif source == new:  # moved back where it came from: its own row again
+                record.deleted.remove(new)
+                if meta is not KEEP:
+                    record.entry_meta[new] = meta
+                meta = KEEP
+            elif source is not None:
+                record.renamed[new] = source
+            if meta is not KEEP:
+                record.file_meta[new] = meta
+            self._save()
+        if staged is not None:
+            self.staging.save(staged)
+        if replaced is not None:
+            self.staging.remove(replaced)
+
+    def set_meta(self, logical_key: str, meta: Any) -> None:
+        """`setfattr -n user.quilt.meta`: the entry's whole `meta` object."""
+        with self._lock:
+            if logical_key in self._files or logical_key in self._record.renamed:
+                self._record.file_meta[logical_key] = meta
+            else:
+                self._record.entry_meta[logical_key] = meta
+            self._save()
+
+    def set_user_meta(self, user_meta: Any) -> None:
+        with self._lock:
+            self._record.user_meta = user_meta
+            self._save()
+
+    # -- committing ----------------------------------------------------------------------------------------
+    def changes(self) -> Changes:
+        """What a commit publishes: staged bytes, deletions, renames, meta."""
+        with self._lock:
+            record = self._record
+            files = {key: NewFile(self.staging.data_path(staged), record.file_meta.get(key, KEEP))
+                     for key, staged in self._files.items()}
+            renamed = {new: source for new, source in record.renamed.items()}
+            entry_meta = dict(record.entry_meta)
+            for new, source in renamed.items():
+                if new in record.file_meta:
+                    entry_meta[new] = record.file_meta[new]
+            # A parent key written again (staged bytes, or another row moved onto it) is replaced, not deleted.
+            deleted = set(record.deleted) - files.keys() - renamed.keys()
+            return Changes(files=files, deleted=deleted, renamed=renamed, entry_meta=entry_meta,
+                           user_meta=record.user_meta)
+
+    def files_open(self) -> list[str]:
+        """Logical keys of files a writer has open (or had open when a crash came): not complete yet."""
+        with self._lock:
+            return sorted(key for key, staged in self._files.items() if staged.state == OPEN)
+
+    def committed(self, top_hash: str) -> None:
+        """The draft became revision `top_hash`: it changes nothing any more, and that revision is its parent."""
+        with self._lock:
+            files = list(self._files.values())
+            self._files.clear()
+            self._record = _Record(self._record.package, self._record.registry, top_hash)
+            self._save()
+        for staged in files:
+            self.staging.remove(staged)
+
+    def summary(self) -> dict[str, Any]:
+        """For `status`: the package, the parent and the size of the change."""
+        with self._lock:
+            staged_bytes = sum(os.path.getsize(self.staging.data_path(staged)) for staged in self._files.values())
+            return {"package": self.package, "parent": self.parent, "files_written": len(self._files),
+                    "deleted": len(self._record.deleted), "renamed": len(self._record.renamed),
+                    "bytes_staged": staged_bytes}
+
+    def close(self) -> None:
+        self.staging.close()
+
+    def discard(self) -> None:
+        """`rm -r` of the draft: its staged bytes and record are gone."""
+        self.close()
+        shutil.rmtree(self.directory)
+
+
+def commit_draft(draft: Draft, registry: Registry, *, message: str | None, user_meta: Any = KEEP,
+                 workflow: Any = ..., force: bool = False, dedupe: bool = False) -> Committed:
+    """Publish `draft` as a new revision of its package (`user_meta`: replaces the header's, as `--meta`).
+    Then it is empty of changes and the new revision is its parent; after any failure it is as it was, and
+    committing again finishes the work (files that already landed are not sent again)."""
+    still_open = draft.files_open()
+    if still_open:
+        raise DraftError(f"{len(still_open)} file(s) of the draft are open for writing (e.g. {still_open[0]}): "
+                         "close them first")
+    changes = draft.changes()
+    if user_meta is not KEEP:
+        changes.user_meta = user_meta
+    done = commit_revision(registry, draft.package, draft.parent, changes, message=message, workflow=workflow,
+                           force=force, dedupe=dedupe)
+    draft.committed(done.top_hash)
+    return done
