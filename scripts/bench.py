@@ -9,6 +9,7 @@ Run (as root, with /dev/fuse and fusermount3; from the project's virtualenv)::
                                             # a 1,000-entry package, 64 MiB and 100 files written,
                                             # 100,000-entry revisions for the scale test
     python scripts/bench.py --only scale    # the revision index at 1,000,000 entries (~5-10 min)
+    python scripts/bench.py --only commit   # package commits (engine level) on a 10,000-entry revision
     python scripts/bench.py --endpoint-url http://127.0.0.1:9000   # use a running S3 server
 
 Without ``--endpoint-url`` it starts the project's moto test server (``tests/s3server.py``,
@@ -16,8 +17,8 @@ class ``S3TestServer``, with the ranged-GET fix) in a child process, so that the
 share this process's GIL with the boto3 baselines; ``--in-process-server`` runs it in this process
 instead.  AWS credentials default to moto's dummy ones (``testing``/``testing``, us-east-1).
 
-What it measures, each against a baseline taken in the same run (MB = 10^6 bytes).  Measurements 1, 3, 4
-and 9 run ``--rounds`` times (3), baseline then mount in each round; the table gives the medians (the
+What it measures, each against a baseline taken in the same run (MB = 10^6 bytes).  Measurements 1, 3, 4,
+9 and 13 run ``--rounds`` times (3), baseline then mount in each round; the table gives the medians (the
 ratio is the median of the rounds' ratios) and the JSON every round:
 
 1. cold sequential read of the big object through a fresh mount (1 MiB reads) vs boto3
@@ -67,7 +68,22 @@ ratio is the median of the rounds' ratios) and the JSON every round:
     cold in this mount): the daemon's peak RSS over the whole mount and its RSS at the end; (e) index and
     manifest sizes.  For 12 the baseline column is not measured in the run: it is the figure measured on
     main before the revision index (issue 13), when every fresh mount parsed the whole manifest into memory
-    (1,000,000 and 100,000 entries only).
+    (1,000,000 and 100,000 entries only);
+13. package commits (issue 15), at the engine level for now: there is no mount of drafts yet, so a ``Draft``
+    (``fs/draft.py``) is made on the revision, the file staged in it as ``cp`` into a draft will stage it, and
+    ``commit_draft`` timed until ``latest`` names the new revision (``--commit-entries``, 10,000; 1,000 with
+    ``--quick``; 0 skips it; ``--only commit``).  The parent: that many files of 1 KiB of random bytes, put
+    once where ``quilt3 push`` puts them (``bench/commit/<logical key>``, the keys of 12.), and a manifest
+    listing them written with quiltmount's writer.  ``--rounds`` times: (a) ``quilt3`` ``Package.browse`` of
+    ``latest``, ``set`` of one file to 1 KiB of new bytes and ``push`` to the same registry (one boto3
+    session for all its operations, as the tests run it), then the same change committed by the engine on
+    the revision quilt3 just wrote: the engine's time (target <= 2 s), its requests by kind (``CountingStore``:
+    the PUTs must be the file + the manifest, the timestamp pointer and ``latest``) and every S3 call either
+    made (botocore events: none may read the parent's files); then ``--rounds`` times: (b) ``upload_file``
+    (default ``TransferConfig``; then again with ``ChecksumAlgorithm=SHA256``) of ``--write-mib`` (256) MiB of
+    new random bytes staged in a draft of the current revision, then the commit of that draft, which adds
+    them as one file in the first round and replaces it in the others (target ratio >= 0.8).  At the end
+    quilt3 browses the last revision; the package, its files and manifests are deleted.
 
 "Durable" in 9-11 is when ``quiltmount umount`` returns: it unmounts, then waits for the daemon to
 finish every pending upload and exit, and fails if one did not land.  The time runs from the start of
@@ -107,12 +123,14 @@ import threading
 import time
 import traceback
 import zlib
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from unittest import mock
 
 import boto3
 from boto3.s3.transfer import TransferConfig
@@ -120,7 +138,12 @@ from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
 
 from quiltmount import state as qm_state
+from quiltmount.fs.draft import Draft, commit_draft
+from quiltmount.fs.staging import CLOSED
 from quiltmount.packages import manifest as mf
+from quiltmount.packages.registry import Registry
+from quiltmount.storage.counting import CountingStore
+from quiltmount.storage.s3 import S3Store
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS_DIR = REPO / "tests"
@@ -163,6 +186,10 @@ SCALE_OBJECTS = 16  # the small objects the scale entries point at (only a few a
 SCALE_CHECK_ENTRIES = 2000  # the streamed manifest writer is checked against Manifest.top_hash at this size
 SCALE_DEEP_STATS = 5  # deep paths stat'ed on a fresh mount, each in a directory never listed
 SCALE_RSS_TARGET = 250 * MiB
+COMMIT_PACKAGE = "bench/commit"  # 13.: a revision of --commit-entries files, and the drafts committed on it
+COMMIT_BIG_KEY = "new/big.bin"  # 13.: the logical key of the --write-mib MiB file committed each round
+COMMIT_WRITES = 3  # what a commit writes besides its files: the manifest, a timestamp pointer, `latest`
+COMMIT_SMALL_SECONDS = 2.0  # issue 15: one changed 1 KiB file in a draft of a 10,000-entry revision
 #: measured on main before the revision index (issue 13): entries -> first `ls` of the revision (the daemon
 #: downloaded and parsed the whole manifest on every fresh mount), daemon RSS after browsing it, its peak RSS,
 #: `find -L` of the revision.
@@ -1718,6 +1745,300 @@ def measure_scale(bench: Bench) -> list[Result]:
     ]
 
 
+# --------------------------------------------------------------------------------------------------
+# 13. Package commits (the engine: no mount of drafts yet)
+# --------------------------------------------------------------------------------------------------
+
+
+class RequestLog:
+    """Every S3 call the clients of one boto3 session make (botocore events): operation, key, start, seconds.
+
+    A call is logged when it starts (a failed one counts too); its `seconds` once its response is parsed.
+    """
+
+    def __init__(self, session: boto3.Session) -> None:
+        self.calls: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        session.events.register("before-parameter-build.s3", self._started)
+        session.events.register("after-call.s3", self._ended)
+
+    def _started(self, params: dict[str, Any], model: Any, context: dict[str, Any], **_: Any) -> None:
+        call = {"op": model.name, "key": params.get("Key"), "start": time.perf_counter(), "seconds": None}
+        context["bench_call"] = call
+        with self._lock:
+            self.calls.append(call)
+
+    @staticmethod
+    def _ended(context: dict[str, Any], **_: Any) -> None:
+        call = context.get("bench_call")
+        if call is not None:
+            call["seconds"] = time.perf_counter() - call["start"]
+
+    def mark(self) -> int:
+        with self._lock:
+            return len(self.calls)
+
+    def since(self, mark: int, started: float) -> list[dict[str, Any]]:
+        """The calls logged after `mark`: operation, key, start and duration in ms (start from `started`)."""
+        with self._lock:
+            calls = self.calls[mark:]
+        return [{"op": call["op"], "key": call["key"], "at_ms": round((call["start"] - started) * 1000, 1),
+                 "ms": round(call["seconds"] * 1000, 1) if call["seconds"] is not None else None}
+                for call in calls]
+
+
+def operation_counts(calls: list[dict[str, Any]]) -> dict[str, int]:
+    return dict(sorted(Counter(call["op"] for call in calls).items()))
+
+
+def parent_file_calls(calls: list[dict[str, Any]], changed_key: str) -> list[dict[str, Any]]:
+    """The calls on the package's files but the changed file's upload and reuse check: any GET, any other key."""
+    return [call for call in calls if (call["key"] or "").startswith(f"{COMMIT_PACKAGE}/")
+            and (call["op"] == "GetObject" or call["key"] != changed_key)]
+
+
+def prepare_commit_package(bench: Bench) -> dict[str, Any]:
+    """The parent revision of 13.: --commit-entries files of 1 KiB of random bytes, put once where quilt3 push
+    puts a package's files (COMMIT_PACKAGE/<logical key>, the logical keys of the scale revisions), and a
+    manifest listing them written with quiltmount's writer (`put_package`: manifest, timestamp, latest)."""
+    keys = [scale_logical_key(index) for index in range(bench.args.commit_entries)]
+    bodies = [os.urandom(SMALL_FILE_SIZE) for _ in keys]
+    client = make_client(bench.endpoint, pool=UPLOAD_THREADS)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(UPLOAD_THREADS) as pool:
+        list(pool.map(lambda key, body: client.put_object(Bucket=bench.bucket, Key=f"{COMMIT_PACKAGE}/{key}",
+                                                          Body=body), keys, bodies))
+    upload_s = time.perf_counter() - started
+    entries = [mf.Entry(key, s3_physical_key(bench.bucket, f"{COMMIT_PACKAGE}/{key}", None), len(body),
+                        mf.SHA2_256_CHUNKED, mf.hash_bytes(mf.SHA2_256_CHUNKED, body))
+               for key, body in zip(keys, bodies)]
+    top_hash, manifest_bytes = put_package(bench.s3, bench.bucket, COMMIT_PACKAGE, entries)
+    return {"entries": len(entries), "top_hash": top_hash, "manifest_bytes": manifest_bytes,
+            "files_put_seconds": upload_s}
+
+
+def delete_commit_package(bench: Bench, top_hashes: Iterable[str]) -> int:
+    """Delete what 13. wrote: the package's files, its pointers and the manifests of `top_hashes`."""
+    deleted = delete_prefix(bench.s3, bench.bucket, f"{COMMIT_PACKAGE}/")
+    deleted += delete_prefix(bench.s3, bench.bucket, f".quilt/named_packages/{COMMIT_PACKAGE}/")
+    for top_hash in set(top_hashes):
+        bench.s3.delete_object(Bucket=bench.bucket, Key=f".quilt/packages/{top_hash}")
+        deleted += 1
+    return deleted
+
+
+@contextlib.contextmanager
+def quilt3_on(bench: Bench, session: boto3.Session) -> Iterator[ModuleType]:
+    """quilt3 talking to the bench's server through `session`, its config and caches in the run's directory.
+
+    As tests/test_registry.py's `_patch_quilt3` runs it: AWS_ENDPOINT_URL, and one boto3 session for all its
+    operations (quilt3 makes a new one for each, ~0.2 s of loading botocore's models each time): a faster
+    baseline than quilt3 out of the box, whose calls `RequestLog` sees.
+    """
+    home = os.path.join(bench.workdir, "quilt3")
+    settings = {"XDG_DATA_HOME": os.path.join(home, "data"), "XDG_CACHE_HOME": os.path.join(home, "cache"),
+                "AWS_ENDPOINT_URL": bench.endpoint, "QUILT_DISABLE_USAGE_METRICS": "true",
+                "QUILT_MINIMIZE_STDOUT": "true"}
+    with mock.patch.dict(os.environ, settings):
+        import quilt3  # its directories are fixed when it is first imported
+        from quilt3 import data_transfer
+
+        with mock.patch.object(data_transfer.S3ClientProvider, "get_boto_session", lambda self: session):
+            yield quilt3
+
+
+@contextlib.contextmanager
+def draft_on(bench: Bench, parent: str) -> Iterator[Draft]:
+    """A new draft of COMMIT_PACKAGE on revision `parent`, in the run's directory; discarded afterwards."""
+    draft = Draft.create(tempfile.mkdtemp(prefix="draft-", dir=bench.workdir), package=COMMIT_PACKAGE,
+                         registry=f"s3://{bench.bucket}", parent=parent)
+    try:
+        yield draft
+    finally:
+        draft.discard()
+
+
+def stage_file(draft: Draft, logical_key: str, fill: Callable[[str], object]) -> str:
+    """What `cp` into a draft will do: stage `logical_key`, `fill` its file, close it.  The file's path."""
+    staged = draft.write(logical_key)
+    path = draft.staging.data_path(staged)
+    fill(path)
+    draft.staging.set_state(staged, CLOSED)
+    return path
+
+
+def timed_commit(bench: Bench, store: CountingStore, registry: Registry, log: RequestLog, draft: Draft,
+                 message: str) -> dict[str, Any]:
+    """`commit_draft` of `draft`, timed: its requests by kind (the store's count) and every S3 call."""
+    before, mark = store.snapshot()["totals"], log.mark()
+    with cpu_meter(bench.cpu_pids()) as cpu:
+        started = time.perf_counter()
+        done = commit_draft(draft, registry, message=message)
+        seconds = time.perf_counter() - started
+    after = store.snapshot()["totals"]
+    calls = log.since(mark, started)
+    return {"seconds": seconds, "top_hash": done.top_hash, "entries": done.entries, "reused": done.reused,
+            "cpu_seconds": cpu,
+            "requests": {op: after.get(op, 0) - before.get(op, 0) for op in sorted(after.keys() | before.keys())},
+            "operations": operation_counts(calls), "calls": calls}
+
+
+def timed_quilt3_push(bench: Bench, quilt3: ModuleType, log: RequestLog, logical_key: str, path: str,
+                      message: str) -> dict[str, Any]:
+    """quilt3's way to the same change: `Package.browse` of latest, `set` of the file, `push`, timed."""
+    registry = f"s3://{bench.bucket}"
+    mark = log.mark()
+    with cpu_meter(bench.cpu_pids()) as cpu, contextlib.redirect_stdout(io.StringIO()):
+        started = time.perf_counter()
+        package = quilt3.Package.browse(COMMIT_PACKAGE, registry=registry)
+        browse_s = time.perf_counter() - started
+        package.set(logical_key, path)
+        pushed = package.push(COMMIT_PACKAGE, registry=registry, message=message)
+        seconds = time.perf_counter() - started
+    calls = log.since(mark, started)
+    return {"seconds": seconds, "browse_seconds": browse_s, "top_hash": pushed.top_hash, "cpu_seconds": cpu,
+            "operations": operation_counts(calls), "calls": calls}
+
+
+def measure_commit(bench: Bench) -> list[Result]:
+    """13. package commits at the engine level (no mount yet): one changed 1 KiB file in a draft of a
+    --commit-entries revision vs quilt3 browse + set + push of the same change; --write-mib MiB of new data
+    vs upload_file of the same bytes (each round, baseline first)."""
+    count, size = bench.args.commit_entries, bench.args.write_mib * MiB
+    changed = scale_logical_key(count // 2)
+    changed_key, big_key = f"{COMMIT_PACKAGE}/{changed}", f"{COMMIT_PACKAGE}/{COMMIT_BIG_KEY}"
+    direct_key = f"{WRITE_PREFIX}commit-upload_file-{size // MiB}.bin"
+    label = f"commit, engine (no mount yet), {count:,}-entry revision:"
+    engine_session, quilt3_session = boto3.Session(), boto3.Session()
+    engine_log, quilt3_log = RequestLog(engine_session), RequestLog(quilt3_session)
+    store = CountingStore(S3Store(bench.bucket, endpoint_url=bench.endpoint, session=engine_session))
+    registry = Registry(store, f"s3://{bench.bucket}")
+    top_hashes: list[str] = []
+    small_rounds, big_rounds, sha256_rounds = [], [], []
+    small_details: list[dict[str, Any]] = []
+    big_details: list[dict[str, Any]] = []
+
+    def say(text: str) -> None:
+        print(f"  {text}", flush=True)
+
+    def check_latest(top_hash: str, what: str) -> None:
+        latest = bench.s3.get_object(Bucket=bench.bucket, Key=f".quilt/named_packages/{COMMIT_PACKAGE}/latest")
+        if latest["Body"].read().decode("ascii") != top_hash:
+            raise RuntimeError(f"after {what}, latest of {COMMIT_PACKAGE} does not name {top_hash}")
+
+    try:
+        delete_commit_package(bench, [])  # a persistent --endpoint-url server: start clean
+        delete_prefix(bench.s3, bench.bucket, WRITE_PREFIX)
+        say(f"writing {COMMIT_PACKAGE} ({count} files of 1 KiB, put once, and its manifest) ...")
+        info = prepare_commit_package(bench)
+        top_hashes.append(info["top_hash"])
+        with quilt3_on(bench, quilt3_session) as quilt3:
+            for number in range(1, bench.args.rounds + 1):
+                # (a) quilt3's push of one changed file, then the engine's commit of one, on quilt3's revision.
+                source = os.path.join(bench.workdir, "commit-change.bin")
+                Path(source).write_bytes(os.urandom(SMALL_FILE_SIZE))
+                baseline = timed_quilt3_push(bench, quilt3, quilt3_log, changed, source,
+                                             f"bench round {number}: quilt3 push")
+                top_hashes.append(baseline["top_hash"])
+                check_latest(baseline["top_hash"], "quilt3's push")
+                data = os.urandom(SMALL_FILE_SIZE)
+                with draft_on(bench, baseline["top_hash"]) as draft:
+                    stage_file(draft, changed, lambda path: Path(path).write_bytes(data))
+                    figures = timed_commit(bench, store, registry, engine_log, draft,
+                                           f"bench round {number}: engine commit")
+                top_hashes.append(figures["top_hash"])
+                check_latest(figures["top_hash"], "the commit")
+                if figures["entries"] != count:
+                    raise RuntimeError(f"the commit wrote {figures['entries']} entries, expected {count}")
+                if bench.s3.get_object(Bucket=bench.bucket, Key=changed_key)["Body"].read() != data:
+                    raise RuntimeError(f"s3://{bench.bucket}/{changed_key} does not hold the committed bytes")
+                figures["parent_file_calls"] = parent_file_calls(figures["calls"], changed_key)
+                baseline["parent_file_calls"] = parent_file_calls(baseline["calls"], changed_key)
+                small_rounds.append((figures["seconds"], baseline["seconds"]))
+                small_details.append({"engine": figures, "quilt3": baseline})
+                say(f"round {number}: 1 KiB change: engine {figures['seconds']:.2f} s, requests "
+                    f"{figures['requests']}; quilt3 browse + set + push {baseline['seconds']:.2f} s (browse "
+                    f"{baseline['browse_seconds']:.2f} s), calls {baseline['operations']}")
+
+            # (b) new data: upload_file of the staged bytes, then the commit of the draft holding them (the
+            # first adds COMMIT_BIG_KEY, the others replace it: (a)'s parents are of --commit-entries entries).
+            for number in range(1, bench.args.rounds + 1):
+                with draft_on(bench, top_hashes[-1]) as draft:
+                    path = stage_file(draft, COMMIT_BIG_KEY, lambda path: write_random_file(path, size))
+                    with cpu_meter(bench.cpu_pids()) as direct_cpu:
+                        started = time.perf_counter()
+                        bench.s3.upload_file(path, bench.bucket, direct_key, Config=TransferConfig())
+                        direct_s = time.perf_counter() - started
+                    delete_prefix(bench.s3, bench.bucket, WRITE_PREFIX)
+                    started = time.perf_counter()
+                    bench.s3.upload_file(path, bench.bucket, direct_key, Config=TransferConfig(),
+                                         ExtraArgs={"ChecksumAlgorithm": "SHA256"})
+                    sha256_s = time.perf_counter() - started
+                    delete_prefix(bench.s3, bench.bucket, WRITE_PREFIX)
+                    big = timed_commit(bench, store, registry, engine_log, draft,
+                                       f"bench round {number}: engine commit of {size // MiB} MiB")
+                top_hashes.append(big["top_hash"])
+                check_latest(big["top_hash"], f"the commit of {size // MiB} MiB")
+                stored = bench.s3.head_object(Bucket=bench.bucket, Key=big_key)["ContentLength"]
+                if stored != size or big["entries"] != count + 1:
+                    raise RuntimeError(f"the commit of {size // MiB} MiB left {stored} bytes at {big_key} and "
+                                       f"{big['entries']} entries, expected {size} and {count + 1}")
+                del big["calls"]  # one per part: the operations say enough
+                big_rounds.append((size / MB / big["seconds"], size / MB / direct_s))
+                sha256_rounds.append((size / MB / big["seconds"], size / MB / sha256_s))
+                big_details.append({**big, "baseline_seconds": direct_s, "baseline_cpu_seconds": direct_cpu,
+                                    "baseline_sha256_seconds": sha256_s})
+                say(f"round {number}: {size // MiB} MiB new: engine {big['seconds']:.2f} s "
+                    f"({size / MB / big['seconds']:.0f} MB/s), upload_file {direct_s:.2f} s, with SHA-256 "
+                    f"{sha256_s:.2f} s; requests {big['requests']}")
+
+            # quilt3 reads the last revision the engine wrote, and agrees on its top hash.
+            last = big_details[-1]["top_hash"]
+            package = quilt3.Package.browse(COMMIT_PACKAGE, registry=f"s3://{bench.bucket}", top_hash=last)
+            quilt3_check = {"top_hash": package.top_hash, "entries": len(list(package.walk())),
+                            "big_size": package[COMMIT_BIG_KEY].size, "quilt3": quilt3.__version__}
+            if (quilt3_check["top_hash"], quilt3_check["entries"], quilt3_check["big_size"]) != (last, count + 1, size):
+                raise RuntimeError(f"quilt3 reads revision {last} differently: {quilt3_check}")
+    finally:
+        store.close()
+        delete_prefix(bench.s3, bench.bucket, WRITE_PREFIX)
+        delete_commit_package(bench, top_hashes)
+
+    engine = [entry["engine"] for entry in small_details]
+    pushes = [entry["quilt3"] for entry in small_details]
+    kinds = {kind: max(entry["requests"].get(kind, 0) for entry in engine) for kind in ("put", "get", "head", "list")}
+    common = {"entries": count, "parent": info, "changed_key": changed, "quilt3_check": quilt3_check,
+              "engine": "Draft.create on latest, the file staged (draft.write, bytes, CLOSED), commit_draft timed",
+              "baseline": f"quilt3 {quilt3_check['quilt3']} Package.browse(latest) + set + push, one boto3 session"}
+    return [
+        Result.of_rounds(f"{label} 1 changed 1 KiB file until latest (baseline: quilt3 browse + set + push)",
+                         "s", small_rounds, Target("value", "<=", COMMIT_SMALL_SECONDS),
+                         {**common, "rounds": small_details}),
+        Result(f"{label} PUTs of that commit: the file + {COMMIT_WRITES} (manifest, timestamp, latest)", "requests",
+               float(max(entry["requests"].get("put", 0) for entry in engine)),
+               float(max(entry["operations"].get("PutObject", 0) for entry in pushes)),
+               Target("value", "==", 1 + COMMIT_WRITES),
+               {"rounds": [entry["requests"] for entry in engine], "note": "most in a round; baseline: quilt3's"}),
+        Result(f"{label} S3 requests of that commit: {kinds['put']} PUT, {kinds['get']} GET, {kinds['head']} HEAD, "
+               f"{kinds['list']} LIST", "requests", float(max(sum(entry["requests"].values()) for entry in engine)),
+               float(max(len(entry["calls"]) for entry in pushes)), None,
+               {"rounds_engine": [entry["operations"] for entry in engine],
+                "rounds_quilt3": [entry["operations"] for entry in pushes]}),
+        Result(f"{label} requests for the parent's files during that commit", "requests",
+               float(max(len(entry["parent_file_calls"]) for entry in engine)),
+               float(max(len(entry["parent_file_calls"]) for entry in pushes)), Target("value", "==", 0),
+               {"rule": "a GET of any file of the package, or any call on another file than the changed one",
+                "baseline": "quilt3's"}),
+        Result.of_rounds(f"{label} {size // MiB} MiB of new data until latest (vs upload_file)", "MB/s", big_rounds,
+                         Target("ratio", ">=", 0.8),
+                         {"bytes": size, "baseline": "boto3 upload_file, default TransferConfig",
+                          "rounds": big_details}),
+        Result.of_rounds(f"{label} {size // MiB} MiB of new data vs upload_file with SHA-256", "MB/s",
+                         sha256_rounds, None,
+                         {"baseline": "boto3 upload_file, ChecksumAlgorithm SHA256 (the engine's checksum)"}),
+    ]
+
+
 def rss_result(bench: Bench) -> Result:
     """8. peak daemon RSS over the whole run vs the memory-cache budget."""
     budget = parse_size(bench.args.memory_cache_size)
@@ -1799,7 +2120,7 @@ STEPS: dict[str, tuple[str, Callable[[Bench], Result | list[Result]]]] = {
     "package-listing": ("package find/du", measure_package_listing),
     "package-read": ("package entry read", measure_package_read),
     "cp": ("cp into a mount", measure_cp_write), "small-writes": ("small-file writes", measure_small_writes)}
-STEP_NAMES = (*STEPS, "write-rss", "scale")
+STEP_NAMES = (*STEPS, "write-rss", "scale", "commit")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -1816,7 +2137,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="entries of the package for find/du (default 10000, 1000 with --quick)")
     parser.add_argument("--memory-cache-size", default="512M", help="passed to quiltmount mount")
     parser.add_argument("--write-mib", type=int,
-                        help="size of the file copied into a mount vs upload_file (default 256, 64 with --quick)")
+                        help="size of the file copied into a mount, and of the new data committed (13.), vs "
+                             "upload_file (default 256, 64 with --quick)")
     parser.add_argument("--write-files", type=int,
                         help="number of 1 KiB files written into a mount vs put_object (default 500, 100 with --quick)")
     parser.add_argument("--rss-write-mib", type=int,
@@ -1827,6 +2149,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scale-entries", type=int,
                         help="entries of each of the 3 revisions of the index scale test (default 1000000, "
                              "100000 with --quick; 0 skips it)")
+    parser.add_argument("--commit-entries", type=int,
+                        help="entries of the revision the commit measurement changes (default 10000, 1000 with "
+                             "--quick; 0 skips it)")
     parser.add_argument("--json-out", default="bench-results.json")
     parser.add_argument("--phase-timeout", type=float, default=600.0,
                         help="seconds before a hung measurement's daemon is killed")
@@ -1837,7 +2162,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="run only these measurements: " + ", ".join(STEP_NAMES))
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 64 MiB, 500 small files, 50 preads, 1,000 package entries, "
-                             "a 64 MiB cp and 100 small writes, no write RSS check, 100,000-entry scale test")
+                             "a 64 MiB cp and 100 small writes, no write RSS check, 100,000-entry scale test, "
+                             "commits on a 1,000-entry revision")
     args = parser.parse_args(argv)
     quick = args.quick
     args.size_mib = args.size_mib or (64 if quick else 512)
@@ -1851,6 +2177,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.rss_write_mib = 0 if quick else 2048
     if args.scale_entries is None:
         args.scale_entries = 100_000 if quick else 1_000_000
+    if args.commit_entries is None:
+        args.commit_entries = 1000 if quick else 10_000
     args.only = args.only.split(",") if args.only else list(STEP_NAMES)
     unknown = sorted(set(args.only) - set(STEP_NAMES))
     if unknown:
@@ -1877,6 +2205,8 @@ def main(argv: list[str] | None = None) -> int:
             steps.append((f"daemon RSS during a {args.rss_write_mib} MiB cp", measure_write_rss))
         if args.scale_entries and "scale" in args.only:
             steps.append((f"revision index at scale ({args.scale_entries} entries)", measure_scale))
+        if args.commit_entries and "commit" in args.only:
+            steps.append((f"package commits, engine ({args.commit_entries}-entry revision)", measure_commit))
         for label, step in steps:
             print(f"measuring {label} ...", flush=True)
             try:
