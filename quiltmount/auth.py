@@ -183,7 +183,7 @@ def login_with_token(refresh_token: str) -> None:
     """Exchange `refresh_token`, store the tokens in auth.json and the stack's AWS credentials."""
     with _lock:
         auth = update_auth(refresh_token)
-        url = catalog.registry_url()
+        url = _registry_url_or_none()  # the key quilt3 uses: registryUrl exactly as configured
         contents = load_auth()
         contents[url] = auth
         save_auth(contents)

@@ -210,6 +210,18 @@ def test_login_with_token_shared_with_quilt3(stack):
         f"Bearer {q3s._load_auth()[stack.url]['access_token']}"
 
 
+def test_tokens_are_kept_under_registry_url_as_configured(stack):
+    """quilt3 keys auth.json by registryUrl exactly as configured: a trailing `/` included."""
+    import quilt3.session as q3s
+
+    qconfig.config(stack.url)
+    qconfig.config(registryUrl=stack.url + "/")
+    auth.login_with_token(stack.issue_refresh_token())
+    assert list(auth.load_auth()) == [stack.url + "/"]
+    assert auth.logged_in() == q3s.logged_in() == stack.url  # (navigator_url)
+    assert auth.current_token() == q3s._load_auth()[stack.url + "/"]["access_token"]
+
+
 def test_logout_when_logged_out(clean, capsys):
     auth.logout()
     assert capsys.readouterr().out == "Already logged out.\n"
