@@ -7,8 +7,11 @@ of quilt3's config, as in quilt3.
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from quiltmount import api_keys  # noqa: F401  (quilt3.api_keys)
 from quiltmount.auth import (  # noqa: F401
@@ -17,6 +20,7 @@ from quiltmount.auth import (  # noqa: F401
 from quiltmount.bucket import Bucket  # noqa: F401
 from quiltmount.errors import QuiltException  # noqa: F401
 from quiltmount.quiltconfig import config, default_local_registry  # noqa: F401
+from quiltmount.packages.commit import COMMIT_RESULT_XATTR, COMMIT_XATTR
 from quiltmount.packages.index import index_name, open_or_build
 from quiltmount.packages.registry import Registry, registry_from_url
 from quiltmount.paths import index_dir, make_private_dir
@@ -62,3 +66,40 @@ def index_package(name: str, registry: str | None = None, top_hash: str | None =
                 "disk_bytes": index.disk_bytes}
     finally:
         index.close()
+
+
+def commit_draft(path: str, message: str | None = None, *, meta: Any = ..., workflow: Any = ...,
+                 force: bool = False, dedupe: bool = False) -> dict[str, Any]:
+    """Commit the package draft at `path` (`MOUNT/.packages/NS/NAME/draft`) as a new revision, in the daemon of
+    the mount that holds it.  `meta` replaces the header's user_meta (default: the draft's); `workflow`,
+    `force` and `dedupe` as `quilt3 push`.  Returns the outcome (`package`, `top_hash`, `pointer`: None when
+    `dedupe` found it already latest, `entries`); raises `QuiltException` with the reason in one line."""
+    not_a_draft = QuiltException(f"{path}: not the draft of a package in a quiltmount mount "
+                                 "(MOUNT/.packages/NS/NAME/draft)")
+    parts = os.path.normpath(os.path.abspath(path)).split(os.sep)
+    if len(parts) < 4 or parts[-1] != "draft" or parts[-4] != ".packages":
+        raise not_a_draft
+    try:
+        os.getxattr(path, "user.quilt.parent")  # only a mount's drafts have it
+    except OSError:
+        raise not_a_draft from None
+    options: dict[str, Any] = {"message": message, "force": force, "dedupe": dedupe}
+    if meta is not ...:
+        options["meta"] = meta
+    if workflow is not ...:
+        options["workflow"] = workflow
+    try:
+        os.setxattr(path, COMMIT_XATTR, json.dumps(options).encode("utf-8"))
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.ENOENT, errno.ENOTDIR, errno.EROFS):
+            raise not_a_draft from None
+        reason = _commit_result(path).get("error")
+        raise QuiltException(reason or f"{path}: {os.strerror(exc.errno or errno.EIO)}") from None
+    return _commit_result(path)
+
+
+def _commit_result(path: str) -> dict[str, Any]:
+    try:
+        return json.loads(os.getxattr(path, COMMIT_RESULT_XATTR))
+    except (OSError, ValueError):
+        return {}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+from typing import Any
 
 from quiltmount.units import parse_size, parse_ttl
 
@@ -57,3 +59,10 @@ def id_number(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"invalid id {text!r}: must be >= 0")
     return value
+
+
+def json_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None

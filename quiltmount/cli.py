@@ -107,6 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--registry", help="registry (default: quilt3's default_local_registry)")
     index.add_argument("--json", action="store_true", help="machine-readable output")
     index.set_defaults(handler=cmd_packages_index)
+    commit = package_verbs.add_parser("commit", help="publish a package draft of a mount as a new revision")
+    commit.add_argument("path", metavar="DRAFT", help="MOUNT/.packages/NS/NAME/draft")
+    commit.add_argument("-m", "--message", help="the revision's message")
+    commit.add_argument("--meta", type=argtypes.json_value, help="replace the package metadata (JSON)")
+    commit.add_argument("--workflow", help="workflow ID (registries with workflows are not supported yet)")
+    commit.add_argument("--force", action="store_true", help="move latest even if it changed since the draft's "
+                                                              "parent")
+    commit.add_argument("--dedupe", action="store_true", help="skip the commit if it equals latest")
+    commit.add_argument("--json", action="store_true", help="machine-readable output")
+    commit.set_defaults(handler=cmd_packages_commit)
 
     status = commands.add_parser("status", help="show live mounts")
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -257,6 +267,22 @@ def cmd_packages_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_packages_commit(args: argparse.Namespace) -> int:
+    from quiltmount.api import commit_draft
+
+    options = {} if args.meta is None else {"meta": args.meta}
+    if args.workflow is not None:
+        options["workflow"] = args.workflow
+    result = commit_draft(args.path, args.message, force=args.force, dedupe=args.dedupe, **options)
+    if args.json:
+        print(json.dumps(result))
+    elif result["pointer"] is None:
+        print(f"{result['package']}@{result['top_hash'][:7]} is already latest: nothing committed (--dedupe)")
+    else:
+        print(f"{result['package']}@{result['top_hash'][:7]} committed as {result['pointer']}")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     records = state.live_records()
     if args.json:
@@ -284,6 +310,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         for index in record.get("indexes", []):
             print(f"  index:     {index['top_hash'][:12]} {index['entries']} entries, "
                   f"{format_size(index['disk_bytes'])} ({index['path']})")
+        for draft in record.get("drafts", []):
+            print(f"  draft:     {draft['package']} from {(draft['parent'] or 'nothing')[:12]}: "
+                  f"{draft['files_written']} written, {draft['deleted']} deleted, {draft['renamed']} renamed, "
+                  f"{format_size(draft['bytes_staged'])} staged")
     return 0
 
 

@@ -99,10 +99,13 @@ def test_revisions_are_read_only(pushed, mount):
     mnt = mount(f"s3://{bucket}")
     latest = mnt / ".packages/demo/pkg/latest"
     for action in (lambda: (latest / "README.md").write_bytes(b"x"), lambda: (latest / "README.md").unlink(),
-                   lambda: (latest / "new").mkdir(), lambda: (mnt / ".packages/demo/x").mkdir()):
+                   lambda: (latest / "new").mkdir(), lambda: (mnt / ".packages/demo/pkg/x").mkdir()):
         with pytest.raises(OSError) as failure:
             action()
         assert failure.value.errno == errno.EROFS
+    (mnt / ".packages/demo/x").mkdir()  # room for a new package (its draft): gone again with rmdir
+    (mnt / ".packages/demo/x").rmdir()
+    assert "x" not in os.listdir(mnt / ".packages/demo")
     with pytest.raises(OSError) as failure:
         os.symlink("@" + "0" * 64, mnt / ".packages/demo/pkg/latest2")
     assert failure.value.errno == errno.EINVAL

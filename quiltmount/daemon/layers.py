@@ -40,8 +40,10 @@ class Layers:
 def build_layers(source: Source, store: ObjectStore, stores: StoreSet, cache_dir: str,
                  options: MountOptions) -> Layers:
     """The layers for `source`; a writable bucket first recovers what a previous mount left staged."""
+    writable = not options.read_only and not source.package
     packages = PackagesTree(Registry(store, source.registry_url), stores, index_dir=index_dir(),
-                            metadata_ttl=options.metadata_ttl)
+                            metadata_ttl=options.metadata_ttl,
+                            drafts_dir=os.path.join(cache_dir, "drafts") if writable else None)
     if source.package:
         return Layers(_package_revision(packages, source.package), None, packages, immutable=True)
     bucket = BucketTree(store, source.prefix, metadata_ttl=options.metadata_ttl,

@@ -55,7 +55,7 @@ class StatusRecord:
                 "read_ahead": self.fetcher.stats(), "requests": self.stores.stats.snapshot(),
                 "fuse_calls": self.calls.snapshot(),
                 "kernel_cache_trims": self.trim.trims if self.trim is not None else 0,
-                "indexes": self.packages.index_stats(), **uploads}
+                "indexes": self.packages.index_stats(), "drafts": self.packages.draft_stats(), **uploads}
 
     def write(self, operations: MountOperations) -> None:
         state.write_record(self.mountpoint, self.snapshot(operations))

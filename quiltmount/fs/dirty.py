@@ -20,11 +20,12 @@ from quiltmount.fs.staging import CLOSED, OPEN, StagedFile, StagingArea
 class DirtyFile:
     """A staged file over a path: open writers, and whether an upload is pending."""
 
-    def __init__(self, path: str, staged: StagedFile, staging: StagingArea, streams: PartStreams,
+    def __init__(self, path: str, staged: StagedFile, staging: StagingArea, streams: PartStreams | None,
                  lock: threading.Lock, on_last_release: Callable[[DirtyFile], None], *, writers: int = 0,
                  modified: bool = True) -> None:
         """`lock` is the owner's: the one under which it finds the file by its path and counts a new writer,
-        so a writer opening the file and the last one releasing it are ordered."""
+        so a writer opening the file and the last one releasing it are ordered.  `streams` None: nothing is
+        sent while the file is written (a draft's files wait for a commit)."""
         self.path = path
         self.staged = staged
         self.data_path = staging.data_path(staged)
@@ -55,10 +56,12 @@ class DirtyFile:
             self._staging.set_state(self.staged, OPEN)
 
     def wrote(self, offset: int, length: int) -> None:
-        self._streams.wrote(self.staged, offset, length, sole_writer=self.writers == 1)
+        if self._streams is not None:
+            self._streams.wrote(self.staged, offset, length, sole_writer=self.writers == 1)
 
     def truncating(self, length: int) -> None:
-        self._streams.truncated(self.staged, length)
+        if self._streams is not None:
+            self._streams.truncated(self.staged, length)
 
     def closed(self) -> None:
         """close(2) of a descriptor: the bytes so far are complete (and durable: the caller synced them)."""

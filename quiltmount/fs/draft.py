@@ -24,6 +24,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from quiltmount.errors import UserError
 from quiltmount.files import atomic_file
 from quiltmount.fs.staging import OPEN, StagedFile, StagingArea
 from quiltmount.packages.commit import KEEP, Changes, Committed, NewFile, commit_revision
@@ -33,7 +34,7 @@ DRAFT_FILE = "draft.json"
 FORMAT = 1
 
 
-class DraftError(Exception):
+class DraftError(UserError):
     """A draft directory that cannot be used (missing, unreadable, or of another format)."""
 
 

@@ -92,6 +92,10 @@ class MountTree(Tree):
         tree, inner = self._route(path)
         tree.set_attributes(inner)
 
+    def set_xattr(self, path: str, name: str, value: bytes) -> None:
+        tree, inner = self._route(path)
+        tree.set_xattr(inner, name, value)
+
     def close(self) -> None:
         self.bucket.close()
         for view in self.views.values():

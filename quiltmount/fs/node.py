@@ -137,6 +137,50 @@ class Tree:
         self.lookup(path)
         return {}
 
+    def check_parent_dir(self, path: str) -> None:
+        """Before creating `path`: its parent must be a directory here (NotFound, or ENOTDIR)."""
+        parent = path.rpartition("/")[0]
+        if parent and not self.lookup(parent).is_dir:
+            raise StorageError(f"{parent}: not a directory", errno.ENOTDIR)
+
+    def replaced_by_write(self, path: str, *, create: bool) -> Node | None:
+        """Before opening `path` for writing: the file it holds now, or None when it is to be created
+        (NotFound unless `create`; EISDIR for a directory)."""
+        try:
+            node = self.lookup(path)
+        except NotFound:
+            if not create:
+                raise
+            self.check_parent_dir(path)
+            return None
+        if node.is_dir:
+            raise StorageError(f"{path}: is a directory", errno.EISDIR)
+        return node
+
+    def check_file_rename(self, old: str, new: str) -> None:
+        """Before `rename(old, new)` of a file: EXDEV for a directory (objects and package entries are files:
+        moving a directory is a copy of each, which mv(1) does on EXDEV, not atomic, as documented), EISDIR
+        onto a directory, and the new parent must be a directory."""
+        if self.lookup(old).is_dir:
+            raise StorageError(f"{old}: directories cannot be renamed in place", errno.EXDEV)
+        try:
+            if self.lookup(new).is_dir:
+                raise StorageError(f"{new}: is a directory", errno.EISDIR)
+        except NotFound:
+            self.check_parent_dir(new)
+
+    def check_absent(self, path: str) -> None:
+        """Before `mkdir path`: EEXIST if something is there."""
+        try:
+            self.lookup(path)
+        except NotFound:
+            return
+        raise StorageError(f"{path}: exists", errno.EEXIST)
+
+    def set_xattr(self, path: str, name: str, value: bytes) -> None:
+        """Set an extended attribute; ENOTSUP where none can be set (cp -p and rsync -X carry on)."""
+        raise StorageError(f"{path}: extended attributes are not stored here", errno.ENOTSUP)
+
     def unlink(self, path: str) -> None:
         raise StorageError(f"{path}: read-only", errno.EROFS)
 
@@ -157,7 +201,12 @@ class Tree:
         return None
 
     def truncate(self, path: str, length: int) -> None:
-        raise StorageError(f"{path}: read-only", errno.EROFS)
+        """truncate(2) without an open descriptor: through a write handle (EROFS where there is none)."""
+        handle = self.open_write(path, truncate=length == 0, create=False)
+        try:
+            handle.truncate(length)
+        finally:
+            handle.release()
 
     def mkdir(self, path: str) -> None:
         raise StorageError(f"{path}: read-only", errno.EROFS)

@@ -50,7 +50,9 @@ def _translate(method: Callable) -> Callable:
         except NotFound:
             raise FuseOSError(errno.ENOENT) from None
         except StorageError as exc:
-            log.warning("%s %r: %s (%s)", method.__name__, path, exc, errno.errorcode.get(exc.errno, exc.errno))
+            if exc.errno != errno.ENOTSUP:  # routine: cp -p and rsync -X try every attribute
+                log.warning("%s %r: %s (%s)", method.__name__, path, exc,
+                            errno.errorcode.get(exc.errno, exc.errno))
             raise FuseOSError(exc.errno) from None
         except OSError as exc:  # the staging disk: ENOSPC, EDQUOT, EIO... reach the writer as they are
             log.warning("%s %r: %s", method.__name__, path, exc)
@@ -261,9 +263,9 @@ class MountOperations(Operations):
     def utimens(self, path: str, times: Any = None) -> None:
         self.tree.set_attributes(path[1:])
 
+    @_translate
     def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> None:
-        # Extended attributes are not stored on objects; ENOTSUP tells cp -p / rsync -X to carry on.
-        raise FuseOSError(errno.ENOTSUP)
+        self.tree.set_xattr(path[1:], name, value)
 
     def removexattr(self, path: str, name: str) -> None:
         raise FuseOSError(errno.ENOTSUP)

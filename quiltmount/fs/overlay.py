@@ -18,16 +18,12 @@ from quiltmount.fs.dirty import DirtyFile
 from quiltmount.fs.handles import WriteHandle
 from quiltmount.fs.node import Node, Tree
 from quiltmount.fs.partstream import PartStreams
-from quiltmount.fs.staging import CLOSED, OPEN, StagedFile, StagingArea
+from quiltmount.fs.staging import CLOSED, OPEN, StagedFile, StagingArea, copy_in
 from quiltmount.fs.tree import BucketTree
 from quiltmount.fs.uploads import Uploader
 from quiltmount.storage.base import ObjectInfo
 
 log = logging.getLogger(__name__)
-
-#: Bytes per ranged GET when an object's current bytes are staged for a writer (the most held in memory at
-#: once).  A read size, not the multipart part size (`units.PART_SIZE`), though equal to it.
-COPY_CHUNK = 8 << 20
 
 
 class WritableBucketTree(Tree):
@@ -96,11 +92,6 @@ class WritableBucketTree(Tree):
             return self._dirty.get(path)
 
     # -- writing ------------------------------------------------------------------------------------------
-    def _check_parent(self, path: str) -> None:
-        parent = path.rpartition("/")[0]
-        if parent and not self.lookup(parent).is_dir:
-            raise StorageError(f"{parent}: not a directory", errno.ENOTDIR)
-
     def open_write(self, path: str, *, truncate: bool, create: bool) -> WriteHandle:
         """A writable handle on `path`, staging the object's current bytes first unless truncating."""
         with self._lock:
@@ -114,20 +105,12 @@ class WritableBucketTree(Tree):
             self.uploader.cancel(dirty.staged)
             self.staging.set_state(dirty.staged, OPEN)
         else:
-            node = None
-            try:
-                node = self.lookup(path)
-            except NotFound:
-                if not create:
-                    raise
-                self._check_parent(path)
-            if node is not None and node.is_dir:
-                raise StorageError(f"{path}: is a directory", errno.EISDIR)
+            node = self.replaced_by_write(path, create=create)
             staged = self.staging.create(self.bucket.key_of(path))
             # A new file, or an existing one being truncated, must be uploaded even if nothing is written.
             dirty = self._dirty_file(path, staged, writers=1, modified=node is None or truncate)
             if node is not None and not truncate and node.obj is not None:
-                self._copy_in(node.obj, dirty.data_path)
+                copy_in(self.store, node.obj, dirty.data_path)
             with self._lock:
                 replaced = self._dirty.get(path)
                 self._dirty[path] = dirty
@@ -144,11 +127,6 @@ class WritableBucketTree(Tree):
         """A read-only handle on the staged bytes of `path`, if it has any (read-your-writes)."""
         dirty = self.dirty(path)
         return None if dirty is None else WriteHandle(dirty, self.sync, writable=False)
-
-    def _copy_in(self, obj: ObjectInfo, data_path: str) -> None:
-        with open(data_path, "r+b") as file:
-            for start in range(0, obj.size, COPY_CHUNK):
-                file.write(self.store.get_range(obj, start, min(obj.size, start + COPY_CHUNK)))
 
     def _last_writer_released(self, dirty: DirtyFile) -> None:
         """`dirty`'s last writer has released it: queue its upload, or drop its staged bytes (the path is no
@@ -221,13 +199,6 @@ class WritableBucketTree(Tree):
                     self.bucket.remember(path, info)
         return True
 
-    def truncate(self, path: str, length: int) -> None:
-        handle = self.open_write(path, truncate=length == 0, create=False)
-        try:
-            handle.truncate(length)
-        finally:
-            handle.release()
-
     def unlink(self, path: str) -> None:
         node = self.lookup(path)
         if node.is_dir:
@@ -248,13 +219,8 @@ class WritableBucketTree(Tree):
                 self.staging.remove(dirty.staged)
 
     def mkdir(self, path: str) -> None:
-        try:
-            self.lookup(path)
-        except NotFound:
-            pass
-        else:
-            raise StorageError(f"{path}: exists", errno.EEXIST)
-        self._check_parent(path)
+        self.check_absent(path)
+        self.check_parent_dir(path)
         self.store.put_object(self.bucket.key_of(path) + "/", b"")
         self.bucket.remember_new_dir(path)
 
@@ -268,16 +234,7 @@ class WritableBucketTree(Tree):
         self.bucket.forget(path)
 
     def rename(self, old: str, new: str) -> None:
-        node = self.lookup(old)
-        if node.is_dir:
-            # Directories are prefixes: moving one is a copy of every object.  EXDEV makes mv(1) do exactly
-            # that, object by object (not atomic, as documented).
-            raise StorageError(f"{old}: directories cannot be renamed in place", errno.EXDEV)
-        try:
-            if self.lookup(new).is_dir:
-                raise StorageError(f"{new}: is a directory", errno.EISDIR)
-        except NotFound:
-            self._check_parent(new)
+        self.check_file_rename(old, new)
         self._discard(new)
         with self._lock:
             dirty = self._dirty.get(old)

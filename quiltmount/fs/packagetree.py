@@ -6,6 +6,8 @@
 .packages/<namespace>/<name>/<seconds>   -> @<top_hash>
 .packages/<namespace>/<name>/@<hash>     a revision's logical tree (any unique prefix of 6+ characters);
                                          found by lookup, never listed, so find and rm -r stay out of it
+.packages/<namespace>/<name>/draft/      the package's draft, if it has one (fs/drafttree.py): `mkdir` makes
+                                         it from `latest`, `rm -r` discards it, a commit publishes it
 ```
 
 Revisions are immutable: a `RevisionTree` answers from the revision's on-disk index, built once per user
@@ -27,7 +29,9 @@ from typing import TypeVar
 from cachetools import LRUCache, TTLCache
 
 from quiltmount.errors import AccessDenied, NotFound, StorageError, UserError
-from quiltmount.fs.node import Node, Tree
+from quiltmount.fs.draft import DRAFT_FILE, Draft
+from quiltmount.fs.drafttree import DraftTree
+from quiltmount.fs.node import FileHandle, Node, Tree
 from quiltmount.names import invalid_path_reason
 from quiltmount.packages.index import ROOT_ID, IndexUnusable, RevisionIndex, Row, index_name, open_or_build
 from quiltmount.packages.manifest import ManifestError, is_top_hash, parse_physical_key, short_repr
@@ -39,6 +43,8 @@ from quiltmount.storage.stores import StoreSet
 log = logging.getLogger(__name__)
 
 REVISION_PREFIX = "@"
+#: A package's draft: not a pointer name (those are timestamps and `latest`), so it never collides with one.
+DRAFT = "draft"
 MIN_HASH_PREFIX = 6
 #: Seconds between two progress lines while a revision is indexed.
 PROGRESS_INTERVAL = 2.0
@@ -190,8 +196,13 @@ class PackagesTree(Tree):
     """`.packages/`: every package of a registry, its pointers as symlinks, its revisions by lookup."""
 
     def __init__(self, registry: Registry, stores: StoreSet, *, index_dir: str, metadata_ttl: float,
-                 revision_cache_size: int = 16, clock: Callable[[], float] = time.monotonic) -> None:
+                 drafts_dir: str | None = None, revision_cache_size: int = 16,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """`drafts_dir`: where this mount keeps package drafts (None: a read-only mount, no drafts)."""
         self.registry = registry
+        self.drafts_dir = drafts_dir
+        self._drafts: dict[str, DraftTree] = {}  # package -> its open draft
+        self._namespaces: set[str] = set()  # made by mkdir, for `mkdir -p .packages/NS/NEW/draft`
         self.index_dir = index_dir
         self.stores = stores
         self.ttl = metadata_ttl
@@ -357,18 +368,85 @@ class PackagesTree(Tree):
         return top_hash
 
     # -- paths ------------------------------------------------------------------------------------------
-    def _route(self, path: str) -> tuple[list[str], RevisionTree | None, str]:
-        """Split `path`; for paths inside a revision, also return the revision and the path inside it."""
+    def _route(self, path: str) -> tuple[list[str], Tree | None, str]:
+        """Split `path`; for paths inside a revision or a draft, also return its tree and the path inside it."""
         parts = path.split("/") if path else []
         if len(parts) >= 3 and parts[2].startswith(REVISION_PREFIX):
             name = f"{parts[0]}/{parts[1]}"
             if not self._package_known(name):
                 raise NotFound(path)
             return parts, self.revision(name, parts[2][1:]), "/".join(parts[3:])
+        if len(parts) >= 3 and parts[2] == DRAFT:
+            draft = self._draft(f"{parts[0]}/{parts[1]}")
+            if draft is None:
+                raise NotFound(path)
+            return parts, draft, "/".join(parts[3:])
         return parts, None, ""
 
+    # -- drafts -------------------------------------------------------------------------------------------
+    def _draft_dir(self, name: str) -> str | None:
+        return None if self.drafts_dir is None else os.path.join(self.drafts_dir, *name.split("/"))
+
+    def _draft(self, name: str) -> DraftTree | None:
+        """The draft of package `name`, opened from disk on first use (one left by an earlier mount too)."""
+        if not is_valid_package_name(name):
+            return None
+        with self._lock:
+            tree = self._drafts.get(name)
+        directory = self._draft_dir(name)
+        if tree is not None or directory is None or not os.path.exists(os.path.join(directory, DRAFT_FILE)):
+            return tree
+        return self._keep_draft(name, Draft.open(directory))
+
+    def _keep_draft(self, name: str, draft: Draft) -> DraftTree:
+        tree = DraftTree(draft, self.registry, lambda top_hash: self.revision(name, top_hash), mtime=time.time(),
+                         on_commit=self._forget)
+        with self._lock:
+            kept = self._drafts.setdefault(name, tree)
+        if kept is not tree:  # opened by another thread meanwhile
+            draft.close()
+        return kept
+
+    def _make_draft(self, name: str, path: str) -> None:
+        directory = self._draft_dir(name)
+        if directory is None:
+            raise StorageError(f"{path}: read-only mount", errno.EROFS)
+        if self._draft(name) is not None:
+            raise StorageError(f"{path}: exists", errno.EEXIST)
+        parent = self.versions(name).get(LATEST)
+        make_private_dir(os.path.dirname(directory))
+        self._keep_draft(name, Draft.create(directory, package=name, registry=self.registry.url, parent=parent))
+        log.info("package %s: draft opened from %s", name, parent or "nothing (a new package)")
+
+    def _discard_draft(self, name: str, path: str) -> None:
+        tree = self._draft(name)
+        if tree is None:
+            raise NotFound(path)
+        if tree.readdir(""):
+            raise StorageError(f"{path}: the draft is not empty", errno.ENOTEMPTY)
+        with self._lock:
+            self._drafts.pop(name, None)
+        tree.draft.discard()
+        log.info("package %s: draft discarded", name)
+
+    def draft_stats(self) -> list[dict[str, object]]:
+        """The drafts open in this mount (for `status`)."""
+        with self._lock:
+            trees = list(self._drafts.values())
+        return [tree.stats() for tree in trees]
+
     def _package_known(self, name: str) -> bool:
-        return is_valid_package_name(name) and (name in self._emptied or name in self.packages())
+        return is_valid_package_name(name) and (name in self._emptied or name in self.packages()
+                                                or name in self._draft_packages())
+
+    def _draft_packages(self) -> set[str]:
+        """Packages with a draft in this mount's drafts directory (a new package has nothing else)."""
+        if self.drafts_dir is None or not os.path.isdir(self.drafts_dir):
+            return set()
+        return {f"{namespace}/{name}" for namespace in os.listdir(self.drafts_dir)
+                if os.path.isdir(os.path.join(self.drafts_dir, namespace))
+                for name in os.listdir(os.path.join(self.drafts_dir, namespace))
+                if os.path.exists(os.path.join(self.drafts_dir, namespace, name, DRAFT_FILE))}
 
     def lookup(self, path: str) -> Node:
         parts, revision, inner = self._route(path)
@@ -377,7 +455,9 @@ class PackagesTree(Tree):
         if len(parts) == 0:
             return self._dir_node
         if len(parts) == 1:
-            if any(name.partition("/")[0] == parts[0] for name in self._emptied | set(self.packages())):
+            if parts[0] in self._namespaces or any(name.partition("/")[0] == parts[0]
+                                                   for name in self._emptied | self._draft_packages()
+                                                   | set(self.packages())):
                 return self._dir_node
             raise NotFound(path)
         name = f"{parts[0]}/{parts[1]}"
@@ -402,12 +482,13 @@ class PackagesTree(Tree):
         parts, revision, inner = self._route(path)
         if revision is not None:
             return revision.readdir(inner)
-        names = sorted(set(self.packages()) | self._emptied)
+        names = sorted(set(self.packages()) | self._emptied | self._draft_packages())
         if len(parts) == 0:
-            return {namespace: self._dir_node for namespace in sorted({n.partition("/")[0] for n in names})}
+            return {namespace: self._dir_node
+                    for namespace in sorted({n.partition("/")[0] for n in names} | self._namespaces)}
         if len(parts) == 1:
             found = {n.partition("/")[2]: self._dir_node for n in names if n.partition("/")[0] == parts[0]}
-            if not found:
+            if not found and parts[0] not in self._namespaces:
                 raise NotFound(path)
             return found
         if len(parts) == 2:
@@ -418,6 +499,8 @@ class PackagesTree(Tree):
             for (package, temporary), top_hash in self._pending_links.items():
                 if package == name:
                     entries[temporary] = self._link_node(top_hash)
+            if self._draft(name) is not None:
+                entries[DRAFT] = self._dir_node
             return entries
         raise NotFound(path)
 
@@ -441,7 +524,64 @@ class PackagesTree(Tree):
             raise StorageError(f"{path}: only package pointers can be changed", errno.EROFS)
         return f"{parts[0]}/{parts[1]}", parts[2]
 
+    def _in_draft(self, path: str) -> tuple[DraftTree, str] | None:
+        """The draft `path` is in (not the draft directory itself), and the path inside it."""
+        parts = path.split("/")
+        if len(parts) <= 3 or parts[2] != DRAFT:
+            return None
+        _, tree, inner = self._route(path)
+        return tree, inner
+
+    def open_write(self, path: str, *, truncate: bool, create: bool) -> FileHandle:
+        _, tree, inner = self._route(path)
+        if not isinstance(tree, DraftTree):
+            return super().open_write(path, truncate=truncate, create=create)
+        return tree.open_write(inner, truncate=truncate, create=create)
+
+    def set_attributes(self, path: str) -> None:
+        _, tree, inner = self._route(path)
+        if not isinstance(tree, DraftTree):
+            super().set_attributes(path)
+        else:
+            tree.set_attributes(inner)
+
+    def set_xattr(self, path: str, name: str, value: bytes) -> None:
+        _, tree, inner = self._route(path)
+        if not isinstance(tree, DraftTree):
+            super().set_xattr(path, name, value)
+        else:
+            tree.set_xattr(inner, name, value)
+
+    def mkdir(self, path: str) -> None:
+        """`mkdir NS/NAME/draft` opens a draft; `mkdir NS` and `mkdir NS/NAME` make room for a new package."""
+        inside = self._in_draft(path)
+        if inside is not None:
+            return inside[0].mkdir(inside[1])
+        parts = path.split("/")
+        if len(parts) == 3 and parts[2] == DRAFT:
+            name = f"{parts[0]}/{parts[1]}"
+            self.lookup(f"{parts[0]}/{parts[1]}")
+            return self._make_draft(name, path)
+        if self.drafts_dir is None or len(parts) not in (1, 2):
+            raise StorageError(f"{path}: only drafts can be made here (NS/NAME/draft)", errno.EROFS)
+        self.check_absent(path)
+        if len(parts) == 1:
+            if invalid_path_reason(parts[0]) or not is_valid_package_name(f"{parts[0]}/x"):
+                raise StorageError(f"{path}: invalid namespace", errno.EINVAL)
+            with self._lock:
+                self._namespaces.add(parts[0])
+            return None
+        self.lookup(parts[0])
+        if not is_valid_package_name(path):
+            raise StorageError(f"{path}: invalid package name", errno.EINVAL)
+        with self._lock:
+            self._emptied.add(path)
+        return None
+
     def unlink(self, path: str) -> None:
+        inside = self._in_draft(path)
+        if inside is not None:
+            return inside[0].unlink(inside[1])
         name, pointer = self._pointer_path(path)
         with self._lock:
             if self._pending_links.pop((name, pointer), None) is not None:
@@ -463,17 +603,26 @@ class PackagesTree(Tree):
                 self._emptied.add(name)
 
     def rmdir(self, path: str) -> None:
+        inside = self._in_draft(path)
+        if inside is not None:
+            return inside[0].rmdir(inside[1])
         parts, revision, _ = self._route(path)
+        if isinstance(revision, DraftTree) and len(parts) == 3:
+            return self._discard_draft(f"{parts[0]}/{parts[1]}", path)
         if revision is not None or len(parts) not in (1, 2):
             raise StorageError(f"{path}: read-only", errno.EROFS)
         if len(parts) == 1:
             if self.readdir(path):
                 raise StorageError(f"{path}: namespace is not empty", errno.ENOTEMPTY)
-            return
+            with self._lock:
+                self._namespaces.discard(parts[0])
+            return None
         name = f"{parts[0]}/{parts[1]}"
         self.lookup(path)
         if self.versions(name) or any(package == name for package, _ in self._pending_links):
             raise StorageError(f"{path}: package still has pointers", errno.ENOTEMPTY)
+        if self._draft(name) is not None:
+            raise StorageError(f"{path}: package has a draft", errno.ENOTEMPTY)
         with self._lock:
             self._emptied.discard(name)
             self._packages = None
@@ -495,6 +644,11 @@ class PackagesTree(Tree):
                 self._pending_links[(name, pointer)] = top_hash
 
     def rename(self, old: str, new: str) -> None:
+        inside, inside_new = self._in_draft(old), self._in_draft(new)
+        if inside is not None or inside_new is not None:
+            if inside is None or inside_new is None or inside[0] is not inside_new[0]:
+                raise StorageError(f"{old}: a file moves into or out of a draft by copy", errno.EXDEV)
+            return inside[0].rename(inside[1], inside_new[1])
         name, pointer = self._pointer_path(old)
         new_name, new_pointer = self._pointer_path(new)
         if new_name != name or not is_pointer_name(new_pointer):
@@ -513,8 +667,9 @@ class PackagesTree(Tree):
 
     def close(self) -> None:
         with self._lock:
-            trees = list(self._revisions.values())
+            trees: list[Tree] = [*self._revisions.values(), *self._drafts.values()]
             self._revisions.clear()
+            self._drafts.clear()
         for tree in trees:
             tree.close()
 

@@ -20,10 +20,14 @@ from dataclasses import asdict, dataclass
 
 from quiltmount.errors import UserError
 from quiltmount.files import atomic_file
+from quiltmount.storage.base import ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
 
 OPEN, CLOSED, FAILED = "open", "closed", "failed"
+#: Bytes per ranged GET when an object's current bytes are staged for a writer (the most held in memory at
+#: once).  A read size, not the multipart part size (`units.PART_SIZE`), though equal to it.
+COPY_CHUNK = 8 << 20
 
 
 @dataclass
@@ -99,3 +103,10 @@ class StagingArea:
 
     def close(self) -> None:
         self._lock_file.close()
+
+
+def copy_in(store: ObjectStore, obj: ObjectInfo, data_path: str) -> None:
+    """Stage `obj`'s current bytes into `data_path` (a writer that does not truncate starts from them)."""
+    with open(data_path, "r+b") as file:
+        for start in range(0, obj.size, COPY_CHUNK):
+            file.write(store.get_range(obj, start, min(obj.size, start + COPY_CHUNK)))

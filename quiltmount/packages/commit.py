@@ -50,6 +50,10 @@ from quiltmount.storage.base import ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
 
+#: The extended attributes through which a mount's draft is committed in its daemon (fs/drafttree.py):
+#: set the first to the options (JSON), read the outcome (JSON) from the second.
+COMMIT_XATTR = "user.quilt.commit"
+COMMIT_RESULT_XATTR = "user.quilt.commit_result"
 #: `.quilt/workflows/config.yml`: with one, quilt3 validates every push against the registry's workflows.
 WORKFLOW_CONFIG = ".quilt/workflows/config.yml"
 #: Files hashed and uploaded at once (each large one also sends its parts in parallel).

@@ -1,0 +1,320 @@
+"""A package draft as a writable directory (`.packages/NS/NAME/draft/`), over its parent revision.
+
+Unchanged files are the parent's rows, read lazily from their physical keys (nothing is copied when a draft
+opens); new and changed files are staged in the draft (fs/draft.py), written through the same handles as
+the bucket's (`WriteHandle` over a `DirtyFile`), but never uploaded on close: they stay until a commit.
+Directories exist as long as something is under them; `mkdir` makes empty ones for this mount's life (a
+package has no empty directories), `rmdir` hides an emptied one.
+
+Extended attributes: `user.quilt.parent` (the parent's top hash, empty for a new package) and
+`user.quilt.user_meta` on the draft, `user.quilt.meta` (the entry's whole `meta` object) on its files; setting
+the last two changes what the commit publishes.  `user.quilt.commit` set on the draft to the commit's options
+(JSON) commits it, in the daemon; `user.quilt.commit_result` then holds the outcome (JSON), which is how
+`quiltmount packages commit` reports errors in words.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from quiltmount.errors import NotFound, QuiltmountError, StorageError
+from quiltmount.fs.dirty import DirtyFile
+from quiltmount.fs.draft import Draft, commit_draft
+from quiltmount.fs.handles import WriteHandle
+from quiltmount.fs.node import Node, Tree
+from quiltmount.fs.staging import OPEN, copy_in
+from quiltmount.packages.commit import COMMIT_RESULT_XATTR, COMMIT_XATTR, KEEP, PackageConflict
+from quiltmount.packages.registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+ParentTree = Callable[[str], Tree]  # top hash -> that revision's tree
+
+
+class DraftTree(Tree):
+    """The draft of one package; `parent_tree(top_hash)` opens a revision of its registry."""
+
+    def __init__(self, draft: Draft, registry: Registry, parent_tree: ParentTree, *, mtime: float,
+                 on_commit: Callable[[str], None]) -> None:
+        self.draft = draft
+        self.registry = registry
+        self._parent_tree = parent_tree
+        self._on_commit = on_commit
+        self._dir_node = Node(is_dir=True, mtime=mtime)
+        self._lock = threading.Lock()  # guards `_dirty` and the writer counts; commits hold `_committing`
+        self._committing = threading.Lock()
+        self._dirty: dict[str, DirtyFile] = {}
+        self._made_dirs: set[str] = set()
+        self._removed_dirs: set[str] = set()
+        self._result: dict[str, Any] | None = None
+
+    # -- the parent ------------------------------------------------------------------------------------
+    def _parent(self) -> Tree | None:
+        return None if self.draft.parent is None else self._parent_tree(self.draft.parent)
+
+    def _parent_node(self, path: str) -> Node | None:
+        parent = self._parent()
+        if parent is None:
+            return None
+        try:
+            return parent.lookup(path)
+        except NotFound:
+            return None
+
+    def _in_parent(self, path: str) -> bool:
+        node = self._parent_node(path)
+        return node is not None and not node.is_dir
+
+    def _parent_meta(self, path: str) -> Any:
+        parent = self._parent()
+        raw = parent.xattrs(path).get("user.quilt.meta") if parent is not None else None
+        return json.loads(raw) if raw else {}
+
+    def _shown_meta(self, path: str) -> Any:
+        """The `meta` the entry at `path` shows now."""
+        meta = self.draft.meta(path)
+        if meta is not KEEP:
+            return meta
+        source = self.draft.source_of(path)
+        if source is not None or self.draft.staged(path) is not None:
+            return self._parent_meta(source or path) if self._in_parent(source or path) else {}
+        return {}
+
+    # -- reading --------------------------------------------------------------------------------------------
+    def _staged_node(self, path: str) -> Node | None:
+        staged = self.draft.staged(path)
+        if staged is None:
+            return None
+        try:
+            st = os.stat(self.draft.staging.data_path(staged))
+        except FileNotFoundError:
+            return None
+        return Node(is_dir=False, size=st.st_size, mtime=st.st_mtime)
+
+    def _is_dir(self, path: str) -> bool:
+        if path == "" or path in self._made_dirs:
+            return True
+        prefix = path + "/"
+        if any(key.startswith(prefix) for key in self.draft.added_keys()):
+            return True
+        node = self._parent_node(path)
+        return node is not None and node.is_dir and path not in self._removed_dirs
+
+    def lookup(self, path: str) -> Node:
+        node = self._staged_node(path)
+        if node is not None:
+            return node
+        source = self.draft.source_of(path)
+        if source is not None:
+            node = self._parent_node(source)
+            if node is not None and not node.is_dir:
+                return node
+        if self._is_dir(path):
+            return self._dir_node
+        raise NotFound(path)
+
+    def readdir(self, path: str) -> dict[str, Node]:
+        if not self.lookup(path).is_dir:
+            raise StorageError(f"{path}: not a directory", errno.ENOTDIR)
+        prefix = path + "/" if path else ""
+        entries: dict[str, Node] = {}
+        parent = self._parent()
+        parent_node = self._parent_node(path) if path else self._dir_node
+        if parent is not None and parent_node is not None and parent_node.is_dir:
+            for name, node in parent.readdir(path).items():
+                child = prefix + name
+                if node.is_dir:
+                    if child not in self._removed_dirs:
+                        entries[name] = self._dir_node
+                elif self.draft.source_of(child) == child:
+                    entries[name] = node
+        for key in self.draft.added_keys():
+            if key.startswith(prefix):
+                name, below, _ = key[len(prefix):].partition("/")
+                entries[name] = self._dir_node if below else self.lookup(key)
+        for made in self._made_dirs:
+            if made.startswith(prefix) and "/" not in made[len(prefix):]:
+                entries[made[len(prefix):]] = self._dir_node
+        return dict(sorted(entries.items()))
+
+    def xattrs(self, path: str) -> dict[str, bytes]:
+        node = self.lookup(path)
+        if path == "":
+            user_meta = self.draft.user_meta
+            if user_meta is KEEP:
+                parent = self._parent()
+                raw = parent.xattrs("").get("user.quilt.user_meta", b"null") if parent is not None else b"null"
+                user_meta = json.loads(raw or b"null")
+            found = {"user.quilt.parent": (self.draft.parent or "").encode(),
+                     "user.quilt.user_meta": _json(user_meta)}
+            if self._result is not None:
+                found[COMMIT_RESULT_XATTR] = _json(self._result)
+            return found
+        if node.is_dir:
+            return {}
+        return {"user.quilt.meta": _json(self._shown_meta(path))}
+
+    def open_local(self, path: str) -> WriteHandle | None:
+        """Staged bytes are read from the draft; a parent row is read by the FUSE adapter (None)."""
+        with self._lock:
+            dirty = self._dirty.get(path)
+        if dirty is None:
+            staged = self.draft.staged(path)
+            if staged is None:
+                source = self.draft.source_of(path)
+                parent = self._parent()
+                if source is not None and parent is not None and self._in_parent(source):
+                    parent.open_local(source)  # refuses what must not be read (local files of S3 registries)
+                return None
+            dirty = self._dirty_file(path, staged, writers=0)
+        return WriteHandle(dirty, self._sync, writable=False)
+
+    # -- writing --------------------------------------------------------------------------------------------
+    def _dirty_file(self, path: str, staged: Any, *, writers: int) -> DirtyFile:
+        # No part streams: a draft sends nothing while its files are written.
+        return DirtyFile(path, staged, self.draft.staging, None, self._lock, self._released, writers=writers)
+
+    def open_write(self, path: str, *, truncate: bool, create: bool) -> WriteHandle:
+        # Under `_committing`: a commit takes the draft's changes whole, so no file starts changing during one.
+        with self._committing:
+            with self._lock:
+                dirty = self._dirty.get(path)
+                if dirty is not None:
+                    dirty.writers += 1
+            if dirty is None:
+                dirty = self._first_writer(path, truncate=truncate, create=create)
+        handle = WriteHandle(dirty, self._sync, writable=True)
+        if truncate:
+            handle.truncate(0)
+        return handle
+
+    def _first_writer(self, path: str, *, truncate: bool, create: bool) -> DirtyFile:
+        """The file's staged bytes for its first writer: staged before, or staged now (a copy of the bytes it
+        showed unless truncating)."""
+        node = self.replaced_by_write(path, create=create)
+        staged = self.draft.staged(path)
+        if staged is None or truncate:
+            source = self.draft.source_of(path)
+            meta = self._shown_meta(path) if source is not None and source != path else KEEP
+            staged = self.draft.write(path, meta_shown=meta)
+            if not truncate and node is not None and node.obj is not None:
+                copy_in(node.store, node.obj, self.draft.staging.data_path(staged))
+        dirty = self._dirty_file(path, staged, writers=1)
+        with self._lock:
+            self._dirty[path] = dirty
+        return dirty
+
+    def _released(self, dirty: DirtyFile) -> None:
+        """The last writer closed it: the bytes stay staged (the journal says `closed`) until a commit."""
+        if dirty.write_error is not None:
+            log.error("draft %s: %s: a write failed (%s); the staged bytes are kept as they are",
+                      self.draft.package, dirty.path, dirty.write_error)
+        with self._lock:
+            if self._dirty.get(dirty.path) is dirty and dirty.writers == 0:
+                del self._dirty[dirty.path]
+
+    def _sync(self, dirty: DirtyFile, *, writer_open: bool) -> None:
+        """fsync: the handle made the bytes durable on the local disk, which is where a draft keeps them."""
+
+    def unlink(self, path: str) -> None:
+        if self.lookup(path).is_dir:
+            raise StorageError(f"{path}: is a directory", errno.EISDIR)
+        with self._committing:
+            self.draft.remove(path, in_parent=self._in_parent(path))
+
+    def mkdir(self, path: str) -> None:
+        self.check_absent(path)
+        self.check_parent_dir(path)
+        self._made_dirs.add(path)
+        self._removed_dirs.discard(path)
+
+    def rmdir(self, path: str) -> None:
+        if not self.lookup(path).is_dir:
+            raise StorageError(f"{path}: not a directory", errno.ENOTDIR)
+        if self.readdir(path):
+            raise StorageError(f"{path}: directory not empty", errno.ENOTEMPTY)
+        self._made_dirs.discard(path)
+        self._removed_dirs.add(path)
+
+    def rename(self, old: str, new: str) -> None:
+        self.check_file_rename(old, new)
+        with self._committing:
+            meta = self._shown_meta(old)
+            self.draft.rename(old, new, old_in_parent=self._in_parent(old), new_in_parent=self._in_parent(new),
+                              meta_shown=meta)
+            with self._lock:
+                dirty = self._dirty.pop(old, None)
+                if dirty is not None:
+                    dirty.path = new
+                    self._dirty[new] = dirty
+
+    def set_attributes(self, path: str) -> None:
+        self.lookup(path)
+
+    def set_xattr(self, path: str, name: str, value: bytes) -> None:
+        node = self.lookup(path)
+        if name == COMMIT_XATTR and path == "":
+            self._commit(_parse_json(value, name))
+        elif name == "user.quilt.user_meta" and path == "":
+            user_meta = _parse_json(value, name)
+            with self._committing:
+                self.draft.set_user_meta(user_meta)
+        elif name == "user.quilt.meta" and not node.is_dir:
+            meta = _parse_json(value, name)
+            if not isinstance(meta, dict):
+                raise StorageError(f"{path}: user.quilt.meta must be a JSON object", errno.EINVAL)
+            with self._committing:
+                self.draft.set_meta(path, meta)
+        else:
+            raise StorageError(f"{path}: {name} cannot be set here", errno.ENOTSUP)
+
+    # -- committing -------------------------------------------------------------------------------------
+    def _commit(self, options: Any) -> None:
+        """Publish the draft with `options` (message, meta, workflow, force, dedupe); the outcome is kept in
+        `user.quilt.commit_result`, and a failure is also the setxattr's errno."""
+        if not isinstance(options, dict):
+            raise StorageError("commit options must be a JSON object", errno.EINVAL)
+        with self._committing:
+            with self._lock:
+                writing = sorted(path for path, dirty in self._dirty.items() if dirty.staged.state == OPEN)
+            try:
+                if writing:
+                    raise QuiltmountError(f"{len(writing)} file(s) of the draft are open for writing "
+                                          f"(e.g. {writing[0]}): close them first")
+                done = commit_draft(self.draft, self.registry, message=options.get("message"),
+                                    user_meta=options.get("meta", KEEP), workflow=options.get("workflow", ...),
+                                    force=bool(options.get("force")), dedupe=bool(options.get("dedupe")))
+            except PackageConflict as exc:
+                self._result = {"error": str(exc)}
+                raise StorageError(str(exc), errno.EBUSY) from None
+            except (QuiltmountError, OSError) as exc:
+                self._result = {"error": str(exc)}
+                raise StorageError(f"commit of the draft of {self.draft.package}: {exc}", errno.EIO) from None
+            self._result = {"package": self.draft.package, "top_hash": done.top_hash, "pointer": done.pointer,
+                            "entries": done.entries}
+        log.info("draft of %s committed: %s (%s)", self.draft.package, done.top_hash, done.pointer or "deduped")
+        self._on_commit(self.draft.package)
+
+    def stats(self) -> dict[str, Any]:
+        return self.draft.summary()
+
+    def close(self) -> None:
+        self.draft.close()
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False).encode("utf-8")
+
+
+def _parse_json(value: bytes, name: str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError:
+        raise StorageError(f"{name}: the value is not JSON", errno.EINVAL) from None

@@ -1,0 +1,131 @@
+"""Package drafts through a real mount: opened with mkdir, edited with ordinary tools, committed with the
+command, and the result read back with the real quilt3."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mounthelpers import fresh_record, run_cli
+from test_packages_mount import write_tree
+from test_registry import q3, quilt3_module  # noqa: F401  (fixtures: quilt3 talking to the test server)
+
+FILES = {"README.md": b"# Demo\n", "data/hello.txt": b"hello world\n", "empty.txt": b"",
+         "data-raw.csv": b"a,b\n1,2\n"}
+
+
+def sh(command: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", "-c", command], capture_output=True, text=True, **kwargs)
+
+
+@pytest.fixture
+def local_package(q3, tmp_path: Path) -> tuple[Path, str]:
+    """A local registry with demo/pkg built by quilt3; (registry root, top hash)."""
+    src = write_tree(tmp_path / "src", FILES)
+    registry = tmp_path / "registry"
+    pkg = q3.Package().set_dir(".", str(src)).set_meta({"author": "Zoë"})
+    return registry, pkg.build("demo/pkg", registry=registry.as_uri(), message="first")
+
+
+def test_edit_a_draft_with_shell_tools_and_commit_it(q3, local_package, mount, tmp_path: Path) -> None:
+    registry, parent = local_package
+    mnt = mount(str(registry))
+    package = mnt / ".packages/demo/pkg"
+    draft = package / "draft"
+    subprocess.run(["mkdir", str(draft)], check=True)
+    assert "draft" in os.listdir(package) and draft.is_dir() and not draft.is_symlink()
+    assert os.getxattr(draft, "user.quilt.parent").decode() == parent
+    assert json.loads(os.getxattr(draft, "user.quilt.user_meta")) == {"author": "Zoë"}
+    assert (draft / "data/hello.txt").read_bytes() == b"hello world\n"  # the parent's bytes, read lazily
+    assert sorted(os.listdir(draft)) == ["README.md", "data", "data-raw.csv", "empty.txt"]
+
+    local = tmp_path / "local.bin"
+    local.write_bytes(os.urandom(5000))
+    steps = [f"echo changed > {draft}/README.md", f"cp {local} {draft}/new.bin", f"rm {draft}/empty.txt",
+             f"mv {draft}/data/hello.txt {draft}/greeting.txt", f"mkdir {draft}/more",
+             f"printf 'x' > {draft}/more/x.txt", f"echo '3,4' >> {draft}/data-raw.csv"]
+    for step in steps:
+        result = sh(step)
+        assert result.returncode == 0, (step, result.stderr)
+    os.setxattr(draft / "greeting.txt", "user.quilt.meta", json.dumps({"user_meta": {"moved": True}}).encode())
+    with pytest.raises(OSError) as bad:
+        os.setxattr(draft / "greeting.txt", "user.quilt.meta", b"{not json")
+    assert bad.value.errno == errno.EINVAL
+    assert sorted(os.listdir(draft)) == ["README.md", "data", "data-raw.csv", "greeting.txt", "more", "new.bin"]
+    assert os.listdir(draft / "data") == []  # emptied, still there until rmdir
+    assert (draft / "data-raw.csv").read_bytes() == b"a,b\n1,2\n3,4\n"  # appended to a copy of the parent's
+    record = fresh_record(mnt)
+    assert record["drafts"][0]["package"] == "demo/pkg" and record["drafts"][0]["files_written"] == 4
+
+    result = run_cli("packages", "commit", str(draft), "-m", "edit with shell tools")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("demo/pkg@") and " committed as " in result.stdout, result.stdout
+    pkg = q3.Package.browse("demo/pkg", registry=registry.as_uri())
+    assert result.stdout.startswith(f"demo/pkg@{pkg.top_hash[:7]} ")
+    expected = {"README.md": b"changed\n", "data-raw.csv": b"a,b\n1,2\n3,4\n", "greeting.txt": b"hello world\n",
+                "more/x.txt": b"x", "new.bin": local.read_bytes()}
+    assert sorted(lk for lk, _ in pkg.walk()) == sorted(expected)
+    for logical_key, data in expected.items():
+        assert pkg[logical_key].get_bytes() == data, logical_key
+    assert pkg["greeting.txt"].meta == {"moved": True} and pkg.meta == {"author": "Zoë"}
+    assert pkg._meta["message"] == "edit with shell tools"
+    # The mount sees the new revision at once; the draft is now empty of changes, on it.
+    assert os.readlink(package / "latest") == "@" + pkg.top_hash
+    assert os.getxattr(draft, "user.quilt.parent").decode() == pkg.top_hash
+    assert (draft / "README.md").read_bytes() == b"changed\n"
+    assert fresh_record(mnt)["drafts"][0]["files_written"] == 0
+
+    # A draft lives until it is committed or removed: across a remount too.
+    (draft / "kept.txt").write_bytes(b"kept")
+    assert run_cli("umount", str(mnt)).returncode == 0
+    again = mount(str(registry))
+    assert (again / ".packages/demo/pkg/draft/kept.txt").read_bytes() == b"kept"
+    subprocess.run(["rm", "-r", str(again / ".packages/demo/pkg/draft")], check=True)
+    assert "draft" not in os.listdir(again / ".packages/demo/pkg")
+    assert q3.Package.browse("demo/pkg", registry=registry.as_uri()).top_hash == pkg.top_hash  # untouched
+
+
+def test_conflicts_new_packages_and_bad_input(q3, local_package, mount, tmp_path: Path) -> None:
+    registry, parent = local_package
+    mnt = mount(str(registry))
+    draft = mnt / ".packages/demo/pkg/draft"
+    draft.mkdir()
+    (draft / "a.txt").write_bytes(b"a")
+    # quilt3 builds a revision after the draft was opened: the commit refuses, the draft stays.
+    other = q3.Package().set_dir(".", str(write_tree(tmp_path / "other", {"o.txt": b"o"})))
+    other_hash = other.build("demo/pkg", registry=registry.as_uri(), message="other")
+    result = run_cli("packages", "commit", str(draft), "-m", "mine")
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert f"Package with hash '{other_hash}' already exists at the destination; expected '{parent}'" \
+        in result.stderr
+    assert (draft / "a.txt").read_bytes() == b"a"
+    result = run_cli("packages", "commit", str(draft), "-m", "mine", "--force", "--json")
+    assert result.returncode == 0, result.stderr
+    forced = json.loads(result.stdout)
+    assert q3.Package.browse("demo/pkg", registry=registry.as_uri()).top_hash == forced["top_hash"]
+
+    # A new package, from mkdir -p.
+    subprocess.run(["mkdir", "-p", str(mnt / ".packages/team/fresh/draft")], check=True)
+    assert os.getxattr(mnt / ".packages/team/fresh/draft", "user.quilt.parent") == b""
+    (mnt / ".packages/team/fresh/draft/one.txt").write_bytes(b"one")
+    result = run_cli("packages", "commit", str(mnt / ".packages/team/fresh/draft"), "--meta", '{"k": 1}')
+    assert result.returncode == 0, result.stderr
+    fresh = q3.Package.browse("team/fresh", registry=registry.as_uri())
+    assert fresh["one.txt"].get_bytes() == b"one" and fresh.meta == {"k": 1}
+
+    for args, needle in ((["packages", "commit", str(mnt / ".packages/demo/pkg")], "not the draft of a package"),
+                         (["packages", "commit", str(tmp_path)], "not the draft of a package")):
+        result = run_cli(*args)
+        assert result.returncode == 1 and needle in result.stderr and result.stderr.count("\n") == 1, \
+            (args, result.stderr)
+    assert "user.quilt.commit" not in os.listxattr(tmp_path)  # nothing written to what is not a draft
+    result = run_cli("packages", "commit", str(draft), "--meta", "{bad")
+    assert result.returncode == 2 and "argument --meta: not JSON" in result.stderr.splitlines()[-1]
+    read_only = mount(str(registry), "--read-only")
+    result = sh(f"mkdir {read_only}/.packages/demo/pkg/draft")
+    assert result.returncode != 0 and "Read-only file system" in result.stderr, result.stderr
