@@ -117,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     commit.add_argument("--dedupe", action="store_true", help="skip the commit if it equals latest")
     commit.add_argument("--json", action="store_true", help="machine-readable output")
     commit.set_defaults(handler=cmd_packages_commit)
+    diff = package_verbs.add_parser("diff", help="what committing a package draft would change (A/M/D/R)")
+    diff.add_argument("path", metavar="DRAFT", help="MOUNT/.packages/NS/NAME/draft")
+    diff.add_argument("--json", action="store_true", help="machine-readable output")
+    diff.set_defaults(handler=cmd_packages_diff)
 
     status = commands.add_parser("status", help="show live mounts")
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -280,6 +284,18 @@ def cmd_packages_commit(args: argparse.Namespace) -> int:
         print(f"{result['package']}@{result['top_hash'][:7]} is already latest: nothing committed (--dedupe)")
     else:
         print(f"{result['package']}@{result['top_hash'][:7]} committed as {result['pointer']}")
+    return 0
+
+
+def cmd_packages_diff(args: argparse.Namespace) -> int:
+    from quiltmount.api import diff_draft
+
+    changes = diff_draft(args.path)
+    if args.json:
+        print(json.dumps([{"change": change, "key": key} for change, key in changes]))
+    else:
+        for change, key in changes:
+            print(f"{change}  {key}")
     return 0
 
 

@@ -59,6 +59,10 @@ def test_edit_a_draft_with_shell_tools_and_commit_it(q3, local_package, mount, t
     assert sorted(os.listdir(draft)) == ["README.md", "data", "data-raw.csv", "greeting.txt", "more", "new.bin"]
     assert os.listdir(draft / "data") == []  # emptied, still there until rmdir
     assert (draft / "data-raw.csv").read_bytes() == b"a,b\n1,2\n3,4\n"  # appended to a copy of the parent's
+    diff = run_cli("packages", "diff", str(draft))
+    assert diff.returncode == 0, diff.stderr
+    assert diff.stdout.splitlines() == ["M  README.md", "M  data-raw.csv", "D  empty.txt",
+                                        "R  data/hello.txt -> greeting.txt", "A  more/x.txt", "A  new.bin"]
     record = fresh_record(mnt)
     assert record["drafts"][0]["package"] == "demo/pkg" and record["drafts"][0]["files_written"] == 4
 
@@ -79,6 +83,7 @@ def test_edit_a_draft_with_shell_tools_and_commit_it(q3, local_package, mount, t
     assert os.getxattr(draft, "user.quilt.parent").decode() == pkg.top_hash
     assert (draft / "README.md").read_bytes() == b"changed\n"
     assert fresh_record(mnt)["drafts"][0]["files_written"] == 0
+    assert run_cli("packages", "diff", str(draft), "--json").stdout.strip() == "[]"
 
     # A draft lives until it is committed or removed: across a remount too.
     (draft / "kept.txt").write_bytes(b"kept")
@@ -119,7 +124,8 @@ def test_conflicts_new_packages_and_bad_input(q3, local_package, mount, tmp_path
     assert fresh["one.txt"].get_bytes() == b"one" and fresh.meta == {"k": 1}
 
     for args, needle in ((["packages", "commit", str(mnt / ".packages/demo/pkg")], "not the draft of a package"),
-                         (["packages", "commit", str(tmp_path)], "not the draft of a package")):
+                         (["packages", "commit", str(tmp_path)], "not the draft of a package"),
+                         (["packages", "diff", str(tmp_path)], "not the draft of a package")):
         result = run_cli(*args)
         assert result.returncode == 1 and needle in result.stderr and result.stderr.count("\n") == 1, \
             (args, result.stderr)

@@ -26,7 +26,7 @@ from typing import Any
 
 from quiltmount.errors import UserError
 from quiltmount.files import atomic_file
-from quiltmount.fs.staging import OPEN, StagedFile, StagingArea
+from quiltmount.fs.staging import OPEN, StagedFile, StagingArea, read_journal
 from quiltmount.packages.commit import KEEP, Changes, Committed, NewFile, commit_revision
 from quiltmount.packages.registry import Registry
 
@@ -65,6 +65,34 @@ class _Record:
                    dict(data["entry_meta"]), dict(data["file_meta"]), data.get("user_meta", KEEP))
 
 
+def _read_record(directory: str) -> _Record:
+    try:
+        with open(os.path.join(directory, DRAFT_FILE), encoding="utf-8") as file:
+            return _Record.from_json(json.load(file))
+    except FileNotFoundError:
+        raise DraftError(f"{directory}: no draft there") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DraftError(f"{directory}: unreadable draft ({exc})") from None
+
+
+@dataclass
+class DraftChanges:
+    """What a draft changes, read from its files without opening it (a running daemon holds it)."""
+
+    parent: str | None
+    written: list[str]  # keys with staged bytes
+    deleted: set[str]
+    renamed: dict[str, str]  # new key -> the parent key it shows
+    meta_changed: set[str]  # parent keys whose meta changed
+
+
+def read_changes(directory: str) -> DraftChanges:
+    record = _read_record(directory)
+    written = sorted({staged.key for staged in read_journal(os.path.join(directory, "staging"))})
+    return DraftChanges(record.parent, written, set(record.deleted), dict(record.renamed),
+                        set(record.entry_meta))
+
+
 class Draft:
     """One draft of one package.  Thread-safe: a lock orders changes and their writes to `draft.json`."""
 
@@ -87,14 +115,7 @@ class Draft:
 
     @classmethod
     def open(cls, directory: str) -> Draft:
-        try:
-            with open(os.path.join(directory, DRAFT_FILE), encoding="utf-8") as file:
-                record = _Record.from_json(json.load(file))
-        except FileNotFoundError:
-            raise DraftError(f"{directory}: no draft there") from None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise DraftError(f"{directory}: unreadable draft ({exc})") from None
-        return cls(directory, record)
+        return cls(directory, _read_record(directory))
 
     @property
     def package(self) -> str:

@@ -85,15 +85,7 @@ class StagingArea:
     def recover(self) -> list[StagedFile]:
         """Every staged file a previous daemon left (entries whose data is gone are dropped)."""
         found = []
-        for name in sorted(os.listdir(self._journal)):
-            if not name.endswith(".json"):
-                continue
-            try:
-                with open(os.path.join(self._journal, name), encoding="utf-8") as file:
-                    staged = StagedFile(**json.load(file))
-            except (OSError, ValueError, TypeError) as exc:
-                log.error("staging: unreadable journal entry %s (%s); left in place", name, exc)
-                continue
+        for staged in read_journal(self.directory):
             if not os.path.exists(self.data_path(staged)):
                 log.error("staging: %s has a journal entry but no data; dropping the entry", staged.key)
                 self.remove(staged)
@@ -103,6 +95,22 @@ class StagingArea:
 
     def close(self) -> None:
         self._lock_file.close()
+
+
+def read_journal(directory: str) -> list[StagedFile]:
+    """The journal entries of the staging area at `directory`, read without taking it over (its owner may be
+    running): entries are replaced whole, so each one read is complete."""
+    journal = os.path.join(directory, "journal")
+    found = []
+    for name in sorted(os.listdir(journal)) if os.path.isdir(journal) else ():
+        if not name.endswith(".json"):
+            continue
+        try:
+            with open(os.path.join(journal, name), encoding="utf-8") as file:
+                found.append(StagedFile(**json.load(file)))
+        except (OSError, ValueError, TypeError) as exc:
+            log.error("staging: unreadable journal entry %s (%s); left in place", name, exc)
+    return found
 
 
 def copy_in(store: ObjectStore, obj: ObjectInfo, data_path: str) -> None:
