@@ -1231,6 +1231,16 @@ def delete_prefix(s3: Any, bucket: str, prefix: str) -> int:
     return deleted
 
 
+def timed_upload_file(bench: Bench, path: str, key: str, *, sha256: bool = False) -> float:
+    """Seconds of one boto3 `upload_file` of `path`: the baseline of writes.  `sha256`: with SHA-256 checksums,
+    as the mount sends them (S3 verifies every part; the composite is quilt3's hash); upload_file's default is
+    CRC32, cheaper for the server, so both are measured."""
+    extra = {"ExtraArgs": {"ChecksumAlgorithm": "SHA256"}} if sha256 else {}
+    started = time.perf_counter()
+    bench.s3.upload_file(path, bench.bucket, key, Config=TransferConfig(), **extra)
+    return time.perf_counter() - started
+
+
 def verify_object(s3: Any, bucket: str, key: str, local: str) -> dict[str, Any]:
     """Check an uploaded object against the local file: its size, then the SHA-256 of sampled ranges.
 
@@ -1347,17 +1357,10 @@ def measure_cp_write(bench: Bench) -> list[Result]:
         idle_s = idle_umount_seconds(bench)
         for _ in range(bench.args.rounds):
             with cpu_meter(bench.cpu_pids()) as direct_cpu:
-                started = time.perf_counter()
-                bench.s3.upload_file(source, bench.bucket, direct_key, Config=TransferConfig())
-                direct_s = time.perf_counter() - started
+                direct_s = timed_upload_file(bench, source, direct_key)
             direct_check = verify_object(bench.s3, bench.bucket, direct_key, source)
             delete_prefix(bench.s3, bench.bucket, WRITE_PREFIX)
-            # The mount sends SHA-256 checksums (S3 verifies every part; the composite is quilt3's hash);
-            # upload_file's default is CRC32, cheaper for the server: the same upload with SHA-256, for reference.
-            started = time.perf_counter()
-            bench.s3.upload_file(source, bench.bucket, direct_key, Config=TransferConfig(),
-                                 ExtraArgs={"ChecksumAlgorithm": "SHA256"})
-            sha256_s = time.perf_counter() - started
+            sha256_s = timed_upload_file(bench, source, direct_key, sha256=True)
             delete_prefix(bench.s3, bench.bucket, WRITE_PREFIX)
             with bench.mount("write-cp") as mount:
                 figures = copy_until_durable(bench, mount, source, mount_key)
@@ -1901,14 +1904,14 @@ def timed_quilt3_push(bench: Bench, quilt3: ModuleType, log: RequestLog, logical
 
 
 def measure_commit(bench: Bench) -> list[Result]:
-    """13. package commits at the engine level (no mount yet): one changed 1 KiB file in a draft of a
+    """13. package commits at the engine level (without the mount): one changed 1 KiB file in a draft of a
     --commit-entries revision vs quilt3 browse + set + push of the same change; --write-mib MiB of new data
     vs upload_file of the same bytes (each round, baseline first)."""
     count, size = bench.args.commit_entries, bench.args.write_mib * MiB
     changed = scale_logical_key(count // 2)
     changed_key, big_key = f"{COMMIT_PACKAGE}/{changed}", f"{COMMIT_PACKAGE}/{COMMIT_BIG_KEY}"
     direct_key = f"{WRITE_PREFIX}commit-upload_file-{size // MiB}.bin"
-    label = f"commit, engine (no mount yet), {count:,}-entry revision:"
+    label = f"commit, engine (without the mount), {count:,}-entry revision:"
     engine_session, quilt3_session = boto3.Session(), boto3.Session()
     engine_log, quilt3_log = RequestLog(engine_session), RequestLog(quilt3_session)
     store = CountingStore(S3Store(bench.bucket, endpoint_url=bench.endpoint, session=engine_session))
@@ -1966,14 +1969,9 @@ def measure_commit(bench: Bench) -> list[Result]:
                 with draft_on(bench, top_hashes[-1]) as draft:
                     path = stage_file(draft, COMMIT_BIG_KEY, lambda path: write_random_file(path, size))
                     with cpu_meter(bench.cpu_pids()) as direct_cpu:
-                        started = time.perf_counter()
-                        bench.s3.upload_file(path, bench.bucket, direct_key, Config=TransferConfig())
-                        direct_s = time.perf_counter() - started
+                        direct_s = timed_upload_file(bench, path, direct_key)
                     delete_prefix(bench.s3, bench.bucket, WRITE_PREFIX)
-                    started = time.perf_counter()
-                    bench.s3.upload_file(path, bench.bucket, direct_key, Config=TransferConfig(),
-                                         ExtraArgs={"ChecksumAlgorithm": "SHA256"})
-                    sha256_s = time.perf_counter() - started
+                    sha256_s = timed_upload_file(bench, path, direct_key, sha256=True)
                     delete_prefix(bench.s3, bench.bucket, WRITE_PREFIX)
                     big = timed_commit(bench, store, registry, engine_log, draft,
                                        f"bench round {number}: engine commit of {size // MiB} MiB")

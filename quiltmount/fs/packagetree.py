@@ -560,7 +560,7 @@ class PackagesTree(Tree):
         parts = path.split("/")
         if len(parts) == 3 and parts[2] == DRAFT:
             name = f"{parts[0]}/{parts[1]}"
-            self.lookup(f"{parts[0]}/{parts[1]}")
+            self.lookup(name)
             return self._make_draft(name, path)
         if self.drafts_dir is None or len(parts) not in (1, 2):
             raise StorageError(f"{path}: only drafts can be made here (NS/NAME/draft)", errno.EROFS)
