@@ -20,6 +20,8 @@ from quiltmount.units import format_size, parse_size
 from quiltmount.version import __version__
 
 if TYPE_CHECKING:
+    from tqdm import tqdm
+
     from quiltmount.storage import Source
 
 UMOUNT_WAIT = 600.0
@@ -76,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="catalog API key for .search from environment variable VAR (default: QUILT_API_KEY "
                             "if set, else the login shared with quilt3)")
     mount.add_argument("--package", metavar="NS/NAME[@HASH|:TAG]",
-                       help="mount one package revision (latest by default) at the root, read-only")
+                       help="mount one package revision (latest by default) at the root, read-only; its draft "
+                            "is MOUNT/.draft (unless --read-only)")
     mount.set_defaults(handler=cmd_mount)
 
     umount = commands.add_parser("umount", help="unmount, waiting for the daemon to finish")
@@ -107,18 +110,29 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--registry", help="registry (default: quilt3's default_local_registry)")
     index.add_argument("--json", action="store_true", help="machine-readable output")
     index.set_defaults(handler=cmd_packages_index)
+    draft = package_verbs.add_parser("draft", help="open a package draft in a mount (prints its path)")
+    draft.add_argument("name", metavar="NS/NAME")
+    draft.add_argument("mountpoint", nargs="?", metavar="MOUNTPOINT",
+                       help="the mount (default: the only writable mount that can hold it)")
+    draft.add_argument("--from", dest="from_revision", metavar="HASH|POINTER",
+                       help="start from this revision (default: latest; in a package mount, the mounted one)")
+    draft.set_defaults(handler=cmd_packages_draft)
     commit = package_verbs.add_parser("commit", help="publish a package draft of a mount as a new revision")
-    commit.add_argument("path", metavar="DRAFT", help="MOUNT/.packages/NS/NAME/draft")
+    commit.add_argument("path", metavar="DRAFT", help="MOUNT/.packages/NS/NAME/draft (MOUNT/.draft in a package "
+                                                      "mount)")
     commit.add_argument("-m", "--message", help="the revision's message")
     commit.add_argument("--meta", type=argtypes.json_value, help="replace the package metadata (JSON)")
-    commit.add_argument("--workflow", help="workflow ID (registries with workflows are not supported yet)")
+    commit.add_argument("--workflow", default=..., type=lambda value: None if value == "" else value,
+                        help="workflow ID, or an empty string to skip workflow validation (as quilt3 push; "
+                             "default: the registry's default workflow)")
     commit.add_argument("--force", action="store_true", help="move latest even if it changed since the draft's "
                                                               "parent")
     commit.add_argument("--dedupe", action="store_true", help="skip the commit if it equals latest")
     commit.add_argument("--json", action="store_true", help="machine-readable output")
     commit.set_defaults(handler=cmd_packages_commit)
     diff = package_verbs.add_parser("diff", help="what committing a package draft would change (A/M/D/R)")
-    diff.add_argument("path", metavar="DRAFT", help="MOUNT/.packages/NS/NAME/draft")
+    diff.add_argument("path", metavar="DRAFT", help="MOUNT/.packages/NS/NAME/draft (MOUNT/.draft in a package "
+                                                    "mount)")
     diff.add_argument("--json", action="store_true", help="machine-readable output")
     diff.set_defaults(handler=cmd_packages_diff)
 
@@ -271,13 +285,22 @@ def cmd_packages_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_packages_draft(args: argparse.Namespace) -> int:
+    from quiltmount.draftctl import open_draft
+
+    print(open_draft(args.name, args.mountpoint, from_revision=args.from_revision))
+    return 0
+
+
 def cmd_packages_commit(args: argparse.Namespace) -> int:
-    from quiltmount.api import commit_draft
+    from quiltmount.draftctl import commit_draft
 
     options = {} if args.meta is None else {"meta": args.meta}
-    if args.workflow is not None:
+    if args.workflow is not ...:
         options["workflow"] = args.workflow
-    result = commit_draft(args.path, args.message, force=args.force, dedupe=args.dedupe, **options)
+    with CommitProgressBar(enabled=sys.stderr.isatty()) as bar:
+        result = commit_draft(args.path, args.message, force=args.force, dedupe=args.dedupe,
+                              progress=bar.update if bar.enabled else None, **options)
     if args.json:
         print(json.dumps(result))
     elif result["pointer"] is None:
@@ -287,8 +310,45 @@ def cmd_packages_commit(args: argparse.Namespace) -> int:
     return 0
 
 
+class CommitProgressBar:
+    """tqdm bars for a commit that runs in its daemon: the parent's entries while they are read (large
+    parents), then the bytes of the new files as each one is uploaded."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self._phase: str | None = None
+        self._bar: tqdm | None = None
+
+    def __enter__(self) -> CommitProgressBar:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+    def update(self, report: dict[str, int | str]) -> None:
+        from tqdm import tqdm
+
+        phase = report.get("phase")
+        if phase != self._phase:
+            self.__exit__()
+            self._phase, self._bar = phase, None
+            if phase == "parent":
+                self._bar = tqdm(desc="reading the parent", unit=" entries", file=sys.stderr)
+            elif phase == "upload":
+                self._bar = tqdm(desc="uploading", total=int(report["bytes_total"]), unit="B", unit_scale=True,
+                                 unit_divisor=1024, file=sys.stderr)
+        if self._bar is None:
+            return
+        done = int(report["parent_entries"] if phase == "parent" else report["bytes_done"])
+        self._bar.update(done - self._bar.n)
+        if phase == "upload":
+            self._bar.set_postfix_str(f"{report['files_done']}/{report['files_total']} files", refresh=False)
+        self._bar.refresh()
+
+
 def cmd_packages_diff(args: argparse.Namespace) -> int:
-    from quiltmount.api import diff_draft
+    from quiltmount.draftctl import diff_draft
 
     changes = diff_draft(args.path)
     if args.json:

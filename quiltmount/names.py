@@ -1,7 +1,10 @@
 """Which names a directory entry can have: the kernel's rules, shared by the file system views and the
-package index (which leaves out, at build time, the entries a mount could never show)."""
+package index (which leaves out, at build time, the entries a mount could never show); and which names a
+package and its pointers can have (quilt3's rules)."""
 
 from __future__ import annotations
+
+import re
 
 #: NAME_MAX: the kernel rejects a whole directory listing when one name in it is longer.
 MAX_NAME_BYTES = 255
@@ -23,3 +26,17 @@ def invalid_path_reason(path: str) -> str | None:
     (The kernel rejects a whole directory listing when one name in it is over 255 bytes, so one such name
     would hide all its siblings.)"""
     return next(filter(None, map(invalid_name_reason, path.split("/"))), None)
+
+
+_PACKAGE_NAME = re.compile(r"[\w-]+/[\w-]+")  # Unicode \w, like quilt3's PACKAGE_NAME_FORMAT
+_POINTER_NAME = re.compile(r"[0-9]+|latest")
+
+
+def is_valid_package_name(name: str) -> bool:
+    """`namespace/name`, as quilt3 accepts them."""
+    return isinstance(name, str) and _PACKAGE_NAME.fullmatch(name) is not None
+
+
+def is_pointer_name(pointer: str) -> bool:
+    """Pointer files are named by Unix seconds (ASCII digits) or `latest`."""
+    return isinstance(pointer, str) and _POINTER_NAME.fullmatch(pointer) is not None

@@ -10,6 +10,7 @@ Run (as root, with /dev/fuse and fusermount3; from the project's virtualenv)::
                                             # 100,000-entry revisions for the scale test
     python scripts/bench.py --only scale    # the revision index at 1,000,000 entries (~5-10 min)
     python scripts/bench.py --only commit   # package commits (engine level) on a 10,000-entry revision
+    python scripts/bench.py --only draft    # the same through a mount: mkdir draft, cp, quiltmount packages commit
     python scripts/bench.py --endpoint-url http://127.0.0.1:9000   # use a running S3 server
 
 Without ``--endpoint-url`` it starts the project's moto test server (``tests/s3server.py``,
@@ -18,7 +19,7 @@ share this process's GIL with the boto3 baselines; ``--in-process-server`` runs 
 instead.  AWS credentials default to moto's dummy ones (``testing``/``testing``, us-east-1).
 
 What it measures, each against a baseline taken in the same run (MB = 10^6 bytes).  Measurements 1, 3, 4,
-9 and 13 run ``--rounds`` times (3), baseline then mount in each round; the table gives the medians (the
+9, 13 and 14 run ``--rounds`` times (3), baseline then mount in each round; the table gives the medians (the
 ratio is the median of the rounds' ratios) and the JSON every round:
 
 1. cold sequential read of the big object through a fresh mount (1 MiB reads) vs boto3
@@ -69,8 +70,8 @@ ratio is the median of the rounds' ratios) and the JSON every round:
     manifest sizes.  For 12 the baseline column is not measured in the run: it is the figure measured on
     main before the revision index (issue 13), when every fresh mount parsed the whole manifest into memory
     (1,000,000 and 100,000 entries only);
-13. package commits (issue 15), at the engine level for now: there is no mount of drafts yet, so a ``Draft``
-    (``fs/draft.py``) is made on the revision, the file staged in it as ``cp`` into a draft will stage it, and
+13. package commits (issue 15) at the engine level, without the mount (14. goes through one): a ``Draft``
+    (``fs/draft.py``) is made on the revision, the file staged in it as ``cp`` into a draft stages it, and
     ``commit_draft`` timed until ``latest`` names the new revision (``--commit-entries``, 10,000; 1,000 with
     ``--quick``; 0 skips it; ``--only commit``).  The parent: that many files of 1 KiB of random bytes, put
     once where ``quilt3 push`` puts them (``bench/commit/<logical key>``, the keys of 12.), and a manifest
@@ -83,7 +84,23 @@ ratio is the median of the rounds' ratios) and the JSON every round:
     (default ``TransferConfig``; then again with ``ChecksumAlgorithm=SHA256``) of ``--write-mib`` (256) MiB of
     new random bytes staged in a draft of the current revision, then the commit of that draft, which adds
     them as one file in the first round and replaces it in the others (target ratio >= 0.8).  At the end
-    quilt3 browses the last revision; the package, its files and manifests are deleted.
+    quilt3 browses the last revision; the package, its files and manifests are deleted;
+14. package drafts through a mount, end to end (issue 15; ``--only draft``; the parent as in 13., made
+    again): each round on a fresh mount of the bucket, ``mkdir MOUNT/.packages/bench/commit/draft``, ``cp`` of
+    a local file into it, the commit and a boto3 GET of ``latest`` that must name the new revision, each timed
+    apart (the daemon's requests by kind and the CPU seconds of each, from its status record, which needs
+    pauses between them) and summed (``total``).  Every round is run twice, once per way to commit: ``quiltmount
+    packages commit DRAFT -m MSG --json`` (a subprocess: it pays Python's start-up and imports, also measured
+    alone) and ``quiltmount.commit_draft`` in this process (as the baselines run).  ``--rounds`` times: (a)
+    quilt3 browse + set + push of one changed 1 KiB file as in 13., then the same change through the mount on
+    quilt3's revision (target: total <= 2 s, the commit's PUTs the file + 3).  This mount talks to the server
+    through tests/faultproxy.py's proxy, which records every request's operation and key (a little slower than
+    straight to the server; quilt3 is not proxied): no request of mkdir, cp or the commit may touch another
+    file of the package than the changed one, nor GET any; then ``--rounds`` times: (b) ``upload_file``
+    (default, then with SHA-256) of ``--write-mib`` MiB of new random bytes from local disk, then mkdir,
+    ``cp`` of that file and the commit through a mount straight to the server (target ratio >= 0.8 for the
+    total; the commit alone is also given).  After each commit the mount must show the new revision as
+    ``latest`` and the draft on it.  At the end quilt3 browses the last revision.
 
 "Durable" in 9-11 is when ``quiltmount umount`` returns: it unmounts, then waits for the daemon to
 finish every pending upload and exit, and fails if one did not land.  The time runs from the start of
@@ -108,7 +125,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import importlib
 import io
+import itertools
 import json
 import os
 import platform
@@ -131,12 +150,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 from unittest import mock
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
 
+import quiltmount
 from quiltmount import state as qm_state
 from quiltmount.fs.draft import Draft, commit_draft
 from quiltmount.fs.staging import CLOSED
@@ -278,13 +299,11 @@ class Result:
 # --------------------------------------------------------------------------------------------------
 
 
-def import_s3server() -> ModuleType:
-    """The project's test server module (tests/ is not a package)."""
+def import_from_tests(name: str) -> ModuleType:
+    """A module of the project's tests/ (not a package): `s3server`, the test server; `faultproxy`."""
     if str(TESTS_DIR) not in sys.path:
         sys.path.insert(0, str(TESTS_DIR))
-    import s3server  # type: ignore[import-not-found]
-
-    return s3server
+    return importlib.import_module(name)
 
 
 @contextlib.contextmanager
@@ -294,7 +313,7 @@ def s3_endpoint(args: argparse.Namespace) -> Iterator[tuple[str, int | None]]:
         yield args.endpoint_url, None
         return
     if args.in_process_server:
-        with import_s3server().S3TestServer() as server:
+        with import_from_tests("s3server").S3TestServer() as server:
             yield server.endpoint_url, None
         return
     # tests/s3server.py runs S3TestServer and prints its endpoint URL as the first line.
@@ -667,14 +686,16 @@ class Mount:
     """A fresh `quiltmount mount` on a new temporary directory; unmounts on exit, whatever happened.
 
     Every mount gets a new, empty --cache-dir, so nothing (blocks, package manifests) survives from an
-    earlier mount of the same source.
+    earlier mount of the same source.  `endpoint`: the S3 server it talks to (default: the run's).
     """
 
-    def __init__(self, bench: Bench, label: str, prefix: str = "", memory_cache_size: str | None = None) -> None:
+    def __init__(self, bench: Bench, label: str, prefix: str = "", memory_cache_size: str | None = None,
+                 endpoint: str | None = None) -> None:
         self.bench = bench
         self.label = label
         self.prefix = prefix
         self.memory_cache_size = memory_cache_size or bench.args.memory_cache_size
+        self.endpoint = endpoint or bench.endpoint
         self.path = ""
         self.pid = 0
         self.sampler: RssSampler | None = None
@@ -685,7 +706,7 @@ class Mount:
         cache_dir = tempfile.mkdtemp(prefix=f"cache-{self.label}-", dir=self.bench.workdir)
         try:
             self.bench.quiltmount("mount", f"s3://{self.bench.bucket}/{self.prefix}", self.path,
-                                  "--endpoint-url", self.bench.endpoint, "--cache-dir", cache_dir,
+                                  "--endpoint-url", self.endpoint, "--cache-dir", cache_dir,
                                   "--memory-cache-size", self.memory_cache_size,
                                   timeout=MOUNT_TIMEOUT)
             self.pid = int(self.record()["pid"])
@@ -892,9 +913,10 @@ class Bench:
             pids["daemon"] = daemon
         return pids
 
-    def mount(self, label: str, prefix: str = "", memory_cache_size: str | None = None) -> Mount:
+    def mount(self, label: str, prefix: str = "", memory_cache_size: str | None = None,
+              endpoint: str | None = None) -> Mount:
         """A fresh mount of the bucket, or of `prefix` (ending in '/') in it."""
-        return Mount(self, label, prefix, memory_cache_size)
+        return Mount(self, label, prefix, memory_cache_size, endpoint)
 
     @staticmethod
     def in_mount(mount: Mount, key: str) -> str:
@@ -1749,7 +1771,7 @@ def measure_scale(bench: Bench) -> list[Result]:
 
 
 # --------------------------------------------------------------------------------------------------
-# 13. Package commits (the engine: no mount of drafts yet)
+# 13. Package commits (the engine, without the mount)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -1886,10 +1908,13 @@ def timed_commit(bench: Bench, store: CountingStore, registry: Registry, log: Re
             "operations": operation_counts(calls), "calls": calls}
 
 
-def timed_quilt3_push(bench: Bench, quilt3: ModuleType, log: RequestLog, logical_key: str, path: str,
+def timed_quilt3_push(bench: Bench, quilt3: ModuleType, log: RequestLog, logical_key: str,
                       message: str) -> dict[str, Any]:
-    """quilt3's way to the same change: `Package.browse` of latest, `set` of the file, `push`, timed."""
+    """quilt3's way to a change of one file: `Package.browse` of latest, `set` of `logical_key` to 1 KiB of new
+    random bytes, `push`, timed; then `latest` must name the revision pushed."""
     registry = f"s3://{bench.bucket}"
+    path = os.path.join(bench.workdir, "commit-change.bin")
+    Path(path).write_bytes(os.urandom(SMALL_FILE_SIZE))
     mark = log.mark()
     with cpu_meter(bench.cpu_pids()) as cpu, contextlib.redirect_stdout(io.StringIO()):
         started = time.perf_counter()
@@ -1899,8 +1924,81 @@ def timed_quilt3_push(bench: Bench, quilt3: ModuleType, log: RequestLog, logical
         pushed = package.push(COMMIT_PACKAGE, registry=registry, message=message)
         seconds = time.perf_counter() - started
     calls = log.since(mark, started)
+    check_latest(bench, pushed.top_hash, "quilt3's push")
     return {"seconds": seconds, "browse_seconds": browse_s, "top_hash": pushed.top_hash, "cpu_seconds": cpu,
             "operations": operation_counts(calls), "calls": calls}
+
+
+def check_latest(bench: Bench, top_hash: str, what: str) -> None:
+    """Fail unless the registry's `latest` of COMMIT_PACKAGE, read with boto3, names `top_hash`."""
+    latest = bench.s3.get_object(Bucket=bench.bucket, Key=f".quilt/named_packages/{COMMIT_PACKAGE}/latest")
+    if latest["Body"].read().decode("ascii") != top_hash:
+        raise RuntimeError(f"after {what}, latest of {COMMIT_PACKAGE} does not name {top_hash}")
+
+
+@contextlib.contextmanager
+def commit_package(bench: Bench) -> Iterator[tuple[dict[str, Any], list[str]]]:
+    """COMMIT_PACKAGE's parent revision for the block (13., 14.): its figures (prepare_commit_package) and the
+    list of the revisions to delete, to which the block adds those it makes.  Afterwards the package, its files,
+    those manifests and WRITE_PREFIX are deleted."""
+    top_hashes: list[str] = []
+    try:
+        delete_commit_package(bench, [])  # a persistent --endpoint-url server: start clean
+        delete_prefix(bench.s3, bench.bucket, WRITE_PREFIX)
+        print(f"  writing {COMMIT_PACKAGE} ({bench.args.commit_entries} files of 1 KiB, put once, and its "
+              "manifest) ...", flush=True)
+        info = prepare_commit_package(bench)
+        top_hashes.append(info["top_hash"])
+        yield info, top_hashes
+    finally:
+        delete_prefix(bench.s3, bench.bucket, WRITE_PREFIX)
+        delete_commit_package(bench, top_hashes)
+
+
+def upload_file_baselines(bench: Bench, path: str) -> dict[str, Any]:
+    """The baselines of new data committed (13., 14.): `upload_file` of `path` to WRITE_PREFIX, then again with
+    SHA-256 checksums (the commit's), each object deleted right after: their seconds, the first's CPU seconds."""
+    key = f"{WRITE_PREFIX}commit-upload_file-{os.path.getsize(path) // MiB}.bin"
+    with cpu_meter(bench.cpu_pids()) as cpu:
+        seconds = timed_upload_file(bench, path, key)
+    delete_prefix(bench.s3, bench.bucket, WRITE_PREFIX)
+    sha256_s = timed_upload_file(bench, path, key, sha256=True)
+    delete_prefix(bench.s3, bench.bucket, WRITE_PREFIX)
+    return {"baseline_seconds": seconds, "baseline_cpu_seconds": cpu, "baseline_sha256_seconds": sha256_s}
+
+
+def check_big_commit(bench: Bench, figures: dict[str, Any], size: int) -> None:
+    """A commit of new data left COMMIT_BIG_KEY of `size` bytes in the bucket and one entry more than the parent."""
+    key = f"{COMMIT_PACKAGE}/{COMMIT_BIG_KEY}"
+    stored = bench.s3.head_object(Bucket=bench.bucket, Key=key)["ContentLength"]
+    if stored != size or figures["entries"] != bench.args.commit_entries + 1:
+        raise RuntimeError(f"the commit of {size // MiB} MiB left {stored} bytes at {key} and {figures['entries']} "
+                           f"entries, expected {size} and {bench.args.commit_entries + 1}")
+
+
+def quilt3_reads(bench: Bench, quilt3: ModuleType, top_hash: str, size: int) -> dict[str, Any]:
+    """quilt3 browses revision `top_hash` (the last commit of new data) and agrees on its top hash, its
+    entries and the size of COMMIT_BIG_KEY."""
+    package = quilt3.Package.browse(COMMIT_PACKAGE, registry=f"s3://{bench.bucket}", top_hash=top_hash)
+    check = {"top_hash": package.top_hash, "entries": len(list(package.walk())),
+             "big_size": package[COMMIT_BIG_KEY].size, "quilt3": quilt3.__version__}
+    if (check["top_hash"], check["entries"], check["big_size"]) != (top_hash, bench.args.commit_entries + 1, size):
+        raise RuntimeError(f"quilt3 reads revision {top_hash} differently: {check}")
+    return check
+
+
+def new_data_results(name: str, size: int, rounds: list[dict[str, Any]], seconds: str) -> list[Result]:
+    """The rows of new data committed: MB/s of each round's `seconds` vs upload_file's (target ratio >= 0.8), and
+    vs upload_file with SHA-256 (the rounds hold upload_file_baselines' figures)."""
+    def speeds(baseline: str) -> list[tuple[float, float]]:
+        return [(size / MB / entry[seconds], size / MB / entry[baseline]) for entry in rounds]
+
+    return [Result.of_rounds(f"{name} (vs upload_file)", "MB/s", speeds("baseline_seconds"),
+                             Target("ratio", ">=", 0.8),
+                             {"bytes": size, "baseline": "boto3 upload_file, default TransferConfig",
+                              "rounds": rounds}),
+            Result.of_rounds(f"{name} vs upload_file with SHA-256", "MB/s", speeds("baseline_sha256_seconds"), None,
+                             {"baseline": "boto3 upload_file, ChecksumAlgorithm SHA256 (the commit's checksum)"})]
 
 
 def measure_commit(bench: Bench) -> list[Result]:
@@ -1909,48 +2007,32 @@ def measure_commit(bench: Bench) -> list[Result]:
     vs upload_file of the same bytes (each round, baseline first)."""
     count, size = bench.args.commit_entries, bench.args.write_mib * MiB
     changed = scale_logical_key(count // 2)
-    changed_key, big_key = f"{COMMIT_PACKAGE}/{changed}", f"{COMMIT_PACKAGE}/{COMMIT_BIG_KEY}"
-    direct_key = f"{WRITE_PREFIX}commit-upload_file-{size // MiB}.bin"
+    changed_key = f"{COMMIT_PACKAGE}/{changed}"
     label = f"commit, engine (without the mount), {count:,}-entry revision:"
     engine_session, quilt3_session = boto3.Session(), boto3.Session()
     engine_log, quilt3_log = RequestLog(engine_session), RequestLog(quilt3_session)
     store = CountingStore(S3Store(bench.bucket, endpoint_url=bench.endpoint, session=engine_session))
     registry = Registry(store, f"s3://{bench.bucket}")
-    top_hashes: list[str] = []
-    small_rounds, big_rounds, sha256_rounds = [], [], []
+    small_rounds = []
     small_details: list[dict[str, Any]] = []
     big_details: list[dict[str, Any]] = []
 
     def say(text: str) -> None:
         print(f"  {text}", flush=True)
 
-    def check_latest(top_hash: str, what: str) -> None:
-        latest = bench.s3.get_object(Bucket=bench.bucket, Key=f".quilt/named_packages/{COMMIT_PACKAGE}/latest")
-        if latest["Body"].read().decode("ascii") != top_hash:
-            raise RuntimeError(f"after {what}, latest of {COMMIT_PACKAGE} does not name {top_hash}")
-
     try:
-        delete_commit_package(bench, [])  # a persistent --endpoint-url server: start clean
-        delete_prefix(bench.s3, bench.bucket, WRITE_PREFIX)
-        say(f"writing {COMMIT_PACKAGE} ({count} files of 1 KiB, put once, and its manifest) ...")
-        info = prepare_commit_package(bench)
-        top_hashes.append(info["top_hash"])
-        with quilt3_on(bench, quilt3_session) as quilt3:
+        with commit_package(bench) as (info, top_hashes), quilt3_on(bench, quilt3_session) as quilt3:
             for number in range(1, bench.args.rounds + 1):
                 # (a) quilt3's push of one changed file, then the engine's commit of one, on quilt3's revision.
-                source = os.path.join(bench.workdir, "commit-change.bin")
-                Path(source).write_bytes(os.urandom(SMALL_FILE_SIZE))
-                baseline = timed_quilt3_push(bench, quilt3, quilt3_log, changed, source,
-                                             f"bench round {number}: quilt3 push")
+                baseline = timed_quilt3_push(bench, quilt3, quilt3_log, changed, f"bench round {number}: quilt3 push")
                 top_hashes.append(baseline["top_hash"])
-                check_latest(baseline["top_hash"], "quilt3's push")
                 data = os.urandom(SMALL_FILE_SIZE)
                 with draft_on(bench, baseline["top_hash"]) as draft:
                     stage_file(draft, changed, lambda path: Path(path).write_bytes(data))
                     figures = timed_commit(bench, store, registry, engine_log, draft,
                                            f"bench round {number}: engine commit")
                 top_hashes.append(figures["top_hash"])
-                check_latest(figures["top_hash"], "the commit")
+                check_latest(bench, figures["top_hash"], "the commit")
                 if figures["entries"] != count:
                     raise RuntimeError(f"the commit wrote {figures['entries']} entries, expected {count}")
                 if bench.s3.get_object(Bucket=bench.bucket, Key=changed_key)["Body"].read() != data:
@@ -1968,39 +2050,22 @@ def measure_commit(bench: Bench) -> list[Result]:
             for number in range(1, bench.args.rounds + 1):
                 with draft_on(bench, top_hashes[-1]) as draft:
                     path = stage_file(draft, COMMIT_BIG_KEY, lambda path: write_random_file(path, size))
-                    with cpu_meter(bench.cpu_pids()) as direct_cpu:
-                        direct_s = timed_upload_file(bench, path, direct_key)
-                    delete_prefix(bench.s3, bench.bucket, WRITE_PREFIX)
-                    sha256_s = timed_upload_file(bench, path, direct_key, sha256=True)
-                    delete_prefix(bench.s3, bench.bucket, WRITE_PREFIX)
+                    baselines = upload_file_baselines(bench, path)
                     big = timed_commit(bench, store, registry, engine_log, draft,
                                        f"bench round {number}: engine commit of {size // MiB} MiB")
                 top_hashes.append(big["top_hash"])
-                check_latest(big["top_hash"], f"the commit of {size // MiB} MiB")
-                stored = bench.s3.head_object(Bucket=bench.bucket, Key=big_key)["ContentLength"]
-                if stored != size or big["entries"] != count + 1:
-                    raise RuntimeError(f"the commit of {size // MiB} MiB left {stored} bytes at {big_key} and "
-                                       f"{big['entries']} entries, expected {size} and {count + 1}")
+                check_latest(bench, big["top_hash"], f"the commit of {size // MiB} MiB")
+                check_big_commit(bench, big, size)
                 del big["calls"]  # one per part: the operations say enough
-                big_rounds.append((size / MB / big["seconds"], size / MB / direct_s))
-                sha256_rounds.append((size / MB / big["seconds"], size / MB / sha256_s))
-                big_details.append({**big, "baseline_seconds": direct_s, "baseline_cpu_seconds": direct_cpu,
-                                    "baseline_sha256_seconds": sha256_s})
+                big_details.append({**big, **baselines})
                 say(f"round {number}: {size // MiB} MiB new: engine {big['seconds']:.2f} s "
-                    f"({size / MB / big['seconds']:.0f} MB/s), upload_file {direct_s:.2f} s, with SHA-256 "
-                    f"{sha256_s:.2f} s; requests {big['requests']}")
+                    f"({size / MB / big['seconds']:.0f} MB/s), upload_file {baselines['baseline_seconds']:.2f} s, "
+                    f"with SHA-256 {baselines['baseline_sha256_seconds']:.2f} s; requests {big['requests']}")
 
             # quilt3 reads the last revision the engine wrote, and agrees on its top hash.
-            last = big_details[-1]["top_hash"]
-            package = quilt3.Package.browse(COMMIT_PACKAGE, registry=f"s3://{bench.bucket}", top_hash=last)
-            quilt3_check = {"top_hash": package.top_hash, "entries": len(list(package.walk())),
-                            "big_size": package[COMMIT_BIG_KEY].size, "quilt3": quilt3.__version__}
-            if (quilt3_check["top_hash"], quilt3_check["entries"], quilt3_check["big_size"]) != (last, count + 1, size):
-                raise RuntimeError(f"quilt3 reads revision {last} differently: {quilt3_check}")
+            quilt3_check = quilt3_reads(bench, quilt3, top_hashes[-1], size)
     finally:
         store.close()
-        delete_prefix(bench.s3, bench.bucket, WRITE_PREFIX)
-        delete_commit_package(bench, top_hashes)
 
     engine = [entry["engine"] for entry in small_details]
     pushes = [entry["quilt3"] for entry in small_details]
@@ -2027,13 +2092,242 @@ def measure_commit(bench: Bench) -> list[Result]:
                float(max(len(entry["parent_file_calls"]) for entry in pushes)), Target("value", "==", 0),
                {"rule": "a GET of any file of the package, or any call on another file than the changed one",
                 "baseline": "quilt3's"}),
-        Result.of_rounds(f"{label} {size // MiB} MiB of new data until latest (vs upload_file)", "MB/s", big_rounds,
-                         Target("ratio", ">=", 0.8),
-                         {"bytes": size, "baseline": "boto3 upload_file, default TransferConfig",
-                          "rounds": big_details}),
-        Result.of_rounds(f"{label} {size // MiB} MiB of new data vs upload_file with SHA-256", "MB/s",
-                         sha256_rounds, None,
-                         {"baseline": "boto3 upload_file, ChecksumAlgorithm SHA256 (the engine's checksum)"}),
+        *new_data_results(f"{label} {size // MiB} MiB of new data until latest", size, big_details, "seconds"),
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
+# 14. Package drafts through a mount
+# --------------------------------------------------------------------------------------------------
+
+
+def s3_operation(method: str, key: str | None, query: dict[str, list[str]]) -> str:
+    """The S3 operation of a path-style request, by the name botocore gives it (as RequestLog records them)."""
+    if not key:
+        return "ListObjectsV2" if "list-type" in query else f"{method} bucket"
+    if "uploads" in query:
+        return "CreateMultipartUpload"
+    if "partNumber" in query:
+        return "UploadPart"
+    if "uploadId" in query:
+        return {"POST": "CompleteMultipartUpload", "DELETE": "AbortMultipartUpload"}.get(method, "ListParts")
+    keyed = {"GET": "GetObject", "HEAD": "HeadObject", "PUT": "PutObject", "DELETE": "DeleteObject"}
+    return keyed.get(method, method)
+
+
+@contextlib.contextmanager
+def recording_proxy(bench: Bench) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """tests/faultproxy.py's proxy in front of the run's S3 server, recording each request as {"op", "key",
+    "prefix" (of a listing), "at": its perf_counter on arrival} through its `deny` hook, which refuses none (as
+    tests/test_presigned.py records requests): a daemon's status counts requests by kind only, this says which
+    objects they were for.  Yields the proxy's endpoint and the list, appended to as requests arrive
+    (list.append is atomic).  It reads every body whole and opens a connection upstream per request: for a few
+    small requests, not for throughput."""
+    calls: list[dict[str, Any]] = []
+    bucket_path = f"/{bench.bucket}/"
+
+    def record(method: str, raw_path: str) -> bool:
+        parts = urlsplit(raw_path)
+        path = unquote(parts.path)
+        key = path[len(bucket_path):] if path.startswith(bucket_path) else None
+        query = parse_qs(parts.query, keep_blank_values=True)
+        calls.append({"op": s3_operation(method, key, query), "key": key,
+                      "prefix": query.get("prefix", [None])[0], "at": time.perf_counter()})
+        return False
+
+    with import_from_tests("faultproxy").FaultProxy(bench.endpoint, deny=record) as proxy:
+        yield proxy.endpoint_url, calls
+
+
+def draft_round(bench: Bench, mount: Mount, logical_key: str, source: str, commit: Callable[[str, str], Any],
+                message: str, calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Through `mount`, each a phase (its seconds, the daemon's requests by kind, CPU seconds; with `calls`, a
+    recording_proxy's list, the requests it recorded meanwhile): `mkdir .packages/COMMIT_PACKAGE/draft`; `cp
+    SOURCE draft/LOGICAL_KEY`; `commit(draft, message)` (one of commit_ways') and a boto3 GET of `latest` that
+    must name the new revision.  `total_seconds` is the sum of the three (not the phases' pauses)."""
+    draft = os.path.join(mount.path, ".packages", COMMIT_PACKAGE, "draft")
+    target = os.path.join(draft, logical_key)
+    timeout = bench.args.phase_timeout
+
+    @contextlib.contextmanager
+    def timed_phase(what: str) -> Iterator[dict[str, Any]]:
+        with mount.phase(what) as stats:
+            mark = len(calls) if calls is not None else 0
+            started = time.perf_counter()
+            yield stats
+            stats["seconds"] = time.perf_counter() - started
+            if calls is not None:
+                stats["calls"] = [{"op": call["op"], "key": call["key"], "prefix": call["prefix"],
+                                   "at_ms": round((call["at"] - started) * 1000, 1)} for call in calls[mark:]]
+
+    with timed_phase("mkdir of the draft") as mkdir:
+        run_captured(["mkdir", draft], timeout)
+    parent = os.getxattr(draft, "user.quilt.parent").decode("ascii")
+    os.makedirs(os.path.dirname(target), exist_ok=True)  # untimed: a directory the key is in, new in the draft
+    with timed_phase("cp into the draft") as cp:
+        run_captured(["cp", source, target], timeout)
+    with timed_phase("commit of the draft") as committed:
+        done = commit(draft, message)
+        check_latest(bench, done["top_hash"], f"the commit of {draft}")
+    # Right after the commit the mount shows the new revision as latest, with the draft on it.
+    shown = {"latest": os.readlink(os.path.join(mount.path, ".packages", COMMIT_PACKAGE, "latest")),
+             "draft_parent": os.getxattr(draft, "user.quilt.parent").decode("ascii")}
+    if shown != {"latest": f"@{done['top_hash']}", "draft_parent": done["top_hash"]}:
+        raise RuntimeError(f"after the commit of {done['top_hash']} the mount shows {shown}")
+    return {"parent": parent, "top_hash": done["top_hash"], "pointer": done["pointer"], "entries": done["entries"],
+            "total_seconds": mkdir["seconds"] + cp["seconds"] + committed["seconds"],
+            "mkdir": mkdir, "cp": cp, "commit": committed}
+
+
+def cli_startup_seconds(bench: Bench) -> float:
+    """The median of 3 runs of Python importing what `quiltmount packages commit` imports before it commits
+    (quiltmount.cli, then quiltmount.draftctl): the fixed part of a commit's time through the CLI."""
+    argv = [sys.executable, "-c", "import quiltmount.cli, quiltmount.draftctl"]
+    return statistics.median(timed_command(argv, bench.args.phase_timeout) for _ in range(3))
+
+
+def commit_ways(bench: Bench) -> dict[str, Callable[[str, str], Any]]:
+    """The two ways 14. commits a draft, each round both: the CLI in a subprocess (what a user types; it pays
+    Python's start-up, see cli_startup_seconds) and the API in this process (as the baselines run: imported
+    here first)."""
+    def cli(draft: str, message: str) -> Any:
+        return json.loads(bench.quiltmount("packages", "commit", draft, "-m", message, "--json",
+                                           timeout=bench.args.phase_timeout))
+
+    return {"quiltmount packages commit": cli, "quiltmount.commit_draft": quiltmount.commit_draft}
+
+
+def measure_draft(bench: Bench) -> list[Result]:
+    """14. package drafts through a mount, end to end: mkdir of a draft, cp of one changed 1 KiB file into it and
+    its commit on a --commit-entries revision vs quilt3 browse + set + push of the same change; the same with
+    --write-mib MiB of new data vs upload_file of the same bytes (each round, baseline first, a fresh mount,
+    once per commit way)."""
+    count, size = bench.args.commit_entries, bench.args.write_mib * MiB
+    changed = scale_logical_key(count // 2)
+    changed_key = f"{COMMIT_PACKAGE}/{changed}"
+    label = f"draft through a mount, {count:,}-entry revision:"
+    quilt3_session = boto3.Session()
+    quilt3_log = RequestLog(quilt3_session)
+    source = os.path.join(bench.workdir, "draft-source.bin")
+    ways = commit_ways(bench)
+    small_details: dict[str, list[dict[str, Any]]] = {way: [] for way in ways}
+    big_details: dict[str, list[dict[str, Any]]] = {way: [] for way in ways}
+
+    def say(text: str) -> None:
+        print(f"  {text}", flush=True)
+
+    def phases(figures: dict[str, Any]) -> str:
+        return ", ".join(f"{phase} {figures[phase]['seconds']:.2f} s" for phase in ("mkdir", "cp", "commit"))
+
+    cli_s = cli_startup_seconds(bench)
+    try:
+        with commit_package(bench) as (info, top_hashes), quilt3_on(bench, quilt3_session) as quilt3:
+            # (a) quilt3's push of one changed file, then the same change through a mount whose requests the
+            # proxy records (quilt3's: RequestLog), on quilt3's revision.
+            with recording_proxy(bench) as (proxy_endpoint, calls):
+                for number, (way, commit) in itertools.product(range(1, bench.args.rounds + 1), ways.items()):
+                    baseline = timed_quilt3_push(bench, quilt3, quilt3_log, changed,
+                                                 f"bench round {number}: quilt3 push")
+                    top_hashes.append(baseline["top_hash"])
+                    data = os.urandom(SMALL_FILE_SIZE)
+                    Path(source).write_bytes(data)
+                    with bench.mount("draft", endpoint=proxy_endpoint) as mount:
+                        figures = draft_round(bench, mount, changed, source, commit,
+                                              f"bench round {number}: {way} through a mount", calls)
+                    top_hashes.append(figures["top_hash"])
+                    if (figures["parent"], figures["entries"]) != (baseline["top_hash"], count):
+                        raise RuntimeError(f"the draft on {figures['parent']} committed {figures['entries']} "
+                                           f"entries, expected {baseline['top_hash']} and {count}")
+                    if bench.s3.get_object(Bucket=bench.bucket, Key=changed_key)["Body"].read() != data:
+                        raise RuntimeError(f"s3://{bench.bucket}/{changed_key} does not hold the committed bytes")
+                    figures["operations"] = operation_counts(figures["commit"]["calls"])
+                    figures["parent_file_calls"] = parent_file_calls(
+                        [call for phase in ("mkdir", "cp", "commit") for call in figures[phase]["calls"]], changed_key)
+                    baseline["parent_file_calls"] = parent_file_calls(baseline["calls"], changed_key)
+                    small_details[way].append({"mount": figures, "quilt3": baseline})
+                    say(f"round {number}, {way}: 1 KiB change: {phases(figures)}, total {figures['total_seconds']:.2f} "
+                        f"s; commit requests {figures['operations']}; quilt3 browse + set + push "
+                        f"{baseline['seconds']:.2f} s")
+
+            # (b) new data: upload_file of a local file, then mkdir, cp of the file, commit through a mount (the
+            # first adds COMMIT_BIG_KEY, the others replace it).  Straight to the server: no proxy.
+            for number, (way, commit) in itertools.product(range(1, bench.args.rounds + 1), ways.items()):
+                write_random_file(source, size)
+                baselines = upload_file_baselines(bench, source)
+                with bench.mount("draft-big") as mount:
+                    big = draft_round(bench, mount, COMMIT_BIG_KEY, source, commit,
+                                      f"bench round {number}: {size // MiB} MiB, {way} through a mount")
+                top_hashes.append(big["top_hash"])
+                check_big_commit(bench, big, size)
+                big_details[way].append({**big, **baselines})
+                say(f"round {number}, {way}: {size // MiB} MiB new: {phases(big)}, total {big['total_seconds']:.2f} "
+                    f"s ({size / MB / big['total_seconds']:.0f} MB/s); upload_file {baselines['baseline_seconds']:.2f} "
+                    f"s, with SHA-256 {baselines['baseline_sha256_seconds']:.2f} s; commit requests "
+                    f"{big['commit']['requests']}")
+
+            quilt3_check = quilt3_reads(bench, quilt3, top_hashes[-1], size)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(source)
+
+    every = [entry for way in ways for entry in small_details[way]]
+    mounts, pushes = [entry["mount"] for entry in every], [entry["quilt3"] for entry in every]
+    requests = [entry["commit"]["requests"] for entry in mounts]
+    kinds = {kind: max(entry.get(kind, 0) for entry in requests) for kind in ("put", "get", "head", "list")}
+
+    def seconds(phase: str) -> list[float]:
+        return [entry[phase]["seconds"] for entry in mounts]
+
+    def paired(way: str, phase: str | None) -> list[tuple[float, float]]:
+        """(the mount's seconds: `phase`'s or the total, quilt3's) of each round of `way`."""
+        return [(entry["mount"][phase]["seconds"] if phase else entry["mount"]["total_seconds"],
+                 entry["quilt3"]["seconds"]) for entry in small_details[way]]
+
+    common = {"entries": count, "parent": info, "changed_key": changed, "quilt3_check": quilt3_check,
+              "mount": "fresh mount (through a recording proxy); mkdir draft, cp, commit until a boto3 GET of "
+                       "latest names the new revision",
+              "baseline": f"quilt3 {quilt3_check['quilt3']} Package.browse(latest) + set + push, one boto3 "
+                          "session, straight to the server"}
+    results = []
+    for way in ways:
+        results += [
+            Result.of_rounds(f"{label} 1 changed 1 KiB file: mkdir + cp + {way} until latest (baseline: quilt3 "
+                             "browse + set + push)", "s", paired(way, None),
+                             Target("value", "<=", COMMIT_SMALL_SECONDS), {**common, "rounds": small_details[way]}),
+            Result.of_rounds(f"{label} of which {way} until latest", "s", paired(way, "commit"), None,
+                             {"rounds_cpu_seconds": [entry["mount"]["commit"]["cpu_seconds"]
+                                                     for entry in small_details[way]]})]
+    big_rows = []
+    for way in ways:
+        big_rows += [*new_data_results(f"{label} {size // MiB} MiB of new data: mkdir + cp + {way} until latest",
+                                       size, big_details[way], "total_seconds"),
+                     Result.of_rounds(f"{label} {size // MiB} MiB of new data: of which {way}, vs upload_file", "MB/s",
+                                      [(size / MB / entry["commit"]["seconds"], size / MB / entry["baseline_seconds"])
+                                       for entry in big_details[way]], None, {})]
+    return [
+        *results,
+        Result(f"{label} the CLI's start-up (python -c 'import quiltmount.cli, quiltmount.draftctl', median of 3)",
+               "s", cli_s, None, None, {}),
+        Result(f"{label} mkdir of the draft (fresh mount)", "s", statistics.median(seconds("mkdir")), None, None,
+               {"rounds": seconds("mkdir")}),
+        Result(f"{label} cp of the file into the draft", "s", statistics.median(seconds("cp")), None, None,
+               {"rounds": seconds("cp")}),
+        Result(f"{label} PUTs of a commit: the file + {COMMIT_WRITES} (manifest, timestamp, latest)", "requests",
+               float(kinds["put"]), float(max(entry["operations"].get("PutObject", 0) for entry in pushes)),
+               Target("value", "==", 1 + COMMIT_WRITES),
+               {"rounds": requests, "note": "most in a round (the daemon's status); baseline: quilt3's"}),
+        Result(f"{label} S3 requests of a commit: {kinds['put']} PUT, {kinds['get']} GET, {kinds['head']} HEAD, "
+               f"{kinds['list']} LIST", "requests", float(max(len(entry["commit"]["calls"]) for entry in mounts)),
+               float(max(len(entry["calls"]) for entry in pushes)), None,
+               {"kinds": "the daemon's status; the count: the proxy's",
+                "rounds_mount": [entry["operations"] for entry in mounts],
+                "rounds_quilt3": [entry["operations"] for entry in pushes]}),
+        Result(f"{label} requests for the parent's files during mkdir, cp and commit", "requests",
+               float(max(len(entry["parent_file_calls"]) for entry in mounts)),
+               float(max(len(entry["parent_file_calls"]) for entry in pushes)), Target("value", "==", 0),
+               {"rule": "a GET of any file of the package, or any call on another file than the changed one "
+                        "(recorded by the proxy)", "baseline": "quilt3's (its push only)"}),
+        *big_rows,
     ]
 
 
@@ -2118,7 +2412,7 @@ STEPS: dict[str, tuple[str, Callable[[Bench], Result | list[Result]]]] = {
     "package-listing": ("package find/du", measure_package_listing),
     "package-read": ("package entry read", measure_package_read),
     "cp": ("cp into a mount", measure_cp_write), "small-writes": ("small-file writes", measure_small_writes)}
-STEP_NAMES = (*STEPS, "write-rss", "scale", "commit")
+STEP_NAMES = (*STEPS, "write-rss", "scale", "commit", "draft")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -2148,8 +2442,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="entries of each of the 3 revisions of the index scale test (default 1000000, "
                              "100000 with --quick; 0 skips it)")
     parser.add_argument("--commit-entries", type=int,
-                        help="entries of the revision the commit measurement changes (default 10000, 1000 with "
-                             "--quick; 0 skips it)")
+                        help="entries of the revision the commit measurements (13., 14.) change (default 10000, "
+                             "1000 with --quick; 0 skips them)")
     parser.add_argument("--json-out", default="bench-results.json")
     parser.add_argument("--phase-timeout", type=float, default=600.0,
                         help="seconds before a hung measurement's daemon is killed")
@@ -2205,6 +2499,8 @@ def main(argv: list[str] | None = None) -> int:
             steps.append((f"revision index at scale ({args.scale_entries} entries)", measure_scale))
         if args.commit_entries and "commit" in args.only:
             steps.append((f"package commits, engine ({args.commit_entries}-entry revision)", measure_commit))
+        if args.commit_entries and "draft" in args.only:
+            steps.append((f"package drafts through a mount ({args.commit_entries}-entry revision)", measure_draft))
         for label, step in steps:
             print(f"measuring {label} ...", flush=True)
             try:

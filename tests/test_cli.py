@@ -196,3 +196,20 @@ def test_importing_the_daemon_loads_no_control_api_and_no_libfuse():
     api = {f"quiltmount.{name}" for name in ("api", "api_keys", "auth", "bucket", "catalog", "catalog_search",
                                              "quiltconfig", "stackcli")}
     assert not loaded & (api | {"mfusepy"})
+
+
+def test_commit_progress_bar(capsys) -> None:
+    from quiltmount.cli import CommitProgressBar
+
+    report = {"phase": "parent", "parent_entries": 65536, "files_done": 0, "files_total": 0, "bytes_done": 0,
+              "bytes_total": 0}
+    with CommitProgressBar(enabled=True) as bar:
+        bar.update(report)
+        bar.update({**report, "phase": "upload", "files_total": 2, "bytes_total": 3 << 20})
+        bar.update({**report, "phase": "upload", "files_done": 1, "files_total": 2, "bytes_done": 1 << 20,
+                    "bytes_total": 3 << 20})
+        bar.update({**report, "phase": "publish", "files_done": 2, "files_total": 2, "bytes_done": 3 << 20,
+                    "bytes_total": 3 << 20})
+    shown = capsys.readouterr().err
+    assert "reading the parent" in shown and "65536 entries" in shown
+    assert "uploading" in shown and "1/2 files" in shown and "1.00M/3.00M" in shown

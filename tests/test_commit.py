@@ -18,7 +18,7 @@ from test_registry import FILES, _new_bucket, _patch_quilt3, _source_dir
 
 from quiltmount.errors import QuiltException
 from quiltmount.packages.commit import (
-    Changes, NewFile, PackageConflict, _chunked_hash_of_checksum, commit_revision,
+    OVERLAP_MIN_SIZE, Changes, CommitProgress, NewFile, PackageConflict, _chunked_hash_of_checksum, commit_revision,
 )
 from quiltmount.packages.manifest import (
     CHECKSUM_CHUNK_SIZE, Entry, ManifestError, compute_top_hash, encode_record, entry_record, hash_bytes,
@@ -170,13 +170,40 @@ def test_local_registry_and_bad_input(q3, tmp_path: Path, s3_server, s3) -> None
         with pytest.raises(RegistryError, match=needle):
             commit_revision(registry, "demo/pkg", done.top_hash, bad, message="m")
     assert not (root / "demo/pkg/data").exists()  # refused before any upload
-    with pytest.raises(QuiltException, match="workflows are not configured"):
+    with pytest.raises(QuiltException, match="'alpha' workflow is specified, but no workflows config exist"):
         commit_revision(registry, "demo/pkg", done.top_hash, Changes(), message="m", workflow="alpha")
     (root / ".quilt/workflows").mkdir(parents=True)
     (root / ".quilt/workflows/config.yml").write_text("version: '1'\nworkflows: {}\n")
-    with pytest.raises(RegistryError, match="workflow configuration"):
+    with pytest.raises(QuiltException, match="Workflows config failed validation: {} should be non-empty"):
         commit_revision(registry, "demo/pkg", done.top_hash, Changes(), message="m")
     assert q3.Package.browse("demo/pkg", registry=registry_url).top_hash == done.top_hash  # untouched
+
+
+def test_progress_reports(tmp_path: Path) -> None:
+    root = tmp_path / "registry"
+    root.mkdir()
+    registry = Registry(LocalStore(str(root)), root.as_uri())
+    sizes = {"a.bin": 3000, "b/c.bin": 10, "d.bin": 0}
+    files = {key: NewFile(_write(tmp_path / "src" / key, os.urandom(size))) for key, size in sizes.items()}
+    reports: list[CommitProgress] = []
+    commit_revision(registry, "demo/progress", None, Changes(files=files), message="m", progress=reports.append)
+    assert [report.phase for report in reports] == ["upload"] * 4 + ["publish"]
+    assert all(report.files_total == 3 and report.bytes_total == sum(sizes.values()) for report in reports)
+    assert [report.files_done for report in reports] == [0, 1, 2, 3, 3]
+    assert reports[-1].bytes_done == sum(sizes.values())
+    assert sorted(b.bytes_done - a.bytes_done for a, b in zip(reports[:4], reports[1:4])) == sorted(sizes.values())
+
+
+def test_a_large_file_is_hashed_while_it_uploads(tmp_path: Path) -> None:
+    root = tmp_path / "registry"
+    root.mkdir()
+    registry = Registry(LocalStore(str(root)), root.as_uri())
+    data = random.Random(3).randbytes(OVERLAP_MIN_SIZE + CHECKSUM_CHUNK_SIZE + 7)
+    changes = Changes(files={"big.bin": NewFile(_write(tmp_path / "b", data))})
+    done = commit_revision(registry, "demo/big", None, changes, message="m")
+    [entry] = registry.load_manifest(done.top_hash).entries
+    assert entry.hash_value == hash_bytes("sha2-256-chunked", data) and entry.size == len(data)
+    assert (root / "demo/big/big.bin").read_bytes() == data
 
 
 def _never(*args, **kwargs):
@@ -235,7 +262,7 @@ def test_a_large_parent_streams_by_and_quilt3_agrees(q3, s3_server, s3, tmp_path
                       deleted=deleted,
                       renamed={"moved/été.bin": _key(20), "copy.bin": _key(21)},  # a move, a copy
                       entry_meta={_key(30): {"user_meta": {"edited": 1}}, "copy.bin": {"user_meta": {"copy": 1}}},
-                      user_meta={"author": "Zoë", "v": 2})
+                      user_meta={"author": "Zoë", "v": 2}, deleted_dirs={"gone"})
     done = commit_revision(registry, "demo/big", parent, changes, message="edit many", temp_dir=str(tmp_path))
     assert done.entries == 3006 - len(deleted) + len(added) + 2
     assert not list((tmp_path).glob("quiltmount-commit-*"))  # the work files are gone
@@ -263,6 +290,7 @@ def test_a_large_parent_streams_by_and_quilt3_agrees(q3, s3_server, s3, tmp_path
     same.set("copy.bin", PackageEntry(source.physical_key, source.size, source.hash, {"user_meta": {"copy": 1}}))
     for key in deleted:
         same.delete(key)
+    same.delete("gone")
     same[_key(30)].set_meta({"edited": 1})
     same.set_meta({"author": "Zoë", "v": 2})
     same._set_commit_message("edit many")
@@ -270,7 +298,7 @@ def test_a_large_parent_streams_by_and_quilt3_agrees(q3, s3_server, s3, tmp_path
     assert same.top_hash == done.top_hash
 
     # The rows that stay are the parent's bytes; renamed rows keep their physical keys; directory metadata
-    # stays where a directory still holds an entry.
+    # stays but for the directory deleted as such.
     before, after = _lines(s3.get_object(Bucket=bucket, Key=f".quilt/packages/{parent}")["Body"].read()), _lines(ours)
     unchanged = before.keys() & after.keys() - changes.files.keys() - changes.entry_meta.keys()
     assert len(unchanged) > 2900 and all(before[key] == after[key] for key in unchanged)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from quiltmount.fs.draft import DRAFT_FILE, Draft, DraftError, commit_draft
+from quiltmount.fs.draft import Draft, commit_draft
+from quiltmount.fs.draftrecord import DRAFT_FILE, DraftError
 from quiltmount.fs.staging import CLOSED
 from quiltmount.packages.commit import KEEP
 from quiltmount.packages.registry import Registry

@@ -4,12 +4,16 @@ command, and the result read back with the real quilt3."""
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
+
+import quiltmount
 
 from mounthelpers import fresh_record, run_cli
 from test_packages_mount import write_tree
@@ -135,3 +139,140 @@ def test_conflicts_new_packages_and_bad_input(q3, local_package, mount, tmp_path
     read_only = mount(str(registry), "--read-only")
     result = sh(f"mkdir {read_only}/.packages/demo/pkg/draft")
     assert result.returncode != 0 and "Read-only file system" in result.stderr, result.stderr
+
+
+def test_draft_command_from_an_older_revision_and_restarting_a_draft(q3, local_package, mount,
+                                                                     tmp_path: Path) -> None:
+    registry, first = local_package
+    second = q3.Package.browse("demo/pkg", registry=registry.as_uri()).set("added.txt", str(
+        write_tree(tmp_path / "more", {"added.txt": b"added"}) / "added.txt")).build(
+        "demo/pkg", registry=registry.as_uri(), message="second")
+    mnt = mount(str(registry))
+    draft = mnt / ".packages/demo/pkg/draft"
+    # The only writable mount: no MOUNTPOINT needed.  From an older revision, by a prefix of its hash.
+    result = run_cli("packages", "draft", "demo/pkg", "--from", first[:8])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(draft)
+    assert os.getxattr(draft, "user.quilt.parent").decode() == first
+    assert not (draft / "added.txt").exists()
+    result = run_cli("packages", "draft", "demo/pkg", str(mnt))
+    assert result.returncode == 1 and f"demo/pkg already has a draft: {draft}" in result.stderr, result.stderr
+    # An unchanged draft can start over from another revision (a pointer name here); a changed one cannot.
+    os.setxattr(draft, "user.quilt.parent", b"latest")
+    assert os.getxattr(draft, "user.quilt.parent").decode() == second
+    time.sleep(1.1)  # names the kernel looked up before show as they were for its entry timeout (1 s)
+    assert (draft / "added.txt").read_bytes() == b"added"
+    (draft / "added.txt").write_bytes(b"changed")
+    with pytest.raises(OSError) as busy:
+        os.setxattr(draft, "user.quilt.parent", first.encode())
+    assert busy.value.errno == errno.EBUSY
+    assert os.getxattr(draft, "user.quilt.parent").decode() == second
+    # A revision that does not exist: nothing is left behind.
+    result = run_cli("packages", "draft", "team/newpkg", str(mnt), "--from", "ffffff")
+    assert result.returncode == 1 and "cannot start the draft of team/newpkg from 'ffffff'" in result.stderr, \
+        result.stderr
+    assert not (mnt / ".packages/team/newpkg/draft").exists()
+    result = run_cli("packages", "draft", "team/newpkg", str(mnt))  # a new package, like mkdir -p
+    assert result.returncode == 0 and os.getxattr(result.stdout.strip(), "user.quilt.parent") == b""
+    for args, needle in ((["packages", "draft", "../x", str(mnt)], "invalid package name"),
+                         (["packages", "draft", "demo/other", str(tmp_path)], "not a quiltmount mount point")):
+        result = run_cli(*args)
+        assert result.returncode == 1 and needle in result.stderr and result.stderr.count("\n") == 1, \
+            (args, result.stderr)
+    read_only = mount(str(registry), "--read-only")
+    result = run_cli("packages", "draft", "demo/other", str(read_only))
+    assert result.returncode == 1 and "it is read-only" in result.stderr, result.stderr
+
+
+def test_drafts_in_a_single_package_mount(q3, local_package, mount, tmp_path: Path) -> None:
+    registry, parent = local_package
+    mnt = mount(str(registry), "--package", "demo/pkg")
+    draft = mnt / ".draft"
+    assert not draft.exists() and ".draft" not in os.listdir(mnt)
+    with pytest.raises(OSError) as refused:
+        (mnt / "x.txt").write_bytes(b"x")  # the revision itself stays read-only
+    assert refused.value.errno == errno.EROFS
+    result = run_cli("packages", "draft", "demo/other", str(mnt))
+    assert result.returncode == 1 and "it shows package demo/pkg" in result.stderr, result.stderr
+    result = run_cli("packages", "draft", "demo/pkg", str(mnt))
+    assert result.returncode == 0 and result.stdout.strip() == str(draft), result.stderr
+    assert os.getxattr(draft, "user.quilt.parent").decode() == parent
+    assert sorted(os.listdir(draft)) == sorted(os.listdir(mnt))
+    assert ".draft" not in os.listdir(mnt)  # reserved names are never listed: find and du see the package only
+    assert sh(f"echo new > {draft}/README.md && cp {draft}/data/hello.txt {draft}/copy.txt "
+              f"&& rm {draft}/empty.txt").returncode == 0
+    diff = run_cli("packages", "diff", str(draft))
+    assert diff.stdout.splitlines() == ["M  README.md", "A  copy.txt", "D  empty.txt"], diff.stderr
+    reports: list[dict] = []
+    done = quiltmount.commit_draft(str(draft), "from a package mount", progress=reports.append)
+    pkg = q3.Package.browse("demo/pkg", registry=registry.as_uri())
+    assert done["top_hash"] == pkg.top_hash and pkg["README.md"].get_bytes() == b"new\n"
+    assert sorted(lk for lk, _ in pkg.walk()) == ["README.md", "copy.txt", "data-raw.csv", "data/hello.txt"]
+    assert all(report["phase"] in ("parent", "upload", "publish") for report in reports)
+    # The mount keeps showing the revision it mounted; the draft goes on from the new one.
+    assert (mnt / "README.md").read_bytes() == b"# Demo\n"
+    assert os.getxattr(draft, "user.quilt.parent").decode() == pkg.top_hash
+    subprocess.run(["rm", "-r", str(draft)], check=True)
+    assert not draft.exists()
+    read_only = mount(str(registry), "--package", "demo/pkg", "--read-only")
+    result = sh(f"mkdir {read_only}/.draft")
+    assert result.returncode != 0 and "Read-only file system" in result.stderr, result.stderr
+
+
+def test_directories_of_a_draft_and_their_metadata(q3, mount, tmp_path: Path) -> None:
+    """quilt3 keeps a directory's metadata when its files are deleted and drops it when the directory is
+    (pkg.delete(dir)); mkdir'd and rmdir'd directories are kept across a remount."""
+    src = write_tree(tmp_path / "src", {"keep.txt": b"k", "data/a.txt": b"a", "data/sub/b.txt": b"b",
+                                        "gone/c.txt": b"c"})
+    registry = tmp_path / "registry"
+    pkg = q3.Package().set_dir(".", str(src))
+    pkg["data"].set_meta({"d": 1})
+    pkg["data/sub"].set_meta({"s": 2})
+    pkg["gone"].set_meta({"g": 3})
+    pkg.build("demo/dirs", registry=registry.as_uri(), message="dirs")
+    mnt = mount(str(registry))
+    draft = mnt / ".packages/demo/dirs/draft"
+    draft.mkdir()
+    assert sh(f"rm {draft}/data/a.txt {draft}/data/sub/b.txt && rm -r {draft}/gone && mkdir {draft}/empty "
+              f"&& rmdir {draft}/data/sub").returncode == 0
+    assert run_cli("umount", str(mnt)).returncode == 0
+    mnt = mount(str(registry))
+    draft = mnt / ".packages/demo/dirs/draft"
+    assert sorted(os.listdir(draft)) == ["data", "empty", "keep.txt"]
+    assert os.listdir(draft / "data") == []
+    assert run_cli("packages", "commit", str(draft), "-m", "dirs").returncode == 0
+    ours = q3.Package.browse("demo/dirs", registry=registry.as_uri())
+    expected = q3.Package.browse("demo/dirs", registry=registry.as_uri(), top_hash=pkg.top_hash)
+    for key in ("data/a.txt", "data/sub/b.txt"):
+        expected.delete(key)
+    expected.delete("data/sub")
+    expected.delete("gone")
+    expected.set_meta(expected.meta)
+    expected._set_commit_message("dirs")
+    assert ours.top_hash == expected.top_hash
+    mine, theirs = io.StringIO(), io.StringIO()
+    ours.dump(mine)
+    expected.dump(theirs)
+    assert mine.getvalue() == theirs.getvalue()  # the directory-metadata lines too: data/ stays, the rest go
+    assert '"logical_key": "data/"' in mine.getvalue() and '"logical_key": "gone/"' not in mine.getvalue()
+
+
+def test_a_commit_follows_the_registrys_workflow(q3, local_package, mount) -> None:
+    registry, _ = local_package
+    config = registry / ".quilt/workflows/config.yml"
+    config.parent.mkdir(parents=True)
+    config.write_text("version: '1'\ndefault_workflow: alpha\nworkflows:\n  alpha:\n    name: Alpha\n"
+                      "    is_message_required: true\n")
+    mnt = mount(str(registry))
+    draft = mnt / ".packages/demo/pkg/draft"
+    draft.mkdir()
+    (draft / "a.txt").write_bytes(b"a")
+    result = run_cli("packages", "commit", str(draft))
+    assert result.returncode == 1 and result.stderr.strip().endswith(
+        "Commit message is required by workflow, but none was provided."), result.stderr
+    assert (draft / "a.txt").read_bytes() == b"a"
+    result = run_cli("packages", "commit", str(draft), "--workflow", "")
+    assert result.returncode == 1 and "Workflow required, but none specified." in result.stderr, result.stderr
+    assert run_cli("packages", "commit", str(draft), "-m", "with a message").returncode == 0
+    pkg = q3.Package.browse("demo/pkg", registry=registry.as_uri())
+    assert pkg._workflow["id"] == "alpha" and pkg["a.txt"].get_bytes() == b"a"

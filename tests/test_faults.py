@@ -197,7 +197,8 @@ def test_the_proxy_injects_each_fault_on_the_requests_it_selects(faulty: FaultyM
     with proxy.inject(Fault.truncate(after=1000, honest=True, path=key_path(key))):
         assert get() == payload(key)[:1000]
     with proxy.inject(Fault.reset(after=1000, path=key_path(key))):
-        with pytest.raises(botocore.exceptions.ResponseStreamingError):
+        # A reset drops what the client had not read yet: on a busy machine, the headers too.
+        with pytest.raises((botocore.exceptions.ResponseStreamingError, botocore.exceptions.ConnectionClosedError)):
             get()
     with proxy.inject(Fault.stall(path=key_path(key))):
         with pytest.raises(botocore.exceptions.ReadTimeoutError):

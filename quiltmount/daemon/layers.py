@@ -1,5 +1,5 @@
-"""The tree a mount serves: one package revision, or the bucket (writable unless --read-only) with its
-`.packages` and `.search` views."""
+"""The tree a mount serves: one package revision (with its package's draft in `.draft` unless --read-only),
+or the bucket (writable unless --read-only) with its `.packages` and `.search` views."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from quiltmount.errors import StorageError, UserError
 from quiltmount.fs.mounttree import MountTree
 from quiltmount.fs.node import Tree
 from quiltmount.fs.overlay import WritableBucketTree
-from quiltmount.fs.packagetree import PackagesTree
+from quiltmount.fs.draftview import DraftView
+from quiltmount.fs.packagetree import PackagesTree, RevisionTree
 from quiltmount.fs.searchtree import SearchTree
 from quiltmount.fs.staging import StagingArea
 from quiltmount.fs.tree import BucketTree
@@ -22,43 +23,49 @@ from quiltmount.storage import ObjectStore, Source
 from quiltmount.storage.stores import StoreSet
 
 
+#: Where a single-package mount shows its package's draft.
+PACKAGE_DRAFT = ".draft"
+
+
 @dataclass
 class Layers:
-    """The mount's root tree, its write-back layer (None when read-only) and its `.packages` view (whose
-    open indexes `status` shows)."""
+    """The mount's root tree, its write-back layer (None when the bucket is not mounted writable) and its
+    `.packages` view (whose open indexes and drafts `status` shows)."""
 
     tree: Tree
     writes: WritableBucketTree | None
     packages: PackagesTree
-    immutable: bool  # one package revision: the kernel may cache it for as long as the mount lives
-
-    @property
-    def read_only(self) -> bool:
-        return self.writes is None
+    read_only: bool
+    immutable: bool  # one package revision, read-only: the kernel may cache it for as long as the mount lives
 
 
 def build_layers(source: Source, store: ObjectStore, stores: StoreSet, cache_dir: str,
                  options: MountOptions) -> Layers:
     """The layers for `source`; a writable bucket first recovers what a previous mount left staged."""
-    writable = not options.read_only and not source.package
+    read_only = options.read_only
     packages = PackagesTree(Registry(store, source.registry_url), stores, index_dir=index_dir(),
                             metadata_ttl=options.metadata_ttl,
-                            drafts_dir=os.path.join(cache_dir, "drafts") if writable else None)
+                            drafts_dir=None if read_only else os.path.join(cache_dir, "drafts"))
     if source.package:
-        return Layers(_package_revision(packages, source.package), None, packages, immutable=True)
+        revision = _package_revision(packages, source.package)
+        if read_only:
+            return Layers(revision, None, packages, read_only=True, immutable=True)
+        draft = DraftView(packages, source.package_name, revision.top_hash)
+        tree = MountTree(revision, {PACKAGE_DRAFT: draft}, reserved=frozenset({PACKAGE_DRAFT}))
+        return Layers(tree, None, packages, read_only=False, immutable=False)
     bucket = BucketTree(store, source.prefix, metadata_ttl=options.metadata_ttl,
                         lookup_workers=options.lookup_workers)
     views = {".packages": packages, ".search": _search_view(source, options)}
-    if options.read_only:
-        return Layers(MountTree(bucket, views), None, packages, immutable=False)
+    if read_only:
+        return Layers(MountTree(bucket, views), None, packages, read_only=True, immutable=False)
     writes = WritableBucketTree(bucket, StagingArea(os.path.join(cache_dir, "staging")),
                                 sync_on_close=options.sync_on_close, upload_attempts=options.upload_attempts,
                                 upload_workers=options.upload_workers)
     writes.recover()
-    return Layers(MountTree(writes, views), writes, packages, immutable=False)
+    return Layers(MountTree(writes, views), writes, packages, read_only=False, immutable=False)
 
 
-def _package_revision(packages: PackagesTree, spec: str) -> Tree:
+def _package_revision(packages: PackagesTree, spec: str) -> RevisionTree:
     try:
         return packages.revision_for_spec(spec)
     except StorageError as exc:  # NotFound too

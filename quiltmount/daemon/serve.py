@@ -63,7 +63,8 @@ def serve(options: MountOptions, log_file: str, signal: ReadySignal) -> int:
                        file_mode=options.file_mode, dir_mode=options.dir_mode)
     calls = CallCounts()
     trim = KernelCacheTrim(options.kernel_cache_entries) if options.kernel_cache_entries else None
-    status = StatusRecord(source_url=source.url, mountpoint=mountpoint, log_file=log_file, cache_dir=cache_dir,
+    status = StatusRecord(source_url=source.url, package=source.package_name, mountpoint=mountpoint,
+                          log_file=log_file, cache_dir=cache_dir,
                           read_only=layers.read_only, cache=cache, fetcher=fetcher, stores=stores, calls=calls,
                           trim=trim, packages=layers.packages, writes=layers.writes)
     stop = threading.Event()

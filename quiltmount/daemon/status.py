@@ -33,6 +33,7 @@ class StatusRecord:
     """The parts of one mount whose figures the record shows."""
 
     source_url: str
+    package: str | None  # `ns/name` of a single-package mount
     mountpoint: str
     log_file: str
     cache_dir: str
@@ -48,7 +49,7 @@ class StatusRecord:
 
     def snapshot(self, operations: MountOperations) -> dict[str, Any]:
         uploads = self.writes.stats() if self.writes is not None else {"pending_uploads": 0}
-        return {"pid": os.getpid(), "version": __version__, "source": self.source_url,
+        return {"pid": os.getpid(), "version": __version__, "source": self.source_url, "package": self.package,
                 "mountpoint": self.mountpoint, "log_file": self.log_file, "cache_dir": self.cache_dir,
                 "started_at": self.started, "read_only": self.read_only, "rss_bytes": rss_bytes(),
                 "open_files": operations.open_handles(), "cache": self.cache.stats(),

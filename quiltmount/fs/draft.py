@@ -21,82 +21,19 @@ import json
 import os
 import shutil
 import threading
-from dataclasses import dataclass, field
 from typing import Any
 
-from quiltmount.errors import UserError
 from quiltmount.files import atomic_file
-from quiltmount.fs.staging import OPEN, StagedFile, StagingArea, read_journal
-from quiltmount.packages.commit import KEEP, Changes, Committed, NewFile, commit_revision
+from quiltmount.fs.draftrecord import DRAFT_FILE, DraftError, DraftRecord, read_record
+from quiltmount.fs.staging import OPEN, StagedFile, StagingArea
+from quiltmount.keep import KEEP
+from quiltmount.packages.commit import Changes, Committed, NewFile, ProgressCallback, commit_revision
 from quiltmount.packages.registry import Registry
-
-DRAFT_FILE = "draft.json"
-FORMAT = 1
-
-
-class DraftError(UserError):
-    """A draft directory that cannot be used (missing, unreadable, or of another format)."""
-
-
-@dataclass
-class _Record:
-    package: str
-    registry: str
-    parent: str | None
-    deleted: list[str] = field(default_factory=list)  # parent keys removed
-    renamed: dict[str, str] = field(default_factory=dict)  # new logical key -> the parent key it shows
-    entry_meta: dict[str, Any] = field(default_factory=dict)  # parent keys whose `meta` changed
-    file_meta: dict[str, Any] = field(default_factory=dict)  # staged keys whose `meta` was set
-    user_meta: Any = KEEP  # the header's user_meta; KEEP: the parent's
-
-    def to_json(self) -> dict[str, Any]:
-        data = {"format": FORMAT, "package": self.package, "registry": self.registry, "parent": self.parent,
-                "deleted": sorted(self.deleted), "renamed": self.renamed, "entry_meta": self.entry_meta,
-                "file_meta": self.file_meta}
-        if self.user_meta is not KEEP:
-            data["user_meta"] = self.user_meta
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> _Record:
-        if data.get("format") != FORMAT:
-            raise DraftError(f"draft format {data.get('format')!r}, expected {FORMAT}")
-        return cls(data["package"], data["registry"], data["parent"], list(data["deleted"]), dict(data["renamed"]),
-                   dict(data["entry_meta"]), dict(data["file_meta"]), data.get("user_meta", KEEP))
-
-
-def _read_record(directory: str) -> _Record:
-    try:
-        with open(os.path.join(directory, DRAFT_FILE), encoding="utf-8") as file:
-            return _Record.from_json(json.load(file))
-    except FileNotFoundError:
-        raise DraftError(f"{directory}: no draft there") from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DraftError(f"{directory}: unreadable draft ({exc})") from None
-
-
-@dataclass
-class DraftChanges:
-    """What a draft changes, read from its files without opening it (a running daemon holds it)."""
-
-    parent: str | None
-    written: list[str]  # keys with staged bytes
-    deleted: set[str]
-    renamed: dict[str, str]  # new key -> the parent key it shows
-    meta_changed: set[str]  # parent keys whose meta changed
-
-
-def read_changes(directory: str) -> DraftChanges:
-    record = _read_record(directory)
-    written = sorted({staged.key for staged in read_journal(os.path.join(directory, "staging"))})
-    return DraftChanges(record.parent, written, set(record.deleted), dict(record.renamed),
-                        set(record.entry_meta))
-
 
 class Draft:
     """One draft of one package.  Thread-safe: a lock orders changes and their writes to `draft.json`."""
 
-    def __init__(self, directory: str, record: _Record) -> None:
+    def __init__(self, directory: str, record: DraftRecord) -> None:
         self.directory = directory
         self._record = record
         self.staging = StagingArea(os.path.join(directory, "staging"))
@@ -109,13 +46,13 @@ class Draft:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         if os.path.exists(os.path.join(directory, DRAFT_FILE)):
             raise DraftError(f"{directory}: a draft is already there")
-        draft = cls(directory, _Record(package, registry, parent))
+        draft = cls(directory, DraftRecord(package, registry, parent))
         draft._save()
         return draft
 
     @classmethod
     def open(cls, directory: str) -> Draft:
-        return cls(directory, _read_record(directory))
+        return cls(directory, read_record(directory))
 
     @property
     def package(self) -> str:
@@ -167,6 +104,11 @@ class Draft:
     @property
     def user_meta(self) -> Any:
         return self._record.user_meta
+
+    def directories(self) -> tuple[set[str], set[str]]:
+        """(directories `mkdir` made, parent directories `rmdir` removed): what listings show besides keys."""
+        with self._lock:
+            return set(self._record.made_dirs), set(self._record.deleted_dirs)
 
     # -- changing it ---------------------------------------------------------------------------------------
     def write(self, logical_key: str, *, meta_shown: Any = KEEP) -> StagedFile:
@@ -240,6 +182,33 @@ class Draft:
         if replaced is not None:
             self.staging.remove(replaced)
 
+    def make_dir(self, path: str) -> None:
+        """`mkdir`: an empty directory, shown until it is removed or the draft is committed (a package has no
+        empty directories)."""
+        with self._lock:
+            if path not in self._record.made_dirs:
+                self._record.made_dirs.append(path)
+                self._save()
+
+    def remove_dir(self, path: str, *, in_parent: bool) -> None:
+        """`rmdir` of an empty directory; one of the parent's loses its directory metadata at the commit (as
+        quilt3's `pkg.delete(dir)`), even if files are written under its name again."""
+        with self._lock:
+            if path in self._record.made_dirs:
+                self._record.made_dirs.remove(path)
+            if in_parent and path not in self._record.deleted_dirs:
+                self._record.deleted_dirs.append(path)
+            self._save()
+
+    def rebase(self, parent: str) -> None:
+        """Start the draft over from revision `parent` (only while it changes nothing)."""
+        with self._lock:
+            if self._files or self._record != DraftRecord(self._record.package, self._record.registry,
+                                                      self._record.parent):
+                raise DraftError("the draft has changes: it can only start from another revision while empty")
+            self._record = DraftRecord(self._record.package, self._record.registry, parent)
+            self._save()
+
     def set_meta(self, logical_key: str, meta: Any) -> None:
         """`setfattr -n user.quilt.meta`: the entry's whole `meta` object."""
         with self._lock:
@@ -261,6 +230,10 @@ class Draft:
             record = self._record
             files = {key: NewFile(self.staging.data_path(staged), record.file_meta.get(key, KEEP))
                      for key, staged in self._files.items()}
+            vanished = sorted(key for key, new in files.items() if not os.path.exists(new.path))
+            if vanished:
+                raise DraftError(f"{vanished[0]}: its staged bytes are gone from {self.staging.directory} "
+                                 f"({len(vanished)} file(s)): remove it from the draft or write it again")
             renamed = {new: source for new, source in record.renamed.items()}
             entry_meta = dict(record.entry_meta)
             for new, source in renamed.items():
@@ -269,7 +242,7 @@ class Draft:
             # A parent key written again (staged bytes, or another row moved onto it) is replaced, not deleted.
             deleted = set(record.deleted) - files.keys() - renamed.keys()
             return Changes(files=files, deleted=deleted, renamed=renamed, entry_meta=entry_meta,
-                           user_meta=record.user_meta)
+                           user_meta=record.user_meta, deleted_dirs=set(record.deleted_dirs))
 
     def files_open(self) -> list[str]:
         """Logical keys of files a writer has open (or had open when a crash came): not complete yet."""
@@ -281,7 +254,7 @@ class Draft:
         with self._lock:
             files = list(self._files.values())
             self._files.clear()
-            self._record = _Record(self._record.package, self._record.registry, top_hash)
+            self._record = DraftRecord(self._record.package, self._record.registry, top_hash)
             self._save()
         for staged in files:
             self.staging.remove(staged)
@@ -289,7 +262,7 @@ class Draft:
     def summary(self) -> dict[str, Any]:
         """For `status`: the package, the parent and the size of the change."""
         with self._lock:
-            staged_bytes = sum(os.path.getsize(self.staging.data_path(staged)) for staged in self._files.values())
+            staged_bytes = sum(_size(self.staging.data_path(staged)) for staged in self._files.values())
             return {"package": self.package, "parent": self.parent, "files_written": len(self._files),
                     "deleted": len(self._record.deleted), "renamed": len(self._record.renamed),
                     "bytes_staged": staged_bytes}
@@ -303,8 +276,17 @@ class Draft:
         shutil.rmtree(self.directory)
 
 
+def _size(path: str) -> int:
+    """The size of a staged file; 0 if its bytes were removed behind the daemon's back."""
+    try:
+        return os.path.getsize(path)
+    except FileNotFoundError:
+        return 0
+
+
 def commit_draft(draft: Draft, registry: Registry, *, message: str | None, user_meta: Any = KEEP,
-                 workflow: Any = ..., force: bool = False, dedupe: bool = False) -> Committed:
+                 workflow: Any = ..., force: bool = False, dedupe: bool = False,
+                 progress: ProgressCallback | None = None) -> Committed:
     """Publish `draft` as a new revision of its package (`user_meta`: replaces the header's, as `--meta`).
     Then it is empty of changes and the new revision is its parent; after any failure it is as it was, and
     committing again finishes the work (files that already landed are not sent again)."""
@@ -316,6 +298,6 @@ def commit_draft(draft: Draft, registry: Registry, *, message: str | None, user_
     if user_meta is not KEEP:
         changes.user_meta = user_meta
     done = commit_revision(registry, draft.package, draft.parent, changes, message=message, workflow=workflow,
-                           force=force, dedupe=dedupe)
+                           force=force, dedupe=dedupe, progress=progress)
     draft.committed(done.top_hash)
     return done

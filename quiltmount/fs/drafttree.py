@@ -15,6 +15,7 @@ the last two changes what the commit publishes.  `user.quilt.commit` set on the 
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -26,34 +27,41 @@ from typing import Any
 from quiltmount.errors import NotFound, QuiltmountError, StorageError
 from quiltmount.fs.dirty import DirtyFile
 from quiltmount.fs.draft import Draft, commit_draft
+from quiltmount.fs.draftrecord import (
+    CHANGE_XATTR, COMMIT_PROGRESS_XATTR, COMMIT_RESULT_XATTR, COMMIT_XATTR, PACKAGE_XATTR, PARENT_XATTR, DraftError,
+)
 from quiltmount.fs.handles import WriteHandle
 from quiltmount.fs.node import Node, Tree
 from quiltmount.fs.staging import OPEN, copy_in
-from quiltmount.packages.commit import COMMIT_RESULT_XATTR, COMMIT_XATTR, KEEP, PackageConflict
+from quiltmount.keep import KEEP
+from quiltmount.packages.commit import CommitProgress, PackageConflict
 from quiltmount.packages.registry import Registry
 
 log = logging.getLogger(__name__)
 
-
 ParentTree = Callable[[str], Tree]  # top hash -> that revision's tree
+#: A revision of the draft's package, spelled as a top hash, a unique prefix of one or a pointer name -> its top
+#: hash (NotFound if there is none).
+Resolve = Callable[[str], str]
 
 
 class DraftTree(Tree):
     """The draft of one package; `parent_tree(top_hash)` opens a revision of its registry."""
 
-    def __init__(self, draft: Draft, registry: Registry, parent_tree: ParentTree, *, mtime: float,
-                 on_commit: Callable[[str], None]) -> None:
+    def __init__(self, draft: Draft, registry: Registry, parent_tree: ParentTree, resolve: Resolve, *,
+                 mtime: float, on_commit: Callable[[str], None]) -> None:
         self.draft = draft
         self.registry = registry
         self._parent_tree = parent_tree
+        self._resolve = resolve
         self._on_commit = on_commit
         self._dir_node = Node(is_dir=True, mtime=mtime)
         self._lock = threading.Lock()  # guards `_dirty` and the writer counts; commits hold `_committing`
         self._committing = threading.Lock()
         self._dirty: dict[str, DirtyFile] = {}
-        self._made_dirs: set[str] = set()
-        self._removed_dirs: set[str] = set()
         self._result: dict[str, Any] | None = None
+        self._progress: dict[str, Any] | None = None  # of the commit running now
+        self._parent_user_meta: tuple[str, Any] | None = None  # (top hash, its header's user_meta)
 
     # -- the parent ------------------------------------------------------------------------------------
     def _parent(self) -> Tree | None:
@@ -94,18 +102,20 @@ class DraftTree(Tree):
             return None
         try:
             st = os.stat(self.draft.staging.data_path(staged))
-        except FileNotFoundError:
-            return None
+        except FileNotFoundError:  # removed behind the daemon's back: shown empty, so that `rm` can drop it
+            log.warning("draft %s: %s: its staged bytes are gone", self.draft.package, path)
+            return Node(is_dir=False, size=0, mtime=self._dir_node.mtime)
         return Node(is_dir=False, size=st.st_size, mtime=st.st_mtime)
 
     def _is_dir(self, path: str) -> bool:
-        if path == "" or path in self._made_dirs:
+        made, removed = self.draft.directories()
+        if path == "" or path in made:
             return True
         prefix = path + "/"
         if any(key.startswith(prefix) for key in self.draft.added_keys()):
             return True
         node = self._parent_node(path)
-        return node is not None and node.is_dir and path not in self._removed_dirs
+        return node is not None and node.is_dir and path not in removed
 
     def lookup(self, path: str) -> Node:
         node = self._staged_node(path)
@@ -127,11 +137,12 @@ class DraftTree(Tree):
         entries: dict[str, Node] = {}
         parent = self._parent()
         parent_node = self._parent_node(path) if path else self._dir_node
+        made, removed = self.draft.directories()
         if parent is not None and parent_node is not None and parent_node.is_dir:
             for name, node in parent.readdir(path).items():
                 child = prefix + name
                 if node.is_dir:
-                    if child not in self._removed_dirs:
+                    if child not in removed:
                         entries[name] = self._dir_node
                 elif self.draft.source_of(child) == child:
                     entries[name] = node
@@ -139,9 +150,9 @@ class DraftTree(Tree):
             if key.startswith(prefix):
                 name, below, _ = key[len(prefix):].partition("/")
                 entries[name] = self._dir_node if below else self.lookup(key)
-        for made in self._made_dirs:
-            if made.startswith(prefix) and "/" not in made[len(prefix):]:
-                entries[made[len(prefix):]] = self._dir_node
+        for directory in made:
+            if directory.startswith(prefix) and "/" not in directory[len(prefix):]:
+                entries[directory[len(prefix):]] = self._dir_node
         return dict(sorted(entries.items()))
 
     def xattrs(self, path: str) -> dict[str, bytes]:
@@ -149,17 +160,33 @@ class DraftTree(Tree):
         if path == "":
             user_meta = self.draft.user_meta
             if user_meta is KEEP:
-                parent = self._parent()
-                raw = parent.xattrs("").get("user.quilt.user_meta", b"null") if parent is not None else b"null"
-                user_meta = json.loads(raw or b"null")
-            found = {"user.quilt.parent": (self.draft.parent or "").encode(),
+                user_meta = self._user_meta_of_parent()
+            found = {PACKAGE_XATTR: self.draft.package.encode(), PARENT_XATTR: (self.draft.parent or "").encode(),
                      "user.quilt.user_meta": _json(user_meta)}
             if self._result is not None:
                 found[COMMIT_RESULT_XATTR] = _json(self._result)
+            if self._progress is not None:
+                found[COMMIT_PROGRESS_XATTR] = _json(self._progress)
             return found
         if node.is_dir:
             return {}
-        return {"user.quilt.meta": _json(self._shown_meta(path))}
+        found = {"user.quilt.meta": _json(self._shown_meta(path))}
+        if self.draft.staged(path) is not None:  # for `packages diff`: new bytes of a parent key, or a new key
+            found[CHANGE_XATTR] = b"M" if self._in_parent(path) else b"A"
+        return found
+
+    def _user_meta_of_parent(self) -> Any:
+        """The parent's header `user_meta`, kept: a commit knows it already, and the new revision then need not
+        be read (indexed whole) just to show it."""
+        top_hash = self.draft.parent
+        if top_hash is None:
+            return None
+        known = self._parent_user_meta
+        if known is not None and known[0] == top_hash:
+            return known[1]
+        user_meta = json.loads(self._parent_tree(top_hash).xattrs("").get("user.quilt.user_meta") or b"null")
+        self._parent_user_meta = (top_hash, user_meta)
+        return user_meta
 
     def open_local(self, path: str) -> WriteHandle | None:
         """Staged bytes are read from the draft; a parent row is read by the FUSE adapter (None)."""
@@ -173,6 +200,8 @@ class DraftTree(Tree):
                 if source is not None and parent is not None and self._in_parent(source):
                     parent.open_local(source)  # refuses what must not be read (local files of S3 registries)
                 return None
+            if not os.path.exists(self.draft.staging.data_path(staged)):
+                raise StorageError(f"{path}: its staged bytes are gone (remove it or write it again)", errno.EIO)
             dirty = self._dirty_file(path, staged, writers=0)
         return WriteHandle(dirty, self._sync, writable=False)
 
@@ -232,16 +261,17 @@ class DraftTree(Tree):
     def mkdir(self, path: str) -> None:
         self.check_absent(path)
         self.check_parent_dir(path)
-        self._made_dirs.add(path)
-        self._removed_dirs.discard(path)
+        with self._committing:
+            self.draft.make_dir(path)
 
     def rmdir(self, path: str) -> None:
         if not self.lookup(path).is_dir:
             raise StorageError(f"{path}: not a directory", errno.ENOTDIR)
         if self.readdir(path):
             raise StorageError(f"{path}: directory not empty", errno.ENOTEMPTY)
-        self._made_dirs.discard(path)
-        self._removed_dirs.add(path)
+        parent_node = self._parent_node(path)
+        with self._committing:
+            self.draft.remove_dir(path, in_parent=parent_node is not None and parent_node.is_dir)
 
     def rename(self, old: str, new: str) -> None:
         self.check_file_rename(old, new)
@@ -262,6 +292,8 @@ class DraftTree(Tree):
         node = self.lookup(path)
         if name == COMMIT_XATTR and path == "":
             self._commit(_parse_json(value, name))
+        elif name == PARENT_XATTR and path == "":
+            self._start_from(value.decode("utf-8", "replace").strip())
         elif name == "user.quilt.user_meta" and path == "":
             user_meta = _parse_json(value, name)
             with self._committing:
@@ -274,6 +306,19 @@ class DraftTree(Tree):
                 self.draft.set_meta(path, meta)
         else:
             raise StorageError(f"{path}: {name} cannot be set here", errno.ENOTSUP)
+
+    def _start_from(self, spelled: str) -> None:
+        """`setfattr -n user.quilt.parent -v HASH|POINTER` on an unchanged draft: start it from that revision."""
+        try:
+            top_hash = self._resolve(spelled)
+        except NotFound:
+            raise StorageError(f"{self.draft.package}: no revision {spelled!r}", errno.EINVAL) from None
+        with self._committing:
+            try:
+                self.draft.rebase(top_hash)
+            except DraftError as exc:
+                raise StorageError(f"draft of {self.draft.package}: {exc}", errno.EBUSY) from None
+        log.info("draft of %s now starts from %s", self.draft.package, top_hash)
 
     # -- committing -------------------------------------------------------------------------------------
     def _commit(self, options: Any) -> None:
@@ -290,17 +335,24 @@ class DraftTree(Tree):
                                           f"(e.g. {writing[0]}): close them first")
                 done = commit_draft(self.draft, self.registry, message=options.get("message"),
                                     user_meta=options.get("meta", KEEP), workflow=options.get("workflow", ...),
-                                    force=bool(options.get("force")), dedupe=bool(options.get("dedupe")))
+                                    force=bool(options.get("force")), dedupe=bool(options.get("dedupe")),
+                                    progress=self._report_progress)
             except PackageConflict as exc:
                 self._result = {"error": str(exc)}
                 raise StorageError(str(exc), errno.EBUSY) from None
             except (QuiltmountError, OSError) as exc:
                 self._result = {"error": str(exc)}
                 raise StorageError(f"commit of the draft of {self.draft.package}: {exc}", errno.EIO) from None
+            finally:
+                self._progress = None
             self._result = {"package": self.draft.package, "top_hash": done.top_hash, "pointer": done.pointer,
                             "entries": done.entries}
+            self._parent_user_meta = (done.top_hash, done.user_meta)
         log.info("draft of %s committed: %s (%s)", self.draft.package, done.top_hash, done.pointer or "deduped")
         self._on_commit(self.draft.package)
+
+    def _report_progress(self, progress: CommitProgress) -> None:
+        self._progress = dataclasses.asdict(progress)
 
     def stats(self) -> dict[str, Any]:
         return self.draft.summary()

@@ -1,4 +1,5 @@
-"""The root of a bucket mount: the bucket's own tree, with quiltmount's views under reserved names."""
+"""The root of a mount: the bucket's own tree (or a package revision's), with quiltmount's views under
+reserved names."""
 
 from __future__ import annotations
 
@@ -20,15 +21,16 @@ class _Reserved(Tree):
 
 
 class MountTree(Tree):
-    """Routes `.packages/...` and `.search/...` to their views and everything else to the bucket.
+    """Routes the reserved names (`.packages/...` and `.search/...` in a bucket mount, `.draft/...` in a
+    package's) to their views and everything else to the bucket.
 
     The reserved names answer lookups but are never listed, so `find`, `du` and `rsync` see only the bucket.
     """
 
-    def __init__(self, bucket: Tree, views: dict[str, Tree]) -> None:
-        assert set(views) <= RESERVED_ROOT_NAMES
+    def __init__(self, bucket: Tree, views: dict[str, Tree], reserved: frozenset[str] = RESERVED_ROOT_NAMES) -> None:
+        assert set(views) <= reserved
         self.bucket = bucket
-        self.views = {name: views.get(name) or _Reserved() for name in RESERVED_ROOT_NAMES}
+        self.views = {name: views.get(name) or _Reserved() for name in reserved}
 
     def _route(self, path: str) -> tuple[Tree, str]:
         first, _, rest = path.partition("/")

@@ -29,7 +29,8 @@ from typing import TypeVar
 from cachetools import LRUCache, TTLCache
 
 from quiltmount.errors import AccessDenied, NotFound, StorageError, UserError
-from quiltmount.fs.draft import DRAFT_FILE, Draft
+from quiltmount.fs.draft import Draft
+from quiltmount.fs.draftrecord import DRAFT_FILE
 from quiltmount.fs.drafttree import DraftTree
 from quiltmount.fs.node import FileHandle, Node, Tree
 from quiltmount.names import invalid_path_reason
@@ -266,6 +267,18 @@ class PackagesTree(Tree):
             self._versions[name] = (ordered, self._clock() + self.ttl)
         return ordered
 
+    def _latest(self, name: str) -> str | None:
+        """What `latest` names: from the listed pointers if they are fresh, else with one read (listing them
+        reads every pointer of the package)."""
+        with self._lock:
+            cached = self._versions.get(name)
+        if cached is not None and self._fresh(cached[1]):
+            return cached[0].get(LATEST)
+        try:
+            return self.registry.read_pointer(name, LATEST)
+        except NotFound:
+            return None
+
     def _forget(self, name: str) -> None:
         with self._lock:
             self._versions.pop(name, None)
@@ -399,7 +412,8 @@ class PackagesTree(Tree):
         return self._keep_draft(name, Draft.open(directory))
 
     def _keep_draft(self, name: str, draft: Draft) -> DraftTree:
-        tree = DraftTree(draft, self.registry, lambda top_hash: self.revision(name, top_hash), mtime=time.time(),
+        tree = DraftTree(draft, self.registry, lambda top_hash: self.revision(name, top_hash),
+                         lambda spelled: self._resolve_for_draft(name, spelled), mtime=time.time(),
                          on_commit=self._forget)
         with self._lock:
             kept = self._drafts.setdefault(name, tree)
@@ -407,13 +421,21 @@ class PackagesTree(Tree):
             draft.close()
         return kept
 
-    def _make_draft(self, name: str, path: str) -> None:
+    def _resolve_for_draft(self, name: str, spelled: str) -> str:
+        """The top hash of a revision of `name` named by a pointer, or by a top hash or a unique prefix of one;
+        its manifest must be readable (the draft shows it at once)."""
+        top_hash = self.versions(name).get(spelled) if is_pointer_name(spelled) else None
+        return self.revision(name, top_hash or spelled).top_hash
+
+    def make_draft(self, name: str, path: str, *, from_revision: str | None = None) -> None:
+        """Open a draft of package `name` (at `path`, for errors) from revision `from_revision` (a top hash;
+        default: `latest`, or nothing for a new package)."""
         directory = self._draft_dir(name)
         if directory is None:
             raise StorageError(f"{path}: read-only mount", errno.EROFS)
         if self._draft(name) is not None:
             raise StorageError(f"{path}: exists", errno.EEXIST)
-        parent = self.versions(name).get(LATEST)
+        parent = from_revision or self._latest(name)
         make_private_dir(os.path.dirname(directory))
         self._keep_draft(name, Draft.create(directory, package=name, registry=self.registry.url, parent=parent))
         log.info("package %s: draft opened from %s", name, parent or "nothing (a new package)")
@@ -561,7 +583,7 @@ class PackagesTree(Tree):
         if len(parts) == 3 and parts[2] == DRAFT:
             name = f"{parts[0]}/{parts[1]}"
             self.lookup(name)
-            return self._make_draft(name, path)
+            return self.make_draft(name, path)
         if self.drafts_dir is None or len(parts) not in (1, 2):
             raise StorageError(f"{path}: only drafts can be made here (NS/NAME/draft)", errno.EROFS)
         self.check_absent(path)

@@ -14,8 +14,9 @@ A parent can have millions of entries, so it is never held in memory.  A commit 
    top-hash parts, to a spill file in tree order.  Nothing is written to the registry before this pass
    succeeded, and nothing that grows with the parent stays in memory: the changes, the rows they refer to
    (rename sources, replaced entries whose meta stays) and the directory metadata.
-2. the new files are uploaded (or found already in place: `_already_there`), and the spill is merged with the
-   new entries, sorted the same way, into the new manifest, in a local file, while its top hash is computed.
+2. the new files are uploaded (or found already in place: `_reuse_candidate`; large ones are hashed while they
+   upload), and the spill is merged with the new entries, sorted the same way, into the new manifest, in a
+   local file, while its top hash is computed.
 
 Manifests quilt3 wrote are in tree order with their directory metadata first; any other layout is read whole
 instead (`Registry.load_manifest`), which is correct but holds it in memory.
@@ -32,6 +33,7 @@ import logging
 import os
 import struct
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from quiltmount.errors import NotFound, QuiltException, StorageError
+from quiltmount.keep import KEEP
 from quiltmount.packages.manifest import (
     CHECKSUM_CHUNK_SIZE, SHA2_256_CHUNKED, DirMeta, Entry, ManifestError, PhysicalKey, checksum_chunk_size,
     dir_meta_records, encode_record, entry_hash_part, entry_record, format_physical_key, header_hash_part,
@@ -46,16 +49,11 @@ from quiltmount.packages.manifest import (
     tree_order, tree_sort_key,
 )
 from quiltmount.packages.registry import LATEST, Registry, RegistryError, validate_package_name
+from quiltmount.packages.workflow import Workflow, revision_entries, select_workflow
 from quiltmount.storage.base import ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
 
-#: The extended attributes through which a mount's draft is committed in its daemon (fs/drafttree.py):
-#: set the first to the options (JSON), read the outcome (JSON) from the second.
-COMMIT_XATTR = "user.quilt.commit"
-COMMIT_RESULT_XATTR = "user.quilt.commit_result"
-#: `.quilt/workflows/config.yml`: with one, quilt3 validates every push against the registry's workflows.
-WORKFLOW_CONFIG = ".quilt/workflows/config.yml"
 #: Files hashed and uploaded at once (each large one also sends its parts in parallel).
 UPLOAD_WORKERS = 8
 #: Bytes read at a time while a new file is hashed, and buffered while a manifest is read or written.
@@ -63,18 +61,10 @@ HASH_BUFFER = 1 << 20
 #: New files this large or larger are not sent again when their destination already holds their bytes
 #: (quilt3's `UPLOAD_ETAG_OPTIMIZATION_THRESHOLD`): below it, the HEAD would cost as much as the upload.
 REUSE_MIN_SIZE = 1024
+#: New files this large are hashed while they upload rather than before (when nothing can be reused).
+OVERLAP_MIN_SIZE = 8 << 20
 #: A row of the spill file: the lengths of its sort key, top-hash part and manifest line, then those bytes.
 _SPILL_ROW = struct.Struct("<III")
-
-
-class _Keep:
-    """The parent's value stays (a sentinel distinct from None, which is a value)."""
-
-    def __repr__(self) -> str:
-        return "KEEP"
-
-
-KEEP: Any = _Keep()
 
 
 class PackageConflict(QuiltException):
@@ -93,7 +83,9 @@ class NewFile:
 @dataclass
 class Changes:
     """What a revision changes in its parent: files added or replaced, logical keys deleted, entries renamed,
-    the `meta` of entries that are not new files, and the header's `user_meta` (KEEP: the parent's).
+    the `meta` of entries that are not new files, the header's `user_meta` (KEEP: the parent's), and the
+    directories deleted as such (quilt3's `pkg.delete(dir)`), whose directory metadata goes with them and with
+    the directories below them.  A directory whose files are all deleted keeps its metadata, as in quilt3.
 
     `renamed` maps a new logical key to a parent key: the new key gets that parent entry (same physical key,
     size, hash and meta, or `entry_meta[new key]`), as `mv` of an unchanged file in a draft does.  It takes
@@ -107,6 +99,23 @@ class Changes:
     renamed: dict[str, str] = field(default_factory=dict)
     entry_meta: dict[str, Any] = field(default_factory=dict)
     user_meta: Any = KEEP
+    deleted_dirs: set[str] = field(default_factory=set)  # paths without the trailing "/"
+
+
+@dataclass
+class CommitProgress:
+    """How far a commit is, for a progress bar: `phase` is "parent" while the parent's entries are read,
+    "upload" while new files are hashed and sent (counted as each one finishes), then "publish"."""
+
+    phase: str = "parent"
+    parent_entries: int = 0
+    files_done: int = 0
+    files_total: int = 0
+    bytes_done: int = 0
+    bytes_total: int = 0
+
+
+ProgressCallback = Callable[[CommitProgress], None]
 
 
 @dataclass
@@ -115,56 +124,53 @@ class Committed:
     pointer: str | None  # the new timestamp pointer; None when `dedupe` found the revision already latest
     entries: int  # file entries of the new revision
     reused: int  # new files found already in place, not sent again
+    user_meta: Any = None  # the new revision's header `user_meta`
 
 
 def commit_revision(registry: Registry, name: str, parent: str | None, changes: Changes, *,
                     message: str | None, workflow: Any = ..., force: bool = False, dedupe: bool = False,
-                    clock: Callable[[], float] = time.time, temp_dir: str | None = None) -> Committed:
+                    clock: Callable[[], float] = time.time, temp_dir: str | None = None,
+                    progress: ProgressCallback | None = None) -> Committed:
     """Publish `parent` (a full top hash, or None for a new package) with `changes` as a new revision of
     `name`; `latest` moves only if it still names `parent` (unless `force`).  `workflow` as quilt3's: `...`
-    (the default workflow) or None; registries with a workflow configuration are refused for now.
+    (the registry's default workflow), None (no workflow) or a workflow id.  A registry with workflows
+    (`.quilt/workflows/config.yml`) validates the revision as quilt3 8.0.0 does (`workflow.py`): the message
+    and name before anything else, the header's metadata and the entries once the parent has been read;
+    every check comes before the first upload, and the header records the workflow as quilt3 does.
 
     The new manifest is assembled in `temp_dir` (default: the system's), which needs room for about twice
     the manifest.  A commit that failed half-way can be run again: new files that already landed are not
-    sent again.
+    sent again.  `progress` is called with a fresh `CommitProgress` as the work advances.
     """
     validate_package_name(name)
     if message is not None and not isinstance(message, str):
         raise RegistryError(f"the commit message must be a string, not {type(message).__name__}")
     _check_changes(changes)
-    _check_workflows(registry, workflow)
+    chosen = select_workflow(registry, workflow, name, message)  # message and name: before the parent is read
     latest = _latest(registry, name) if not force or dedupe else None
     if not force:
         _check_conflict(latest, parent)
     with tempfile.TemporaryDirectory(prefix="quiltmount-commit-", dir=temp_dir) as work:
         spill_path, manifest_path = os.path.join(work, "rows"), os.path.join(work, "manifest")
-        scan = _scan_parent(registry, parent, changes, spill_path)
-        uploaded, reused = _upload(registry, name, changes, scan.rows)
+        report = _Reporter(progress)
+        scan = _scan_parent(registry, parent, changes, spill_path, report)
+        header = _new_header(scan.header, changes, message, chosen, scan, spill_path)  # validates: before uploads
+        uploaded, reused = _upload(registry, name, changes, scan.rows, report)
+        report.phase("publish")
         new_entries = [*uploaded, *_renamed_entries(changes, scan.rows)]
-        header = _new_header(scan.header, changes, message)
         top_hash, entries = _write_manifest_file(manifest_path, header, scan.kept_dir_meta(), spill_path,
                                                  new_entries)
         if dedupe and top_hash == latest:
-            return Committed(top_hash, None, entries, reused)
+            return Committed(top_hash, None, entries, reused, header.get("user_meta"))
         if not force:  # again just before writing, as quilt3 does: the window for a lost update is the writes'
             _check_conflict(_latest(registry, name), parent)
         registry.store.put_file(registry.manifest_key(top_hash), manifest_path)
     pointer = str(int(clock()))
     registry.set_pointer(name, pointer, top_hash)
     registry.set_pointer(name, LATEST, top_hash)
-    return Committed(top_hash, pointer, entries, reused)
+    return Committed(top_hash, pointer, entries, reused, header.get("user_meta"))
 
 
-def _check_workflows(registry: Registry, workflow: Any) -> None:
-    try:
-        registry.store.head(registry.prefix + WORKFLOW_CONFIG)
-    except NotFound:
-        if workflow is not ... and workflow is not None:  # quilt3's rule: a workflow needs a configuration
-            raise QuiltException(f"``workflow`` argument provided, but workflows are not configured. "
-                                 f"Workflows config failed to load from {registry.url}/{WORKFLOW_CONFIG}") from None
-        return
-    raise RegistryError(f"{registry.url} has a workflow configuration ({WORKFLOW_CONFIG}): committing to a "
-                        "registry with workflows is not supported yet; push with quilt3")
 
 
 def _check_changes(changes: Changes) -> None:
@@ -199,6 +205,45 @@ def _check_conflict(latest: str | None, parent: str | None) -> None:
                               f"expected {parent!r}. Use force=True (Python) or --force (CLI) to overwrite.")
 
 
+class _Reporter:
+    """Keeps a commit's `CommitProgress` and hands copies to the caller's callback (upload threads share it)."""
+
+    #: Parent entries read between two reports.
+    ENTRIES_PER_REPORT = 1 << 16
+
+    def __init__(self, callback: ProgressCallback | None) -> None:
+        self.callback = callback
+        self.state = CommitProgress()
+        self.lock = threading.Lock()
+
+    def _send(self) -> None:
+        if self.callback is not None:
+            self.callback(dataclasses.replace(self.state))
+
+    def parent_entry(self) -> None:
+        self.state.parent_entries += 1
+        if self.state.parent_entries % self.ENTRIES_PER_REPORT == 0:
+            self._send()
+
+    def restart_parent(self) -> None:
+        self.state.parent_entries = 0
+
+    def start_upload(self, sizes: dict[str, int]) -> None:
+        self.state.phase = "upload"
+        self.state.files_total, self.state.bytes_total = len(sizes), sum(sizes.values())
+        self._send()
+
+    def file_done(self, size: int) -> None:
+        with self.lock:
+            self.state.files_done += 1
+            self.state.bytes_done += size
+            self._send()
+
+    def phase(self, phase: str) -> None:
+        self.state.phase = phase
+        self._send()
+
+
 # --------------------------------------------------------------------------------------------------------
 # Pass 1: the parent
 
@@ -214,13 +259,14 @@ class _Scan:
     the rows that stay (see the module's docstring).
 
     The keys of the new revision are walked in order as well (the parent's rows that stay, merged with the
-    keys the changes write), so a key that would be both a file and a directory, and the directories that
-    still hold an entry, are known before anything is uploaded.
+    keys the changes write), so a key that would be both a file and a directory is known before anything is
+    uploaded.
     """
 
-    def __init__(self, changes: Changes, spill: IO[bytes]) -> None:
+    def __init__(self, changes: Changes, spill: IO[bytes], report: _Reporter) -> None:
         self.changes = changes
         self.spill = spill
+        self.report = report
         self.written = changes.files.keys() | changes.renamed.keys()
         self.pending = sorted((tree_sort_key(key), key) for key in self.written)  # written keys, in tree order
         self.next_pending = 0
@@ -235,8 +281,6 @@ class _Scan:
         self.digest = hashlib.sha256()
         self.dir_meta: dict[str, Any] = {}
         self.dir_meta_paths: set[str] | None = None  # every directory a metadata line names, once entries start
-        self.holding: set[str] = set()  # directory-metadata keys of directories that hold an entry
-        self.last_directory: str | None = None
         self.previous_row: tuple[bytes, str] | None = None  # the parent's previous entry
         self.previous_key: tuple[bytes, str] | None = None  # the new revision's previous key
 
@@ -251,6 +295,7 @@ class _Scan:
                 self.dir_meta[record.key] = record.meta
             else:
                 self._parent_entry(record)
+                self.report.parent_entry()
         self._walk_written(None)
         return self.digest.hexdigest()
 
@@ -260,7 +305,10 @@ class _Scan:
             raise RegistryError(f"{min(missing)!r} is not in the parent revision")
 
     def kept_dir_meta(self) -> dict[str, Any]:
-        return {key: meta for key, meta in self.dir_meta.items() if key in self.holding}
+        """The parent's directory metadata, but for directories deleted as such and those below them."""
+        deleted = self.changes.deleted_dirs
+        return {key: meta for key, meta in self.dir_meta.items()
+                if not deleted or not ({key[:-1], *_directories(key[:-1])} & deleted)}
 
     def _parent_entry(self, entry: Entry) -> None:
         key = entry.logical_key
@@ -319,17 +367,6 @@ class _Scan:
             raise RegistryError(f"{key!r} cannot be in the revision: {previous[1]!r} would be both a file and "
                                 "a directory")
         self.previous_key = (sort_key, key)
-        if self.dir_meta:
-            self._hold(key)
-
-    def _hold(self, key: str) -> None:
-        directory = key.rpartition("/")[0]
-        if directory == self.last_directory:  # keys come grouped by directory: most need nothing
-            return
-        self.last_directory = directory
-        for path in _directories(key):
-            if path + "/" in self.dir_meta:
-                self.holding.add(path + "/")
 
 
 def _directories(key: str) -> Iterator[str]:
@@ -340,16 +377,17 @@ def _directories(key: str) -> Iterator[str]:
         directory = directory.rpartition("/")[0]
 
 
-def _scan_parent(registry: Registry, parent: str | None, changes: Changes, spill_path: str) -> _Scan:
+def _scan_parent(registry: Registry, parent: str | None, changes: Changes, spill_path: str,
+                 report: _Reporter) -> _Scan:
     """Pass 1 over `parent` (streamed; read whole if it is not in quilt3's layout), its rows that stay spilled
     to `spill_path`.  Raises `ManifestError` if the parent is malformed or does not hash to its name."""
     if parent is None:
-        return _run_scan(changes, spill_path, iter([{"version": "v0"}]))
+        return _run_scan(changes, spill_path, report, iter([{"version": "v0"}]))
     url = registry.manifest_url(parent)
     try:
         with registry.open_manifest(parent) as stream:
             records = iter_manifest(io.BufferedReader(stream, HASH_BUFFER), max_record_size=None)
-            return _run_scan(changes, spill_path, records, parent)
+            return _run_scan(changes, spill_path, report, records, parent)
     except _Unordered:
         log.info("manifest %s is not in tree order (or has directory metadata after its entries): reading it "
                  "whole", url)
@@ -358,12 +396,14 @@ def _scan_parent(registry: Registry, parent: str | None, changes: Changes, spill
     manifest = registry.load_manifest(parent)  # checked, top hash included
     records = iter([manifest.header, *(DirMeta(key, meta) for key, meta in manifest.dir_meta.items()),
                     *tree_order(manifest.entries)])
-    return _run_scan(changes, spill_path, records, parent)
+    report.restart_parent()
+    return _run_scan(changes, spill_path, report, records, parent)
 
 
-def _run_scan(changes: Changes, spill_path: str, records: Iterator[_Record], parent: str | None = None) -> _Scan:
+def _run_scan(changes: Changes, spill_path: str, report: _Reporter, records: Iterator[_Record],
+              parent: str | None = None) -> _Scan:
     with open(spill_path, "wb", buffering=HASH_BUFFER) as spill:
-        scan = _Scan(changes, spill)
+        scan = _Scan(changes, spill, report)
         computed = scan.run(records)
     if parent is not None and computed != parent:
         raise ManifestError(f"content hashes to {computed}, not to its name {parent}")
@@ -374,7 +414,7 @@ def _run_scan(changes: Changes, spill_path: str, records: Iterator[_Record], par
 # --------------------------------------------------------------------------------------------------------
 # Uploads
 
-def _upload(registry: Registry, name: str, changes: Changes, parent_rows: dict[str, Entry],
+def _upload(registry: Registry, name: str, changes: Changes, parent_rows: dict[str, Entry], report: _Reporter,
             ) -> tuple[list[Entry], int]:
     """Hash every new file and upload it to `NS/NAME/<logical key>`, unless it is there already; their
     entries, and how many were there already."""
@@ -382,12 +422,16 @@ def _upload(registry: Registry, name: str, changes: Changes, parent_rows: dict[s
 
     def one(logical_key: str, new: NewFile) -> tuple[Entry, bool]:
         size = os.path.getsize(new.path)
-        hash_value = _hash_file(new.path, size)
         key = f"{registry.prefix}{name}/{logical_key}"
-        info = _already_there(registry.store, key, size, hash_value)
-        was_there = info is not None
-        if info is None:
-            info = registry.store.put_file(key, new.path)
+        candidate = _reuse_candidate(registry.store, key, size)
+        if candidate is None and size >= OVERLAP_MIN_SIZE:  # nothing to reuse: hash it while it is sent
+            hash_value, info = _hash_during(new.path, size, lambda: registry.store.put_file(key, new.path))
+            was_there = False
+        else:
+            hash_value = _hash_file(new.path, size)
+            was_there = candidate is not None and _chunked_hash_of_checksum(candidate.checksum_sha256,
+                                                                             size) == hash_value
+            info = candidate if was_there else registry.store.put_file(key, new.path)
         if location.scheme == "s3":
             physical = PhysicalKey("s3", location.bucket, key, info.version_id)
         else:
@@ -397,8 +441,10 @@ def _upload(registry: Registry, name: str, changes: Changes, parent_rows: dict[s
         else:
             meta = parent_rows[logical_key].meta if logical_key in parent_rows else {}
         entry = Entry(logical_key, format_physical_key(physical), size, SHA2_256_CHUNKED, hash_value, meta)
+        report.file_done(size)
         return entry, was_there
 
+    report.start_upload({key: os.path.getsize(new.path) for key, new in changes.files.items()})
     with ThreadPoolExecutor(UPLOAD_WORKERS, thread_name_prefix="commit") as pool:
         futures = [pool.submit(one, key, new) for key, new in changes.files.items()]
         results = [future.result() for future in futures]
@@ -416,20 +462,26 @@ def _hash_file(path: str, size: int) -> str:
     return hasher.value()
 
 
-def _already_there(store: ObjectStore, key: str, size: int, hash_value: str) -> ObjectInfo | None:
-    """The object at `key` if it already holds the bytes hashing to `hash_value` (`sha2-256-chunked`), as
-    quilt3's `_reuse_remote_file` decides: same size and SHA-256 checksum, for files of `REUSE_MIN_SIZE` or
-    more.  Objects without a checksum are sent again (quilt3 would compare MD5 ETags; every upload of ours and
-    of quilt3's carries a checksum), and so are files of local registries, which keep none."""
+def _reuse_candidate(store: ObjectStore, key: str, size: int) -> ObjectInfo | None:
+    """The object at `key` if it may already hold the new file's bytes, as quilt3's `_reuse_remote_file`
+    decides: same size and a SHA-256 checksum (compared with the file's hash by the caller), for files of
+    `REUSE_MIN_SIZE` or more.  Objects without a checksum are sent again (quilt3 would compare MD5 ETags; every
+    upload of ours and of quilt3's carries a checksum), and so are files of local registries, which keep none."""
     if size < REUSE_MIN_SIZE:
         return None
     try:
         info = store.head(key, checksum=True)
     except StorageError:  # missing, or not ours to read: send it (quilt3 does too)
         return None
-    if info.size != size or info.checksum_sha256 is None:
-        return None
-    return info if _chunked_hash_of_checksum(info.checksum_sha256, size) == hash_value else None
+    return info if info.size == size and info.checksum_sha256 is not None else None
+
+
+def _hash_during(path: str, size: int, upload: Callable[[], ObjectInfo]) -> tuple[str, ObjectInfo]:
+    """The file's hash, computed here while `upload` sends it from another thread: its two reads overlap."""
+    with ThreadPoolExecutor(1, thread_name_prefix="commit-put") as sender:
+        sent = sender.submit(upload)
+        hash_value = _hash_file(path, size)
+        return hash_value, sent.result()
 
 
 def _chunked_hash_of_checksum(checksum: str, size: int) -> str | None:
@@ -463,13 +515,34 @@ def _renamed_entries(changes: Changes, parent_rows: dict[str, Entry]) -> list[En
 # --------------------------------------------------------------------------------------------------------
 # Pass 2: the new manifest
 
-def _new_header(parent_header: dict[str, Any], changes: Changes, message: str | None) -> dict[str, Any]:
-    """quilt3's header: the parent's, `user_meta` then `message` set, no `workflow`."""
+def _new_header(parent_header: dict[str, Any], changes: Changes, message: str | None,
+                workflow: Workflow | None = None, scan: _Scan | None = None,
+                spill_path: str | None = None) -> dict[str, Any]:
+    """quilt3's header: the parent's, with `user_meta`, then `workflow` (dropped without one), then `message`
+    set, in that order (a key the parent has keeps its place).
+
+    With a `workflow`, the new `user_meta` (`{}` when absent) is validated first, and, only if the workflow
+    has an entries schema, the entries of the new revision (`scan` and its rows spilled at `spill_path`, and
+    the changes, whose new files are not uploaded yet: their local sizes are what quilt3 validates too).
+    """
     header = dict(parent_header)
     if changes.user_meta is not KEEP:
         header["user_meta"] = changes.user_meta
+    if workflow is None:
+        header.pop("workflow", None)
+    else:
+        workflow.validate_metadata(header.get("user_meta", {}))
+        if workflow.checks_entries:
+            assert scan is not None and spill_path is not None
+            rows = scan.rows
+            new = [(key, os.path.getsize(file.path),
+                    file.meta if file.meta is not KEEP else rows[key].meta if key in rows else {})
+                   for key, file in changes.files.items()]
+            new += [(entry.logical_key, entry.size, entry.meta) for entry in _renamed_entries(changes, rows)]
+            kept = ((sort_key, line) for sort_key, _, line in _spilled_rows(spill_path))
+            workflow.validate_entries(revision_entries(kept, new))
+        header["workflow"] = workflow.header_value
     header["message"] = message
-    header.pop("workflow", None)
     return header
 
 

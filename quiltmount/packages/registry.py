@@ -27,11 +27,11 @@ Deliberate differences from quilt3 (all about input quilt3 never writes itself):
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable
 from typing import IO
 
 from quiltmount.errors import NotFound, UserError
+from quiltmount.names import is_pointer_name, is_valid_package_name
 from quiltmount.packages.manifest import (
     Manifest, ManifestError, PhysicalKey, PhysicalKeyError, format_physical_key, is_top_hash, parse_manifest,
     parse_physical_key,
@@ -45,8 +45,6 @@ __all__ = [
 
 LATEST = "latest"
 
-_PACKAGE_NAME = re.compile(r"[\w-]+/[\w-]+")  # Unicode \w, like quilt3's PACKAGE_NAME_FORMAT
-_POINTER_NAME = re.compile(r"[0-9]+|latest")
 _MIN_PREFIX = 6
 #: A pointer holds 64 hex digits (quilt3 writes no newline); a larger pointer file is refused without reading it.
 MAX_POINTER_SIZE = 1024
@@ -60,18 +58,11 @@ class InvalidPointer(RegistryError):
     """A pointer file whose content is not a top hash; only that package is affected."""
 
 
-def is_valid_package_name(name: str) -> bool:
-    return isinstance(name, str) and _PACKAGE_NAME.fullmatch(name) is not None
-
-
 def validate_package_name(name: str) -> None:
     if not is_valid_package_name(name):
         raise RegistryError(f"Invalid package name: {name}.")
 
 
-def is_pointer_name(pointer: str) -> bool:
-    """Pointer files are named by Unix seconds (ASCII digits) or `latest`."""
-    return isinstance(pointer, str) and _POINTER_NAME.fullmatch(pointer) is not None
 
 
 def validate_pointer_name(pointer: str) -> None:

@@ -27,6 +27,11 @@ class Source:
         return base + (f"#package={self.package}" if self.package else "")
 
     @property
+    def package_name(self) -> str | None:
+        """`ns/name` of the mounted package (without its revision), or None."""
+        return self.package.partition("@")[0].partition(":")[0] if self.package else None
+
+    @property
     def registry_url(self) -> str:
         """The registry at the root of the bucket or directory (packages live under its `.quilt/`)."""
         return f"s3://{self.location}" if self.scheme == "s3" else f"file://{self.location}"
