@@ -298,9 +298,9 @@ def cmd_packages_commit(args: argparse.Namespace) -> int:
     options = {} if args.meta is None else {"meta": args.meta}
     if args.workflow is not ...:
         options["workflow"] = args.workflow
-    with CommitProgressBar(enabled=sys.stderr.isatty()) as bar:
+    with CommitProgressBar() as bar:
         result = commit_draft(args.path, args.message, force=args.force, dedupe=args.dedupe,
-                              progress=bar.update if bar.enabled else None, **options)
+                              progress=bar.update if sys.stderr.isatty() else None, **options)
     if args.json:
         print(json.dumps(result))
     elif result["pointer"] is None:
@@ -314,8 +314,7 @@ class CommitProgressBar:
     """tqdm bars for a commit that runs in its daemon: the parent's entries while they are read (large
     parents), then the bytes of the new files as each one is uploaded."""
 
-    def __init__(self, *, enabled: bool) -> None:
-        self.enabled = enabled
+    def __init__(self) -> None:
         self._phase: str | None = None
         self._bar: tqdm | None = None
 
@@ -323,16 +322,20 @@ class CommitProgressBar:
         return self
 
     def __exit__(self, *_: object) -> None:
+        self._close()
+
+    def _close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+            self._bar = None
 
     def update(self, report: dict[str, int | str]) -> None:
         from tqdm import tqdm
 
         phase = report.get("phase")
         if phase != self._phase:
-            self.__exit__()
-            self._phase, self._bar = phase, None
+            self._close()
+            self._phase = phase
             if phase == "parent":
                 self._bar = tqdm(desc="reading the parent", unit=" entries", file=sys.stderr)
             elif phase == "upload":

@@ -203,7 +203,7 @@ def test_commit_progress_bar(capsys) -> None:
 
     report = {"phase": "parent", "parent_entries": 65536, "files_done": 0, "files_total": 0, "bytes_done": 0,
               "bytes_total": 0}
-    with CommitProgressBar(enabled=True) as bar:
+    with CommitProgressBar() as bar:
         bar.update(report)
         bar.update({**report, "phase": "upload", "files_total": 2, "bytes_total": 3 << 20})
         bar.update({**report, "phase": "upload", "files_done": 1, "files_total": 2, "bytes_done": 1 << 20,

@@ -203,10 +203,9 @@ class Draft:
     def rebase(self, parent: str) -> None:
         """Start the draft over from revision `parent` (only while it changes nothing)."""
         with self._lock:
-            if self._files or self._record != DraftRecord(self._record.package, self._record.registry,
-                                                      self._record.parent):
+            if self._files or self._record != self._record.started_over(self._record.parent):
                 raise DraftError("the draft has changes: it can only start from another revision while empty")
-            self._record = DraftRecord(self._record.package, self._record.registry, parent)
+            self._record = self._record.started_over(parent)
             self._save()
 
     def set_meta(self, logical_key: str, meta: Any) -> None:
@@ -230,10 +229,6 @@ class Draft:
             record = self._record
             files = {key: NewFile(self.staging.data_path(staged), record.file_meta.get(key, KEEP))
                      for key, staged in self._files.items()}
-            vanished = sorted(key for key, new in files.items() if not os.path.exists(new.path))
-            if vanished:
-                raise DraftError(f"{vanished[0]}: its staged bytes are gone from {self.staging.directory} "
-                                 f"({len(vanished)} file(s)): remove it from the draft or write it again")
             renamed = {new: source for new, source in record.renamed.items()}
             entry_meta = dict(record.entry_meta)
             for new, source in renamed.items():
@@ -241,8 +236,13 @@ class Draft:
                     entry_meta[new] = record.file_meta[new]
             # A parent key written again (staged bytes, or another row moved onto it) is replaced, not deleted.
             deleted = set(record.deleted) - files.keys() - renamed.keys()
-            return Changes(files=files, deleted=deleted, renamed=renamed, entry_meta=entry_meta,
-                           user_meta=record.user_meta, deleted_dirs=set(record.deleted_dirs))
+            changes = Changes(files=files, deleted=deleted, renamed=renamed, entry_meta=entry_meta,
+                              user_meta=record.user_meta, deleted_dirs=set(record.deleted_dirs))
+        vanished = sorted(key for key, new in files.items() if not os.path.exists(new.path))
+        if vanished:
+            raise DraftError(f"{vanished[0]}: its staged bytes are gone from {self.staging.directory} "
+                             f"({len(vanished)} file(s)): remove it from the draft or write it again")
+        return changes
 
     def files_open(self) -> list[str]:
         """Logical keys of files a writer has open (or had open when a crash came): not complete yet."""
@@ -254,7 +254,7 @@ class Draft:
         with self._lock:
             files = list(self._files.values())
             self._files.clear()
-            self._record = DraftRecord(self._record.package, self._record.registry, top_hash)
+            self._record = self._record.started_over(top_hash)
             self._save()
         for staged in files:
             self.staging.remove(staged)

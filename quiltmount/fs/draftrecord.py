@@ -45,6 +45,10 @@ class DraftRecord:
     made_dirs: list[str] = field(default_factory=list)  # directories `mkdir` made (shown even when empty)
     deleted_dirs: list[str] = field(default_factory=list)  # parent directories `rmdir` removed
 
+    def started_over(self, parent: str | None) -> DraftRecord:
+        """This draft's record with no changes, on revision `parent`."""
+        return DraftRecord(self.package, self.registry, parent)
+
     def to_json(self) -> dict[str, Any]:
         data = {"format": FORMAT, "package": self.package, "registry": self.registry, "parent": self.parent,
                 "deleted": sorted(self.deleted), "renamed": self.renamed, "entry_meta": self.entry_meta,

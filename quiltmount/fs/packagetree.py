@@ -36,7 +36,7 @@ from quiltmount.fs.node import FileHandle, Node, Tree
 from quiltmount.names import invalid_path_reason
 from quiltmount.packages.index import ROOT_ID, IndexUnusable, RevisionIndex, Row, index_name, open_or_build
 from quiltmount.packages.manifest import ManifestError, is_top_hash, parse_physical_key, short_repr
-from quiltmount.packages.registry import LATEST, Registry, is_pointer_name, is_valid_package_name
+from quiltmount.packages.registry import LATEST, InvalidPointer, Registry, is_pointer_name, is_valid_package_name
 from quiltmount.paths import make_private_dir
 from quiltmount.storage.base import ObjectInfo
 from quiltmount.storage.stores import StoreSet
@@ -267,16 +267,19 @@ class PackagesTree(Tree):
             self._versions[name] = (ordered, self._clock() + self.ttl)
         return ordered
 
-    def _latest(self, name: str) -> str | None:
-        """What `latest` names: from the listed pointers if they are fresh, else with one read (listing them
+    def _pointer(self, name: str, pointer: str) -> str | None:
+        """What one pointer names: from the listed pointers if they are fresh, else with one read (listing them
         reads every pointer of the package)."""
         with self._lock:
             cached = self._versions.get(name)
         if cached is not None and self._fresh(cached[1]):
-            return cached[0].get(LATEST)
+            return cached[0].get(pointer)
         try:
-            return self.registry.read_pointer(name, LATEST)
+            return self.registry.read_pointer(name, pointer)
         except NotFound:
+            return None
+        except InvalidPointer as exc:  # skipped, as `versions` skips it
+            self._report(f"skipping {exc}")
             return None
 
     def _forget(self, name: str) -> None:
@@ -424,7 +427,7 @@ class PackagesTree(Tree):
     def _resolve_for_draft(self, name: str, spelled: str) -> str:
         """The top hash of a revision of `name` named by a pointer, or by a top hash or a unique prefix of one;
         its manifest must be readable (the draft shows it at once)."""
-        top_hash = self.versions(name).get(spelled) if is_pointer_name(spelled) else None
+        top_hash = self._pointer(name, spelled) if is_pointer_name(spelled) else None
         return self.revision(name, top_hash or spelled).top_hash
 
     def make_draft(self, name: str, path: str, *, from_revision: str | None = None) -> None:
@@ -435,7 +438,7 @@ class PackagesTree(Tree):
             raise StorageError(f"{path}: read-only mount", errno.EROFS)
         if self._draft(name) is not None:
             raise StorageError(f"{path}: exists", errno.EEXIST)
-        parent = from_revision or self._latest(name)
+        parent = from_revision or self._pointer(name, LATEST)
         make_private_dir(os.path.dirname(directory))
         self._keep_draft(name, Draft.create(directory, package=name, registry=self.registry.url, parent=parent))
         log.info("package %s: draft opened from %s", name, parent or "nothing (a new package)")

@@ -171,8 +171,6 @@ def commit_revision(registry: Registry, name: str, parent: str | None, changes: 
     return Committed(top_hash, pointer, entries, reused, header.get("user_meta"))
 
 
-
-
 def _check_changes(changes: Changes) -> None:
     """What can be checked without the parent (its keys are checked while it streams by: `_Scan`)."""
     for logical_key in (*changes.files, *changes.renamed):
@@ -420,8 +418,10 @@ def _upload(registry: Registry, name: str, changes: Changes, parent_rows: dict[s
     entries, and how many were there already."""
     location = parse_physical_key(registry.url)  # s3://bucket or file:///dir
 
+    sizes = {logical_key: os.path.getsize(new.path) for logical_key, new in changes.files.items()}
+
     def one(logical_key: str, new: NewFile) -> tuple[Entry, bool]:
-        size = os.path.getsize(new.path)
+        size = sizes[logical_key]
         key = f"{registry.prefix}{name}/{logical_key}"
         candidate = _reuse_candidate(registry.store, key, size)
         if candidate is None and size >= OVERLAP_MIN_SIZE:  # nothing to reuse: hash it while it is sent
@@ -436,15 +436,12 @@ def _upload(registry: Registry, name: str, changes: Changes, parent_rows: dict[s
             physical = PhysicalKey("s3", location.bucket, key, info.version_id)
         else:
             physical = PhysicalKey("file", None, os.path.join(location.path, key))
-        if new.meta is not KEEP:
-            meta = new.meta
-        else:
-            meta = parent_rows[logical_key].meta if logical_key in parent_rows else {}
+        meta = _new_file_meta(logical_key, new, parent_rows)
         entry = Entry(logical_key, format_physical_key(physical), size, SHA2_256_CHUNKED, hash_value, meta)
         report.file_done(size)
         return entry, was_there
 
-    report.start_upload({key: os.path.getsize(new.path) for key, new in changes.files.items()})
+    report.start_upload(sizes)
     with ThreadPoolExecutor(UPLOAD_WORKERS, thread_name_prefix="commit") as pool:
         futures = [pool.submit(one, key, new) for key, new in changes.files.items()]
         results = [future.result() for future in futures]
@@ -452,6 +449,13 @@ def _upload(registry: Registry, name: str, changes: Changes, parent_rows: dict[s
     if reused:
         log.info("%d of %d new files were already in place: not sent again", reused, len(results))
     return [entry for entry, _ in results], reused
+
+
+def _new_file_meta(logical_key: str, new: NewFile, parent_rows: dict[str, Entry]) -> Any:
+    """The `meta` of a new or changed entry: its own, else the replaced parent entry's, else none."""
+    if new.meta is not KEEP:
+        return new.meta
+    return parent_rows[logical_key].meta if logical_key in parent_rows else {}
 
 
 def _hash_file(path: str, size: int) -> str:
@@ -535,8 +539,7 @@ def _new_header(parent_header: dict[str, Any], changes: Changes, message: str | 
         if workflow.checks_entries:
             assert scan is not None and spill_path is not None
             rows = scan.rows
-            new = [(key, os.path.getsize(file.path),
-                    file.meta if file.meta is not KEEP else rows[key].meta if key in rows else {})
+            new = [(key, os.path.getsize(file.path), _new_file_meta(key, file, rows))
                    for key, file in changes.files.items()]
             new += [(entry.logical_key, entry.size, entry.meta) for entry in _renamed_entries(changes, rows)]
             kept = ((sort_key, line) for sort_key, _, line in _spilled_rows(spill_path))

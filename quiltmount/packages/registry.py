@@ -63,8 +63,6 @@ def validate_package_name(name: str) -> None:
         raise RegistryError(f"Invalid package name: {name}.")
 
 
-
-
 def validate_pointer_name(pointer: str) -> None:
     if not is_pointer_name(pointer):
         raise RegistryError(f"Invalid pointer name: {pointer!r} (expected Unix seconds or 'latest').")
