@@ -13,7 +13,8 @@ from quiltmount.version import __version__
 
 __all__ = ["__version__", "Bucket", "QuiltException", "api_keys", "clear_api_key", "commit_draft", "config",
            "delete_package", "diff_draft", "get_boto3_session", "index_package", "list_package_versions",
-           "list_packages", "logged_in", "login", "login_with_api_key", "logout", "open_draft", "search"]
+           "list_packages", "logged_in", "login", "login_with_api_key", "logout", "open_draft", "prefetch",
+           "search"]
 
 
 def __getattr__(name: str) -> Any:

@@ -16,6 +16,7 @@ from quiltmount.auth import (  # noqa: F401
 )
 from quiltmount.bucket import Bucket  # noqa: F401
 from quiltmount.draftctl import commit_draft, diff_draft, open_draft  # noqa: F401
+from quiltmount.prefetchctl import prefetch  # noqa: F401
 from quiltmount.errors import QuiltException  # noqa: F401
 from quiltmount.quiltconfig import config, default_local_registry  # noqa: F401
 from quiltmount.packages.index import index_name, open_or_build

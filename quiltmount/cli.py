@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from quiltmount import argtypes, state
 from quiltmount.errors import QuiltmountError, UserError
+from quiltmount.paths import disk_cache_dir
 from quiltmount.units import format_size, parse_size
 from quiltmount.version import __version__
 
@@ -46,8 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="tries per upload, with exponential backoff from 0.5 s, before it is reported failed (5)")
     mount.add_argument("--cache-dir", help="cache directory (default: stable per source under "
                                            "$XDG_CACHE_HOME/quiltmount/)")
-    mount.add_argument("--disk-cache-size", type=argtypes.size, default=0, metavar="SIZE",
-                       help="hard cap of the on-disk block cache; 0 (default) disables it")
+    mount.add_argument("--disk-cache-size", type=argtypes.size, metavar="SIZE",
+                       help="cap of the disk cache shared by every mount, kept for the next ones (a new cache: the "
+                            "smaller of 10G and 10%% of the free space); 0 turns it off for this mount")
+    mount.add_argument("--disk-cache-dir", metavar="DIR",
+                       help="where the shared disk cache is (default: $QUILTMOUNT_DISK_CACHE_DIR, else "
+                            "$XDG_CACHE_HOME/quiltmount/blocks)")
     mount.add_argument("--memory-cache-size", type=argtypes.size, default=parse_size("512M"), metavar="SIZE",
                        help="memory budget for cached blocks and read-ahead (default 512M)")
     mount.add_argument("--metadata-ttl", type=argtypes.ttl, default=10.0, metavar="SECONDS|indefinite",
@@ -140,6 +145,34 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=cmd_status)
 
+    prefetch = commands.add_parser("prefetch", help="fill the disk cache with files, directories or revisions of "
+                                                    "mounts", description="Fetch every file under each PATH (a file, "
+                                   "a directory, or a revision such as MOUNT/.packages/NS/NAME/latest/) of a live "
+                                   "mount into the disk cache, in the mount's daemon, so that reading them later makes "
+                                   "no request.  Symlinks inside directories are not followed.")
+    prefetch.add_argument("paths", nargs="+", metavar="PATH")
+    prefetch.add_argument("--json", action="store_true", help="print the summary as JSON")
+    prefetch.set_defaults(handler=cmd_prefetch)
+
+    cache = commands.add_parser("cache", help="the disk cache shared by the mounts: status, prune, verify, clear")
+    cache_verbs = cache.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for verb, handler, text in (
+            ("status", cmd_cache_status, "what is cached, per source and kind, against the cap; live mounts using it"),
+            ("prune", cmd_cache_prune, "remove least recently used blocks down to --to SIZE (default: the cap)"),
+            ("verify", cmd_cache_verify, "check every cached block (and whole package files against their hash); "
+                                         "remove what is damaged"),
+            ("clear", cmd_cache_clear, "remove every cached block")):
+        cache_verb = cache_verbs.add_parser(verb, help=text)
+        cache_verb.add_argument("--disk-cache-dir", metavar="DIR",
+                                help="the cache (default: $QUILTMOUNT_DISK_CACHE_DIR, else "
+                                     "$XDG_CACHE_HOME/quiltmount/blocks)")
+        if verb in ("status", "verify"):
+            cache_verb.add_argument("--json", action="store_true", help="machine-readable output")
+        if verb == "prune":
+            cache_verb.add_argument("--to", type=argtypes.size, metavar="SIZE",
+                                    help="bytes to keep at most (K/M/G/T suffixes; default: the cap)")
+        cache_verb.set_defaults(handler=handler)
+
     from quiltmount.stackcli import add_stack_commands
 
     add_stack_commands(commands)
@@ -155,7 +188,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         source=_with_package(source, args.package),
         mountpoint=os.path.abspath(args.mountpoint), read_only=args.read_only,
         cache_dir=os.path.abspath(args.cache_dir) if args.cache_dir else None,
-        disk_cache_size=args.disk_cache_size, memory_cache_size=args.memory_cache_size,
+        disk_cache_size=args.disk_cache_size, disk_cache_dir=os.path.abspath(args.disk_cache_dir or disk_cache_dir()),
+        memory_cache_size=args.memory_cache_size,
         metadata_ttl=args.metadata_ttl, uid=args.uid, gid=args.gid, file_mode=args.file_mode,
         dir_mode=args.dir_mode, allow_other=args.allow_other,
         log_file=os.path.abspath(args.log_file) if args.log_file else None, log_level=args.log_level,
@@ -170,6 +204,12 @@ def cmd_mount(args: argparse.Namespace) -> int:
     start_background(options)
     record = state.read_record(options.mountpoint) or {}
     print(f"mounted {source.url} at {options.mountpoint} (log: {record.get('log_file', '?')})")
+    cache = record.get("cache", {})
+    if "disk_limit" in cache:
+        print(f"disk cache: {format_size(cache['disk_used'])} of {format_size(cache['disk_limit'])} used "
+              f"({cache['disk_dir']})")
+    elif options.disk_cache_size == 0:
+        print("disk cache: off (--disk-cache-size 0)")
     return 0
 
 
@@ -362,6 +402,26 @@ def cmd_packages_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prefetch(args: argparse.Namespace) -> int:
+    from quiltmount import prefetchctl
+
+    with prefetchctl.ProgressBar() as bar:
+        summary = prefetchctl.prefetch(args.paths, progress=bar.update if sys.stderr.isatty() else None)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(prefetchctl.format_summary(summary))
+    warning = prefetchctl.capacity_warning(summary)
+    if warning:
+        print(f"quiltmount: warning: {warning}", file=sys.stderr)
+    for failure in summary["failures"]:
+        print(f"quiltmount: error: {failure['path']}: {failure['error']}", file=sys.stderr)
+    if summary["errors"] > len(summary["failures"]):
+        print(f"quiltmount: error: ... {summary['errors'] - len(summary['failures'])} more (the daemon's log has "
+              "them all)", file=sys.stderr)
+    return 1 if summary["errors"] else 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     records = state.live_records()
     if args.json:
@@ -373,14 +433,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     for record in records:
         cache = record.get("cache", {})
         requests = record.get("requests", {})
-        disk = (f", disk {format_size(cache['disk_used'])} / {format_size(cache['disk_limit'])}"
-                if "disk_limit" in cache else "")
+        disk = (f"\n  disk:      {format_size(cache['disk_used'])} / {format_size(cache['disk_limit'])} (shared: "
+                f"{cache['disk_dir']}), {cache['disk_hits']} hits, {cache['disk_misses']} misses"
+                f"{'' if cache['disk_enabled'] else ', turned off (see the log)'}"
+                if "disk_limit" in cache else "\n  disk:      off")
         print(f"{record['mountpoint']}\n"
               f"  source:    {record['source']}\n"
               f"  pid:       {record['pid']}\n"
               f"  log:       {record['log_file']}\n"
               f"  cache:     memory {format_size(cache.get('memory_used', 0))} / "
-              f"{format_size(cache.get('memory_limit', 0))}{disk} ({record.get('cache_dir')})\n"
+              f"{format_size(cache.get('memory_limit', 0))}, {cache.get('memory_hits', 0)} hits, "
+              f"{cache.get('memory_misses', 0)} misses ({record.get('cache_dir')}){disk}\n"
               f"  requests:  {requests.get('in_flight', 0)} in flight; {_counts(requests.get('totals', {}))}\n"
               f"  kernel:    {sum(record.get('fuse_calls', {}).values())} calls; "
               f"{_counts(record.get('fuse_calls', {}))}\n"
@@ -400,6 +463,57 @@ def _counts(counts: dict[str, int]) -> str:
     """`get 2, list 3`: counters as a person reads them, the largest first."""
     ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
     return ", ".join(f"{name} {count}" for name, count in ordered) or "none"
+
+
+def _cache_root(args: argparse.Namespace) -> str:
+    return os.path.abspath(args.disk_cache_dir or disk_cache_dir())
+
+
+def cmd_cache_status(args: argparse.Namespace) -> int:
+    from quiltmount import cachectl
+
+    report = cachectl.status(_cache_root(args))
+    print(json.dumps(report, indent=2, sort_keys=True) if args.json else cachectl.format_status(report))
+    return 0
+
+
+def cmd_cache_prune(args: argparse.Namespace) -> int:
+    from quiltmount import cachectl
+
+    root = _cache_root(args)
+    print(cachectl.format_prune(cachectl.prune(root, args.to), root))
+    return 0
+
+
+def cmd_cache_verify(args: argparse.Namespace) -> int:
+    from quiltmount import cachectl
+
+    root = _cache_root(args)
+    progress = None
+    if sys.stderr.isatty() and cachectl.exists(root):
+        from tqdm import tqdm
+
+        progress = tqdm(desc="verifying", unit=" blocks", file=sys.stderr)
+    try:
+        report = cachectl.verify(root, None if progress is None else lambda done, total: (
+            setattr(progress, "total", total), progress.update(done - progress.n)))
+    finally:
+        if progress is not None:
+            progress.close()
+    if args.json:
+        print(json.dumps(report if report is not None else {"dir": root, "exists": False}, indent=2,
+                         sort_keys=True))
+    else:
+        print(cachectl.format_verify(report, root))
+    return 0
+
+
+def cmd_cache_clear(args: argparse.Namespace) -> int:
+    from quiltmount import cachectl
+
+    root = _cache_root(args)
+    print(cachectl.format_clear(cachectl.clear(root), root))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

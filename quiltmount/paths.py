@@ -53,6 +53,12 @@ def default_cache_dir(source_url: str) -> str:
     return path
 
 
+def disk_cache_dir() -> str:
+    """The block cache shared by every mount of the user: `$QUILTMOUNT_DISK_CACHE_DIR`, else `blocks/` under
+    the cache root (no per-source directory is named so: theirs end in a digest)."""
+    return os.environ.get("QUILTMOUNT_DISK_CACHE_DIR") or os.path.join(cache_root(), "blocks")
+
+
 def index_dir() -> str:
     """Package revision indexes: one per (registry, top hash), shared by every mount of the user."""
     return os.path.join(cache_root(), "indexes")

@@ -4,13 +4,15 @@
 Run (as root, with /dev/fuse and fusermount3; from the project's virtualenv)::
 
     python scripts/bench.py                 # full run: 512 MiB object, 5,000 small files, 256 MiB and
-                                            # 2 GiB copied in (~5 min; + ~7 min for the scale test, 12.)
+                                            # 2 GiB copied in (~5 min; + ~7 min for the scale test, 12.,
+                                            # + ~13 min for the disk cache, 15.)
     python scripts/bench.py --quick         # smoke run: 64 MiB object, 500 small files, 50 preads,
                                             # a 1,000-entry package, 64 MiB and 100 files written,
                                             # 100,000-entry revisions for the scale test
     python scripts/bench.py --only scale    # the revision index at 1,000,000 entries (~5-10 min)
     python scripts/bench.py --only commit   # package commits (engine level) on a 10,000-entry revision
     python scripts/bench.py --only draft    # the same through a mount: mkdir draft, cp, quiltmount packages commit
+    python scripts/bench.py --only cache    # the persistent disk cache: re-reads across mounts, prefetch, RSS (~13 min)
     python scripts/bench.py --endpoint-url http://127.0.0.1:9000   # use a running S3 server
 
 Without ``--endpoint-url`` it starts the project's moto test server (``tests/s3server.py``,
@@ -19,8 +21,15 @@ share this process's GIL with the boto3 baselines; ``--in-process-server`` runs 
 instead.  AWS credentials default to moto's dummy ones (``testing``/``testing``, us-east-1).
 
 What it measures, each against a baseline taken in the same run (MB = 10^6 bytes).  Measurements 1, 3, 4,
-9, 13 and 14 run ``--rounds`` times (3), baseline then mount in each round; the table gives the medians (the
-ratio is the median of the rounds' ratios) and the JSON every round:
+9, 13, 14 and 15 run ``--rounds`` times (3), baseline then mount in each round; the table gives the medians (the
+ratio is the median of the rounds' ratios) and the JSON every round.
+
+The persistent disk cache (issue 16) is on by default in quiltmount, shared by every mount of a user.  The bench
+never uses the user's: every mount it makes is given a ``--disk-cache-dir`` under the run's temporary directory.
+Measurements 1-14 mount with ``--disk-cache-size 0`` (no disk cache), so that they measure what they measured
+before it existed, and their cold reads (each round on a fresh mount) stay cold: with a shared cache the second
+round would read the first's blocks from disk.  Only 15 turns it on, each time in a new, empty directory (and
+gives the cost of filling the cache during a cold read, on vs off).  The measurements:
 
 1. cold sequential read of the big object through a fresh mount (1 MiB reads) vs boto3
    ``download_fileobj`` (default ``TransferConfig``) into a null sink;
@@ -100,7 +109,29 @@ ratio is the median of the rounds' ratios) and the JSON every round:
     (default, then with SHA-256) of ``--write-mib`` MiB of new random bytes from local disk, then mkdir,
     ``cp`` of that file and the commit through a mount straight to the server (target ratio >= 0.8 for the
     total; the commit alone is also given).  After each commit the mount must show the new revision as
-    ``latest`` and the draft on it.  At the end quilt3 browses the last revision.
+    ``latest`` and the draft on it.  At the end quilt3 browses the last revision;
+15. the persistent disk cache (issue 16; ``--only cache``), each part with a new, empty ``--disk-cache-dir`` at
+    the daemon's default cap unless said: (a) ``--rounds`` times, ``download_fileobj`` of the big object, its cold
+    read on a fresh mount without the disk cache, then on one with it (empty), ``quiltmount umount`` (the daemon
+    writes the blocks still queued before it exits), the page cache dropped (``sync; echo 3 >
+    /proc/sys/vm/drop_caches``, which needs root; elsewhere ``posix_fadvise`` DONTNEED of the cache's files, and
+    the details say so) and the re-read on a fresh mount of the same cache: target >= 2x the cold read with the
+    cache (empty) of the same round, and 0 GETs.  The S3 server's copy is dropped too, but the next round's
+    ``download_fileobj`` reads it back before the cold reads; (b) two revisions of ``bench/cache``,
+    ``--cache-entries`` (10,000; 1,000 with ``--quick``; 0 skips b and c) files of 1 KiB each of different random
+    bytes, written directly (objects put with boto3, manifests with quiltmount's writer); the second has every
+    100th file changed (new bytes at a new key; the others at the same keys, as quilt3 pushes them).  Every file of
+    the first is read through a fresh mount (8 threads, bytes checked), umount, then every file of the second on
+    a fresh mount of the same cache: target at most 100 GETs (the changed files), against the first's GETs; (c)
+    ``--rounds`` times, ``get_object`` of every file of the second revision (bytes read whole) on a
+    ``ThreadPoolExecutor(8)`` vs ``quiltmount prefetch MOUNT/.packages/bench/cache/@<top hash> --json`` on a fresh
+    mount with an empty cache, timed as a subprocess (its start-up included): target ratio >= 1.0 (files/s);
+    then every file read through that mount (target 0 GETs) and again on a fresh mount of the same cache
+    (reported); (d) ``--rounds`` times, the peak RSS (sampled every 0.1 s and VmHWM) of a daemon with
+    ``--memory-cache-size`` ``--cache-memory-cache-size`` (128M, small so that what the disk cache holds in memory
+    is not lost in the memory cache's share) doing the cold read of the big object, then reading every file of
+    the second revision, then unmounting, with the disk cache capped at 64M and at 10G (the order alternates):
+    target: the 10G peak <= 1.1x the 64M one.  The package is deleted at the end.
 
 "Durable" in 9-11 is when ``quiltmount umount`` returns: it unmounts, then waits for the daemon to
 finish every pending upload and exit, and fails if one did not land.  The time runs from the start of
@@ -211,6 +242,16 @@ COMMIT_PACKAGE = "bench/commit"  # 13.: a revision of --commit-entries files, an
 COMMIT_BIG_KEY = "new/big.bin"  # 13.: the logical key of the --write-mib MiB file committed each round
 COMMIT_WRITES = 3  # what a commit writes besides its files: the manifest, a timestamp pointer, `latest`
 COMMIT_SMALL_SECONDS = 2.0  # issue 15: one changed 1 KiB file in a draft of a 10,000-entry revision
+DISK_CACHE_OFF_DIR = "disk-cache-off"  # the --disk-cache-dir of mounts without the disk cache (never created)
+#: The block caches' counters a phase reports (status `cache`), when the mount has the disk cache.
+CACHE_COUNTERS = ("memory_hits", "memory_misses", "disk_hits", "disk_misses", "disk_dropped", "disk_used",
+                  "disk_limit", "disk_enabled")
+CACHE_PACKAGE = "bench/cache"  # 15.: two revisions of --cache-entries files sharing all but CACHE_CHANGED_SHARE
+CACHE_CHANGED_SHARE = 100  # one entry in this many differs between the two revisions (100 of 10,000)
+CACHE_READERS = 8  # threads reading a revision's files through a mount, and of prefetch's boto3 baseline
+CACHE_REREAD_RATIO = 2.0  # issue 16: re-read from the disk cache vs the cold read of the same run
+CACHE_RSS_SIZES = ("64M", "10G")  # issue 16: the daemon's peak RSS must not grow with the disk cache's cap
+CACHE_RSS_RATIO = 1.1
 #: measured on main before the revision index (issue 13): entries -> first `ls` of the revision (the daemon
 #: downloaded and parsed the whole manifest on every fresh mount), daemon RSS after browsing it, its peak RSS,
 #: `find -L` of the revision.
@@ -686,16 +727,23 @@ class Mount:
     """A fresh `quiltmount mount` on a new temporary directory; unmounts on exit, whatever happened.
 
     Every mount gets a new, empty --cache-dir, so nothing (blocks, package manifests) survives from an
-    earlier mount of the same source.  `endpoint`: the S3 server it talks to (default: the run's).
+    earlier mount of the same source.  `endpoint`: the S3 server it talks to (default: the run's).  The shared
+    disk cache (issue 16) is off (`--disk-cache-size 0`) unless `disk_cache_size` says otherwise (None: the flag
+    not given, the daemon's default); its directory is always one under the run's (`--disk-cache-dir`:
+    `disk_cache_dir`, else DISK_CACHE_OFF_DIR there), never the user's, so no bench mount reads or fills the
+    user's cache.
     """
 
     def __init__(self, bench: Bench, label: str, prefix: str = "", memory_cache_size: str | None = None,
-                 endpoint: str | None = None) -> None:
+                 endpoint: str | None = None, disk_cache_size: str | None = "0",
+                 disk_cache_dir: str | None = None) -> None:
         self.bench = bench
         self.label = label
         self.prefix = prefix
         self.memory_cache_size = memory_cache_size or bench.args.memory_cache_size
         self.endpoint = endpoint or bench.endpoint
+        self.disk_cache_size = disk_cache_size
+        self.disk_cache_dir = disk_cache_dir or os.path.join(bench.workdir, DISK_CACHE_OFF_DIR)
         self.path = ""
         self.pid = 0
         self.sampler: RssSampler | None = None
@@ -708,6 +756,8 @@ class Mount:
             self.bench.quiltmount("mount", f"s3://{self.bench.bucket}/{self.prefix}", self.path,
                                   "--endpoint-url", self.endpoint, "--cache-dir", cache_dir,
                                   "--memory-cache-size", self.memory_cache_size,
+                                  "--disk-cache-dir", self.disk_cache_dir,
+                                  *(["--disk-cache-size", self.disk_cache_size] if self.disk_cache_size else []),
                                   timeout=MOUNT_TIMEOUT)
             self.pid = int(self.record()["pid"])
             self.sampler = RssSampler(self.pid, self.path)
@@ -738,13 +788,19 @@ class Mount:
             raise RuntimeError(f"quiltmount umount {self.path} returned but daemon {self.pid} is still running")
         return seconds
 
-    def requests(self) -> dict[str, int]:
+    def requests(self, record: dict[str, Any] | None = None) -> dict[str, int]:
         """The daemon's request totals so far (list/head/get), the bytes it has read and the kernel's calls of
         the operations in FUSE_CALLS_SHOWN (fuse_read: how many requests a read was cut into)."""
-        record = self.record()
+        record = record or self.record()
         requests = record["requests"]
         calls = {f"fuse_{op}": count for op, count in record.get("fuse_calls", {}).items() if op in FUSE_CALLS_SHOWN}
         return {**requests["totals"], "bytes_read": requests.get("bytes_read", 0), **calls}
+
+    @staticmethod
+    def cache_counts(record: dict[str, Any]) -> dict[str, int]:
+        """The block caches' counters in a status record (CACHE_COUNTERS), when the mount has the disk cache."""
+        cache = record.get("cache", {})
+        return {name: int(cache[name]) for name in CACHE_COUNTERS if name in cache} if "disk_limit" in cache else {}
 
     @contextlib.contextmanager
     def phase(self, what: str) -> Iterator[dict[str, Any]]:
@@ -752,17 +808,24 @@ class Mount:
 
         "requests" is the difference of the daemon's status record before and after (each read once
         the daemon has rewritten it); "cpu_seconds" is the CPU time of the daemon, this process (the
-        reader) and the S3 server (when it is our child) during the block.
+        reader) and the S3 server (when it is our child) during the block; "cache", on a mount with the disk
+        cache only: the block caches' hits and misses and the blocks the disk cache dropped during the block
+        (the same difference), its bytes used and cap at the end.
         """
         stats: dict[str, Any] = {}
         time.sleep(STATUS_SETTLE)  # so that the record includes everything done before the phase
-        before = self.requests()
+        record = self.record()
+        before, cache_before = self.requests(record), self.cache_counts(record)
         with self.deadline(what), cpu_meter(self.bench.cpu_pids(daemon=self.pid)) as cpu:
             yield stats
         stats["cpu_seconds"] = cpu
         time.sleep(STATUS_SETTLE)
-        after = self.requests()
+        record = self.record()
+        after, cache_after = self.requests(record), self.cache_counts(record)
         stats["requests"] = {op: after.get(op, 0) - before.get(op, 0) for op in sorted(after.keys() | before.keys())}
+        if cache_after:  # hits and misses during the phase; disk_used, disk_limit at its end
+            stats["cache"] = {name: value - cache_before.get(name, 0) if name.endswith(("hits", "misses", "dropped"))
+                              else value for name, value in cache_after.items()}
 
     @contextlib.contextmanager
     def deadline(self, what: str) -> Iterator[None]:
@@ -914,9 +977,11 @@ class Bench:
         return pids
 
     def mount(self, label: str, prefix: str = "", memory_cache_size: str | None = None,
-              endpoint: str | None = None) -> Mount:
-        """A fresh mount of the bucket, or of `prefix` (ending in '/') in it."""
-        return Mount(self, label, prefix, memory_cache_size, endpoint)
+              endpoint: str | None = None, disk_cache_size: str | None = "0",
+              disk_cache_dir: str | None = None) -> Mount:
+        """A fresh mount of the bucket, or of `prefix` (ending in '/') in it; the disk cache off unless
+        `disk_cache_size` says otherwise (None: the daemon's default cap; in `disk_cache_dir`, under the run's)."""
+        return Mount(self, label, prefix, memory_cache_size, endpoint, disk_cache_size, disk_cache_dir)
 
     @staticmethod
     def in_mount(mount: Mount, key: str) -> str:
@@ -1842,10 +1907,11 @@ def prepare_commit_package(bench: Bench) -> dict[str, Any]:
             "files_put_seconds": upload_s}
 
 
-def delete_commit_package(bench: Bench, top_hashes: Iterable[str]) -> int:
-    """Delete what 13. wrote: the package's files, its pointers and the manifests of `top_hashes`."""
-    deleted = delete_prefix(bench.s3, bench.bucket, f"{COMMIT_PACKAGE}/")
-    deleted += delete_prefix(bench.s3, bench.bucket, f".quilt/named_packages/{COMMIT_PACKAGE}/")
+def delete_package(bench: Bench, package: str, top_hashes: Iterable[str]) -> int:
+    """Delete what a measurement wrote of `package`: its files, its pointers and the manifests of
+    `top_hashes`."""
+    deleted = delete_prefix(bench.s3, bench.bucket, f"{package}/")
+    deleted += delete_prefix(bench.s3, bench.bucket, f".quilt/named_packages/{package}/")
     for top_hash in set(top_hashes):
         bench.s3.delete_object(Bucket=bench.bucket, Key=f".quilt/packages/{top_hash}")
         deleted += 1
@@ -1943,7 +2009,7 @@ def commit_package(bench: Bench) -> Iterator[tuple[dict[str, Any], list[str]]]:
     those manifests and WRITE_PREFIX are deleted."""
     top_hashes: list[str] = []
     try:
-        delete_commit_package(bench, [])  # a persistent --endpoint-url server: start clean
+        delete_package(bench, COMMIT_PACKAGE, [])  # a persistent --endpoint-url server: start clean
         delete_prefix(bench.s3, bench.bucket, WRITE_PREFIX)
         print(f"  writing {COMMIT_PACKAGE} ({bench.args.commit_entries} files of 1 KiB, put once, and its "
               "manifest) ...", flush=True)
@@ -1952,7 +2018,7 @@ def commit_package(bench: Bench) -> Iterator[tuple[dict[str, Any], list[str]]]:
         yield info, top_hashes
     finally:
         delete_prefix(bench.s3, bench.bucket, WRITE_PREFIX)
-        delete_commit_package(bench, top_hashes)
+        delete_package(bench, COMMIT_PACKAGE, top_hashes)
 
 
 def upload_file_baselines(bench: Bench, path: str) -> dict[str, Any]:
@@ -2331,6 +2397,402 @@ def measure_draft(bench: Bench) -> list[Result]:
     ]
 
 
+# --------------------------------------------------------------------------------------------------
+# 15. The persistent disk cache
+# --------------------------------------------------------------------------------------------------
+
+
+def new_cache_dir(bench: Bench, label: str) -> str:
+    """A new, empty --disk-cache-dir under the run's directory (removed by the caller when done with it)."""
+    return tempfile.mkdtemp(prefix=f"disk-cache-{label}-", dir=bench.workdir)
+
+
+def tree_bytes(root: str) -> dict[str, int]:
+    """Files and bytes under `root` (a disk cache: its blocks, index and temporary files)."""
+    files = size = 0
+    for directory, _, names in os.walk(root):
+        for name in names:
+            with contextlib.suppress(OSError):
+                size += os.lstat(os.path.join(directory, name)).st_size
+                files += 1
+    return {"files": files, "bytes": size}
+
+
+def drop_page_cache(root: str) -> dict[str, Any]:
+    """Evict the disk cache at `root` from the page cache: `sync`, then `echo 3 > /proc/sys/vm/drop_caches`
+    (root only); where that is refused, posix_fadvise DONTNEED of every file under `root`.  What was done."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w", encoding="ascii") as control:
+            control.write("3\n")
+        return {"page_cache_dropped": True, "how": "sync; echo 3 > /proc/sys/vm/drop_caches"}
+    except OSError as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+    evicted = 0
+    for directory, _, names in os.walk(root):
+        for name in names:
+            with contextlib.suppress(OSError):
+                descriptor = os.open(os.path.join(directory, name), os.O_RDONLY)
+                try:
+                    os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+                    evicted += 1
+                finally:
+                    os.close(descriptor)
+    return {"page_cache_dropped": False, "drop_caches_error": reason,
+            "how": f"posix_fadvise DONTNEED of the {evicted} files of the disk cache only"}
+
+
+def prepare_cache_revisions(bench: Bench) -> dict[str, Any]:
+    """15.'s package CACHE_PACKAGE: two revisions of --cache-entries files of 1 KiB, every file different bytes
+    (so that nothing is shared by content but what the revisions share).  Revision 1's files are put at
+    `CACHE_PACKAGE/v1/<logical key>`; revision 2 has the same entries but every CACHE_CHANGED_SHARE-th, whose new
+    bytes are at `CACHE_PACKAGE/v2/<logical key>` (a push of the changed files, the others kept where they are, as
+    quilt3 does).  Manifests with quiltmount's writer (`put_package`; `latest` names revision 2).  Returns, per
+    revision, its top hash, the S3 key of each entry and the CRC-32 of each file's bytes (logical key ->)."""
+    count = bench.args.cache_entries
+    keys = [scale_logical_key(index) for index in range(count)]
+    changed = set(range(0, count, CACHE_CHANGED_SHARE))
+    bodies = {f"{CACHE_PACKAGE}/v1/{key}": os.urandom(SMALL_FILE_SIZE) for key in keys}
+    bodies.update({f"{CACHE_PACKAGE}/v2/{keys[index]}": os.urandom(SMALL_FILE_SIZE) for index in sorted(changed)})
+    client = make_client(bench.endpoint, pool=UPLOAD_THREADS)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(UPLOAD_THREADS) as pool:
+        list(pool.map(lambda item: client.put_object(Bucket=bench.bucket, Key=item[0], Body=item[1]),
+                      bodies.items()))
+    put_s = time.perf_counter() - started
+    hashes = {key: mf.hash_bytes(mf.SHA2_256_CHUNKED, body) for key, body in bodies.items()}
+    revisions = []
+    for number in (1, 2):
+        objects = [f"{CACHE_PACKAGE}/v{2 if number == 2 and index in changed else 1}/{key}"
+                   for index, key in enumerate(keys)]
+        entries = [mf.Entry(key, s3_physical_key(bench.bucket, obj, None), SMALL_FILE_SIZE, mf.SHA2_256_CHUNKED,
+                            hashes[obj]) for key, obj in zip(keys, objects)]
+        top_hash, manifest_bytes = put_package(bench.s3, bench.bucket, CACHE_PACKAGE, entries)
+        revisions.append({"number": number, "top_hash": top_hash, "manifest_bytes": manifest_bytes,
+                          "objects": objects,
+                          "crcs": {key: zlib.crc32(bodies[obj]) for key, obj in zip(keys, objects)}})
+    return {"entries": count, "changed": len(changed), "objects_put": len(bodies), "put_seconds": put_s,
+            "revisions": revisions}
+
+
+@contextlib.contextmanager
+def cache_revisions(bench: Bench) -> Iterator[dict[str, Any] | None]:
+    """CACHE_PACKAGE's two revisions for the block (prepare_cache_revisions; None with --cache-entries 0),
+    deleted afterwards."""
+    if not bench.args.cache_entries:
+        yield None
+        return
+    made: dict[str, Any] | None = None
+    try:
+        delete_package(bench, CACHE_PACKAGE, [])  # a persistent --endpoint-url server: start clean
+        print(f"  writing {CACHE_PACKAGE}: 2 revisions of {bench.args.cache_entries} files of 1 KiB sharing all "
+              f"but 1 in {CACHE_CHANGED_SHARE} ...", flush=True)
+        made = prepare_cache_revisions(bench)
+        yield made
+    finally:
+        delete_package(bench, CACHE_PACKAGE, [revision["top_hash"] for revision in made["revisions"]] if made else [])
+
+
+def revision_dir(mount: Mount, top_hash: str) -> str:
+    return os.path.join(mount.path, ".packages", CACHE_PACKAGE, f"@{top_hash}")
+
+
+def open_revision(bench: Bench, mount: Mount, revision: dict[str, Any]) -> float:
+    """`ls` of the revision's root (untimed by the callers: resolves it, opens or builds its index): seconds."""
+    _, seconds = run_captured(["ls", revision_dir(mount, revision["top_hash"]) + "/"], bench.args.phase_timeout)
+    return seconds
+
+
+def read_revision_files(mount: Mount, revision: dict[str, Any]) -> dict[str, Any]:
+    """Read every file of the revision through `mount` on CACHE_READERS threads, each checked against the CRC-32
+    of the bytes the bench wrote: seconds and files/s."""
+    root = revision_dir(mount, revision["top_hash"])
+    crcs: dict[str, int] = revision["crcs"]
+
+    def read(key: str) -> bool:
+        with open(os.path.join(root, key), "rb") as file:
+            data = file.read()
+        return len(data) == SMALL_FILE_SIZE and zlib.crc32(data) == crcs[key]
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(CACHE_READERS) as pool:
+        good = list(pool.map(read, crcs))
+    seconds = time.perf_counter() - started
+    if not all(good):
+        raise RuntimeError(f"{good.count(False)} of {len(good)} files of revision {revision['number']} read "
+                           "through the mount have the wrong bytes")
+    return {"seconds": seconds, "files": len(good), "files_per_s": len(good) / seconds}
+
+
+def boto3_revision_download(bench: Bench, revision: dict[str, Any]) -> dict[str, Any]:
+    """prefetch's baseline: get_object of every file of the revision (its S3 keys known), bytes read fully, on a
+    ThreadPoolExecutor of CACHE_READERS threads (one client, as many connections)."""
+    client = make_client(bench.endpoint, pool=CACHE_READERS)
+    crcs = [revision["crcs"][key] for key in revision["crcs"]]
+
+    def get(key: str) -> int:
+        body = client.get_object(Bucket=bench.bucket, Key=key)["Body"].read()
+        return zlib.crc32(body) if len(body) == SMALL_FILE_SIZE else -1
+
+    with cpu_meter(bench.cpu_pids()) as cpu:
+        started = time.perf_counter()
+        with ThreadPoolExecutor(CACHE_READERS) as pool:
+            got = list(pool.map(get, revision["objects"]))
+        seconds = time.perf_counter() - started
+    if got != crcs:
+        raise RuntimeError("boto3 get_object returned the wrong bytes for some files of revision "
+                           f"{revision['number']}")
+    return {"seconds": seconds, "files": len(got), "cpu_seconds": cpu}
+
+
+def prefetch_missing(bench: Bench) -> str | None:
+    """Why `quiltmount prefetch` cannot be measured (the command is not there), or None."""
+    try:
+        bench.quiltmount("prefetch", "--help", timeout=60)
+    except RuntimeError as exc:
+        return f"`quiltmount prefetch` is not available: {exc}"
+    return None
+
+
+def cache_reread_round(bench: Bench) -> dict[str, Any]:
+    """15.(a), one round: download_fileobj of the big object; its cold read on a fresh mount without the disk
+    cache; on one with a new, empty disk cache (at the default cap); `quiltmount umount` (it writes what is
+    queued); the page cache dropped; the re-read on a fresh mount of the same disk cache."""
+    direct_s, direct_cpu = direct_download(bench)
+    reads: dict[str, Any] = {}
+    root = new_cache_dir(bench, "reread")
+    try:
+        for label, what, disk_size in (("off", "cold read, disk cache off", "0"),
+                                       ("cold", "cold read, disk cache on (empty)", None),
+                                       ("reread", "re-read from the disk cache, fresh mount", None)):
+            if label == "reread":
+                reads["dropped"] = drop_page_cache(root)
+                reads["disk_cache_before_reread"] = tree_bytes(root)
+            with bench.mount(f"cache-{label}", disk_cache_size=disk_size,
+                             disk_cache_dir=None if disk_size == "0" else root) as mount:
+                path = bench.in_mount(mount, BIG_KEY)
+                with mount.phase(what) as stats:
+                    count, seconds = read_sequential(path, drop_cache=True)
+                if label == "cold":
+                    stats["umount_seconds"] = mount.umount()  # the daemon writes what is queued before it exits
+                    stats["last_status_cache"] = ((mount.sampler.last_record if mount.sampler else None)
+                                                  or {}).get("cache")
+            if count != bench.size:
+                raise RuntimeError(f"{what} returned {count} bytes, expected {bench.size}")
+            reads[label] = {"seconds": seconds, "MBps": bench.size / MB / seconds, **stats}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return {"baseline_seconds": direct_s, "baseline_MBps": bench.size / MB / direct_s,
+            "baseline_cpu_seconds": direct_cpu, **reads}
+
+
+def cache_prefetch_round(bench: Bench, revision: dict[str, Any]) -> dict[str, Any]:
+    """15.(c), one round: the boto3 baseline; then on a fresh mount with a new, empty disk cache, `quiltmount
+    prefetch` of the revision's directory (a subprocess, timed whole: its start-up included) and a read of every
+    file; then, on a fresh mount of the same disk cache, the read again."""
+    figures: dict[str, Any] = {"baseline": boto3_revision_download(bench, revision)}
+    root = new_cache_dir(bench, "prefetch")
+    try:
+        with bench.mount("cache-prefetch", disk_cache_size=None, disk_cache_dir=root) as mount:
+            target = revision_dir(mount, revision["top_hash"])
+            with mount.phase("quiltmount prefetch") as prefetch:
+                started = time.perf_counter()
+                output = bench.quiltmount("prefetch", target, "--json", timeout=bench.args.phase_timeout)
+                prefetch["seconds"] = time.perf_counter() - started
+            with contextlib.suppress(ValueError):
+                prefetch["summary"] = json.loads(output)
+            prefetch.setdefault("summary", output[-2000:])
+            with mount.phase("reading every file after prefetch") as after:
+                after.update(read_revision_files(mount, revision))
+            figures["umount_seconds"] = mount.umount()
+        figures["disk_cache_after"] = tree_bytes(root)
+        with bench.mount("cache-prefetched", disk_cache_size=None, disk_cache_dir=root) as mount:
+            open_revision(bench, mount, revision)
+            with mount.phase("reading every file, fresh mount, after prefetch") as fresh:
+                fresh.update(read_revision_files(mount, revision))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return {**figures, "prefetch": prefetch, "read_after": after, "read_fresh_mount": fresh}
+
+
+def cache_rss_run(bench: Bench, size: str, revision: dict[str, Any] | None) -> dict[str, Any]:
+    """15.(d), one run: a fresh mount (--memory-cache-size --cache-memory-cache-size) with a new disk cache capped
+    at `size`: the cold read of the big object, then every file of `revision`, then `quiltmount umount`; the
+    daemon's RSS sampled every RSS_INTERVAL s throughout (VmHWM covers what falls between samples)."""
+    root = new_cache_dir(bench, f"rss-{size}")
+    try:
+        with bench.mount(f"cache-rss-{size}", memory_cache_size=bench.args.cache_memory_cache_size,
+                         disk_cache_size=size, disk_cache_dir=root) as mount:
+            path = bench.in_mount(mount, BIG_KEY)
+            with mount.phase(f"cold read, disk cache {size}") as cold:
+                count, seconds = read_sequential(path, drop_cache=True)
+            if count != bench.size:
+                raise RuntimeError(f"the cold read with a {size} disk cache returned {count} bytes")
+            files: dict[str, Any] = {}
+            if revision is not None:
+                open_revision(bench, mount, revision)
+                with mount.phase(f"reading every file of revision {revision['number']}") as files:
+                    files.update(read_revision_files(mount, revision))
+            umount_s = mount.umount()
+            sampler = mount.sampler
+        assert sampler is not None
+        return {"disk_cache_size": size, "peak_rss_bytes": sampler.peak_rss, "peak_vmhwm_bytes": sampler.peak_hwm,
+                "rss_samples": sampler.samples, "cold_read": {"seconds": seconds, **cold}, "files": files,
+                "umount_seconds": umount_s, "disk_cache_after": tree_bytes(root)}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def measure_cache(bench: Bench) -> list[Result]:
+    """15. the persistent disk cache (issue 16): (a) the big object re-read from it after a umount and a fresh
+    mount vs its cold read; (b) every file of a revision read after those of another sharing all but 1 in
+    CACHE_CHANGED_SHARE; (c) `quiltmount prefetch` of a revision vs boto3 with CACHE_READERS threads, then its
+    files read; (d) the daemon's peak RSS with the disk cache capped at 64M vs 10G."""
+    label = "disk cache:"
+    big = f"{bench.size // MiB} MiB object"
+
+    def say(text: str) -> None:
+        print(f"  {text}", flush=True)
+
+    # (a) the big object: cold (empty disk cache), then re-read after umount + fresh mount, page cache dropped.
+    reread_rounds = []
+    for number in range(1, bench.args.rounds + 1):
+        figures = cache_reread_round(bench)
+        reread_rounds.append(figures)
+        say(f"round {number}: {big}: download_fileobj {figures['baseline_MBps']:.0f} MB/s; cold read, disk cache "
+            f"off {figures['off']['MBps']:.0f} MB/s, on {figures['cold']['MBps']:.0f} MB/s (then umount "
+            f"{figures['cold']['umount_seconds']:.2f} s, {figures['cold'].get('cache', {})}); page cache "
+            f"{'dropped' if figures['dropped']['page_cache_dropped'] else 'NOT dropped'}; re-read "
+            f"{figures['reread']['MBps']:.0f} MB/s, requests {figures['reread']['requests']}, "
+            f"{figures['reread'].get('cache', {})}")
+    results = [
+        Result.of_rounds(f"{label} re-read of the {big} after umount + fresh mount, page cache dropped (baseline: "
+                         "its cold read, empty disk cache)", "MB/s",
+                         [(entry["reread"]["MBps"], entry["cold"]["MBps"]) for entry in reread_rounds],
+                         Target("ratio", ">=", CACHE_REREAD_RATIO),
+                         {"rounds": reread_rounds,
+                          "page_cache_dropped": all(entry["dropped"]["page_cache_dropped"]
+                                                    for entry in reread_rounds)}),
+        Result(f"{label} GET requests during that re-read (most in a round)", "requests",
+               float(max(entry["reread"]["requests"].get("get", 0) for entry in reread_rounds)), None,
+               Target("value", "==", 0),
+               {"rounds": [entry["reread"]["requests"] for entry in reread_rounds]}),
+        Result(f"{label} blocks the cold read left out of the disk cache (status disk_dropped: its write queue was "
+               "full; most in a round)", "blocks",
+               float(max(entry["cold"].get("cache", {}).get("disk_dropped", 0) for entry in reread_rounds)), None,
+               None, {"blocks_of_1_MiB_in_the_object": -(-bench.size // MiB),
+                      "rounds_cache": [entry["cold"].get("cache") for entry in reread_rounds],
+                      "rounds_disk_cache_before_reread": [entry["disk_cache_before_reread"]
+                                                          for entry in reread_rounds]}),
+        Result.of_rounds(f"{label} cold read of the {big}, disk cache on (empty) vs off", "MB/s",
+                         [(entry["cold"]["MBps"], entry["off"]["MBps"]) for entry in reread_rounds], None,
+                         {"note": "the cost of filling the disk cache during a cold read",
+                          "rounds_umount_seconds_after": [entry["cold"]["umount_seconds"] for entry in reread_rounds],
+                          "rounds_cpu_seconds": [entry["cold"]["cpu_seconds"] for entry in reread_rounds],
+                          "rounds_cpu_seconds_off": [entry["off"]["cpu_seconds"] for entry in reread_rounds]}),
+        Result.of_rounds(f"{label} that re-read vs boto3 download_fileobj", "MB/s",
+                         [(entry["reread"]["MBps"], entry["baseline_MBps"]) for entry in reread_rounds], None, {}),
+    ]
+
+    with cache_revisions(bench) as made:
+        if made is None:
+            say("--cache-entries 0: the revision and prefetch parts are skipped")
+        else:
+            second = made["revisions"][1]
+            count, changed = made["entries"], made["changed"]
+            info = {key: value for key, value in made.items() if key != "revisions"}
+            info["revisions"] = [{key: revision[key] for key in ("number", "top_hash", "manifest_bytes")}
+                                 for revision in made["revisions"]]
+            say(f"{made['objects_put']} files put in {made['put_seconds']:.1f} s")
+
+            # (b) revision 1 read (cold), then revision 2 on a fresh mount of the same disk cache.
+            root = new_cache_dir(bench, "revisions")
+            reads: dict[str, Any] = {}
+            try:
+                for revision in made["revisions"]:
+                    with bench.mount(f"cache-rev{revision['number']}", disk_cache_size=None,
+                                     disk_cache_dir=root) as mount:
+                        open_s = open_revision(bench, mount, revision)
+                        with mount.phase(f"reading every file of revision {revision['number']}") as stats:
+                            stats.update(read_revision_files(mount, revision))
+                        stats["open_seconds"] = open_s
+                        stats["umount_seconds"] = mount.umount()
+                    reads[f"revision{revision['number']}"] = stats
+                    say(f"revision {revision['number']}: {count} files in {stats['seconds']:.2f} s "
+                        f"({stats['files_per_s']:.0f} files/s), requests {stats['requests']}, "
+                        f"{stats.get('cache', {})}")
+                reads["disk_cache_after"] = tree_bytes(root)
+            finally:
+                shutil.rmtree(root, ignore_errors=True)
+            after, before = reads["revision2"], reads["revision1"]
+            shared = f"{count:,}-entry revision 2 sharing {count - changed:,} entries with revision 1"
+            results += [
+                Result(f"{label} GETs reading every file of a {shared}, after revision 1's were read (fresh mount; "
+                       "baseline: revision 1's GETs)", "requests", float(after["requests"].get("get", 0)),
+                       float(before["requests"].get("get", 0)), Target("value", "<=", changed),
+                       {**info, **reads}),
+                Result(f"{label} files/s reading revision 2 that way ({CACHE_READERS} threads; baseline: revision 1, "
+                       "cold)", "files/s", after["files_per_s"], before["files_per_s"], None, {}),
+            ]
+
+            # (c) prefetch of revision 2 into an empty disk cache vs boto3; then its files read.  A failure here is
+            # an error row (the run's exit status 1), and (d) is still measured.
+            prefetch_rounds = []
+            missing = prefetch_missing(bench)
+            try:
+                for number in range(1, 0 if missing else bench.args.rounds + 1):
+                    figures = cache_prefetch_round(bench, second)
+                    prefetch_rounds.append(figures)
+                    say(f"round {number}: boto3 get_object x {CACHE_READERS} threads "
+                        f"{figures['baseline']['seconds']:.2f} s; prefetch {figures['prefetch']['seconds']:.2f} s, "
+                        f"requests {figures['prefetch']['requests']}; read after: requests "
+                        f"{figures['read_after']['requests']}; fresh mount: requests "
+                        f"{figures['read_fresh_mount']['requests']}")
+            except Exception as exc:  # noqa: BLE001 - reported as the row's error
+                traceback.print_exc()
+                missing = f"{type(exc).__name__}: {exc}"[:2000]  # prefetch prints a line per failed file
+            if missing:
+                say(f"prefetch: {missing.splitlines()[0][:300]}")
+                results.append(Result(f"{label} quiltmount prefetch of a {count:,}-file revision", "files/s", None,
+                                      error=missing, details={"rounds_done": prefetch_rounds}))
+            else:
+                results += [
+                    Result.of_rounds(f"{label} quiltmount prefetch of a {count:,}-file revision (empty disk cache) vs "
+                                     f"boto3 get_object on {CACHE_READERS} threads", "files/s",
+                                     [(count / entry["prefetch"]["seconds"], count / entry["baseline"]["seconds"])
+                                      for entry in prefetch_rounds], Target("ratio", ">=", 1.0),
+                                     {"bytes": count * SMALL_FILE_SIZE, "rounds": prefetch_rounds,
+                                      "note": "prefetch timed as a subprocess: its start-up is included"}),
+                    Result(f"{label} GETs reading every file through the mount after prefetch (most in a round)",
+                           "requests", float(max(entry["read_after"]["requests"].get("get", 0)
+                                                 for entry in prefetch_rounds)), None, Target("value", "==", 0),
+                           {"rounds": [entry["read_after"]["requests"] for entry in prefetch_rounds]}),
+                    Result(f"{label} GETs reading them again on a fresh mount (most in a round)", "requests",
+                           float(max(entry["read_fresh_mount"]["requests"].get("get", 0)
+                                     for entry in prefetch_rounds)), None, None,
+                           {"rounds": [entry["read_fresh_mount"]["requests"] for entry in prefetch_rounds]}),
+                ]
+
+        # (d) peak RSS: the same workload with the disk cache capped at 64M and at 10G (the order alternates).
+        small, large = CACHE_RSS_SIZES
+        rss_rounds = []
+        for number in range(1, bench.args.rounds + 1):
+            runs = {}
+            for size in (CACHE_RSS_SIZES if number % 2 else CACHE_RSS_SIZES[::-1]):
+                runs[size] = cache_rss_run(bench, size, made["revisions"][1] if made else None)
+            rss_rounds.append(runs)
+            say(f"round {number}: peak RSS " + ", ".join(
+                f"disk cache {size}: {runs[size]['peak_rss_bytes'] / MiB:.0f} MiB (VmHWM "
+                f"{runs[size]['peak_vmhwm_bytes'] / MiB:.0f})" for size in CACHE_RSS_SIZES))
+    workload = f"cold read of the {big}" + (f" + {made['entries']:,} files" if made else "")
+    results.append(Result.of_rounds(
+        f"{label} daemon peak RSS, disk cache {large} vs {small} ({workload}, --memory-cache-size "
+        f"{bench.args.cache_memory_cache_size})", "MiB",
+        [(runs[large]["peak_rss_bytes"] / MiB, runs[small]["peak_rss_bytes"] / MiB) for runs in rss_rounds],
+        Target("ratio", "<=", CACHE_RSS_RATIO), {"rounds": rss_rounds}))
+    return results
+
+
 def rss_result(bench: Bench) -> Result:
     """8. peak daemon RSS over the whole run vs the memory-cache budget."""
     budget = parse_size(bench.args.memory_cache_size)
@@ -2412,7 +2874,7 @@ STEPS: dict[str, tuple[str, Callable[[Bench], Result | list[Result]]]] = {
     "package-listing": ("package find/du", measure_package_listing),
     "package-read": ("package entry read", measure_package_read),
     "cp": ("cp into a mount", measure_cp_write), "small-writes": ("small-file writes", measure_small_writes)}
-STEP_NAMES = (*STEPS, "write-rss", "scale", "commit", "draft")
+STEP_NAMES = (*STEPS, "write-rss", "scale", "commit", "draft", "cache")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -2444,6 +2906,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--commit-entries", type=int,
                         help="entries of the revision the commit measurements (13., 14.) change (default 10000, "
                              "1000 with --quick; 0 skips them)")
+    parser.add_argument("--cache-entries", type=int,
+                        help="files of each of the 2 revisions of the disk cache measurement (15.), which share all "
+                             f"but 1 in {CACHE_CHANGED_SHARE} (default 10000, 1000 with --quick; 0 skips its revision "
+                             "and prefetch parts)")
+    parser.add_argument("--cache-memory-cache-size", default="128M",
+                        help="--memory-cache-size of the mounts whose peak RSS 15. compares (disk cache 64M vs 10G)")
     parser.add_argument("--json-out", default="bench-results.json")
     parser.add_argument("--phase-timeout", type=float, default=600.0,
                         help="seconds before a hung measurement's daemon is killed")
@@ -2455,7 +2923,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 64 MiB, 500 small files, 50 preads, 1,000 package entries, "
                              "a 64 MiB cp and 100 small writes, no write RSS check, 100,000-entry scale test, "
-                             "commits on a 1,000-entry revision")
+                             "commits on a 1,000-entry revision, disk cache revisions of 1,000 entries")
     args = parser.parse_args(argv)
     quick = args.quick
     args.size_mib = args.size_mib or (64 if quick else 512)
@@ -2471,6 +2939,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.scale_entries = 100_000 if quick else 1_000_000
     if args.commit_entries is None:
         args.commit_entries = 1000 if quick else 10_000
+    if args.cache_entries is None:
+        args.cache_entries = 1000 if quick else 10_000
     args.only = args.only.split(",") if args.only else list(STEP_NAMES)
     unknown = sorted(set(args.only) - set(STEP_NAMES))
     if unknown:
@@ -2501,6 +2971,9 @@ def main(argv: list[str] | None = None) -> int:
             steps.append((f"package commits, engine ({args.commit_entries}-entry revision)", measure_commit))
         if args.commit_entries and "draft" in args.only:
             steps.append((f"package drafts through a mount ({args.commit_entries}-entry revision)", measure_draft))
+        if "cache" in args.only:
+            steps.append((f"persistent disk cache ({args.size_mib} MiB object, {args.cache_entries}-entry revisions)",
+                          measure_cache))
         for label, step in steps:
             print(f"measuring {label} ...", flush=True)
             try:
@@ -2511,6 +2984,7 @@ def main(argv: list[str] | None = None) -> int:
                 outcome = Result(label, "-", None, error=f"{type(exc).__name__}: {exc}")
             results.extend(outcome if isinstance(outcome, list) else [outcome])
         results.append(rss_result(bench))
+        failed = failed or any(result.error for result in results)  # a measurement that reported its own error
         report["packages"] = bench._packages
         report["scale_packages"] = bench._scale
 

@@ -50,6 +50,15 @@ def isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
     os.environ.update(saved)
 
 
+@pytest.fixture(autouse=True)
+def own_disk_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's own shared disk cache (inherited by the daemons it starts): blocks cached by one test
+    must not turn another's GETs into hits."""
+    path = tmp_path / "disk-cache"
+    monkeypatch.setenv("QUILTMOUNT_DISK_CACHE_DIR", str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3TestServer]:
     with S3TestServer() as server:

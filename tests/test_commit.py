@@ -18,7 +18,7 @@ from test_registry import FILES, _new_bucket, _patch_quilt3, _source_dir
 
 from quiltmount.errors import QuiltException
 from quiltmount.packages.commit import (
-    OVERLAP_MIN_SIZE, Changes, CommitProgress, NewFile, PackageConflict, _chunked_hash_of_checksum, commit_revision,
+    Changes, CommitProgress, NewFile, PackageConflict, _chunked_hash_of_checksum, commit_revision,
 )
 from quiltmount.packages.manifest import (
     CHECKSUM_CHUNK_SIZE, Entry, ManifestError, compute_top_hash, encode_record, entry_record, hash_bytes,
@@ -194,16 +194,27 @@ def test_progress_reports(tmp_path: Path) -> None:
     assert sorted(b.bytes_done - a.bytes_done for a, b in zip(reports[:4], reports[1:4])) == sorted(sizes.values())
 
 
-def test_a_large_file_is_hashed_while_it_uploads(tmp_path: Path) -> None:
-    root = tmp_path / "registry"
-    root.mkdir()
-    registry = Registry(LocalStore(str(root)), root.as_uri())
-    data = random.Random(3).randbytes(OVERLAP_MIN_SIZE + CHECKSUM_CHUNK_SIZE + 7)
-    changes = Changes(files={"big.bin": NewFile(_write(tmp_path / "b", data))})
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_new_files_hash_as_quilt3_in_one_read(where: str, tmp_path: Path, s3_server, s3) -> None:
+    """Sent to S3, a file's hash comes from the SHA-256 checksums of its upload (of the parts, when it has
+    several); to a local registry it is hashed after the copy.  Both must be quilt3's `sha2-256-chunked`."""
+    if where == "s3":
+        bucket = _new_bucket(s3)
+        registry = Registry(S3Store(bucket, endpoint_url=s3_server.endpoint_url), f"s3://{bucket}")
+    else:
+        root = tmp_path / "registry"
+        root.mkdir()
+        registry = Registry(LocalStore(str(root)), root.as_uri())
+    rng = random.Random(3)
+    files = {"big.bin": rng.randbytes(2 * CHECKSUM_CHUNK_SIZE + 7), "chunk.bin": rng.randbytes(CHECKSUM_CHUNK_SIZE),
+             "small.bin": rng.randbytes(100), "empty.bin": b""}
+    changes = Changes(files={key: NewFile(_write(tmp_path / key, data)) for key, data in files.items()})
     done = commit_revision(registry, "demo/big", None, changes, message="m")
-    [entry] = registry.load_manifest(done.top_hash).entries
-    assert entry.hash_value == hash_bytes("sha2-256-chunked", data) and entry.size == len(data)
-    assert (root / "demo/big/big.bin").read_bytes() == data
+    entries = {entry.logical_key: entry for entry in registry.load_manifest(done.top_hash).entries}
+    assert {key: (entry.hash_value, entry.size) for key, entry in entries.items()} == {
+        key: (hash_bytes("sha2-256-chunked", data), len(data)) for key, data in files.items()}
+    for key, data in files.items():
+        assert registry.store.get_object(f"demo/big/{key}") == data
 
 
 def _never(*args, **kwargs):
@@ -403,6 +414,9 @@ def test_what_an_s3_checksum_says_of_the_bytes() -> None:
     assert _chunked_hash_of_checksum(composite, size) is None  # one PUT of a file that quilt3 sends in parts
     assert _chunked_hash_of_checksum(f"{single}-1", len(data)) is None
     assert _chunked_hash_of_checksum("not base64!", len(data)) is None
+    assert _chunked_hash_of_checksum("", len(data)) is None
+    empty = base64.b64encode(hashlib.sha256(b"").digest()).decode()
+    assert _chunked_hash_of_checksum(empty, 0) == hash_bytes("sha2-256-chunked", b"")
 
 
 def test_a_parent_that_does_not_hash_to_its_name_fails_with_nothing_written(q3, s3_server, s3,

@@ -13,7 +13,9 @@ import pytest
 
 from quiltmount.errors import NotFound, ObjectChanged, UserError
 from quiltmount.files import atomic_file
-from quiltmount.fs.blockcache import Block, BlockCache, DiskTier
+from quiltmount.cache.disk import DiskCache
+from quiltmount.cache.keys import Identity
+from quiltmount.fs.blockcache import Block, BlockCache
 from quiltmount.fs.overlay import WritableBucketTree
 from quiltmount.fs.readahead import BlockFetcher, ReadStream
 from quiltmount.fs.staging import StagingArea
@@ -223,19 +225,33 @@ def test_landed_uploads_join_the_cached_listing_in_place(local_tree):
     assert store.snapshot()["totals"]["list"] == 1 and store.snapshot()["totals"].get("head", 0) == 200
 
 
-def test_disk_tier_has_a_hard_cap(tmp_path):
-    disk = DiskTier(str(tmp_path / "blocks"), capacity=10_000)
-    for i in range(50):
-        disk.put(("obj", i), bytes([i]) * 1000)
-        on_disk = sum(len(files) * 1000 for _, _, files in os.walk(tmp_path / "blocks"))
-        assert disk.used <= 10_000 and on_disk <= 10_000
-    assert disk.get(("obj", 49)) == bytes([49]) * 1000
-    assert disk.get(("obj", 0)) is None
-    cache = BlockCache(2000, disk)
-    cache.put(("x", 0), Block(b"a" * 1500))
-    cache.put(("x", 1), Block(b"b" * 1500))  # evicts block 0 from memory; the disk tier still has it
-    assert cache.get(("x", 0)).tobytes() == b"a" * 1500
-    assert cache.stats()["memory_used"] <= 2000
+def test_the_disk_cache_keeps_its_cap_and_backs_the_memory_tier(tmp_path):
+    disk = DiskCache(str(tmp_path / "disk"), capacity=10_000)
+    try:
+        for i in range(50):
+            disk.put("hash:obj", i, bytes([i]) * 1000, "s3://b")
+            disk.flush()
+            on_disk = sum(len(files) * 1000 for _, _, files in os.walk(tmp_path / "disk" / "blocks"))
+            assert disk.used <= 10_000 and on_disk <= 10_000
+        assert disk.get("hash:obj", 49) == bytes([49]) * 1000
+        assert disk.get("hash:obj", 0) is None
+        cache = BlockCache(2000, disk)
+        durable, memory_only = Identity("x", "s3://b", disk_key="object:x"), Identity("local", "file:///d")
+        cache.put((durable, 0), Block(b"a" * 1500))
+        cache.put((durable, 1), Block(b"b" * 1500))  # evicts block 0 from memory; the disk still has it
+        cache.put((memory_only, 0), Block(b"c" * 100))
+        disk.flush()
+        assert cache.get((durable, 0)).tobytes() == b"a" * 1500
+        assert disk.get("local", 0) is None  # no disk key: never on disk
+        entry = Identity("at-one-place", "s3://b", disk_key="hash:sha2-256-chunked:y", checked_on_disk=True)
+        cache.put((entry, 0), Block(b"d" * 100))
+        disk.flush()
+        assert disk.get("hash:sha2-256-chunked:y", 0) is None  # written, but not served before the check
+        cache.checked(entry)
+        assert disk.get("hash:sha2-256-chunked:y", 0) == b"d" * 100
+        assert cache.stats()["memory_used"] <= 2000
+    finally:
+        disk.close()
 
 
 def test_fetcher_reads_exact_ranges_and_fetches_each_block_once(tmp_path):

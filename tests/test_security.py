@@ -169,7 +169,7 @@ def test_secrets_stay_out_of_daemon_argv_log_and_status(s3, scratch_bucket, moun
 # Private caches, and names that stay inside them
 
 
-def test_cache_and_staging_dirs_are_0700(s3, scratch_bucket, mount, tmp_path):
+def test_cache_and_staging_dirs_are_0700(own_disk_cache, s3, scratch_bucket, mount, tmp_path):
     bucket = scratch_bucket
     s3.put_object(Bucket=bucket, Key="data/a.txt", Body=b"hello")
     entry = mf.Entry("a.txt", f"s3://{bucket}/data/a.txt", 5, mf.SHA2_256_CHUNKED,
@@ -188,25 +188,31 @@ def test_cache_and_staging_dirs_are_0700(s3, scratch_bucket, mount, tmp_path):
         staged = [p for p in (cache / "staging/data").iterdir()]
         assert [mode(p) for p in staged] == [0o600]
     indexes = Path(index_dir())
-    directories = [cache, cache / "blocks", cache / "staging", cache / "staging/data",
-                   cache / "staging/journal", indexes, Path(mounts_dir())]
+    directories = [cache, cache / "staging", cache / "staging/data", cache / "staging/journal", indexes,
+                   Path(mounts_dir())]
     assert {str(d): oct(mode(d)) for d in directories} == {str(d): oct(0o700) for d in directories}
     index = indexes / index_name(f"s3://{bucket}", manifest.top_hash)
     assert [oct(mode(p)) for p in indexes.iterdir() if p == index] == [oct(0o600)]
     assert oct(mode(state.record_path(str(mnt)))) == oct(0o600)
     assert oct(mode(Path(state.read_record(str(mnt))["log_file"]))) == oct(0o600)  # it names keys and paths
-
+    assert run_cli("umount", str(mnt)).returncode == 0  # the disk cache's blocks are all written now
+    shared = [own_disk_cache, *(p for p in own_disk_cache.rglob("*") if p.is_dir())]
+    assert len(shared) >= 4  # the root, blocks/, tmp/ and a directory of blocks
+    assert {str(d): oct(mode(d)) for d in shared} == {str(d): oct(0o700) for d in shared}
+    files = [p for p in own_disk_cache.rglob("*") if p.is_file()]
+    assert len(files) >= 3  # the index and the blocks of the two files
+    assert {str(p): oct(mode(p)) for p in files} == {str(p): oct(0o600) for p in files}
 
 HOSTILE_KEYS = ["../../../escape", "a/../../escape", "%2e%2e/%2e%2e/escape", "..\\..\\escape", "./x"]
 WRITTEN_NAMES = ["...", "..\\escape", " ..", "%2e%2e%2fescape", "-rf", "\x01ctl"]
 
 
-def test_names_never_lead_outside_the_mount_or_cache(s3, scratch_bucket, mount, tmp_path):
+def test_names_never_lead_outside_the_mount_or_cache(own_disk_cache, s3, scratch_bucket, mount, tmp_path):
     bucket = scratch_bucket
     for key in HOSTILE_KEYS:
         s3.put_object(Bucket=bucket, Key=key, Body=key.encode())
     cache = tmp_path / "cache"
-    outside = snapshot(tmp_path, skip=("cache", "mnt1"))
+    outside = snapshot(tmp_path, skip=("cache", "mnt1", "disk-cache"))
     mnt = mount(f"s3://{bucket}", "--cache-dir", str(cache), "--disk-cache-size", "16M", "--sync-on-close")
     for path in mnt.rglob("*"):
         if path.is_file():
@@ -214,15 +220,19 @@ def test_names_never_lead_outside_the_mount_or_cache(s3, scratch_bucket, mount, 
     for name in WRITTEN_NAMES:
         (mnt / name).write_bytes(name.encode())
     assert not list(tmp_path.parent.glob("escape")) and not (tmp_path / "escape").exists()
-    assert snapshot(tmp_path, skip=("cache", "mnt1")) == outside
+    assert snapshot(tmp_path, skip=("cache", "mnt1", "disk-cache")) == outside
     written = {item["Key"] for item in s3.list_objects_v2(Bucket=bucket)["Contents"]}
     assert written == set(HOSTILE_KEYS) | set(WRITTEN_NAMES)
-    patterns = {"blocks": r"[0-9a-f]{2}/[0-9a-f]{62}", "manifests": r"[0-9a-f]{64}",
-                "staging": r"lock|(data/[0-9a-f]{32})|(journal/[0-9a-f]{32}\.json)"}
+    patterns = {"manifests": r"[0-9a-f]{64}", "staging": r"lock|(data/[0-9a-f]{32})|(journal/[0-9a-f]{32}\.json)"}
     for path in cache.rglob("*"):
         if path.is_file():
             top, _, rest = str(path.relative_to(cache)).partition("/")
             assert top in patterns and re.fullmatch(patterns[top], rest), path
+    assert run_cli("umount", str(mnt)).returncode == 0  # the disk cache's blocks are all written now
+    shared = [str(path.relative_to(own_disk_cache)) for path in own_disk_cache.rglob("*") if path.is_file()]
+    assert any(name.startswith("blocks/") for name in shared)
+    assert all(re.fullmatch(r"index\.sqlite(?:-wal|-shm)?|blocks/([0-9a-f]{2})/\1[0-9a-f]{30}", name)
+               for name in shared), shared
 
 
 # ---------------------------------------------------------------------------------------------------------

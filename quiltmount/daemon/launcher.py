@@ -44,7 +44,8 @@ class MountOptions:
     mountpoint: str
     read_only: bool = False
     cache_dir: str | None = None
-    disk_cache_size: int = 0
+    disk_cache_size: int | None = None  # None: the shared cache's cap; 0: no disk cache for this mount
+    disk_cache_dir: str | None = None  # None: paths.disk_cache_dir()
     memory_cache_size: int = 512 << 20
     metadata_ttl: float = 10.0
     uid: int | None = None

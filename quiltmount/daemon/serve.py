@@ -5,21 +5,25 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import sqlite3
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 from quiltmount import mountpoint as mp, state
+from quiltmount.cache.disk import DiskCache
 from quiltmount.errors import UserError
-from quiltmount.fs.blockcache import BlockCache, DiskTier
+from quiltmount.fs.blockcache import BlockCache
 from quiltmount.fs.handles import FileOpener
+from quiltmount.fs.mounttree import with_control
 from quiltmount.fs.overlay import WritableBucketTree
+from quiltmount.fs.prefetch import Prefetcher
 from quiltmount.fs.readahead import BlockFetcher
 from quiltmount.fs.tree import ttl_for_kernel
 from quiltmount.daemon.launcher import READY_TIMEOUT, MountOptions, ReadySignal
 from quiltmount.daemon.stack import stack_session, use_api_key
 from quiltmount.daemon.layers import build_layers
-from quiltmount.paths import default_cache_dir, make_private_dir
+from quiltmount.paths import default_cache_dir, disk_cache_dir, make_private_dir
 from quiltmount.daemon.status import StatusRecord
 from quiltmount.storage.stores import StoreSet
 from quiltmount.version import __version__
@@ -53,7 +57,7 @@ def serve(options: MountOptions, log_file: str, signal: ReadySignal) -> int:
     make_private_dir(cache_dir)
     with signal.working():
         layers = build_layers(source, store, stores, cache_dir, options)
-    disk = DiskTier(os.path.join(cache_dir, "blocks"), options.disk_cache_size) if options.disk_cache_size else None
+    disk = _open_disk_cache(options)
     # A quarter of the memory budget for read-ahead in flight, the rest for cached blocks.
     prefetch_budget = max(options.memory_cache_size // 4, 8 << 20)
     cache = BlockCache(options.memory_cache_size - prefetch_budget, disk)
@@ -75,9 +79,13 @@ def serve(options: MountOptions, log_file: str, signal: ReadySignal) -> int:
 
     # An immutable package revision can be cached by the kernel for as long as the mount lives.
     kernel_ttl = IMMUTABLE_KERNEL_TTL if layers.immutable else ttl_for_kernel(options.metadata_ttl)
-    files = FileOpener(layers.tree, fetcher, max_read_window=prefetch_budget // 2,
+    # `quiltmount prefetch`: into the disk cache, with as many bytes in flight as read-ahead at most.
+    prefetcher = Prefetcher(cache, block_size=fetcher.block_size,
+                            part_size=fetcher.block_size * fetcher.blocks_per_part, budget=prefetch_budget)
+    tree = with_control(layers.tree, prefetcher)
+    files = FileOpener(tree, fetcher, max_read_window=prefetch_budget // 2,
                        hash_workers=options.hash_workers)
-    operations = MountOperations(layers.tree, files, attrs, on_init=after_init)
+    operations = MountOperations(tree, files, attrs, on_init=after_init)
     fuse_options: dict[str, Any] = {
         "fsname": f"quiltmount:{source.url}", "subtype": "quiltmount", "default_permissions": True,
         "attr_timeout": kernel_ttl, "entry_timeout": kernel_ttl, "negative_timeout": kernel_ttl,
@@ -96,11 +104,28 @@ def serve(options: MountOptions, log_file: str, signal: ReadySignal) -> int:
         stop.set()
         state.remove_record(mountpoint)
         files.close()
+        prefetcher.close()
         fetcher.close()
+        if disk is not None:
+            disk.close()
         layers.tree.close()
         stores.close()
     log.info("unmounted %s", mountpoint)
     return 0
+
+
+def _open_disk_cache(options: MountOptions) -> DiskCache | None:
+    """The disk cache shared by the user's mounts, with the cap given (kept for the others); None if off."""
+    if options.disk_cache_size == 0:
+        return None
+    root = options.disk_cache_dir or disk_cache_dir()
+    try:
+        disk = DiskCache(root, options.disk_cache_size)
+    except (OSError, sqlite3.Error) as exc:
+        raise UserError(f"cannot use the disk cache at {root}: {exc} (--disk-cache-dir DIR to use another, "
+                        "--disk-cache-size 0 for none)") from None
+    log.info("disk cache %s: %d of %d bytes used", root, disk.used, disk.capacity)
+    return disk
 
 
 def _go_live(status: StatusRecord, operations: MountOperations, signal: ReadySignal, stop: threading.Event) -> None:

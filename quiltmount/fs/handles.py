@@ -24,37 +24,87 @@ from quiltmount.fs.dirty import DirtyFile
 from quiltmount.fs.node import FileHandle, Node, Tree
 from quiltmount.fs.readahead import BlockFetcher, ReadStream
 from quiltmount.fs.verify import CorruptObjects, HashVerifier
+from quiltmount.packages.manifest import make_hasher
+from quiltmount.storage.base import ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
 
+#: Bytes per GET when a package entry whose cached copy failed its hash is read again from its source.
+RECHECK_CHUNK = 8 << 20
+
 class ReadHandle(FileHandle):
     """An open stored object: reads through the block cache and read-ahead (`ReadStream`); a package entry's
-    bytes are also hashed as they go by and checked against its manifest hash once the file has been read."""
+    bytes are also hashed as they go by and checked against its manifest hash once the file has been read.
+
+    A match lets the disk cache serve the entry's blocks to every mount (`BlockCache.checked`).  A mismatch
+    drops every cached block of the entry (memory and disk) and reads it again from its source, once: if the
+    source's bytes match, the cached copy was wrong (the disk cache serves only checked copies, so this takes
+    a block altered on disk that kept its CRC-32) and the read gets the source's bytes, provided the handle
+    returned nothing before (a file read in one go: most package files).  Otherwise the entry is corrupt in
+    this mount: EIO now and for every later read (pages the kernel got from the wrong copy may still be in
+    its cache, so a later open could not be trusted either; a remount reads it again).
+    """
 
     def __init__(self, stream: ReadStream, verifier: HashVerifier | None, corrupt: CorruptObjects) -> None:
         self.stream = stream
         self.verifier = verifier
         self.corrupt = corrupt
+        # Corrupt is where the bytes come from, not the content hash: another copy of it may be good.
+        self._source = (stream.store.name, stream.obj.key, stream.obj.version_id)
+        self._returned_bytes = False
 
     def _refuse(self) -> ObjectChanged:
         return ObjectChanged(f"{self.stream.store.name}/{self.stream.obj.key}: content does not match the "
                              "manifest hash")
 
     def read(self, offset: int, size: int) -> bytes:
-        if self.verifier is not None and self.corrupt.contains(self.stream.identity):
+        if self.verifier is not None and self.corrupt.contains(self._source):
             raise self._refuse()
         data = self.stream.read(offset, size)
-        if self.verifier is not None and self.verifier.observe(offset, data) is False:
-            self.corrupt.add(self.stream.identity)
-            log.error("%s/%s: content does not match the manifest hash %s; returning EIO",
-                      self.stream.store.name, self.stream.obj.key, self.verifier.expected)
-            raise self._refuse()
+        verdict = None if self.verifier is None else self.verifier.observe(offset, data)
+        if verdict is True:
+            self.stream.fetcher.cache.checked(self.stream.identity)
+        elif verdict is False:
+            data = self._after_mismatch(self.verifier, offset, size)
+        self._returned_bytes = self._returned_bytes or bool(data)
         return data
+
+    def _after_mismatch(self, verifier: HashVerifier, offset: int, size: int) -> bytes:
+        stream = self.stream
+        where = f"{stream.store.name}/{stream.obj.key}"
+        stream.fetcher.cache.forget(stream.identity)
+        fresh = _range_if_source_matches(stream.store, stream.obj, verifier, offset, size)
+        if fresh is not None and not self._returned_bytes:
+            log.warning("%s: cached bytes did not match the manifest hash; dropped, and read from the source, "
+                        "whose bytes match", where)
+            return fresh
+        self.corrupt.add(self._source)
+        if fresh is None:
+            log.error("%s: content does not match the manifest hash %s; returning EIO", where, verifier.expected)
+        else:
+            log.error("%s: bytes read earlier came from a cached copy that did not match the manifest hash (dropped; "
+                      "the source's bytes match): EIO for this file until the next mount", where)
+        raise self._refuse()
 
     def attributes(self) -> Node:
         """What was opened, even if the name now points at something else."""
         obj = self.stream.obj
         return Node(is_dir=False, size=obj.size, mtime=obj.mtime, obj=obj)
+
+
+def _range_if_source_matches(store: ObjectStore, obj: ObjectInfo, verifier: HashVerifier, offset: int,
+                             size: int) -> bytes | None:
+    """Bytes [offset, offset+size) of the object read again from `store` (past every cache), if the whole
+    object hashes to what the manifest says; None if it does not."""
+    hasher = make_hasher(verifier.hash_type, obj.size)
+    wanted = bytearray()
+    end = min(offset + size, obj.size)
+    for start in range(0, obj.size, RECHECK_CHUNK):
+        chunk = store.get_range(obj, start, min(start + RECHECK_CHUNK, obj.size))
+        hasher.update(chunk)
+        if start < end and start + len(chunk) > offset:
+            wanted += chunk[max(offset - start, 0):end - start]
+    return bytes(wanted) if hasher.value() == verifier.expected else None
 
 
 class SyncStaged(Protocol):

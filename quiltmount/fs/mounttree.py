@@ -4,10 +4,33 @@ reserved names."""
 from __future__ import annotations
 
 import errno
+from typing import Protocol
 
 from quiltmount.errors import NotFound, StorageError
 from quiltmount.fs.node import Node, Tree
 from quiltmount.fs.tree import RESERVED_ROOT_NAMES
+
+
+class MountControl(Protocol):
+    """Requests to the daemon as extended attributes that every path of the mount answers and none lists
+    (`fs/prefetch.py`): read with getxattr, which read-only mounts allow too."""
+
+    def answers(self, name: str) -> bool: ...
+
+    def answer(self, tree: Tree, path: str, name: str) -> bytes: ...
+
+
+class _Attributes(dict):
+    """A path's extended attributes, plus the control's names, answered on request but never listed."""
+
+    def __init__(self, found: dict[str, bytes], tree: Tree, path: str, control: MountControl) -> None:
+        super().__init__(found)
+        self._tree, self._path, self._control = tree, path, control
+
+    def get(self, name: str, default: bytes | None = None) -> bytes | None:  # type: ignore[override]
+        if self._control.answers(name):
+            return self._control.answer(self._tree, self._path, name)
+        return super().get(name, default)
 
 
 class _Reserved(Tree):
@@ -25,12 +48,14 @@ class MountTree(Tree):
     package's) to their views and everything else to the bucket.
 
     The reserved names answer lookups but are never listed, so `find`, `du` and `rsync` see only the bucket.
+    A `control` (set by `with_control`) answers its extended attributes on every path.
     """
 
     def __init__(self, bucket: Tree, views: dict[str, Tree], reserved: frozenset[str] = RESERVED_ROOT_NAMES) -> None:
         assert set(views) <= reserved
         self.bucket = bucket
         self.views = {name: views.get(name) or _Reserved() for name in reserved}
+        self.control: MountControl | None = None
 
     def _route(self, path: str) -> tuple[Tree, str]:
         first, _, rest = path.partition("/")
@@ -53,7 +78,8 @@ class MountTree(Tree):
 
     def xattrs(self, path: str) -> dict[str, bytes]:
         tree, inner = self._route(path)
-        return tree.xattrs(inner)
+        found = tree.xattrs(inner)
+        return found if self.control is None else _Attributes(found, self, path, self.control)
 
     def unlink(self, path: str) -> None:
         tree, inner = self._route(path)
@@ -102,3 +128,11 @@ class MountTree(Tree):
         self.bucket.close()
         for view in self.views.values():
             view.close()
+
+
+def with_control(tree: Tree, control: MountControl) -> MountTree:
+    """The mount's tree answering `control`'s attributes (whose owner closes it): its own `MountTree`, or one
+    around a tree without reserved names (a read-only package mount)."""
+    mount = tree if isinstance(tree, MountTree) else MountTree(tree, {}, reserved=frozenset())
+    mount.control = control
+    return mount

@@ -121,11 +121,11 @@ class RevisionTree(Tree):
         if row.physical_key.startswith("s3:"):
             physical = parse_physical_key(row.physical_key)
             obj = ObjectInfo(physical.key, row.size, self.mtime, version_id=physical.s3_version_id,
-                             content_hash=row.hash[1])
+                             content_hash=":".join(row.hash))
             store = self.stores.bucket(physical.bucket or "")
         elif self.local_files:
             obj = ObjectInfo(parse_physical_key(row.physical_key).path.lstrip("/"), row.size, self.mtime,
-                             content_hash=row.hash[1])
+                             content_hash=":".join(row.hash))
             store = self.stores.local()
         else:
             return Node(is_dir=False, size=row.size, mtime=self.mtime)

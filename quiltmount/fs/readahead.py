@@ -11,9 +11,9 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
-from collections.abc import Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from quiltmount.cache.keys import Identity, object_identity
 from quiltmount.errors import StorageError
 from quiltmount.fs.blockcache import Block, BlockCache
 from quiltmount.storage.base import ObjectInfo, ObjectStore
@@ -27,10 +27,6 @@ DEFAULT_BLOCK_SIZE = 1 << 20
 DEFAULT_PART_SIZE = 8 << 20
 
 
-def object_identity(store: ObjectStore, obj: ObjectInfo) -> Hashable:
-    return (store.name, obj.key, obj.etag, obj.version_id, obj.content_hash)
-
-
 class BlockFetcher:
     def __init__(self, cache: BlockCache, *, block_size: int = DEFAULT_BLOCK_SIZE,
                  part_size: int = DEFAULT_PART_SIZE, workers: int = 16, prefetch_budget: int = 128 << 20) -> None:
@@ -40,12 +36,13 @@ class BlockFetcher:
         self.prefetch_budget = max(prefetch_budget, block_size * self.blocks_per_part)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch")
         self._lock = threading.Lock()
-        self._in_flight: dict[tuple[Hashable, int], Future] = {}
+        self._in_flight: dict[tuple[Identity, int], Future] = {}
         self._prefetch_bytes = 0
 
     # -- fetching -----------------------------------------------------------------------------------------
-    def _claim(self, ident: Hashable, first: int, last: int) -> tuple[list[int], dict[int, Future]]:
-        """Register futures for blocks nobody has or is fetching; return (claimed, others' futures)."""
+    def _claim(self, ident: Identity, first: int, last: int) -> tuple[list[int], dict[int, Future]]:
+        """Register futures for blocks neither in memory nor being fetched; return (claimed, others' futures).
+        (Blocks on disk are claimed too: `_fetch_run` loads them, on the read-ahead's threads.)"""
         claimed: list[int] = []
         waiting: dict[int, Future] = {}
         with self._lock:
@@ -54,32 +51,40 @@ class BlockFetcher:
                 pending = self._in_flight.get(key)
                 if pending is not None:
                     waiting[index] = pending
-                elif not self.cache.contains(key):
+                elif not self.cache.in_memory(key):
                     self._in_flight[key] = Future()
                     claimed.append(index)
         return claimed, waiting
 
-    def _fetch_run(self, store: ObjectStore, obj: ObjectInfo, ident: Hashable, first: int, last: int) -> list[Block]:
-        """Fetch blocks first..last (claimed by the caller) with one ranged GET; resolve their futures."""
+    def _fetch_run(self, store: ObjectStore, obj: ObjectInfo, ident: Identity, first: int, last: int) -> list[Block]:
+        """Get blocks first..last (claimed by the caller): from the disk cache those it has, the others with
+        one ranged GET per run of them; resolve their futures."""
         bs = self.block_size
-        start, end = first * bs, min((last + 1) * bs, obj.size)
+        blocks: dict[int, Block] = {}
         try:
-            data = store.get_range(obj, start, end)
-            if len(data) != end - start:  # never cache a short answer as whole blocks
-                raise StorageError(f"{store.name}/{obj.key}: read {len(data)} of {end - start} bytes at {start}")
-            blocks = [Block(data, offset, min(bs, len(data) - offset)) for offset in range(0, len(data), bs)]
-            for index, block in zip(range(first, last + 1), blocks):
-                self.cache.put((ident, index), block)
+            for index in range(first, last + 1):
+                block = self.cache.from_disk((ident, index))
+                if block is not None:
+                    blocks[index] = block
+            for run_first, run_last in _runs([index for index in range(first, last + 1) if index not in blocks]):
+                start, end = run_first * bs, min((run_last + 1) * bs, obj.size)
+                data = store.get_range(obj, start, end)
+                if len(data) != end - start:  # never cache a short answer as whole blocks
+                    raise StorageError(f"{store.name}/{obj.key}: read {len(data)} of {end - start} bytes at {start}")
+                for index, offset in zip(range(run_first, run_last + 1), range(0, len(data), bs)):
+                    blocks[index] = Block(data, offset, min(bs, len(data) - offset))
+                    self.cache.put((ident, index), blocks[index])
         except BaseException as exc:
             self._fail_claims(ident, first, last, exc)
             raise
         with self._lock:
             futures = [self._in_flight.pop((ident, index)) for index in range(first, last + 1)]
-        for future, block in zip(futures, blocks):
+        ordered = [blocks[index] for index in range(first, last + 1)]
+        for future, block in zip(futures, ordered):
             future.set_result(block)
-        return blocks
+        return ordered
 
-    def _fail_claims(self, ident: Hashable, first: int, last: int, exc: BaseException) -> None:
+    def _fail_claims(self, ident: Identity, first: int, last: int, exc: BaseException) -> None:
         """Blocks first..last will not be fetched: their waiters get `exc`, and later reads fetch them anew."""
         with self._lock:
             futures = [self._in_flight.pop((ident, index)) for index in range(first, last + 1)]
@@ -131,8 +136,9 @@ class BlockFetcher:
         return joined[start:start + end - offset]
 
     def read_exact(self, store: ObjectStore, obj: ObjectInfo, offset: int, size: int) -> bytes:
-        """A random read: from cached blocks if they are all there, else one GET of exactly these bytes
-        (not cached: a random reader rarely comes back, and the kernel keeps the pages it got)."""
+        """A random read: from cached blocks if they are all there, else one GET of exactly these bytes (a
+        random reader rarely comes back, and the kernel keeps the pages it got); the whole blocks among them
+        are cached all the same (the kernel's first reads of a file, out of order, are often whole blocks)."""
         end = min(offset + size, obj.size)
         if offset >= end:
             return b""
@@ -141,9 +147,14 @@ class BlockFetcher:
         first, last = offset // bs, (end - 1) // bs
         if all(self.cache.contains((ident, index)) for index in range(first, last + 1)):
             return self.read(store, obj, offset, size)
-        return store.get_range(obj, offset, end)
+        data = store.get_range(obj, offset, end)
+        for index in range(-(-offset // bs), last + 1):
+            block_end = min((index + 1) * bs, obj.size)
+            if block_end <= end:
+                self.cache.put((ident, index), Block(data, index * bs - offset, block_end - index * bs))
+        return data
 
-    def _fetch_one(self, store: ObjectStore, obj: ObjectInfo, ident: Hashable, index: int) -> Block:
+    def _fetch_one(self, store: ObjectStore, obj: ObjectInfo, ident: Identity, index: int) -> Block:
         """Fallback for a block that was evicted right after another reader fetched it."""
         bs = self.block_size
         return Block(store.get_range(obj, index * bs, min((index + 1) * bs, obj.size)))
@@ -187,7 +198,7 @@ class BlockFetcher:
         with self._lock:
             self._prefetch_bytes -= part_bytes
 
-    def _prefetch_run(self, store: ObjectStore, obj: ObjectInfo, ident: Hashable, first: int, last: int) -> None:
+    def _prefetch_run(self, store: ObjectStore, obj: ObjectInfo, ident: Identity, first: int, last: int) -> None:
         try:
             self._fetch_run(store, obj, ident, first, last)
         except Exception as exc:  # readers waiting for these blocks got the error; later ones fetch them anew

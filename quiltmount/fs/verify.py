@@ -53,6 +53,7 @@ class CorruptObjects:
 
 class HashVerifier:
     def __init__(self, hash_type: str, hash_value: str, size: int, workers: Executor) -> None:
+        self.hash_type = hash_type
         self.expected = hash_value
         self.size = size
         self._hasher = make_hasher(hash_type, size)

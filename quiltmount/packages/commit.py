@@ -4,8 +4,8 @@ key>` in the registry's bucket, the parent's other rows kept as they are, quilt3
 hash, then the manifest, a timestamp pointer and `latest`, in that order.
 
 This is the engine under package drafts: it knows registries and local files, not mounts.  Unchanged entries
-are never read or re-hashed; only the files of `Changes.files` are (hashed locally, in one pass each, and
-uploaded with S3 SHA-256 checksums by the store).
+are never read or re-hashed; only the files of `Changes.files` are (uploaded with S3 SHA-256 checksums by the
+store, whose part checksums are quilt3's chunk hashes: one read of each file gives both).
 
 A parent can have millions of entries, so it is never held in memory.  A commit takes two passes:
 
@@ -14,8 +14,8 @@ A parent can have millions of entries, so it is never held in memory.  A commit 
    top-hash parts, to a spill file in tree order.  Nothing is written to the registry before this pass
    succeeded, and nothing that grows with the parent stays in memory: the changes, the rows they refer to
    (rename sources, replaced entries whose meta stays) and the directory metadata.
-2. the new files are uploaded (or found already in place: `_reuse_candidate`; large ones are hashed while they
-   upload), and the spill is merged with the new entries, sorted the same way, into the new manifest, in a
+2. the new files are uploaded (or found already in place: `_reuse_candidate`), their hashes taken from the
+   SHA-256 checksums of the bytes sent (S3; other stores: hashed after), and the spill is merged with the new entries, sorted the same way, into the new manifest, in a
    local file, while its top hash is computed.
 
 Manifests quilt3 wrote are in tree order with their directory metadata first; any other layout is read whole
@@ -61,8 +61,6 @@ HASH_BUFFER = 1 << 20
 #: New files this large or larger are not sent again when their destination already holds their bytes
 #: (quilt3's `UPLOAD_ETAG_OPTIMIZATION_THRESHOLD`): below it, the HEAD would cost as much as the upload.
 REUSE_MIN_SIZE = 1024
-#: New files this large are hashed while they upload rather than before (when nothing can be reused).
-OVERLAP_MIN_SIZE = 8 << 20
 #: A row of the spill file: the lengths of its sort key, top-hash part and manifest line, then those bytes.
 _SPILL_ROW = struct.Struct("<III")
 
@@ -424,14 +422,12 @@ def _upload(registry: Registry, name: str, changes: Changes, parent_rows: dict[s
         size = sizes[logical_key]
         key = f"{registry.prefix}{name}/{logical_key}"
         candidate = _reuse_candidate(registry.store, key, size)
-        if candidate is None and size >= OVERLAP_MIN_SIZE:  # nothing to reuse: hash it while it is sent
-            hash_value, info = _hash_during(new.path, size, lambda: registry.store.put_file(key, new.path))
-            was_there = False
-        else:
-            hash_value = _hash_file(new.path, size)
-            was_there = candidate is not None and _chunked_hash_of_checksum(candidate.checksum_sha256,
-                                                                             size) == hash_value
-            info = candidate if was_there else registry.store.put_file(key, new.path)
+        hash_value = None if candidate is None else _hash_file(new.path, size)
+        was_there = candidate is not None and _chunked_hash_of_checksum(candidate.checksum_sha256,
+                                                                         size) == hash_value
+        info = candidate if was_there else registry.store.put_file(key, new.path)
+        if hash_value is None:  # the upload's checksum is of the bytes it sent: the hash without another read
+            hash_value = _chunked_hash_of_checksum(info.checksum_sha256 or "", size) or _hash_file(new.path, size)
         if location.scheme == "s3":
             physical = PhysicalKey("s3", location.bucket, key, info.version_id)
         else:
@@ -480,26 +476,22 @@ def _reuse_candidate(store: ObjectStore, key: str, size: int) -> ObjectInfo | No
     return info if info.size == size and info.checksum_sha256 is not None else None
 
 
-def _hash_during(path: str, size: int, upload: Callable[[], ObjectInfo]) -> tuple[str, ObjectInfo]:
-    """The file's hash, computed here while `upload` sends it from another thread: its two reads overlap."""
-    with ThreadPoolExecutor(1, thread_name_prefix="commit-put") as sender:
-        sent = sender.submit(upload)
-        hash_value = _hash_file(path, size)
-        return hash_value, sent.result()
-
-
 def _chunked_hash_of_checksum(checksum: str, size: int) -> str | None:
     """The `sha2-256-chunked` hash of an object of `size` bytes, from S3's SHA-256 checksum of it, read as
     quilt3 reads it (spec 6.7): `<base64>-<parts>` of a multipart upload in quilt3's chunks is that hash; a
     single PUT's checksum (files under one chunk) is the SHA-256 of the bytes, the hash of a single chunk once
     hashed again.  None for an object uploaded any other way (it is then sent again)."""
     value, dash, parts = checksum.partition("-")
+    if not value:
+        return None
     multipart = size >= CHECKSUM_CHUNK_SIZE
     if dash:
         chunks = -(-size // checksum_chunk_size(size))
         return value if multipart and parts == str(chunks) else None
     if multipart:
         return None
+    if size == 0:  # no chunks: the hash of nothing, which is the checksum itself
+        return value
     try:
         digest = base64.b64decode(value, validate=True)
     except binascii.Error:

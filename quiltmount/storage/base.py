@@ -23,7 +23,8 @@ class ObjectInfo:
     Reads are pinned to `version_id` when there is one, else to `etag`.  Package entries of unversioned
     buckets have neither: their `content_hash` (the manifest's) is their identity, checked after reading.
     `checksum_sha256` is the SHA-256 checksum the store keeps for the object, when `head` was asked for it and
-    the store has one (S3's `ChecksumSHA256`: base64, with `-<parts>` after a multipart upload's).
+    the store has one (S3's `ChecksumSHA256`: base64, with `-<parts>` after a multipart upload's), and after an
+    upload that sent one.  `content_hash` is `<type>:<value>`.
     """
 
     key: str
@@ -89,8 +90,15 @@ class PartUpload(Protocol):
 class ObjectStore(ABC):
     """A flat key space with delimiter listings and ranged, identity-pinned reads."""
 
-    #: A short unique name for this store (e.g. `s3://bucket`), used in cache keys and log lines.
+    #: A short unique name for this store (e.g. `s3://bucket`), used in log lines and status.
     name: str
+    #: Remote: its bytes are worth keeping in the disk cache (a local directory's are not).
+    remote: bool = True
+
+    @property
+    def cache_name(self) -> str:
+        """The store's name in cache keys, unique across endpoints (two servers may have the same bucket)."""
+        return self.name
 
     @abstractmethod
     def check_access(self) -> None:

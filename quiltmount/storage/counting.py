@@ -28,7 +28,12 @@ class CountingStore(ObjectStore):
     def __init__(self, inner: ObjectStore, stats: RequestStats | None = None) -> None:
         self.inner = inner
         self.name = inner.name
+        self.remote = inner.remote
         self.stats = stats or RequestStats()
+
+    @property
+    def cache_name(self) -> str:
+        return self.inner.cache_name
 
     def _begin(self, operation: str | None) -> None:
         stats = self.stats

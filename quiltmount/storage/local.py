@@ -28,6 +28,7 @@ class LocalStore(ObjectStore):
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
         self.name = f"file://{self.root}"
+        self.remote = False
 
     def _path(self, key: str) -> str:
         return os.path.join(self.root, *key.split("/"))

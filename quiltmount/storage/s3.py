@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import logging
 import os
@@ -109,6 +110,7 @@ class S3Store(ObjectStore):
             except botocore.exceptions.ProfileNotFound:
                 raise UserError(f"AWS profile not found: {profile}") from None
         custom_endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        self.endpoint = custom_endpoint or "aws"
 
         silence = timeout or DEFAULT_TIMEOUT
 
@@ -144,6 +146,10 @@ class S3Store(ObjectStore):
         self.max_single_copy, self.copy_part_size = MAX_SINGLE_COPY, COPY_PART_SIZE
         self._failing: cachetools.TTLCache[str, bool] = cachetools.TTLCache(10_000, FAILING_WINDOW)
         self._failing_lock = threading.Lock()
+
+    @property
+    def cache_name(self) -> str:
+        return f"{self.endpoint} {self.name}"
 
     def check_access(self) -> None:
         try:
@@ -302,12 +308,12 @@ class S3Store(ObjectStore):
             with open(path, "rb") as file:
                 data = file.read()
             # The algorithm named as well: S3-compatible servers (moto) keep a checksum only then.
+            checksum = base64.b64encode(hashlib.sha256(data).digest()).decode()
             response = self._uploads.put_object(
-                Bucket=self.bucket, Key=key, Body=data, ChecksumAlgorithm="SHA256",
-                ChecksumSHA256=base64.b64encode(hashlib.sha256(data).digest()).decode())
+                Bucket=self.bucket, Key=key, Body=data, ChecksumAlgorithm="SHA256", ChecksumSHA256=checksum)
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise self._fail("upload", key, exc) from exc
-        return _uploaded_info(key, size, response)
+        return _uploaded_info(key, size, response, checksum)
 
     def part_upload(self, key: str, path: str) -> PartUpload:
         return PartUpload(key, path, bucket=self.bucket, client=self.client, upload_client=self._uploads,
@@ -373,9 +379,17 @@ def _sha256_of_range(path: str, start: int, size: int) -> tuple[str, int]:
     return base64.b64encode(digest.digest()).decode(), length
 
 
-def _uploaded_info(key: str, size: int, response: dict) -> ObjectInfo:
+def _uploaded_info(key: str, size: int, response: dict, checksum: str) -> ObjectInfo:
+    """The object an upload made; `checksum` is its SHA-256 checksum as S3 keeps it (the one we sent)."""
     version = response.get("VersionId")
-    return ObjectInfo(key, size, time.time(), response["ETag"], None if version in (None, "null") else version)
+    return ObjectInfo(key, size, time.time(), response["ETag"], None if version in (None, "null") else version,
+                      checksum_sha256=checksum)
+
+
+def _composite_checksum(parts: list[dict]) -> str:
+    """S3's SHA-256 checksum of a multipart upload: of its parts' digests, then `-<parts>`."""
+    digests = b"".join(base64.b64decode(part["ChecksumSHA256"]) for part in parts)
+    return f"{base64.b64encode(hashlib.sha256(digests).digest()).decode()}-{len(parts)}"
 
 
 class PartUpload:
@@ -465,7 +479,7 @@ class PartUpload:
         except BaseException:
             self.abort()
             raise
-        return _uploaded_info(self.key, size, response)
+        return _uploaded_info(self.key, size, response, _composite_checksum(parts))
 
     def _landed(self, parts: list[dict], size: int) -> ObjectInfo | None:
         """The object, if a completion whose answer was lost (and so was retried, and found the upload
@@ -479,7 +493,7 @@ class PartUpload:
         if landed.etag != expected or landed.size != size:
             return None
         log.info("%s: the upload's completion was answered as gone, but the object has its parts: done", self.key)
-        return landed
+        return dataclasses.replace(landed, checksum_sha256=_composite_checksum(parts))
 
     def abort(self) -> None:
         """Drop the upload: parts not started are cancelled, the S3 upload (if any) is aborted."""

@@ -1,0 +1,639 @@
+"""The persistent disk cache (issue #16), through real mounts of the moto server: what one mount caches the next
+reads with no request to S3; package files are cached by content hash (shared by revisions, packages and
+registries); mounts share one cache and one cap; damaged blocks are dropped and read again; an overwritten
+object is never served from the old cache; a local directory is never cached on disk; a full disk turns the
+disk tier off while reads go on; a package file whose cached copy fails its hash is read again from its
+source; a mount never walks what is cached.
+
+The index is inspected with sqlite3 directly (the schema is `quiltmount/cache/disk.py`'s), always after the
+daemons have been unmounted with `quiltmount umount`, which writes every queued block before it returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import hashlib
+import json
+import os
+import random
+import sqlite3
+import struct
+import subprocess
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from mounthelpers import mount_record, run_cli
+from quiltmount.cache.disk import DiskCache
+from quiltmount.packages import manifest as mf
+
+MiB = 1 << 20
+BLOCK = MiB  # the block size of the caches (fs/readahead.py DEFAULT_BLOCK_SIZE)
+STATUS_REFRESH = 1.3  # the daemon rewrites its status record every second
+
+
+def payload(seed: int, size: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def blocks_in(size: int) -> int:
+    return (size + BLOCK - 1) // BLOCK
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Buckets, packages, reading and unmounting
+
+
+def remove_bucket(s3, bucket: str) -> None:
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
+        for item in page.get("Versions", []) + page.get("DeleteMarkers", []):
+            s3.delete_object(Bucket=bucket, Key=item["Key"], VersionId=item["VersionId"])
+    s3.delete_bucket(Bucket=bucket)
+
+
+@pytest.fixture
+def new_bucket(s3) -> Iterator[Callable[[], str]]:
+    """Factory of empty buckets, removed after the test (they hold megabytes, and the S3 server lives for the
+    whole session).  Ask for it before `mount` so the mounts are gone when the buckets are removed."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"diskcache-{os.urandom(4).hex()}"
+        s3.create_bucket(Bucket=name)
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        with contextlib.suppress(Exception):
+            remove_bucket(s3, name)
+
+
+def put_package(s3, registry: str, name: str, files: dict[str, tuple[str, bytes]],
+                stored: dict[str, bytes] | None = None) -> str:
+    """Write a package revision straight into `registry` (objects, manifest, `latest`); its top hash.
+    `files`: logical key -> (physical s3:// URL, bytes the manifest hashes); `stored`: logical key -> other
+    bytes to put at the physical key instead (a source that is wrong)."""
+    entries = []
+    for logical_key, (url, data) in files.items():
+        physical_bucket, _, key = url.removeprefix("s3://").partition("/")
+        s3.put_object(Bucket=physical_bucket, Key=key, Body=(stored or {}).get(logical_key, data))
+        entries.append(mf.Entry(logical_key, url, len(data), mf.SHA2_256_CHUNKED,
+                                mf.hash_bytes(mf.SHA2_256_CHUNKED, data)))
+    # The message names the package: the top hash leaves physical keys out, so two packages with the same
+    # files elsewhere would otherwise be one manifest.
+    manifest = mf.Manifest({"version": "v0", "message": name}, entries)
+    top_hash = manifest.top_hash
+    s3.put_object(Bucket=registry, Key=f".quilt/packages/{top_hash}", Body=mf.write_manifest(manifest))
+    s3.put_object(Bucket=registry, Key=f".quilt/named_packages/{name}/latest", Body=top_hash.encode())
+    return top_hash
+
+
+def hash_key(data: bytes) -> str:
+    """The disk cache's key of a package entry with these bytes (cache/keys.py)."""
+    return f"hash:{mf.SHA2_256_CHUNKED}:{mf.hash_bytes(mf.SHA2_256_CHUNKED, data)}"
+
+
+def cat(path: Path) -> bytes:
+    result = subprocess.run(["cat", str(path)], capture_output=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def read_in_order(path: Path, limit: int | None = None) -> bytes:
+    """Read a file the way that caches every block of it: in 128 KiB reads with the kernel's read-ahead off
+    (POSIX_FADV_RANDOM), so the daemon gets them one at a time and in order.  (The kernel's parallel read-ahead
+    can bring reads out of order before the daemon counts the file as read sequentially; those are fetched
+    exactly and never cached, which would leave holes in what a test expects cached.)  `limit`: stop after
+    about that many bytes."""
+    chunks = []
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_RANDOM)
+        while (limit is None or len(chunks) << 17 < limit) and (chunk := os.read(descriptor, 128 << 10)):
+            chunks.append(chunk)
+    finally:
+        os.close(descriptor)
+    return b"".join(chunks)
+
+
+def unmount(*mountpoints: Path) -> None:
+    """`quiltmount umount`: returns once the daemon has written every queued block and exited."""
+    for mountpoint in mountpoints:
+        result = run_cli("umount", str(mountpoint))
+        assert result.returncode == 0, result.stderr
+
+
+def records(*mountpoints: Path) -> list[dict]:
+    """Fresh status records of the mounts (one wait for all of them)."""
+    time.sleep(STATUS_REFRESH)
+    return [mount_record(mountpoint) for mountpoint in mountpoints]
+
+
+def s3_reads(record: dict) -> tuple[int, int]:
+    """(GET requests, bytes read from S3) so far."""
+    return record["requests"]["totals"].get("get", 0), record["requests"]["bytes_read"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The cache on disk
+
+
+@contextlib.contextmanager
+def index(root: Path) -> Iterator[sqlite3.Connection]:
+    db = sqlite3.connect(root / "index.sqlite", timeout=30)
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+def rows(root: Path) -> list[tuple[str, int, str, int, int]]:
+    """(key, block, file, size, crc) of every cached block."""
+    with index(root) as db:
+        return db.execute("SELECT key, block, file, size, crc FROM blocks ORDER BY key, block").fetchall()
+
+
+def setting(root: Path, name: str) -> int:
+    with index(root) as db:
+        return db.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()[0]
+
+
+def block_file(root: Path, file: str) -> Path:
+    return root / "blocks" / file[:2] / file
+
+
+def blocks_of(root: Path, needle: str) -> dict[int, tuple[str, str, int, int]]:
+    """block -> (key, file, size, crc) of the cached blocks whose key contains `needle` (one object)."""
+    found = {block: (key, file, size, crc) for key, block, file, size, crc in rows(root) if needle in key}
+    assert len({key for key, *_ in found.values()}) <= 1, f"several keys contain {needle!r}"
+    return found
+
+
+def assert_consistent(root: Path) -> None:
+    """The files on disk are exactly the indexed blocks, each intact; the index's total is their sum; no
+    temporary file is left behind."""
+    indexed = rows(root)
+    on_disk = {path.name: path for path in (root / "blocks").glob("*/*")}
+    assert sorted(on_disk) == sorted(file for _, _, file, _, _ in indexed)
+    for key, block, file, size, crc in indexed:
+        data = on_disk[file].read_bytes()
+        assert (len(data), zlib.crc32(data)) == (size, crc), (key, block)
+        assert on_disk[file].parent.name == file[:2]
+    assert setting(root, "bytes") == sum(size for _, _, _, size, _ in indexed)
+    assert list((root / "tmp").iterdir()) == []
+
+
+def bytes_in_blocks(root: Path) -> int:
+    """Bytes of the block files on disk right now (files may vanish while counted)."""
+    total = 0
+    for directory, _, files in os.walk(root / "blocks"):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.lstat(os.path.join(directory, name)).st_size
+    return total
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Remounts read from disk
+
+
+def test_a_remount_reads_from_disk_without_a_request(s3, new_bucket, mount, own_disk_cache, tmp_path):
+    bucket = new_bucket()
+    data = payload(1, 3 * MiB + 4321)
+    s3.put_object(Bucket=bucket, Key="dir/big.bin", Body=data)
+    s3.put_object(Bucket=bucket, Key="small.txt", Body=b"small\n")
+    first = mount(f"s3://{bucket}")
+    assert read_in_order(first / "dir/big.bin") == data and cat(first / "small.txt") == b"small\n"
+    unmount(first)
+    cached = blocks_of(own_disk_cache, "dir/big.bin")
+    assert sorted(cached) == list(range(blocks_in(len(data))))
+    assert bucket in next(iter(cached.values()))[0]  # keyed by the object, not by a mountpoint
+    assert blocks_of(own_disk_cache, "small.txt")
+    assert_consistent(own_disk_cache)
+
+    second = mount(f"s3://{bucket}")  # another mountpoint, another daemon
+    subprocess.run(["cp", str(second / "dir/big.bin"), str(tmp_path / "copy.bin")], check=True, timeout=60)
+    assert (tmp_path / "copy.bin").read_bytes() == data
+    with open(second / "small.txt", "rb") as file:
+        assert file.read() == b"small\n"
+    [record] = records(second)
+    assert s3_reads(record) == (0, 0), record["requests"]
+    assert record["cache"]["disk_enabled"] is True and record["cache"]["disk_dir"] == str(own_disk_cache)
+    assert record["cache"]["disk_hits"] >= blocks_in(len(data)) + 1
+    assert record["cache"]["disk_used"] == setting(own_disk_cache, "bytes") > len(data)
+
+
+def test_a_local_directory_is_never_cached_on_disk(mount, own_disk_cache, tmp_path):
+    source = tmp_path / "local"
+    source.mkdir()
+    data = payload(0, 2 * MiB + 1)
+    (source / "f.bin").write_bytes(data)
+    mnt = mount(str(source))
+    assert read_in_order(mnt / "f.bin") == data
+    unmount(mnt)
+    assert rows(own_disk_cache) == [] and not list((own_disk_cache / "blocks").iterdir())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Package files are cached by content hash
+
+
+def test_revisions_packages_and_registries_share_cache_entries(s3, new_bucket, mount, own_disk_cache):
+    registry, other_registry = new_bucket(), new_bucket()
+    shared = payload(2, 2 * MiB + 777)
+    # The second revision and the other registry's package hold the same bytes at other physical keys (as
+    # after a copy or a push from elsewhere): the cache knows them by their hash, not by where they are.
+    rev1 = put_package(s3, registry, "team/data", {"shared.bin": (f"s3://{registry}/v1/shared.bin", shared),
+                                                   "one.txt": (f"s3://{registry}/v1/one.txt", b"one\n")})
+    rev2 = put_package(s3, registry, "team/data", {"shared.bin": (f"s3://{registry}/v2/shared.bin", shared),
+                                                   "two.txt": (f"s3://{registry}/v2/two.txt", b"two\n")})
+    other = put_package(s3, other_registry, "else/where", {"copy.bin": (f"s3://{other_registry}/c.bin", shared)})
+
+    first = mount(f"s3://{registry}")
+    assert read_in_order(first / f".packages/team/data/@{rev1}/shared.bin") == shared
+    assert cat(first / f".packages/team/data/@{rev1}/one.txt") == b"one\n"
+    unmount(first)
+    cached = rows(own_disk_cache)
+    assert {key for key, *_ in cached} == {hash_key(shared), hash_key(b"one\n")}
+    assert len(cached) == blocks_in(len(shared)) + 1
+
+    second, third = mount(f"s3://{registry}"), mount(f"s3://{other_registry}")
+    revision2, elsewhere = second / f".packages/team/data/@{rev2}", third / f".packages/else/where/@{other}"
+    assert (revision2 / "shared.bin").stat().st_size == (elsewhere / "copy.bin").stat().st_size == len(shared)
+    before = [s3_reads(record) for record in records(second, third)]
+    assert cat(revision2 / "shared.bin") == shared
+    assert cat(elsewhere / "copy.bin") == shared
+    after = [s3_reads(record) for record in records(second, third)]
+    assert after == before  # not one GET, not one byte: both came from the first mount's blocks
+    assert cat(revision2 / "two.txt") == b"two\n"
+    unmount(second, third)
+    assert [row[:2] for row in rows(own_disk_cache)] == sorted(
+        [(hash_key(shared), block) for block in range(blocks_in(len(shared)))]
+        + [(hash_key(b"one\n"), 0), (hash_key(b"two\n"), 0)])
+    assert_consistent(own_disk_cache)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Mounts sharing one cache
+
+
+def read_at_once(paths: list[Path], read: Callable[[Path], bytes] = read_in_order) -> list[bytes]:
+    """Read every path, all at the same time."""
+    results: dict[int, bytes] = {}
+    threads = [threading.Thread(target=lambda n=n, path=path: results.__setitem__(n, read(path)))
+               for n, path in enumerate(paths)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return [results.get(n, b"(failed)") for n in range(len(paths))]
+
+
+def test_two_mounts_fill_the_same_cache_at_once(s3, new_bucket, mount, own_disk_cache, tmp_path):
+    bucket = new_bucket()
+    objects = {"a.bin": payload(3, 4 * MiB + 1), "b.bin": payload(4, 4 * MiB + 2),
+               "shared.bin": payload(5, 3 * MiB + 3)}
+    for key, body in objects.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+    # Two mounts of one source need two staging areas (--cache-dir); the block cache is the same.
+    left = mount(f"s3://{bucket}", "--cache-dir", str(tmp_path / "left"))
+    right = mount(f"s3://{bucket}", "--cache-dir", str(tmp_path / "right"))
+    # Each mount reads its own file and both read the shared one: two daemons write the same blocks at once.
+    order = [left / "a.bin", left / "shared.bin", right / "b.bin", right / "shared.bin"]
+    assert read_at_once(order) == [objects["a.bin"], objects["shared.bin"], objects["b.bin"],
+                                   objects["shared.bin"]]
+    unmount(left, right)
+    assert_consistent(own_disk_cache)
+    for key, body in objects.items():  # every block once, whichever daemon wrote it
+        cached = blocks_of(own_disk_cache, f'"{key}"')
+        assert sorted(cached) == list(range(blocks_in(len(body)))), key
+        assert b"".join(block_file(own_disk_cache, cached[i][1]).read_bytes() for i in sorted(cached)) == body
+
+    again = mount(f"s3://{bucket}")
+    assert read_at_once([again / key for key in objects], read=cat) == list(objects.values())
+    [record] = records(again)
+    assert s3_reads(record) == (0, 0), record["requests"]
+
+
+def test_the_cap_holds_under_concurrent_writers(s3, new_bucket, mount, own_disk_cache, tmp_path):
+    bucket = new_bucket()
+    cap = 6 * MiB
+    objects = {f"{side}/{number}.bin": payload(10 + 3 * ord(side) + number, 4 * MiB + number)
+               for side in "lr" for number in range(3)}  # 24 MiB read, 4 times the cap
+    for key, body in objects.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+    left = mount(f"s3://{bucket}", "--disk-cache-size", "6M", "--cache-dir", str(tmp_path / "left"))
+    right = mount(f"s3://{bucket}", "--disk-cache-size", "6M", "--cache-dir", str(tmp_path / "right"))
+    assert setting(own_disk_cache, "capacity") == cap
+
+    peak = 0
+    done = threading.Event()
+
+    def watch() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, bytes_in_blocks(own_disk_cache))
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        paths = [(left if key.startswith("l/") else right) / key for key in objects]
+        assert read_at_once(paths) == list(objects.values())
+        unmount(left, right)
+    finally:
+        done.set()
+        watcher.join()
+    assert_consistent(own_disk_cache)
+    assert 0 < setting(own_disk_cache, "bytes") <= cap
+    # A block is renamed into blocks/ before its row goes in and the excess is evicted, and evicted files are
+    # removed once their rows are gone: each writer thread (2 per daemon) may be a block or two over the cap
+    # for a moment, never more.
+    assert peak <= cap + 2 * 2 * 2 * BLOCK, f"{peak / MiB:.1f} MiB on disk at most, for a cap of 6 MiB"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Damaged blocks, replaced objects
+
+
+def test_a_damaged_block_on_disk_is_dropped_and_read_again(s3, new_bucket, mount, own_disk_cache):
+    bucket = new_bucket()
+    data = payload(6, 5 * MiB + 100)  # blocks 0-5
+    s3.put_object(Bucket=bucket, Key="f.bin", Body=data)
+    first = mount(f"s3://{bucket}")
+    assert read_in_order(first / "f.bin") == data
+    unmount(first)
+    cached = blocks_of(own_disk_cache, '"f.bin"')
+    assert sorted(cached) == [0, 1, 2, 3, 4, 5]
+    altered, truncated, removed = (block_file(own_disk_cache, cached[i][1]) for i in (1, 3, 4))
+    with open(altered, "r+b") as file:  # one byte changed, same size
+        file.seek(12345)
+        byte = file.read(1)
+        file.seek(12345)
+        file.write(bytes([byte[0] ^ 0x40]))
+    os.truncate(truncated, BLOCK // 2)
+    removed.unlink()
+
+    second = mount(f"s3://{bucket}")
+    assert read_in_order(second / "f.bin") == data
+    [record] = records(second)
+    gets, read = s3_reads(record)
+    assert gets >= 1 and read == 3 * BLOCK, record["requests"]  # blocks 1, 3 and 4 again, nothing else
+    assert record["cache"]["disk_hits"] >= 3  # blocks 0, 2 and 5 (read-ahead may load one twice, racing a reader)
+    log = Path(record["log_file"]).read_text()
+    assert log.count("is damaged") == 2 and str(altered) in log and str(truncated) in log
+    unmount(second)
+    again = blocks_of(own_disk_cache, '"f.bin"')
+    assert sorted(again) == [0, 1, 2, 3, 4, 5]
+    assert all(again[i] == cached[i] for i in (0, 2, 5))
+    assert all(again[i][1] != cached[i][1] for i in (1, 3, 4))  # cached again, in new files
+    assert_consistent(own_disk_cache)
+
+
+def test_an_object_overwritten_in_s3_is_not_served_from_the_old_cache(s3, new_bucket, mount, own_disk_cache):
+    bucket = new_bucket()
+    versions = [payload(seed, 2 * MiB + 10) for seed in (7, 8, 9)]  # same size, other bytes
+    etags = [hashlib.md5(version).hexdigest() for version in versions]  # (single-part uploads)
+    s3.put_object(Bucket=bucket, Key="f.bin", Body=versions[0])
+    live = mount(f"s3://{bucket}", "--metadata-ttl", "0")
+    assert read_in_order(live / "f.bin") == versions[0]
+    time.sleep(1.1)  # another Last-Modified second, so that the kernel drops its pages of the file (auto_cache)
+    s3.put_object(Bucket=bucket, Key="f.bin", Body=versions[1])
+    assert cat(live / "f.bin") == versions[1]  # while the first version's blocks are in memory and on disk
+    unmount(live)
+    assert sorted(blocks_of(own_disk_cache, etags[0])) == [0, 1, 2]  # the stale bytes are there to be served
+
+    s3.put_object(Bucket=bucket, Key="f.bin", Body=versions[2])
+    later = mount(f"s3://{bucket}")
+    assert cat(later / "f.bin") == versions[2]
+    [record] = records(later)
+    assert s3_reads(record)[1] >= len(versions[2])
+    unmount(later)
+    # One name per ETag: the old blocks stay until evicted, and are never served for the new bytes.
+    named = {json.loads(key.removeprefix("object:"))[3].strip('"') for key, *_ in rows(own_disk_cache)}
+    assert named == set(etags)
+    assert_consistent(own_disk_cache)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A full disk
+
+
+@pytest.fixture
+def small_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs (unmounted lazily at the end, even if a daemon still holds a file on it)."""
+    path = tmp_path / "small"
+    path.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M,mode=0700", "tmpfs", str(path)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill up (needs root or CAP_SYS_ADMIN): {result.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def test_a_full_disk_turns_the_disk_cache_off_and_reads_go_on(s3, new_bucket, small_filesystem, mount):
+    bucket = new_bucket()
+    objects = {"a.bin": payload(20, 5 * MiB + 5), "b.bin": payload(21, 3 * MiB + 3)}
+    for key, body in objects.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+    cache = small_filesystem / "cache"
+    # A cap far above what the filesystem holds: the disk fills up before the cap is reached.
+    mnt = mount(f"s3://{bucket}", "--disk-cache-dir", str(cache), "--disk-cache-size", "1G")
+    assert read_in_order(mnt / "a.bin") == objects["a.bin"]
+    assert cat(mnt / "a.bin") == objects["a.bin"]
+    [record] = records(mnt)
+    assert record["cache"]["disk_enabled"] is False and record["cache"]["disk_dir"] == str(cache)
+    log = Path(record["log_file"]).read_text()
+    assert f"disk cache at {cache} turned off for this mount (the disk is full)" in log
+    assert "Traceback" not in log
+    assert cat(mnt / "b.bin") == objects["b.bin"]  # read and cached in memory only
+    [record] = records(mnt)
+    assert record["cache"]["disk_enabled"] is False and record["cache"]["memory_used"] >= len(objects["b.bin"])
+    unmount(mnt)
+    assert list((cache / "tmp").iterdir()) == []  # the block that did not fit is not left behind
+    assert_consistent(cache)  # what was written before the disk filled up is intact and indexed
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Package files whose cached copy fails their hash
+#
+# These follow fs/handles.py ReadHandle (the lead's re-fetch, issue #16 "Integrity"): a package file whose
+# bytes fail the manifest hash has its cached blocks dropped (memory and disk) and is read again from its
+# source, once.  If the source matches, the read that found the mismatch gets the source's bytes when nothing
+# was returned before it (a file read in one FUSE read), else EIO, and the next read of the file is right.
+# EIO for good only if the source itself is wrong.
+#
+# Both tests fail with the re-fetch as it is (fs/handles.py ReadHandle._after_mismatch): the user gets the
+# wrong bytes, read(2) succeeding.  The completing read's EIO usually lands on a kernel read-ahead request,
+# which the kernel retries with a synchronous read that the handle then answers from the source; and the
+# wrong pages the kernel got before the mismatch stay in its page cache (a revision file's size and mtime never
+# change, so auto_cache keeps them, as kernel_cache does on --package mounts), and every later read returns
+# them, unverified (the daemon sees only the pages the kernel lacks).  Marked xfail
+# (strict: they must pass, and lose the mark, once that is fixed).
+def read_or_errno(path: Path) -> bytes | int:
+    """The file's bytes, or the errno reading it failed with."""
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError as exc:
+        return exc.errno
+
+
+def test_a_poisoned_cache_entry_is_dropped_and_read_again_from_the_source(s3, new_bucket, mount,
+                                                                          own_disk_cache):
+    registry = new_bucket()
+    small, big = b"the right bytes\n" * 1000, payload(30, 2 * MiB + 5)
+    top_hash = put_package(s3, registry, "team/data", {"small.txt": (f"s3://{registry}/small.txt", small),
+                                                        "big.bin": (f"s3://{registry}/big.bin", big)})
+    # No mount running: the shared cache gets wrong bytes (of the right sizes) under the entries' hashes,
+    # as checked copies with valid CRC-32s (what a mount writes is served only once checked whole: this is a
+    # cache altered on disk by someone who also fixed its index).
+    poison = DiskCache(str(own_disk_cache))
+    try:
+        assert poison.put(hash_key(small), 0, b"X" * len(small), "s3://elsewhere", wait=True)
+        for block in range(blocks_in(len(big))):
+            assert poison.put(hash_key(big), block, b"Y" * len(big[block * BLOCK:(block + 1) * BLOCK]),
+                              "s3://elsewhere", wait=True)
+        poison.flush()
+    finally:
+        poison.close()
+
+    mnt = mount(f"s3://{registry}")
+    revision = mnt / f".packages/team/data/@{top_hash}"
+    assert (revision / "small.txt").read_bytes() == small  # read in one go: the source's bytes at once
+    # Read in many FUSE reads: the poisoned bytes of the first blocks were returned before the mismatch
+    # showed (and the kernel may keep their pages), so the file is EIO in this mount, never wrong bytes.
+    assert read_or_errno(revision / "big.bin") == errno.EIO
+    assert read_or_errno(revision / "big.bin") == errno.EIO
+    [record] = records(mnt)
+    log = Path(record["log_file"]).read_text()
+    assert "did not match the manifest hash" in log and "the source's bytes match" in log and "Traceback" not in log
+    unmount(mnt)
+    again = mount(f"s3://{registry}")  # the wrong copy was dropped: a new mount reads the source's bytes
+    assert cat(again / f".packages/team/data/@{top_hash}/big.bin") == big
+    unmount(again)
+    for key, data in ((hash_key(small), small), (hash_key(big), big)):  # only the right bytes are left
+        for block, (_, _, size, crc) in blocks_of(own_disk_cache, key).items():
+            assert crc == zlib.crc32(data[block * BLOCK:(block + 1) * BLOCK]), (key, block)
+    assert_consistent(own_disk_cache)
+
+
+def test_a_wrong_source_does_not_spoil_a_good_copy_with_the_same_hash(s3, new_bucket, mount, own_disk_cache):
+    registry = new_bucket()
+    right = payload(31, 2 * MiB + 7)
+    wrong = bytearray(right)
+    wrong[100] ^= 1  # a flipped bit, in the first block
+    bad = put_package(s3, registry, "bad/pkg", {"f.bin": (f"s3://{registry}/bad/f.bin", right)},
+                      stored={"f.bin": bytes(wrong)})
+    good = put_package(s3, registry, "good/pkg", {"f.bin": (f"s3://{registry}/good/f.bin", right)})
+    first = mount(f"s3://{registry}")
+    # A partial read is not verified: the wrong first block is written under the content hash, but pending
+    # (its entry was never checked whole), so it is never served.
+    assert read_in_order(first / f".packages/bad/pkg/@{bad}/f.bin", limit=BLOCK + 1)[100] == wrong[100]
+    unmount(first)
+    assert zlib.crc32(bytes(wrong[:BLOCK])) == blocks_of(own_disk_cache, hash_key(right))[0][3]
+    assert sqlite3.connect(own_disk_cache / "index.sqlite").execute(
+        "SELECT count(*) FROM blocks WHERE pending IS NULL").fetchone() == (0,)
+
+    second = mount(f"s3://{registry}")
+    good_file, bad_file = (second / f".packages/{name}/@{top}/f.bin" for name, top in (("good/pkg", good),
+                                                                                       ("bad/pkg", bad)))
+    outcome = read_or_errno(good_file)
+    assert outcome in (right, errno.EIO), "wrong bytes" if isinstance(outcome, bytes) else os.strerror(outcome)
+    assert cat(good_file) == right
+    # The wrong source read whole: EIO, or the right bytes if they all come from the (now right) cache; never
+    # the wrong ones.
+    assert read_or_errno(bad_file) in (right, errno.EIO)
+    assert cat(good_file) == right
+    unmount(second)
+    for block, (_, _, _, crc) in blocks_of(own_disk_cache, hash_key(right)).items():
+        assert crc == zlib.crc32(right[block * BLOCK:(block + 1) * BLOCK]), block
+    assert_consistent(own_disk_cache)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A mount costs the same whatever is cached
+
+
+IN_ACCESS, IN_OPEN = 0x1, 0x20
+
+
+class DirectoryWatch:
+    """inotify on directories: every open of one of them (a listing) or of a file in it, and every read."""
+
+    def __init__(self, directories: list[Path]) -> None:
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1")
+        self._names: dict[int, Path] = {}
+        for directory in directories:
+            watch = self._libc.inotify_add_watch(self.fd, os.fsencode(directory), IN_ACCESS | IN_OPEN)
+            if watch < 0:
+                raise OSError(ctypes.get_errno(), f"inotify_add_watch {directory}")
+            self._names[watch] = directory
+
+    def events(self) -> list[tuple[Path, str]]:
+        """(directory, name of the file in it or '' for the directory itself) of what happened since."""
+        found = []
+        while True:
+            try:
+                buffer = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                return found
+            offset = 0
+            while offset < len(buffer):
+                watch, _, _, length = struct.unpack_from("iIII", buffer, offset)
+                name = buffer[offset + 16:offset + 16 + length].rstrip(b"\0").decode()
+                found.append((self._names.get(watch, Path("?")), name))
+                offset += 16 + length
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def test_a_mount_never_walks_the_cache(s3, new_bucket, mount, own_disk_cache):
+    bucket = new_bucket()
+    data = payload(40, 2 * MiB + 40)
+    s3.put_object(Bucket=bucket, Key="f.bin", Body=data)
+    first = mount(f"s3://{bucket}")
+    assert read_in_order(first / "f.bin") == data
+    unmount(first)
+    filler = DiskCache(str(own_disk_cache))  # and a thousand more blocks, from another source
+    try:
+        for number in range(1000):
+            assert filler.put(f"hash:SHA256:{number:064x}", 0, number.to_bytes(4, "big") * 16, "s3://other",
+                              wait=True)
+        filler.flush()
+    finally:
+        filler.close()
+    blocks = own_disk_cache / "blocks"
+    directories = sorted(path for path in blocks.iterdir() if path.is_dir())
+    assert len(directories) > 200 and len(rows(own_disk_cache)) == 1000 + blocks_in(len(data))
+
+    watch = DirectoryWatch([blocks, *directories])
+    try:
+        mnt = mount(f"s3://{bucket}")
+        assert os.listdir(mnt) == ["f.bin"] and (mnt / "f.bin").stat().st_size == len(data)
+        [record] = records(mnt)  # a second's worth of status records: the daemon is well past its start
+        assert record["cache"]["disk_used"] == setting(own_disk_cache, "bytes")
+        assert watch.events() == []  # neither blocks/ nor any of its directories was listed or opened in
+        assert cat(mnt / "f.bin") == data
+        opened = watch.events()
+        cached = blocks_of(own_disk_cache, '"f.bin"')
+        # The watch sees what a read does: the three block files of f.bin, opened and read; nothing else.
+        assert {name for _, name in opened} == {file for _, file, _, _ in cached.values()}
+    finally:
+        watch.close()
+    [record] = records(mnt)
+    assert s3_reads(record) == (0, 0)
