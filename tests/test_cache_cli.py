@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -351,11 +352,12 @@ def test_the_verbs_on_a_real_mount(mount, bucket, s3, own_disk_cache):
     result = run_cli("cache", "verify")
     assert result.stdout.startswith(f"verified {own_disk_cache}: 2 blocks checked (")
 
-    result = run_cli("cache", "prune", "--to", "100K")
-    assert result.returncode == 0 and "removed 1 block" in result.stdout, result
-    assert json.loads(run_cli("cache", "status", "--json").stdout)["used"] <= 100 << 10
+    result = run_cli("cache", "prune", "--to", "100K")  # the 1 MiB block goes; the 12,345-byte one first if older
+    assert result.returncode == 0 and re.search(r"removed (1 block|2 blocks) ", result.stdout), result
+    left = json.loads(run_cli("cache", "status", "--json").stdout)
+    assert left["used"] in (0, 12345) and left["blocks"] == (left["used"] > 0)
     result = run_cli("cache", "clear")
-    assert result.returncode == 0 and result.stdout.startswith(f"cleared {own_disk_cache}: removed 1 block")
+    assert result.returncode == 0 and result.stdout.startswith(f"cleared {own_disk_cache}: removed "), result
     report = json.loads(run_cli("cache", "status", "--json").stdout)
     assert (report["used"], report["blocks"], report["sources"]) == (0, 0, [])
     assert block_files(own_disk_cache) == []
