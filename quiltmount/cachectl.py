@@ -16,14 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from quiltmount import state
 from quiltmount.errors import UserError
-from quiltmount.units import format_size
+from quiltmount.units import BLOCK_SIZE, format_size
 
 if TYPE_CHECKING:
     from quiltmount.cache.disk import DiskCache
-
-#: The size of the blocks mounts cache (`quiltmount.fs.readahead.DEFAULT_BLOCK_SIZE`): block i of a key holds
-#: its bytes [i * BLOCK_SIZE, (i + 1) * BLOCK_SIZE), so a key's last block alone may be shorter.
-BLOCK_SIZE = 1 << 20
 
 KIND_NAMES = {"object": "bucket objects", "package": "package entries"}
 

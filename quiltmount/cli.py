@@ -188,7 +188,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         source=_with_package(source, args.package),
         mountpoint=os.path.abspath(args.mountpoint), read_only=args.read_only,
         cache_dir=os.path.abspath(args.cache_dir) if args.cache_dir else None,
-        disk_cache_size=args.disk_cache_size, disk_cache_dir=os.path.abspath(args.disk_cache_dir or disk_cache_dir()),
+        disk_cache_size=args.disk_cache_size, disk_cache_dir=_cache_root(args),
         memory_cache_size=args.memory_cache_size,
         metadata_ttl=args.metadata_ttl, uid=args.uid, gid=args.gid, file_mode=args.file_mode,
         dir_mode=args.dir_mode, allow_other=args.allow_other,
@@ -489,17 +489,21 @@ def cmd_cache_verify(args: argparse.Namespace) -> int:
     from quiltmount import cachectl
 
     root = _cache_root(args)
-    progress = None
+    bar = None
     if sys.stderr.isatty() and cachectl.exists(root):
         from tqdm import tqdm
 
-        progress = tqdm(desc="verifying", unit=" blocks", file=sys.stderr)
+        bar = tqdm(desc="verifying", unit=" blocks", file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
     try:
-        report = cachectl.verify(root, None if progress is None else lambda done, total: (
-            setattr(progress, "total", total), progress.update(done - progress.n)))
+        report = cachectl.verify(root, None if bar is None else progress)
     finally:
-        if progress is not None:
-            progress.close()
+        if bar is not None:
+            bar.close()
     if args.json:
         print(json.dumps(report if report is not None else {"dir": root, "exists": False}, indent=2,
                          sort_keys=True))

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from quiltmount import state
 from quiltmount.errors import QuiltException
-from quiltmount.fs.prefetch import ADD, CANCEL, PREFIX, PROGRESS, WAIT
+from quiltmount.fs.prefetch import ADD, CANCEL, MAX_FAILURES, PREFIX, PROGRESS, WAIT
 from quiltmount.units import format_size
 
 if TYPE_CHECKING:
@@ -31,8 +31,6 @@ if TYPE_CHECKING:
 PROGRESS_INTERVAL = 0.25
 #: Counts summed over the jobs of several mounts.
 COUNTS = ("files", "bytes", "cached", "cached_bytes", "fetched", "fetched_bytes", "skipped", "errors", "requests")
-#: Failures a summary names (its `errors` counts all of them).
-MAX_FAILURES = 20
 
 
 class _Job:
@@ -151,11 +149,9 @@ def prefetch(paths: Sequence[str] | str, progress: Callable[[dict[str, Any]], No
         for waiter in waiters:
             waiter.start()
         while any(waiter.is_alive() for waiter in waiters):
-            if progress is None:
-                _join(waiters, PROGRESS_INTERVAL)
-            else:
+            if progress is not None:
                 _report(jobs.values(), progress)
-                _join(waiters, PROGRESS_INTERVAL)
+            _join(waiters, PROGRESS_INTERVAL)
     except BaseException:  # KeyboardInterrupt too: the daemons stop working for nobody
         for job in jobs.values():
             if job.summary is None:

@@ -11,6 +11,8 @@ import re
 PART_SIZE = 8 << 20
 #: S3's limit on the parts of one multipart upload (quilt3 doubles its chunk while a file would need more).
 MAX_PARTS = 10_000
+#: The blocks the caches hold (memory and disk): block i of an object is its bytes [i, i + 1) x this size.
+BLOCK_SIZE = 1 << 20
 #: Parts in flight at once for all the uploads (and server-side copies) to one bucket, by default.
 PART_WORKERS = 8
 

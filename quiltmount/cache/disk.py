@@ -34,7 +34,7 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
 from cachetools import LRUCache
@@ -204,11 +204,15 @@ class DiskCache:
                 self._touched[(key, block)] = time.time()
         return data
 
+    def _read_file(self, file: str, size: int) -> bytes:
+        """A block file's bytes (one more than `size`, if it has more: grown files are damaged too)."""
+        with open(self._path(file), "rb") as handle:
+            return handle.read(size + 1)
+
     def _read_checked(self, key: str, block: int, file: str, size: int, crc: int) -> bytes | None:
         path = self._path(file)
         try:
-            with open(path, "rb") as handle:
-                data = handle.read(size + 1)
+            data = self._read_file(file, size)
         except FileNotFoundError:  # evicted by another process meanwhile, or removed by hand
             self._forget(key, block, file)
             return None
@@ -229,8 +233,7 @@ class DiskCache:
                 db.execute("DELETE FROM blocks WHERE key = ? AND block = ? AND file = ?", (key, block, file))
         except sqlite3.Error as exc:
             log.warning("disk cache: cannot update the index (%s)", exc)
-        with contextlib.suppress(OSError):
-            os.unlink(self._path(file))
+        self._unlink([file])
 
     def evict(self, key: str) -> int:
         """Drop every block of `key` (bytes that failed their content check); how many there were."""
@@ -243,9 +246,7 @@ class DiskCache:
         except sqlite3.Error as exc:
             log.warning("disk cache: cannot update the index (%s)", exc)
             return 0
-        for (file,) in rows:
-            with contextlib.suppress(OSError):
-                os.unlink(self._path(file))
+        self._unlink(file for (file,) in rows)
         return len(rows)
 
     def mark_checked(self, key: str, origin: str) -> None:
@@ -344,10 +345,8 @@ class DiskCache:
         except sqlite3.Error as exc:
             self._write_failed(exc)
             unused, replaced = [item[-1] for item in written], []
-        for file in unused + [old for (old,) in replaced]:  # (replaced: unchecked copies, a checked one came)
-            with contextlib.suppress(OSError):
-                os.unlink(self._path(file))
-        self._evict_over_cap()
+        self._unlink(unused + [old for (old,) in replaced])  # (replaced: unchecked copies, a checked one came)
+        self._shrink(None)
 
     def _write_file(self, data: Bytes) -> str | None:
         """A new block file holding `data`, durable before it gets its name; None if the disk refused."""
@@ -391,21 +390,31 @@ class DiskCache:
             log.warning("disk cache at %s turned off for this mount (%s): blocks are cached in memory only",
                         self.root, reason)
 
-    def _evict_over_cap(self) -> None:
-        """Remove least recently used blocks (of any mount) until the cache is within its cap."""
+    def _shrink(self, to: int | None) -> tuple[int, int]:
+        """Remove least recently used blocks (of any mount) until at most `to` bytes are cached (None: the
+        cap, read afresh in each transaction): (blocks, bytes) removed."""
+        removed = freed = 0
         while True:
             with self._writing() as db:
-                used, capacity = (dict(db.execute("SELECT name, value FROM settings").fetchall()).get(name, 0)
-                                  for name in ("bytes", "capacity"))
-                self._capacity = capacity
-                if used <= capacity:
-                    return
-                rows = self._delete_oldest(db, used - capacity)
-            for file in rows:
-                with contextlib.suppress(OSError):
-                    os.unlink(self._path(file))
-            if not rows:
-                return
+                settings = dict(db.execute("SELECT name, value FROM settings").fetchall())
+                used = settings["bytes"]
+                if to is None:
+                    self._capacity = settings["capacity"]
+                limit = self._capacity if to is None else to
+                if used <= limit:
+                    return removed, freed
+                files = self._delete_oldest(db, used - limit)
+                freed += used - db.execute("SELECT value FROM settings WHERE name = 'bytes'").fetchone()[0]
+            self._unlink(files)
+            removed += len(files)
+            if not files:
+                return removed, freed
+
+    def _unlink(self, files: Iterable[str]) -> None:
+        """Remove block files whose rows are gone (one already gone is no error)."""
+        for file in files:
+            with contextlib.suppress(OSError):
+                os.unlink(self._path(file))
 
     @staticmethod
     def _delete_oldest(db: sqlite3.Connection, excess: int) -> list[str]:
@@ -463,21 +472,7 @@ class DiskCache:
     def prune(self, to: int) -> tuple[int, int]:
         """Remove least recently used blocks until at most `to` bytes are cached: (blocks, bytes) removed."""
         self._flush_touches()
-        removed = freed = 0
-        while True:
-            with self._writing() as db:
-                used = db.execute("SELECT value FROM settings WHERE name = 'bytes'").fetchone()[0]
-                if used <= to:
-                    return removed, freed
-                rows = self._delete_oldest(db, used - to)
-                after = db.execute("SELECT value FROM settings WHERE name = 'bytes'").fetchone()[0]
-            for file in rows:
-                with contextlib.suppress(OSError):
-                    os.unlink(self._path(file))
-            removed += len(rows)
-            freed += used - after
-            if not rows:
-                return removed, freed
+        return self._shrink(to)
 
     def clear(self) -> tuple[int, int]:
         """Remove every block: (blocks, bytes) removed."""
@@ -604,8 +599,7 @@ class DiskCache:
     def _check_block(self, key: str, block: int, file: str, size: int, crc: int) -> tuple[str, bytes]:
         """("ok", bytes), ("damaged", b"") once dropped, or ("gone", b"") if the row went meanwhile."""
         try:
-            with open(self._path(file), "rb") as handle:
-                data = handle.read(size + 1)
+            data = self._read_file(file, size)
         except FileNotFoundError:
             row = self._row(key, block)
             if row is None or row[0] != file:

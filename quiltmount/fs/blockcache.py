@@ -63,13 +63,18 @@ class BlockCache:
         self.misses = 0
 
     def get(self, key: BlockKey) -> Block | None:
+        block = self.get_memory(key)
+        return block if block is not None else self.from_disk(key)
+
+    def get_memory(self, key: BlockKey) -> Block | None:
+        """The block if this mount's memory has it (a hit or a miss of the memory tier)."""
         with self._lock:
             data = self._memory.get(key)
             if data is not None:
                 self.hits += 1
-                return data
-            self.misses += 1
-        return self.from_disk(key)
+            else:
+                self.misses += 1
+            return data
 
     def in_memory(self, key: BlockKey) -> bool:
         with self._lock:

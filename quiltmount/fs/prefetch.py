@@ -187,7 +187,6 @@ class PrefetchJob:
         self.cached = self.cached_bytes = self.fetched = self.fetched_bytes = 0
         self.skipped = self.errors = self.requests = 0
         self.failures: list[dict[str, str]] = []
-        self.checked: list[Identity] = []  # large package files that matched their hash
         self.summary: dict[str, Any] | None = None
         self.finished: float | None = None
 
@@ -346,8 +345,6 @@ class Prefetcher:
         disk = self.disk
         assert disk is not None
         disk.flush()
-        for ident in job.checked:  # again, now that every block is written: one in a writer's hands when the
-            self.cache.checked(ident)  # file was checked may have been recorded as unchecked after it
         summary = job.make_summary(disk.capacity)
         with job.lock:
             job.summary = summary
@@ -385,19 +382,15 @@ class Prefetcher:
         return self._fetch_pool, self._list_pool
 
     # -- walking --------------------------------------------------------------------------------------
-    def _walk(self, job: PrefetchJob, path: str) -> None:
-        """A path the client added: a file, or a directory to list."""
+    def _walk(self, job: PrefetchJob, path: str, is_dir: bool | None = None) -> None:
+        """A path the client added (a file, or a directory), or a directory found while listing one."""
         try:
             if not job.stopped:
-                node = job.tree.lookup(path)
-                if node.is_dir:
+                node = None if is_dir else job.tree.lookup(path)
+                if node is None or node.is_dir:
                     self._list(job, path)
                 elif not node.is_link:
-                    job.found(node.size)
-                    try:
-                        self._file(job, path, node)
-                    except Exception as exc:
-                        job.failed(path, _reason(exc))
+                    self._found_file(job, path, node)
         except Exception as exc:
             job.failed(path, _reason(exc), file=False)
         finally:
@@ -411,24 +404,19 @@ class Prefetcher:
                 return
             path = f"{directory}/{name}" if directory else name
             if node.is_dir:
-                self._submit(job, self._pools()[1], self._walk_dir, job, path, listing=True)
+                self._submit(job, self._pools()[1], self._walk, job, path, True, listing=True)
             elif not node.is_link:
-                job.found(node.size)
-                try:
-                    if node.obj is None:  # revision listings give sizes only: the entry has its physical key
-                        node = job.tree.lookup(path)
-                    self._file(job, path, node)
-                except Exception as exc:
-                    job.failed(path, _reason(exc))
+                self._found_file(job, path, node)
 
-    def _walk_dir(self, job: PrefetchJob, directory: str) -> None:
+    def _found_file(self, job: PrefetchJob, path: str, node: Node) -> None:
+        """Count a file found and submit its GETs; its failure is the file's alone."""
+        job.found(node.size)
         try:
-            if not job.stopped:
-                self._list(job, directory)
+            if node.obj is None:  # revision listings give sizes only: the entry has its physical key
+                node = job.tree.lookup(path)
+            self._file(job, path, node)
         except Exception as exc:
-            job.failed(directory, _reason(exc), file=False)
-        finally:
-            job.end(listing=True)
+            job.failed(path, _reason(exc))
 
     def _file(self, job: PrefetchJob, path: str, node: Node) -> None:
         """Submit GETs for the blocks of a file (counted by `job.found`) that the disk cache lacks."""
@@ -538,13 +526,11 @@ class Prefetcher:
 
     def _check_whole(self, file: _File, data: bytes) -> None:
         """A file fetched whole in one GET: its bytes must match its manifest hash before any is cached."""
-        from quiltmount.packages.manifest import make_hasher
+        from quiltmount.packages.manifest import hash_bytes
 
         assert file.expected_hash is not None
         hash_type, expected = file.expected_hash
-        hasher = make_hasher(hash_type, file.obj.size)
-        hasher.update(data)
-        if hasher.value() != expected:
+        if hash_bytes(hash_type, data) != expected:
             raise StorageError(f"content does not match the manifest hash ({hash_type} {expected}): not cached")
 
     def _store(self, job: PrefetchJob, file: _File, first: int, last: int, data: bytes) -> None:
@@ -589,8 +575,6 @@ class Prefetcher:
                                       "cached")
                 return
             self.cache.checked(file.ident)  # its blocks may be served, those still queued too
-            with job.lock:
-                job.checked.append(file.ident)
         job.file_done(obj.size, fetched=fetched)
 
     # -- life -----------------------------------------------------------------------------------------

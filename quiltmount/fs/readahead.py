@@ -17,10 +17,11 @@ from quiltmount.cache.keys import Identity, object_identity
 from quiltmount.errors import StorageError
 from quiltmount.fs.blockcache import Block, BlockCache
 from quiltmount.storage.base import ObjectInfo, ObjectStore
+from quiltmount.units import BLOCK_SIZE
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BLOCK_SIZE = 1 << 20
+DEFAULT_BLOCK_SIZE = BLOCK_SIZE
 #: Read-ahead fetches whole parts of this size on multiples of it, one GET each: few large requests (see
 #: README, "Why presigned URLs for reads").  A tuning of the read path, not the multipart part size
 #: (`units.PART_SIZE`), though equal to it: objects are read whatever part size they were uploaded in.
@@ -105,8 +106,8 @@ class BlockFetcher:
         first, last = offset // bs, (end - 1) // bs
         ident = object_identity(store, obj)
         blocks: dict[int, Block] = {}
-        for index in range(first, last + 1):
-            data = self.cache.get((ident, index))
+        for index in range(first, last + 1):  # those on disk are claimed and loaded below, by `_fetch_run`
+            data = self.cache.get_memory((ident, index))
             if data is not None:
                 blocks[index] = data
         if len(blocks) <= last - first:

@@ -15,8 +15,8 @@ A parent can have millions of entries, so it is never held in memory.  A commit 
    succeeded, and nothing that grows with the parent stays in memory: the changes, the rows they refer to
    (rename sources, replaced entries whose meta stays) and the directory metadata.
 2. the new files are uploaded (or found already in place: `_reuse_candidate`), their hashes taken from the
-   SHA-256 checksums of the bytes sent (S3; other stores: hashed after), and the spill is merged with the new entries, sorted the same way, into the new manifest, in a
-   local file, while its top hash is computed.
+   SHA-256 checksums of the bytes sent (S3; other stores: hashed after), and the spill is merged with the new
+   entries, sorted the same way, into the new manifest, in a local file, while its top hash is computed.
 
 Manifests quilt3 wrote are in tree order with their directory metadata first; any other layout is read whole
 instead (`Registry.load_manifest`), which is correct but holds it in memory.
