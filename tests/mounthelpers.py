@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from quiltmount.state import pid_alive
+
 CLI_TIMEOUT = 120
 
 
@@ -64,9 +66,7 @@ def force_unmount(mountpoint: Path) -> None:
         pid = int(record["pid"])
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+            if not pid_alive(pid):  # (an exited daemon waits for init to reap it: a zombie is gone)
                 break
             time.sleep(0.05)
         else:

@@ -6,6 +6,10 @@ ROOT/blocks/xx/NAME    the block's bytes, one file each (0600; directories 0700)
 ROOT/tmp/              blocks being written: fsync'd, then renamed into blocks/ and only then indexed
 ```
 
+A writer reserves room for the blocks it is about to write (a row in `reservations`, counted against the cap
+by every process, forgotten after RESERVATION_SECONDS if its process died) and evicts before it writes, so the
+files on disk stay within the cap even while many writers of many mounts fill the cache at once.
+
 Keys name immutable bytes (`cache/keys.py`): a package entry's content hash, or an object's version or ETag,
 so a block is valid for as long as it exists and the cache needs no invalidation.  The index lives in SQLite
 (WAL mode) so that concurrent daemons share one cap and one LRU order, and so that a mount costs the same
@@ -54,8 +58,12 @@ QUEUE_BYTES = 64 << 20
 QUEUE_WAIT = 5.0
 #: Threads writing blocks: an fsync each, so several overlap their waits.
 WRITERS = 3
-#: Blocks a writer takes at once: their files are written one by one, their rows in one transaction.
+#: Blocks a writer takes at once: their files are written one by one, their rows in one transaction.  A batch
+#: holds at most 1/BATCH_SHARE of the cap (and at least one block), so that small caps hold too.
 WRITE_BATCH = 8
+BATCH_SHARE = 16
+#: A reservation older than this no longer counts (its writer died, or its disk stalled).
+RESERVATION_SECONDS = 60.0
 #: Recorded uses written to the index at least this often (seconds), or when this many are waiting.
 TOUCH_SECONDS = 2.0
 TOUCH_BATCH = 4096
@@ -75,6 +83,7 @@ CREATE TABLE IF NOT EXISTS blocks (
     PRIMARY KEY (key, block)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS blocks_by_use ON blocks (used);
 CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS reservations (writer TEXT PRIMARY KEY, size INTEGER NOT NULL, since REAL NOT NULL);
 INSERT OR IGNORE INTO settings VALUES ('bytes', 0);
 CREATE TRIGGER IF NOT EXISTS blocks_added AFTER INSERT ON blocks
     BEGIN UPDATE settings SET value = value + NEW.size WHERE name = 'bytes'; END;
@@ -299,7 +308,11 @@ class DiskCache:
                         break
                 if not self._queue and self._closing:
                     return
-                batch = [self._queue.popleft() for _ in range(min(WRITE_BATCH, len(self._queue)))]
+                batch, size = [], 0
+                while self._queue and len(batch) < WRITE_BATCH and (
+                        not batch or size + len(self._queue[0][2]) <= self._capacity // BATCH_SHARE):
+                    batch.append(self._queue.popleft())
+                    size += len(batch[-1][2])
                 self._busy += bool(batch)
             if batch:
                 try:
@@ -314,24 +327,35 @@ class DiskCache:
             self._flush_touches_if_due()
 
     def _write_batch(self, batch: list[tuple[str, int, Bytes, str, str | None]]) -> None:
-        """Write the blocks' files (fsync'd, renamed into place), then index them in one transaction."""
-        written = []
-        for key, block, data, source, pending in batch:
-            if not self.enabled:
-                break
+        """Reserve room for the blocks, write their files (fsync'd, renamed into place), then index them and
+        drop the reservation in one transaction."""
+        wanted = []
+        for item in batch:
+            key, block, _, _, pending = item
             with self._reader_lock:
                 row = self._reader.execute("SELECT pending FROM blocks WHERE key = ? AND block = ?",
                                            (key, block)).fetchone()
-            if row is not None and (row[0] is None or pending is not None):
-                continue  # cached already (a checked copy, or another unchecked one)
+            if row is None or (row[0] is not None and pending is None):
+                wanted.append(item)  # (else cached already: a checked copy, or another unchecked one)
+        if not wanted or not self.enabled:
+            return
+        writer = f"{os.getpid()}:{threading.get_ident()}"
+        try:
+            self._shrink(None, reserve=(writer, sum(len(item[2]) for item in wanted)))
+        except sqlite3.Error as exc:
+            self._write_failed(exc)
+            return
+        written = []
+        for key, block, data, source, pending in wanted:
+            if not self.enabled:
+                break
             file = self._write_file(data)
             if file is not None:
                 written.append((key, block, data, source, pending, file))
-        if not written:
-            return
         unused, replaced = [], []
         try:
             with self._writing() as db:
+                db.execute("DELETE FROM reservations WHERE writer = ?", (writer,))
                 for key, block, data, source, pending, file in written:
                     with self._counts:  # in the transaction: a check recorded before it is seen here
                         if pending is not None and (key, pending) in self._checked:
@@ -390,24 +414,33 @@ class DiskCache:
             log.warning("disk cache at %s turned off for this mount (%s): blocks are cached in memory only",
                         self.root, reason)
 
-    def _shrink(self, to: int | None) -> tuple[int, int]:
+    def _shrink(self, to: int | None, *, reserve: tuple[str, int] | None = None) -> tuple[int, int]:
         """Remove least recently used blocks (of any mount) until at most `to` bytes are cached (None: the
-        cap, read afresh in each transaction): (blocks, bytes) removed."""
+        cap, read afresh in each transaction, less the room other writers reserved): (blocks, bytes) removed.
+        `reserve` (writer, size): make room for `size` more bytes and reserve it for that writer, in the
+        transaction that finds the room (or, if the cap is too small for it, once nothing is left to evict)."""
+        writer, room = reserve if reserve else ("", 0)
         removed = freed = 0
         while True:
             with self._writing() as db:
                 settings = dict(db.execute("SELECT name, value FROM settings").fetchall())
-                used = settings["bytes"]
                 if to is None:
                     self._capacity = settings["capacity"]
-                limit = self._capacity if to is None else to
-                if used <= limit:
-                    return removed, freed
-                files = self._delete_oldest(db, used - limit)
-                freed += used - db.execute("SELECT value FROM settings WHERE name = 'bytes'").fetchone()[0]
+                    limit = self._capacity - db.execute(
+                        "SELECT coalesce(sum(size), 0) FROM reservations WHERE since > ? AND writer != ?",
+                        (time.time() - RESERVATION_SECONDS, writer)).fetchone()[0]
+                else:
+                    limit = to
+                excess = settings["bytes"] + room - limit
+                files = self._delete_oldest(db, excess) if excess > 0 else []
+                cached = db.execute("SELECT value FROM settings WHERE name = 'bytes'").fetchone()[0]
+                freed += settings["bytes"] - cached
+                done = cached + room <= limit or not files
+                if done and reserve:
+                    db.execute("INSERT OR REPLACE INTO reservations VALUES (?, ?, ?)", (writer, room, time.time()))
             self._unlink(files)
             removed += len(files)
-            if not files:
+            if done:
                 return removed, freed
 
     def _unlink(self, files: Iterable[str]) -> None:
