@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import re
 from typing import Any
 
 from quiltmount.units import parse_size, parse_ttl
@@ -66,3 +68,19 @@ def json_value(text: str) -> Any:
         return json.loads(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+
+
+def timestamp(text: str) -> float:
+    """A moment as Unix seconds: from ISO 8601 with a time zone (`2026-12-07T03:15:00Z`, `...+01:00`, or basic
+    `20261207T031500Z`), or Unix seconds (digits)."""
+    if re.fullmatch(r"[0-9]+(\.[0-9]+)?", text):
+        return float(text)
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid time {text!r}: use ISO 8601, e.g. 2026-12-07T03:15:00Z, "
+                                         "or Unix seconds") from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"invalid time {text!r}: give its time zone, e.g. 2026-12-07T03:15:00Z "
+                                         "or 2026-12-07T04:15:00+01:00")
+    return moment.timestamp()

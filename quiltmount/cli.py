@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("mountpoint", metavar="MOUNTPOINT")
     mount.add_argument("-f", "--foreground", action="store_true", help="stay attached (containers, systemd)")
     mount.add_argument("--read-only", action="store_true", help="refuse every write with EROFS")
+    mount.add_argument("--as-of", type=argtypes.timestamp, metavar="TIMESTAMP",
+                       help="show the bucket as it was at TIMESTAMP (ISO 8601 with a time zone, e.g. "
+                            "2026-12-07T03:15:00Z, or Unix seconds), from its object versions; read-only")
     mount.add_argument("--sync-on-close", action="store_true",
                        help="close() returns only once the file is uploaded (default: uploads run in the background)")
     mount.add_argument("--upload-attempts", type=argtypes.positive, default=5, metavar="N",
@@ -85,11 +88,26 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--package", metavar="NS/NAME[@HASH|:TAG]",
                        help="mount one package revision (latest by default) at the root, read-only; its draft "
                             "is MOUNT/.draft (unless --read-only)")
+    mount.add_argument("--env-file", metavar="FILE",
+                       help="load KEY=VALUE lines (# comments, optional 'export ', quotes stripped) into the "
+                            "environment first, over what is set: credentials for mounts at boot (fstab, systemd)")
+    mount.add_argument("--stop-timeout", type=argtypes.non_negative, default=60, metavar="SECONDS",
+                       help="after SIGTERM, SIGINT or SIGHUP, how long pending uploads may still take before the "
+                            "daemon exits, leaving the rest staged for the next mount (60; below systemd's "
+                            "TimeoutStopSec, 90 by default)")
+    mount.add_argument("--noexec", action="store_true", help="do not allow executing files of the mount "
+                                                              "(mount(8)'s noexec; nosuid and nodev always apply)")
     mount.set_defaults(handler=cmd_mount)
 
     umount = commands.add_parser("umount", help="unmount, waiting for the daemon to finish")
     umount.add_argument("mountpoint", metavar="MOUNTPOINT")
     umount.set_defaults(handler=cmd_umount)
+
+    helper = commands.add_parser("install-mount-helper", help="link the mount.fuse.quiltmount helper where mount(8) "
+                                                              "looks for it, for mount -t fuse.quiltmount and fstab")
+    helper.add_argument("--dir", default="/sbin", help="where mount(8) looks for helpers (/sbin)")
+    helper.add_argument("--remove", action="store_true", help="remove the link instead")
+    helper.set_defaults(handler=cmd_install_mount_helper)
 
     packages = commands.add_parser("packages", help="list, inspect and delete Quilt packages")
     package_verbs = packages.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -183,10 +201,14 @@ def cmd_mount(args: argparse.Namespace) -> int:
     from quiltmount.daemon.launcher import MountOptions, start_background
     from quiltmount.storage import parse_source
 
+    if args.env_file:  # into this process's environment, which the daemon inherits: never on its argv
+        from quiltmount.envfile import load_env_file
+
+        os.environ.update(load_env_file(args.env_file))
     source = parse_source(args.source)  # fail fast on a bad SOURCE, before any process is started
     options = MountOptions(
         source=_with_package(source, args.package),
-        mountpoint=os.path.abspath(args.mountpoint), read_only=args.read_only,
+        mountpoint=os.path.abspath(args.mountpoint), read_only=args.read_only, as_of=args.as_of,
         cache_dir=os.path.abspath(args.cache_dir) if args.cache_dir else None,
         disk_cache_size=args.disk_cache_size, disk_cache_dir=_cache_root(args),
         memory_cache_size=args.memory_cache_size,
@@ -196,7 +218,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         profile=args.profile, region=args.region, endpoint_url=args.endpoint_url,
         sync_on_close=args.sync_on_close, upload_attempts=args.upload_attempts, search_limit=args.search_limit,
         kernel_cache_entries=args.kernel_cache_entries, api_key_env=args.api_key_env,
-        quilt_credentials=args.quilt_credentials, s3_timeout=args.s3_timeout)
+        quilt_credentials=args.quilt_credentials, s3_timeout=args.s3_timeout, noexec=args.noexec,
+        stop_timeout=args.stop_timeout)
     if args.foreground:
         from quiltmount.daemon.entry import run_mount
 
@@ -273,6 +296,13 @@ def _wait_for_daemon(path: str, pid: int, log_file: str | None) -> dict:
     finally:
         if progress is not None:
             progress.close()
+
+
+def cmd_install_mount_helper(args: argparse.Namespace) -> int:
+    from quiltmount.helperlink import install_helper, remove_helper
+
+    print(remove_helper(args.dir) if args.remove else install_helper(args.dir))
+    return 0
 
 
 def cmd_packages_list(args: argparse.Namespace) -> int:

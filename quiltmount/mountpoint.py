@@ -33,9 +33,14 @@ def is_fuse_mount(path: str) -> bool:
     return fstype.startswith("fuse")
 
 
+#: Where fuse3 installs fusermount3, searched after PATH: mount(8) runs its helpers with no PATH at all.
+FUSERMOUNT_DIRS = os.pathsep.join(("/usr/bin", "/bin", "/usr/local/bin"))
+
+
 def fusermount_command() -> str:
+    search = os.pathsep.join(filter(None, (os.environ.get("PATH"), FUSERMOUNT_DIRS)))
     for name in ("fusermount3", "fusermount"):
-        found = shutil.which(name)
+        found = shutil.which(name, path=search)
         if found:
             return found
     raise UserError("fusermount not found: install the Debian package 'fuse3' (apt-get install fuse3)")

@@ -23,6 +23,7 @@ from typing import IO
 
 from quiltmount.errors import UserError
 from quiltmount.paths import default_log_file
+from quiltmount.daemon.notify import notify
 from quiltmount.daemon.process import create_log_file
 from quiltmount.storage import Source
 from quiltmount.units import PART_WORKERS
@@ -43,6 +44,7 @@ class MountOptions:
     source: Source  # parsed once, by the command; the package of --package already in it
     mountpoint: str
     read_only: bool = False
+    as_of: float | None = None  # --as-of, in Unix seconds: the bucket as it was then, read-only
     cache_dir: str | None = None
     disk_cache_size: int | None = None  # None: the shared cache's cap; 0: no disk cache for this mount
     disk_cache_dir: str | None = None  # None: paths.disk_cache_dir()
@@ -65,6 +67,8 @@ class MountOptions:
     kernel_cache_entries: int = 65_536
     quilt_credentials: bool = False
     api_key_env: str | None = None  # the *name* of the variable: the key itself never enters argv or a file
+    noexec: bool = False  # the kernel's noexec mount flag (nosuid and nodev are always set)
+    stop_timeout: float = 60.0  # after SIGTERM/SIGINT/SIGHUP: seconds left to pending uploads (see stopping.py)
     # Threads of each pool:
     fetch_workers: int = 16  # ranged GETs: read-ahead and cache misses
     lookup_workers: int = 8  # HEADs of names missing from a listing
@@ -132,16 +136,19 @@ def await_word(pipe: IO[bytes], timeout: float) -> str | None:
 
 
 class ReadySignal:
-    """The daemon's side of the ready pipe (or nothing when running in the foreground)."""
+    """The daemon's side of the ready pipe (None in the foreground), and systemd's readiness notification
+    (`notify`: only where NOTIFY_SOCKET is set, i.e. `mount --foreground` in a `Type=notify` unit)."""
 
     def __init__(self, fd: int | None) -> None:
         self.fd = fd
         self._lock = threading.Lock()
 
-    def ready(self) -> None:
+    def ready(self, status: str = "mounted") -> None:
+        notify("READY=1", f"STATUS={status}")
         self._send(READY)
 
     def fail(self, reason: str) -> None:
+        notify(f"STATUS={reason}")
         self._send(ERROR + reason)
 
     def _send(self, message: str) -> None:

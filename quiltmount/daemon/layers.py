@@ -1,8 +1,10 @@
 """The tree a mount serves: one package revision (with its package's draft in `.draft` unless --read-only),
-or the bucket (writable unless --read-only) with its `.packages` and `.search` views."""
+or the bucket (writable unless --read-only or --as-of; as it was at a moment with --as-of) with its
+`.packages` and `.search` views and the `.versions` of its files."""
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -15,12 +17,16 @@ from quiltmount.fs.packagetree import PackagesTree, RevisionTree
 from quiltmount.fs.searchtree import SearchTree
 from quiltmount.fs.staging import StagingArea
 from quiltmount.fs.tree import BucketTree
+from quiltmount.fs.versions import VersionsTree
 from quiltmount.daemon.launcher import MountOptions
 from quiltmount.daemon.stack import bucket_search
 from quiltmount.packages.registry import Registry
 from quiltmount.paths import index_dir
 from quiltmount.storage import ObjectStore, Source
+from quiltmount.storage.asof import AsOfStore, format_moment
 from quiltmount.storage.stores import StoreSet
+
+log = logging.getLogger("quiltmount")
 
 
 #: Where a single-package mount shows its package's draft.
@@ -42,7 +48,8 @@ class Layers:
 def build_layers(source: Source, store: ObjectStore, stores: StoreSet, cache_dir: str,
                  options: MountOptions) -> Layers:
     """The layers for `source`; a writable bucket first recovers what a previous mount left staged."""
-    read_only = options.read_only
+    past = None if options.as_of is None else _as_of(source, store, options.as_of)
+    read_only = options.read_only or past is not None
     packages = PackagesTree(Registry(store, source.registry_url), stores, index_dir=index_dir(),
                             metadata_ttl=options.metadata_ttl,
                             drafts_dir=None if read_only else os.path.join(cache_dir, "drafts"))
@@ -53,16 +60,35 @@ def build_layers(source: Source, store: ObjectStore, stores: StoreSet, cache_dir
         draft = DraftView(packages, source.package_name, revision.top_hash)
         tree = MountTree(revision, {PACKAGE_DRAFT: draft}, reserved=frozenset({PACKAGE_DRAFT}))
         return Layers(tree, None, packages, read_only=False, immutable=False)
-    bucket = BucketTree(store, source.prefix, metadata_ttl=options.metadata_ttl,
+    shown = store if past is None else past
+    bucket = BucketTree(shown, source.prefix, metadata_ttl=options.metadata_ttl,
                         lookup_workers=options.lookup_workers)
     views = {".packages": packages, ".search": _search_view(source, options)}
     if read_only:
-        return Layers(MountTree(bucket, views), None, packages, read_only=True, immutable=False)
+        versions = VersionsTree(bucket, shown, source.prefix, metadata_ttl=options.metadata_ttl)
+        return Layers(MountTree(bucket, views, versions=versions), None, packages, read_only=True, immutable=False)
     writes = WritableBucketTree(bucket, StagingArea(os.path.join(cache_dir, "staging")),
                                 sync_on_close=options.sync_on_close, upload_attempts=options.upload_attempts,
                                 upload_workers=options.upload_workers)
     writes.recover()
-    return Layers(MountTree(writes, views), writes, packages, read_only=False, immutable=False)
+    versions = VersionsTree(writes, store, source.prefix, metadata_ttl=options.metadata_ttl)
+    return Layers(MountTree(writes, views, versions=versions), writes, packages, read_only=False, immutable=False)
+
+
+def _as_of(source: Source, store: ObjectStore, moment: float) -> AsOfStore:
+    """The bucket as it was at `moment` (--as-of), once one listing of its versions has worked."""
+    if source.package:
+        raise UserError("--as-of shows a bucket as it was; a package revision never changes: "
+                        "mount it without --as-of")
+    if source.scheme != "s3":
+        raise UserError(f"--as-of needs an S3 bucket: {source.location} is a local directory, which keeps "
+                        "no object versions")
+    try:
+        next(store.list_versions(source.prefix), None)
+    except StorageError as exc:
+        raise UserError(f"--as-of needs the bucket's object versions: {exc}") from None
+    log.info("showing %s as of %s, read-only", source.url, format_moment(moment))
+    return AsOfStore(store, moment)
 
 
 def _package_revision(packages: PackagesTree, spec: str) -> RevisionTree:

@@ -21,6 +21,7 @@ from quiltmount.fs.prefetch import Prefetcher
 from quiltmount.fs.readahead import BlockFetcher
 from quiltmount.fs.tree import ttl_for_kernel
 from quiltmount.daemon.launcher import READY_TIMEOUT, MountOptions, ReadySignal
+from quiltmount.daemon.stopping import Stopper
 from quiltmount.daemon.stack import stack_session, use_api_key
 from quiltmount.daemon.layers import build_layers
 from quiltmount.paths import default_cache_dir, disk_cache_dir, make_private_dir
@@ -36,9 +37,10 @@ log = logging.getLogger("quiltmount")
 IMMUTABLE_KERNEL_TTL = 24 * 3600.0
 
 
-def serve(options: MountOptions, log_file: str, signal: ReadySignal) -> int:
-    """Mount `options.source` and serve it until unmounted; `signal` gets READY once the mount is live.
-    Returns the exit status; what the user can fix raises `UserError`."""
+def serve(options: MountOptions, log_file: str, signal: ReadySignal, stopper: Stopper) -> int:
+    """Mount `options.source` and serve it until unmounted (or stopped by a signal: `stopper`); `signal` gets
+    READY once the mount is live.  Returns the exit status: 0, or 1 if files are left staged; what the user
+    can fix raises `UserError`."""
     os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
     from quiltmount.fs.binding import FUSE, CallCounts, KernelCacheTrim  # loads libfuse: only when mounting
     from quiltmount.fs.operations import AttrPolicy, MountOperations
@@ -93,14 +95,24 @@ def serve(options: MountOptions, log_file: str, signal: ReadySignal) -> int:
     }
     if options.allow_other:
         fuse_options["allow_other"] = True
+    if options.noexec:
+        fuse_options["noexec"] = True
     log.info("quiltmount %s mounting %s at %s (log %s)", __version__, source.url, mountpoint, log_file)
+    writes = layers.writes
+
+    def report_staged(unfinished: bool) -> int:
+        return 0 if writes is None else _report_staged(writes, mountpoint, unfinished)
+
+    stopper.serving(mountpoint, report_staged)
     try:
         FUSE(operations, mountpoint, calls=calls, trim=trim, foreground=True, nothreads=False, **fuse_options)
     except RuntimeError as exc:
         raise UserError(f"cannot mount {mountpoint}: libfuse error {exc} (details in {log_file})") from None
     finally:
-        if layers.writes is not None:
-            _finish_uploads(layers.writes, mountpoint)
+        stopper.loop_ended()
+        if writes is not None:
+            _finish_uploads(writes)
+        left = stopper.final_report()
         stop.set()
         state.remove_record(mountpoint)
         files.close()
@@ -111,7 +123,7 @@ def serve(options: MountOptions, log_file: str, signal: ReadySignal) -> int:
         layers.tree.close()
         stores.close()
     log.info("unmounted %s", mountpoint)
-    return 0
+    return 1 if left else 0
 
 
 def _open_disk_cache(options: MountOptions) -> DiskCache | None:
@@ -146,17 +158,24 @@ def _go_live(status: StatusRecord, operations: MountOperations, signal: ReadySig
     # requests, scan only what came since.
     gc.freeze()
     log.info("mounted %s at %s (cache %s)", status.source_url, mountpoint, status.cache_dir)
-    signal.ready()
+    signal.ready(f"mounted {status.source_url} at {mountpoint}")
     status.keep_writing(operations, stop)
 
 
-def _finish_uploads(writes: WritableBucketTree, mountpoint: str) -> None:
-    """After unmount: wait for every staged upload, then leave `umount` a report of what is still staged."""
+def _finish_uploads(writes: WritableBucketTree) -> None:
+    """After unmount: wait for every staged upload (a stop signal bounds the wait: `Stopper`)."""
     pending = writes.uploader.pending()
     if pending:
         log.info("unmounted; finishing %d pending upload(s)", pending)
     writes.uploader.drain()
+
+
+def _report_staged(writes: WritableBucketTree, mountpoint: str, unfinished: bool) -> int:
+    """Log every file still staged and leave their list for `umount`; return how many.  `unfinished`: the
+    daemon stops before its uploads are done (--stop-timeout), so those still running are listed too."""
     stats = writes.stats()
-    state.write_report(mountpoint, {"failed_uploads": stats["failed_uploads"], "stranded": stats["stranded"]})
-    for failure in stats["failed_uploads"]:
+    failed = stats["failed_uploads"] + (writes.unfinished() if unfinished else [])
+    state.write_report(mountpoint, {"failed_uploads": failed, "stranded": stats["stranded"]})
+    for failure in failed:
         log.error("not uploaded: %s (staged at %s): %s", failure["key"], failure["staged"], failure["error"])
+    return len(failed) + len(stats["stranded"])

@@ -9,6 +9,7 @@ from typing import Protocol
 from quiltmount.errors import NotFound, StorageError
 from quiltmount.fs.node import Node, Tree
 from quiltmount.fs.tree import RESERVED_ROOT_NAMES
+from quiltmount.fs.versions import VersionsTree, versions_path
 
 
 class MountControl(Protocol):
@@ -45,16 +46,19 @@ class _Reserved(Tree):
 
 class MountTree(Tree):
     """Routes the reserved names (`.packages/...` and `.search/...` in a bucket mount, `.draft/...` in a
-    package's) to their views and everything else to the bucket.
+    package's) to their views, bucket paths through a `.versions` directory to `versions` (when given), and
+    everything else to the bucket.
 
     The reserved names answer lookups but are never listed, so `find`, `du` and `rsync` see only the bucket.
     A `control` (set by `with_control`) answers its extended attributes on every path.
     """
 
-    def __init__(self, bucket: Tree, views: dict[str, Tree], reserved: frozenset[str] = RESERVED_ROOT_NAMES) -> None:
+    def __init__(self, bucket: Tree, views: dict[str, Tree], reserved: frozenset[str] = RESERVED_ROOT_NAMES,
+                 versions: VersionsTree | None = None) -> None:
         assert set(views) <= reserved
         self.bucket = bucket
         self.views = {name: views.get(name) or _Reserved() for name in reserved}
+        self.versions = versions
         self.control: MountControl | None = None
 
     def _route(self, path: str) -> tuple[Tree, str]:
@@ -62,6 +66,8 @@ class MountTree(Tree):
         view = self.views.get(first)
         if view is not None:
             return view, rest
+        if self.versions is not None and versions_path(path) is not None:
+            return self.versions, path
         return self.bucket, path
 
     def lookup(self, path: str) -> Node:
@@ -70,7 +76,10 @@ class MountTree(Tree):
 
     def readdir(self, path: str) -> dict[str, Node]:
         tree, inner = self._route(path)
-        return tree.readdir(inner)
+        entries = tree.readdir(inner)
+        if tree is self.bucket and self.versions is not None:
+            self.versions.hide(inner, entries)
+        return entries
 
     def readlink(self, path: str) -> str:
         tree, inner = self._route(path)
@@ -97,6 +106,8 @@ class MountTree(Tree):
         old_tree, old_inner = self._route(old)
         new_tree, new_inner = self._route(new)
         if old_tree is not new_tree:
+            if self.versions is not None and self.versions in (old_tree, new_tree):
+                raise StorageError(f"{old} -> {new}: object versions are read-only", errno.EROFS)
             raise StorageError(f"{old} -> {new}: cannot move between the bucket and a view", errno.EXDEV)
         old_tree.rename(old_inner, new_inner)
 

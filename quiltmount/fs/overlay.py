@@ -274,6 +274,20 @@ class WritableBucketTree(Tree):
                 "stranded": [{"key": staged.key, "staged": self.staging.data_path(staged)}
                              for staged in self.stranded]}
 
+    def unfinished(self) -> list[dict]:
+        """Staged files neither uploaded nor reported failed: uploads queued or running, and files still open
+        for writing; what a daemon that stops before its uploads end leaves staged (the next mount uploads
+        the closed ones)."""
+        failed = {staged.id for staged in self.uploader.failures()}
+        with self._lock:
+            writing = [dirty.staged for dirty in self._dirty.values() if dirty.writers > 0]
+        left = {staged.id: (staged, "still open for writing") for staged in writing}
+        for staged in self.uploader.unfinished():
+            if staged.id not in failed:
+                left.setdefault(staged.id, (staged, "upload not finished"))
+        return [{"key": staged.key, "staged": self.staging.data_path(staged),
+                 "error": f"{why} when the daemon stopped"} for staged, why in left.values()]
+
     def close(self) -> None:
         self._streams.close()  # files still open at unmount: their staged bytes stay, their parts go
         self.uploader.close()

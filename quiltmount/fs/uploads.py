@@ -198,6 +198,11 @@ class Uploader:
         with self._lock:
             return staged.id in self._uploads
 
+    def unfinished(self) -> list[StagedFile]:
+        """Files whose upload is queued or running."""
+        with self._lock:
+            return [upload.staged for upload in self._uploads.values()]
+
     def failures(self) -> list[StagedFile]:
         with self._lock:
             return [failure.staged for failure in self._failed.values()]

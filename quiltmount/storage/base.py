@@ -7,13 +7,14 @@ mix bytes of two versions: a backend raises `ObjectChanged` instead.
 
 from __future__ import annotations
 
+import errno
 import io
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
-from quiltmount.errors import StorageError
+from quiltmount.errors import NotFound, StorageError
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,38 @@ class ObjectInfo:
     version_id: str | None = None
     content_hash: str | None = None
     checksum_sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class ObjectVersion:
+    """One version of a key as a version listing reports it: an object, or a delete marker (`deleted`)."""
+
+    key: str
+    #: "null" for the object written while the bucket's versioning was off (or never on).
+    version_id: str
+    mtime: float
+    #: The key's current version (when it was listed).
+    is_latest: bool
+    deleted: bool = False
+    size: int = 0
+    etag: str = ""
+
+    def info(self) -> ObjectInfo:
+        """This version as an object whose reads are pinned to it.
+
+        The current "null" version is pinned by its ETag, without a version id: S3 takes `VersionId=null`, but
+        some S3-compatible servers refuse it (moto, on HEAD)."""
+        pinned = None if self.version_id == "null" and self.is_latest else self.version_id
+        return ObjectInfo(self.key, self.size, self.mtime, self.etag, pinned)
+
+
+@dataclass
+class VersionPage:
+    """One page of a delimiter listing of versions: the versions and delete markers of the keys directly under
+    the prefix (in key order, each key's newest first) and the child prefixes (ending in /)."""
+
+    versions: list[ObjectVersion] = field(default_factory=list)
+    prefixes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -153,6 +186,20 @@ class ObjectStore(ABC):
     @abstractmethod
     def copy_object(self, source_key: str, key: str) -> ObjectInfo:
         """Copy an object inside the store (server-side where the store can)."""
+
+    def list_versions(self, prefix: str) -> Iterator[VersionPage]:
+        """Yield pages of every version and delete marker of the keys directly under `prefix` ('' or ending
+        in '/'), and the child prefixes.  The default: the store keeps no versions (ENOTSUP)."""
+        raise StorageError(f"{self.name}: keeps no object versions", errno.ENOTSUP)
+
+    def object_versions(self, key: str) -> list[ObjectVersion]:
+        """Every version and delete marker of `key`, newest first; [] if it never had one.  The default, for
+        a store that keeps no versions: its current object, as version "null"."""
+        try:
+            obj = self.head(key)
+        except NotFound:
+            return []
+        return [ObjectVersion(key, "null", obj.mtime, True, size=obj.size, etag=obj.etag)]
 
     def part_upload(self, key: str, path: str) -> PartUpload | None:
         """A multipart upload of local file `path` to `key` that can take parts while the file is still

@@ -5,9 +5,11 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from typing import IO
+from typing import IO, TypeVar
 
-from quiltmount.storage.base import ListPage, ObjectInfo, ObjectStore, PartUpload
+from quiltmount.storage.base import ListPage, ObjectInfo, ObjectStore, ObjectVersion, PartUpload, VersionPage
+
+Page = TypeVar("Page")
 
 
 class RequestStats:
@@ -56,8 +58,8 @@ class CountingStore(ObjectStore):
     def check_access(self) -> None:
         self.inner.check_access()
 
-    def list_dir(self, prefix: str) -> Iterator[ListPage]:
-        pages = self.inner.list_dir(prefix)
+    def _pages(self, pages: Iterator[Page]) -> Iterator[Page]:
+        """A paginated listing's pages, each counted as one `list` request."""
         while True:
             self._begin(None)  # the request count is known only once a page arrives
             page = None
@@ -68,6 +70,19 @@ class CountingStore(ObjectStore):
             if page is None:
                 return
             yield page
+
+    def list_dir(self, prefix: str) -> Iterator[ListPage]:
+        yield from self._pages(self.inner.list_dir(prefix))
+
+    def list_versions(self, prefix: str) -> Iterator[VersionPage]:
+        yield from self._pages(self.inner.list_versions(prefix))
+
+    def object_versions(self, key: str) -> list[ObjectVersion]:
+        self._begin("list")
+        try:
+            return self.inner.object_versions(key)
+        finally:
+            self._end()
 
     def head(self, key: str, *, checksum: bool = False) -> ObjectInfo:
         self._begin("head")

@@ -21,7 +21,7 @@ from s3transfer.utils import ReadFileChunk
 
 from quiltmount.errors import AccessDenied, NotFound, ObjectChanged, StorageError, UserError
 from quiltmount.retry import call_with_retries
-from quiltmount.storage.base import ListPage, ObjectInfo, ObjectStore, ObjectStream
+from quiltmount.storage.base import ListPage, ObjectInfo, ObjectStore, ObjectStream, ObjectVersion, VersionPage
 from quiltmount.storage.presigned import PresignedRanges
 from quiltmount.units import PART_SIZE, PART_WORKERS
 
@@ -187,6 +187,31 @@ class S3Store(ObjectStore):
                 )
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise self._fail("list", prefix, exc) from exc
+
+    def list_versions(self, prefix: str) -> Iterator[VersionPage]:
+        """ListObjectVersions with `Delimiter='/'`: every version under `prefix` is listed, so the cost grows
+        with the history kept there.  `prefix` may also be a whole key (`object_versions`)."""
+        paginator = self.client.get_paginator("list_object_versions")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
+                versions = [_version(item, deleted=False) for item in page.get("Versions", ())]
+                versions += [_version(item, deleted=True) for item in page.get("DeleteMarkers", ())]
+                # boto3 hands versions and delete markers apart: back into S3's order (stable, so versions
+                # of one second keep theirs; a delete marker and a version of one second are told apart only
+                # by which is current).
+                versions.sort(key=lambda version: (version.key, -version.mtime, not version.is_latest))
+                yield VersionPage(versions, [item["Prefix"] for item in page.get("CommonPrefixes", ())])
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise self._fail("list versions", prefix, exc) from exc
+
+    def object_versions(self, key: str) -> list[ObjectVersion]:
+        found: list[ObjectVersion] = []
+        for page in self.list_versions(key):
+            mine = [version for version in page.versions if version.key == key]
+            found += mine
+            if len(mine) < len(page.versions) or page.prefixes:
+                break  # longer keys sort after `key`: its versions are all listed
+        return found
 
     def head(self, key: str, *, checksum: bool = False) -> ObjectInfo:
         try:
@@ -377,6 +402,12 @@ def _sha256_of_range(path: str, start: int, size: int) -> tuple[str, int]:
             digest.update(view[:count])
             length += count
     return base64.b64encode(digest.digest()).decode(), length
+
+
+def _version(item: dict, *, deleted: bool) -> ObjectVersion:
+    """A `Versions` or `DeleteMarkers` item of ListObjectVersions."""
+    return ObjectVersion(item["Key"], str(item.get("VersionId") or "null"), item["LastModified"].timestamp(),
+                         bool(item.get("IsLatest")), deleted, int(item.get("Size", 0)), item.get("ETag", ""))
 
 
 def _uploaded_info(key: str, size: int, response: dict, checksum: str) -> ObjectInfo:
