@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="memory budget for cached blocks and read-ahead (default 512M)")
     mount.add_argument("--metadata-ttl", type=argtypes.ttl, default=10.0, metavar="SECONDS|indefinite",
                        help="how long listings and attributes are trusted (default 10)")
+    mount.add_argument("--negative-metadata-ttl", type=argtypes.ttl, metavar="SECONDS|indefinite",
+                       help="how long a name found missing (not in S3, or not in a listing) is trusted to be "
+                            "missing before S3 is asked again (default 1, or --metadata-ttl if shorter)")
     mount.add_argument("--uid", type=argtypes.id_number, help="owner of every file (default: the mounting user)")
     mount.add_argument("--gid", type=argtypes.id_number, help="group of every file (default: the mounting user's group)")
     mount.add_argument("--file-mode", type=argtypes.mode, default=0o644, metavar="MODE", help="file permissions (0644)")
@@ -97,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "TimeoutStopSec, 90 by default)")
     mount.add_argument("--noexec", action="store_true", help="do not allow executing files of the mount "
                                                               "(mount(8)'s noexec; nosuid and nodev always apply)")
+    mount.add_argument("--posix-metadata", action="store_true",
+                       help="keep modes, owners, times, symlinks, special files and extended attributes in each "
+                            "object's metadata, as s3fs-fuse does (costs a HEAD per object listed)")
     mount.set_defaults(handler=cmd_mount)
 
     umount = commands.add_parser("umount", help="unmount, waiting for the daemon to finish")
@@ -212,14 +218,15 @@ def cmd_mount(args: argparse.Namespace) -> int:
         cache_dir=os.path.abspath(args.cache_dir) if args.cache_dir else None,
         disk_cache_size=args.disk_cache_size, disk_cache_dir=_cache_root(args),
         memory_cache_size=args.memory_cache_size,
-        metadata_ttl=args.metadata_ttl, uid=args.uid, gid=args.gid, file_mode=args.file_mode,
+        metadata_ttl=args.metadata_ttl, negative_metadata_ttl=args.negative_metadata_ttl,
+        uid=args.uid, gid=args.gid, file_mode=args.file_mode,
         dir_mode=args.dir_mode, allow_other=args.allow_other,
         log_file=os.path.abspath(args.log_file) if args.log_file else None, log_level=args.log_level,
         profile=args.profile, region=args.region, endpoint_url=args.endpoint_url,
         sync_on_close=args.sync_on_close, upload_attempts=args.upload_attempts, search_limit=args.search_limit,
         kernel_cache_entries=args.kernel_cache_entries, api_key_env=args.api_key_env,
         quilt_credentials=args.quilt_credentials, s3_timeout=args.s3_timeout, noexec=args.noexec,
-        stop_timeout=args.stop_timeout)
+        stop_timeout=args.stop_timeout, posix_metadata=args.posix_metadata)
     if args.foreground:
         from quiltmount.daemon.entry import run_mount
 

@@ -13,6 +13,7 @@ Run (as root, with /dev/fuse and fusermount3; from the project's virtualenv)::
     python scripts/bench.py --only commit   # package commits (engine level) on a 10,000-entry revision
     python scripts/bench.py --only draft    # the same through a mount: mkdir draft, cp, quiltmount packages commit
     python scripts/bench.py --only cache    # the persistent disk cache: re-reads across mounts, prefetch, RSS (~13 min)
+    python scripts/bench.py --only posix-listing --small-files 1000   # ls -l with --posix-metadata vs without
     python scripts/bench.py --endpoint-url http://127.0.0.1:9000   # use a running S3 server
 
 Without ``--endpoint-url`` it starts the project's moto test server (``tests/s3server.py``,
@@ -131,7 +132,11 @@ gives the cost of filling the cache during a cold read, on vs off).  The measure
     ``--memory-cache-size`` ``--cache-memory-cache-size`` (128M, small so that what the disk cache holds in memory
     is not lost in the memory cache's share) doing the cold read of the big object, then reading every file of
     the second revision, then unmounting, with the disk cache capped at 64M and at 10G (the order alternates):
-    target: the 10G peak <= 1.1x the 64M one.  The package is deleted at the end.
+    target: the 10G peak <= 1.1x the 64M one.  The package is deleted at the end;
+16. ``ls -l`` of the small-file prefix (``--only posix-listing``) on a fresh mount with ``--posix-metadata``
+    (attributes from a HEAD of each object, 16 at a time) vs one without (the listing only), one after the
+    other in each round (``--rounds``), and the HEADs the daemon sent; no target: it tells what the option
+    costs.
 
 "Durable" in 9-11 is when ``quiltmount umount`` returns: it unmounts, then waits for the daemon to
 finish every pending upload and exit, and fails if one did not land.  The time runs from the start of
@@ -736,8 +741,9 @@ class Mount:
 
     def __init__(self, bench: Bench, label: str, prefix: str = "", memory_cache_size: str | None = None,
                  endpoint: str | None = None, disk_cache_size: str | None = "0",
-                 disk_cache_dir: str | None = None) -> None:
+                 disk_cache_dir: str | None = None, options: tuple[str, ...] = ()) -> None:
         self.bench = bench
+        self.options = options
         self.label = label
         self.prefix = prefix
         self.memory_cache_size = memory_cache_size or bench.args.memory_cache_size
@@ -758,7 +764,7 @@ class Mount:
                                   "--memory-cache-size", self.memory_cache_size,
                                   "--disk-cache-dir", self.disk_cache_dir,
                                   *(["--disk-cache-size", self.disk_cache_size] if self.disk_cache_size else []),
-                                  timeout=MOUNT_TIMEOUT)
+                                  *self.options, timeout=MOUNT_TIMEOUT)
             self.pid = int(self.record()["pid"])
             self.sampler = RssSampler(self.pid, self.path)
             self.sampler.start()
@@ -978,10 +984,11 @@ class Bench:
 
     def mount(self, label: str, prefix: str = "", memory_cache_size: str | None = None,
               endpoint: str | None = None, disk_cache_size: str | None = "0",
-              disk_cache_dir: str | None = None) -> Mount:
+              disk_cache_dir: str | None = None, options: tuple[str, ...] = ()) -> Mount:
         """A fresh mount of the bucket, or of `prefix` (ending in '/') in it; the disk cache off unless
-        `disk_cache_size` says otherwise (None: the daemon's default cap; in `disk_cache_dir`, under the run's)."""
-        return Mount(self, label, prefix, memory_cache_size, endpoint, disk_cache_size, disk_cache_dir)
+        `disk_cache_size` says otherwise (None: the daemon's default cap; in `disk_cache_dir`, under the run's);
+        `options`: more options of `quiltmount mount`."""
+        return Mount(self, label, prefix, memory_cache_size, endpoint, disk_cache_size, disk_cache_dir, options)
 
     @staticmethod
     def in_mount(mount: Mount, key: str) -> str:
@@ -1148,6 +1155,28 @@ def measure_listing(bench: Bench) -> list[Result]:
             results.append(Result("HEAD requests during ls -l (most in a round)", "requests", float(heads), None,
                                   Target("value", "==", 0)))
     return results
+
+
+def measure_posix_listing(bench: Bench) -> list[Result]:
+    """16. `ls -l` of the small-file prefix on fresh mounts with `--posix-metadata` (a HEAD per file) vs without
+    (one LIST walk), one after the other in each round, and the HEADs the daemon sent."""
+    count = len(bench.keys)
+    rounds: list[tuple[float, float]] = []
+    details: list[dict[str, Any]] = []
+    for _ in range(bench.args.rounds):
+        seconds: dict[str, float] = {}
+        for label, options in (("default", ()), ("posix", ("--posix-metadata",))):
+            with bench.mount(f"ls-{label}", SMALL_PREFIX, options=options) as mount:
+                with mount.phase(f"ls -l ({label})") as stats:
+                    seconds[label] = timed_command(["ls", "-l", bench.in_mount(mount, SMALL_PREFIX)],
+                                                   bench.args.phase_timeout)
+            details.append({"mode": label, "seconds": seconds[label], **stats})
+        rounds.append((seconds["posix"], seconds["default"]))
+    heads = max(int(d["requests"].get("head", 0)) for d in details if d["mode"] == "posix")
+    return [Result.of_rounds(f"ls -l of {count} keys with --posix-metadata (cold), vs without", "s", rounds, None,
+                             {"rounds": details}),
+            Result("HEAD requests during ls -l with --posix-metadata (most in a round)", "requests", float(heads),
+                   None, None)]
 
 
 def measure_small_reads(bench: Bench) -> Result:
@@ -2873,7 +2902,8 @@ STEPS: dict[str, tuple[str, Callable[[Bench], Result | list[Result]]]] = {
     "listing": ("listing", measure_listing), "small-reads": ("small-file reads", measure_small_reads),
     "package-listing": ("package find/du", measure_package_listing),
     "package-read": ("package entry read", measure_package_read),
-    "cp": ("cp into a mount", measure_cp_write), "small-writes": ("small-file writes", measure_small_writes)}
+    "cp": ("cp into a mount", measure_cp_write), "small-writes": ("small-file writes", measure_small_writes),
+    "posix-listing": ("ls -l with --posix-metadata", measure_posix_listing)}
 STEP_NAMES = (*STEPS, "write-rss", "scale", "commit", "draft", "cache")
 
 

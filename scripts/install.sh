@@ -8,6 +8,9 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 packages=(fuse3 libfuse3-3 libfuse2 attr rsync python3 python3-venv python3-pip)
+if [ "${1:-}" = "--test" ]; then
+  packages+=(s3fs)  # tests/test_posix_metadata.py reads and writes buckets through s3fs-fuse too
+fi
 missing=()
 for package in "${packages[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

@@ -50,6 +50,7 @@ class MountOptions:
     disk_cache_dir: str | None = None  # None: paths.disk_cache_dir()
     memory_cache_size: int = 512 << 20
     metadata_ttl: float = 10.0
+    negative_metadata_ttl: float | None = None  # None: 1 s, or metadata_ttl if shorter (fs/tree.py)
     uid: int | None = None
     gid: int | None = None
     file_mode: int = 0o644
@@ -69,6 +70,7 @@ class MountOptions:
     api_key_env: str | None = None  # the *name* of the variable: the key itself never enters argv or a file
     noexec: bool = False  # the kernel's noexec mount flag (nosuid and nodev are always set)
     stop_timeout: float = 60.0  # after SIGTERM/SIGINT/SIGHUP: seconds left to pending uploads (see stopping.py)
+    posix_metadata: bool = False  # modes, owners, times, symlinks, xattrs in object metadata, as s3fs (fs/posixtree.py)
     # Threads of each pool:
     fetch_workers: int = 16  # ranged GETs: read-ahead and cache misses
     lookup_workers: int = 8  # HEADs of names missing from a listing

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 
 from quiltmount.errors import StorageError, UserError
@@ -14,6 +15,7 @@ from quiltmount.fs.node import Tree
 from quiltmount.fs.overlay import WritableBucketTree
 from quiltmount.fs.draftview import DraftView
 from quiltmount.fs.packagetree import PackagesTree, RevisionTree
+from quiltmount.fs.posixtree import MountDefaults, PosixTree
 from quiltmount.fs.searchtree import SearchTree
 from quiltmount.fs.staging import StagingArea
 from quiltmount.fs.tree import BucketTree
@@ -49,6 +51,8 @@ def build_layers(source: Source, store: ObjectStore, stores: StoreSet, cache_dir
                  options: MountOptions) -> Layers:
     """The layers for `source`; a writable bucket first recovers what a previous mount left staged."""
     past = None if options.as_of is None else _as_of(source, store, options.as_of)
+    if options.posix_metadata:
+        _check_posix_metadata(source, past)
     read_only = options.read_only or past is not None
     packages = PackagesTree(Registry(store, source.registry_url), stores, index_dir=index_dir(),
                             metadata_ttl=options.metadata_ttl,
@@ -62,17 +66,39 @@ def build_layers(source: Source, store: ObjectStore, stores: StoreSet, cache_dir
         return Layers(tree, None, packages, read_only=False, immutable=False)
     shown = store if past is None else past
     bucket = BucketTree(shown, source.prefix, metadata_ttl=options.metadata_ttl,
-                        lookup_workers=options.lookup_workers)
+                        negative_ttl=options.negative_metadata_ttl, lookup_workers=options.lookup_workers)
     views = {".packages": packages, ".search": _search_view(source, options)}
     if read_only:
         versions = VersionsTree(bucket, shown, source.prefix, metadata_ttl=options.metadata_ttl)
-        return Layers(MountTree(bucket, views, versions=versions), None, packages, read_only=True, immutable=False)
+        return Layers(MountTree(_with_posix(bucket, bucket, None, options), views, versions=versions), None, packages,
+                      read_only=True, immutable=False)
     writes = WritableBucketTree(bucket, StagingArea(os.path.join(cache_dir, "staging")),
                                 sync_on_close=options.sync_on_close, upload_attempts=options.upload_attempts,
                                 upload_workers=options.upload_workers)
     writes.recover()
     versions = VersionsTree(writes, store, source.prefix, metadata_ttl=options.metadata_ttl)
-    return Layers(MountTree(writes, views, versions=versions), writes, packages, read_only=False, immutable=False)
+    return Layers(MountTree(_with_posix(writes, bucket, writes, options), views, versions=versions), writes, packages,
+                  read_only=False, immutable=False)
+
+
+def _check_posix_metadata(source: Source, past: AsOfStore | None) -> None:
+    """--posix-metadata keeps attributes in a bucket's object metadata: nothing else has any."""
+    if source.package:
+        raise UserError("--posix-metadata applies to bucket mounts; a package revision keeps no POSIX attributes")
+    if source.scheme != "s3":
+        raise UserError(f"--posix-metadata needs an S3 bucket: {source.location} is a local directory")
+    if past is not None:
+        raise UserError("--posix-metadata cannot be used with --as-of")
+
+
+def _with_posix(tree: Tree, bucket: BucketTree, writes: WritableBucketTree | None, options: MountOptions) -> Tree:
+    """The bucket's tree, with the POSIX attributes of its objects if --posix-metadata."""
+    if not options.posix_metadata:
+        return tree
+    defaults = MountDefaults(uid=os.geteuid() if options.uid is None else options.uid,
+                             gid=os.getegid() if options.gid is None else options.gid,
+                             file_mode=options.file_mode, dir_mode=options.dir_mode, started_ns=time.time_ns())
+    return PosixTree(tree, bucket, writes, defaults, metadata_ttl=options.metadata_ttl)
 
 
 def _as_of(source: Source, store: ObjectStore, moment: float) -> AsOfStore:

@@ -42,7 +42,7 @@ def serve(options: MountOptions, log_file: str, signal: ReadySignal, stopper: St
     READY once the mount is live.  Returns the exit status: 0, or 1 if files are left staged; what the user
     can fix raises `UserError`."""
     os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
-    from quiltmount.fs.binding import FUSE, CallCounts, KernelCacheTrim  # loads libfuse: only when mounting
+    from quiltmount.fs.binding import FUSE, CallCounts, KernelCacheTrim, KernelInvalidation  # loads libfuse
     from quiltmount.fs.operations import AttrPolicy, MountOperations
 
     mp.check_environment()
@@ -85,12 +85,15 @@ def serve(options: MountOptions, log_file: str, signal: ReadySignal, stopper: St
     prefetcher = Prefetcher(cache, block_size=fetcher.block_size,
                             part_size=fetcher.block_size * fetcher.blocks_per_part, budget=prefetch_budget)
     tree = with_control(layers.tree, prefetcher)
+    invalidation = KernelInvalidation()
     files = FileOpener(tree, fetcher, max_read_window=prefetch_budget // 2,
-                       hash_workers=options.hash_workers)
+                       hash_workers=options.hash_workers, kernel=invalidation)
     operations = MountOperations(tree, files, attrs, on_init=after_init)
     fuse_options: dict[str, Any] = {
         "fsname": f"quiltmount:{source.url}", "subtype": "quiltmount", "default_permissions": True,
-        "attr_timeout": kernel_ttl, "entry_timeout": kernel_ttl, "negative_timeout": kernel_ttl,
+        # The kernel keeps no "not found" of a bucket mount: it would add its timeout to the negative TTL.
+        "attr_timeout": kernel_ttl, "entry_timeout": kernel_ttl,
+        "negative_timeout": kernel_ttl if layers.immutable else 0.0,
         "max_read": 1 << 20, "ro": layers.read_only, ("kernel_cache" if layers.immutable else "auto_cache"): True,
     }
     if options.allow_other:
@@ -105,7 +108,8 @@ def serve(options: MountOptions, log_file: str, signal: ReadySignal, stopper: St
 
     stopper.serving(mountpoint, report_staged)
     try:
-        FUSE(operations, mountpoint, calls=calls, trim=trim, foreground=True, nothreads=False, **fuse_options)
+        FUSE(operations, mountpoint, calls=calls, trim=trim, invalidation=invalidation, foreground=True,
+             nothreads=False, **fuse_options)
     except RuntimeError as exc:
         raise UserError(f"cannot mount {mountpoint}: libfuse error {exc} (details in {log_file})") from None
     finally:

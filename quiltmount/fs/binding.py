@@ -23,7 +23,8 @@ position after it) from `offset` on; attributes with an `st_size` count as full.
 
 And it keeps the kernel's cache of the mount's inodes bounded (`KernelCacheTrim`): libfuse keeps a node
 (~170 bytes) for every inode the kernel holds, and the kernel holds them until memory runs short, so a
-`find` over a million-entry package revision left 170 MiB in the daemon for good.
+`find` over a million-entry package revision left 170 MiB in the daemon for good.  It also tells the kernel
+when a file changed under the mount (`KernelInvalidation`), so that it drops the size and pages it cached.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import logging
+import os
 import queue
 import threading
 from collections import Counter
@@ -55,7 +57,45 @@ FUSE_ROOT_ID = 1
 log = logging.getLogger(__name__)
 
 
-class KernelCacheTrim:
+class _KernelNotices:
+    """Notifications to the kernel, queued for a thread of their own: one a libfuse worker sends while it
+    serves a request on the same inode can deadlock (libfuse's documentation).  They go through a libfuse
+    object (the target) that `start` takes in a libfuse callback and `stop` drops, after which none is sent.
+    libfuse 3 only."""
+
+    def __init__(self, thread_name: str) -> None:
+        self._thread_name = thread_name
+        self._lock = threading.Lock()
+        self._target: int | None = None
+        self._pending: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+
+    def start(self) -> None:
+        """In a libfuse callback (its context names the target): begin."""
+        raise NotImplementedError
+
+    def _begin(self, target: int) -> None:
+        with self._lock:
+            self._target = target
+        threading.Thread(target=self._run, name=self._thread_name, daemon=True).start()
+
+    def _run(self) -> None:
+        while (item := self._pending.get()) is not None:
+            with self._lock:
+                if self._target is None:
+                    return
+                self._send(self._target, item)
+
+    def _send(self, target: int, item: bytes) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Before libfuse ends the session: no notification after this returns."""
+        with self._lock:
+            self._target = None
+        self._pending.put(None)
+
+
+class KernelCacheTrim(_KernelNotices):
     """Drops a subtree of the mount from the kernel's cache once `limit` entries under it went to the kernel.
 
     Every entry the kernel learns (a lookup, or a listing with attributes) becomes an inode it keeps until
@@ -69,33 +109,24 @@ class KernelCacheTrim:
     """
 
     def __init__(self, limit: int) -> None:
+        super().__init__("kernel-trim")
         self.limit = limit
         self.trims = 0
         self._counts: Counter[bytes] = Counter()
-        self._lock = threading.Lock()
-        self._session: int | None = None
-        self._pending: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        """In a libfuse callback (its context names the session): begin trimming."""
         libfuse = mfusepy._libfuse
         libfuse.fuse_get_session.restype = ctypes.c_void_p
         libfuse.fuse_get_session.argtypes = [ctypes.c_void_p]
         libfuse.fuse_lowlevel_notify_inval_entry.restype = ctypes.c_int
         libfuse.fuse_lowlevel_notify_inval_entry.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_char_p,
                                                              ctypes.c_size_t]
-        with self._lock:
-            self._session = libfuse.fuse_get_session(libfuse.fuse_get_context().contents.fuse)
-        # Not from a libfuse worker: a notification sent while serving a request on the same names can
-        # deadlock (libfuse's documentation), so a thread of its own sends them.
-        self._thread = threading.Thread(target=self._run, name="kernel-trim", daemon=True)
-        self._thread.start()
+        self._begin(libfuse.fuse_get_session(libfuse.fuse_get_context().contents.fuse))
 
     def handed(self, path: bytes, count: int) -> None:
         """`count` entries under `path` (b'/top/...') went to the kernel."""
         top = path.split(b"/", 2)[1] if path.startswith(b"/") else b""
-        if not top or self._session is None:
+        if not top or self._target is None:
             return
         with self._lock:
             self._counts[top] += count
@@ -104,22 +135,53 @@ class KernelCacheTrim:
             del self._counts[top]
         self._pending.put(top)
 
-    def _run(self) -> None:
-        while (name := self._pending.get()) is not None:
-            with self._lock:
-                if self._session is None:
-                    return
-                result = mfusepy._libfuse.fuse_lowlevel_notify_inval_entry(self._session, FUSE_ROOT_ID, name,
-                                                                           len(name))
-                if result == 0:
-                    self.trims += 1
-            log.debug("kernel cache of /%s dropped (%d)", name.decode(errors="replace"), result)
+    def _send(self, session: int, name: bytes) -> None:
+        result = mfusepy._libfuse.fuse_lowlevel_notify_inval_entry(session, FUSE_ROOT_ID, name, len(name))
+        if result == 0:
+            self.trims += 1
+        log.debug("kernel cache of /%s dropped (%d)", name.decode(errors="replace"), result)
 
-    def stop(self) -> None:
-        """Before libfuse ends the session: no notification after this returns."""
+
+class KernelInvalidation(_KernelNotices):
+    """Tells the kernel that what it caches of a file, attributes (its size) and pages, is stale
+    (`fuse_invalidate_path`: libfuse finds the file's node by path, then `fuse_lowlevel_notify_inval_inode`).
+
+    `invalidate` sends it at once, for an open that found the file replaced: the kernel then asks for its
+    size again before it reads, instead of stopping at the old one.  That is safe from an open, which holds no
+    page of the file; a read or a write does, so `invalidate_soon` has the notification thread send it.  Paths
+    are relative to the mount's root.  Until `start` (and with libfuse 2) both do nothing.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("kernel-invalidate")
+
+    def start(self) -> None:
+        libfuse = mfusepy._libfuse
+        libfuse.fuse_invalidate_path.restype = ctypes.c_int
+        libfuse.fuse_invalidate_path.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        self._begin(libfuse.fuse_get_context().contents.fuse)
+
+    def invalidate(self, path: str) -> None:
+        """At once, from an open of `path`.  (The target needs no lock while used: libfuse's workers, the only
+        callers, have all returned before `stop` is called.)"""
         with self._lock:
-            self._session = None
-        self._pending.put(None)
+            target = self._target
+        if target is not None:
+            self._send(target, _libfuse_path(path))
+
+    def invalidate_soon(self, path: str) -> None:
+        """Shortly, from the notification thread: from anywhere."""
+        self._pending.put(_libfuse_path(path))
+
+    def _send(self, fuse: int, path: bytes) -> None:
+        result = mfusepy._libfuse.fuse_invalidate_path(fuse, path)
+        # -ENOENT: neither libfuse nor the kernel holds the file (nothing cached to drop).
+        log.debug("kernel cache of %r invalidated (%d)", os.fsdecode(path), result)
+
+
+def _libfuse_path(path: str) -> bytes:
+    """A path relative to the mount's root as libfuse spells it: as mfusepy decodes them, the other way."""
+    return ("/" + path).encode("utf-8", "surrogateescape")
 
 
 class CallCounts:
@@ -142,24 +204,28 @@ class CallCounts:
 class FUSE(mfusepy.FUSE):
     """`mfusepy.FUSE` whose libfuse3 listings carry the attributes `readdir_with_offset` gives.
 
-    `calls`, if given, counts the operations; `trim`, if given, keeps the kernel's cache bounded (libfuse 3);
-    the other arguments are mfusepy's (it mounts and serves in the constructor).
+    `calls`, if given, counts the operations; `trim`, if given, keeps the kernel's cache bounded, and
+    `invalidation`, if given, sends what it is asked to (both libfuse 3 only); the other arguments are
+    mfusepy's (it mounts and serves in the constructor).
     """
 
     def __init__(self, operations, mountpoint: str, *, calls: CallCounts | None = None,
-                 trim: KernelCacheTrim | None = None, **options) -> None:
+                 trim: KernelCacheTrim | None = None, invalidation: KernelInvalidation | None = None,
+                 **options) -> None:
         self._calls = calls
-        self._trim = trim if mfusepy.fuse_version_major >= 3 else None
+        libfuse3 = mfusepy.fuse_version_major >= 3
+        self._notices = [notices for notices in (trim, invalidation) if notices is not None and libfuse3]
+        self._trim = trim if libfuse3 else None
         super().__init__(operations, mountpoint, **options)
 
     def init_fuse_3(self, conn, config) -> None:
-        if self._trim is not None:
-            self._trim.start()
+        for notices in self._notices:
+            notices.start()
         return super().init_fuse_3(conn, config)
 
     def destroy(self, private_data) -> None:
-        if self._trim is not None:
-            self._trim.stop()
+        for notices in self._notices:
+            notices.stop()
         return super().destroy(private_data)
 
     def getattr_fuse_3(self, path: bytes, buf, fip):

@@ -9,6 +9,10 @@ FileOpener        picks and builds the handle for an open(2) or creat(2), like r
 ```
 
 The adapter (`operations.py`) only translates: it keeps the handles by number and calls them.
+
+An object another client replaced after the mount listed it is found by the GET of its first block, which
+an open makes (unless a cache has the block): the open then reads the new version and has the kernel drop
+what it cached of the old one (`FileOpener`).
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-from quiltmount.errors import ObjectChanged, StorageError
+from quiltmount.errors import NotFound, ObjectChanged, StorageError
 from quiltmount.fs.dirty import DirtyFile
 from quiltmount.fs.node import FileHandle, Node, Tree
 from quiltmount.fs.readahead import BlockFetcher, ReadStream
@@ -45,22 +51,41 @@ class ReadHandle(FileHandle):
     its cache, so a later open could not be trusted either; a remount reads it again).
     """
 
-    def __init__(self, stream: ReadStream, verifier: HashVerifier | None, corrupt: CorruptObjects) -> None:
+    def __init__(self, stream: ReadStream, verifier: HashVerifier | None, corrupt: CorruptObjects, *,
+                 on_changed: Callable[[], None] | None = None) -> None:
+        """`on_changed`: called once if a read finds the object replaced or deleted since it was opened (the
+        read gets EIO all the same)."""
         self.stream = stream
         self.verifier = verifier
         self.corrupt = corrupt
         # Corrupt is where the bytes come from, not the content hash: another copy of it may be good.
         self._source = (stream.store.name, stream.obj.key, stream.obj.version_id)
         self._returned_bytes = False
+        self._on_changed = on_changed
+        self._lock = threading.Lock()
 
     def _refuse(self) -> ObjectChanged:
         return ObjectChanged(f"{self.stream.store.name}/{self.stream.obj.key}: content does not match the "
                              "manifest hash")
 
+    def load_first_block(self) -> None:
+        """Fetch the object's first block into the block cache, unless a cache has it (the read that usually
+        follows an open finds it there).  Its GET is pinned to the identity opened: `ObjectChanged` here means
+        the object was replaced or deleted since it was listed."""
+        stream = self.stream
+        stream.fetcher.read(stream.store, stream.obj, 0, stream.fetcher.block_size)
+
     def read(self, offset: int, size: int) -> bytes:
         if self.verifier is not None and self.corrupt.contains(self._source):
             raise self._refuse()
-        data = self.stream.read(offset, size)
+        try:
+            data = self.stream.read(offset, size)
+        except ObjectChanged:
+            with self._lock:
+                on_changed, self._on_changed = self._on_changed, None
+            if on_changed is not None:
+                on_changed()
+            raise
         verdict = None if self.verifier is None else self.verifier.observe(offset, data)
         if verdict is True:
             self.stream.fetcher.cache.checked(self.stream.identity)
@@ -105,6 +130,24 @@ def _range_if_source_matches(store: ObjectStore, obj: ObjectInfo, verifier: Hash
         if start < end and start + len(chunk) > offset:
             wanted += chunk[max(offset - start, 0):end - start]
     return bytes(wanted) if hasher.value() == verifier.expected else None
+
+
+def _replaceable(node: Node) -> bool:
+    """Whether another client can replace `node`'s object under its name: a stored object pinned by its ETag
+    alone (a package entry is pinned by its hash, an object version by its id)."""
+    return (node.expected_hash is None and node.obj is not None and node.obj.version_id is None
+            and bool(node.obj.etag))
+
+
+class KernelCache(Protocol):
+    """What the kernel caches of the mount's files (`binding.KernelInvalidation`); paths are the mount's."""
+
+    def invalidate(self, path: str) -> None:
+        """Drop the attributes and pages of `path` before returning: from an open of it only (a read or a
+        write holds pages of the file, which this would wait for)."""
+
+    def invalidate_soon(self, path: str) -> None:
+        """The same, sent by another thread: from anywhere."""
 
 
 class SyncStaged(Protocol):
@@ -186,27 +229,73 @@ class FileOpener:
     """Opens the files of one mount: the read path's parts (fetcher, verification workers, window) in one
     place, so the FUSE adapter needs none of them."""
 
-    def __init__(self, tree: Tree, fetcher: BlockFetcher, *, max_read_window: int, hash_workers: int) -> None:
-        """Verified reads are hashed on `hash_workers` threads beside the readers (hashlib lets go of the GIL)."""
+    def __init__(self, tree: Tree, fetcher: BlockFetcher, *, max_read_window: int, hash_workers: int,
+                 kernel: KernelCache | None = None) -> None:
+        """Verified reads are hashed on `hash_workers` threads beside the readers (hashlib lets go of the GIL).
+        `kernel`: the kernel's cache of the mount, told of files found replaced."""
         self.tree = tree
         self.fetcher = fetcher
         self.max_read_window = max_read_window
+        self.kernel = kernel
         self.corrupt = CorruptObjects()
         self._hashing = ThreadPoolExecutor(max_workers=hash_workers, thread_name_prefix="hash")
 
     def open(self, path: str, flags: int) -> FileHandle:
+        """A handle on `path`.  A stored object that can be replaced under its name (one pinned by its ETag
+        alone: not a package entry, not a version) has its first block fetched now, unless cached: if the GET
+        finds the object replaced since it was listed, the open reads the version the store holds now."""
         if is_write_open(flags):
             return self.tree.open_write(path, truncate=bool(flags & os.O_TRUNC), create=False)
         local = self.tree.open_local(path)
         if local is not None:
             return local
         node = self.tree.lookup(path)
+        handle = self._read_handle(path, node)
+        if _replaceable(node):
+            try:
+                handle.load_first_block()
+            except ObjectChanged as changed:
+                return self._reopen(path, handle.stream.obj, changed)
+        return handle
+
+    def _read_handle(self, path: str, node: Node) -> ReadHandle:
         if node.is_dir or node.obj is None or node.store is None:
             raise StorageError(f"{path}: is a directory", errno.EISDIR)
         verifier = (HashVerifier(*node.expected_hash, node.size, self._hashing) if node.expected_hash
                     else None)
         stream = ReadStream(self.fetcher, node.store, node.obj, max_window=self.max_read_window)
-        return ReadHandle(stream, verifier, self.corrupt)
+        return ReadHandle(stream, verifier, self.corrupt,
+                          on_changed=(lambda: self._changed_while_open(path)) if _replaceable(node) else None)
+
+    def _reopen(self, path: str, opened: ObjectInfo, changed: ObjectChanged) -> ReadHandle:
+        """`path`'s object is no longer `opened` (the open's first GET said so): a handle on the one the store
+        holds now.  The kernel drops the size and pages it has of the old one before the open returns, so that
+        the reader asks for the size again instead of stopping at the old one."""
+        try:
+            node = self.tree.refresh(path)
+        except NotFound:
+            log.info("%r: deleted since it was listed", path)
+            raise
+        finally:
+            if self.kernel is not None:
+                self.kernel.invalidate(path)
+        handle = self._read_handle(path, node)  # EISDIR if a directory took the name
+        now = handle.stream.obj
+        if (now.etag, now.version_id) == (opened.etag, opened.version_id):
+            raise changed  # the store refused the version it still names: nothing newer to open
+        log.info("%r changed since it was listed (%d bytes, now %d): reading the new version", path,
+                 opened.size, now.size)
+        return handle
+
+    def _changed_while_open(self, path: str) -> None:
+        """A read found `path`'s object replaced after its open, too late for that handle (EIO): refresh the
+        name, so that the next open reads the new version, and the kernel's cache of it."""
+        try:
+            self.tree.refresh(path)
+        except StorageError as exc:  # NotFound included: the caches learnt it
+            log.info("%r: changed while open; looking it up again: %s", path, exc)
+        if self.kernel is not None:
+            self.kernel.invalidate_soon(path)
 
     def create(self, path: str) -> FileHandle:
         return self.tree.open_write(path, truncate=True, create=True)

@@ -10,6 +10,7 @@ from quiltmount.errors import NotFound, StorageError
 from quiltmount.fs.node import Node, Tree
 from quiltmount.fs.tree import RESERVED_ROOT_NAMES
 from quiltmount.fs.versions import VersionsTree, versions_path
+from quiltmount.posixmeta import AttrChange, NewAttrs
 
 
 class MountControl(Protocol):
@@ -74,6 +75,10 @@ class MountTree(Tree):
         tree, inner = self._route(path)
         return tree.lookup(inner)
 
+    def refresh(self, path: str) -> Node:
+        tree, inner = self._route(path)
+        return tree.refresh(inner)
+
     def readdir(self, path: str) -> dict[str, Node]:
         tree, inner = self._route(path)
         entries = tree.readdir(inner)
@@ -98,9 +103,20 @@ class MountTree(Tree):
         tree, inner = self._route(path)
         tree.rmdir(inner)
 
-    def symlink(self, path: str, target: str) -> None:
+    def make_symlink(self, path: str, target: str, new: NewAttrs) -> None:
         tree, inner = self._route(path)
-        tree.symlink(inner, target)
+        tree.make_symlink(inner, target, new)
+
+    def link(self, path: str, target: str) -> None:
+        tree, inner = self._route(path)
+        target_tree, target_inner = self._route(target)
+        if tree is not target_tree:
+            raise StorageError(f"{path} -> {target}: cannot link between the bucket and a view", errno.EXDEV)
+        tree.link(inner, target_inner)
+
+    def make_node(self, path: str, new: NewAttrs) -> None:
+        tree, inner = self._route(path)
+        tree.make_node(inner, new)
 
     def rename(self, old: str, new: str) -> None:
         old_tree, old_inner = self._route(old)
@@ -123,17 +139,29 @@ class MountTree(Tree):
         tree, inner = self._route(path)
         tree.truncate(inner, length)
 
-    def mkdir(self, path: str) -> None:
+    def make_dir(self, path: str, new: NewAttrs) -> None:
         tree, inner = self._route(path)
-        tree.mkdir(inner)
+        tree.make_dir(inner, new)
 
-    def set_attributes(self, path: str) -> None:
+    def created(self, path: str, new: NewAttrs) -> None:
         tree, inner = self._route(path)
-        tree.set_attributes(inner)
+        tree.created(inner, new)
+
+    def change_attributes(self, path: str, change: AttrChange) -> None:
+        tree, inner = self._route(path)
+        tree.change_attributes(inner, change)
+
+    def with_attributes(self, path: str, node: Node) -> Node:
+        tree, inner = self._route(path)
+        return tree.with_attributes(inner, node)
 
     def set_xattr(self, path: str, name: str, value: bytes) -> None:
         tree, inner = self._route(path)
         tree.set_xattr(inner, name, value)
+
+    def remove_xattr(self, path: str, name: str) -> None:
+        tree, inner = self._route(path)
+        tree.remove_xattr(inner, name)
 
     def close(self) -> None:
         self.bucket.close()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
+import stat
 from dataclasses import dataclass
 
 from quiltmount.errors import NotFound, StorageError
+from quiltmount.posixmeta import AttrChange, NewAttrs, PosixAttrs
 from quiltmount.storage.base import ObjectInfo, ObjectStore
 
 
@@ -15,7 +17,8 @@ class Node:
 
     `store` names the store a file is read from when it is not the tree's own (package entries live in any
     bucket).  `expected_hash` is the manifest's (type, value) for package files: reads are verified against
-    it.
+    it.  `attrs`: the POSIX attributes the object keeps (`--posix-metadata`), which then say what it is (a
+    symlink whose target is its body, a FIFO...) and replace the mount's owner, modes and times.
     """
 
     is_dir: bool
@@ -25,10 +28,11 @@ class Node:
     store: ObjectStore | None = None
     target: str | None = None
     expected_hash: tuple[str, str] | None = None
+    attrs: PosixAttrs | None = None
 
     @property
     def is_link(self) -> bool:
-        return self.target is not None
+        return self.target is not None or (self.attrs is not None and stat.S_ISLNK(self.attrs.mode))
 
 
 class PathIndex:
@@ -123,6 +127,11 @@ class Tree:
     def lookup(self, path: str) -> Node:
         raise NotImplementedError
 
+    def refresh(self, path: str) -> Node:
+        """The node at `path` as its store holds it now, past (and into) every cache: an open found that the
+        object it was given had been replaced.  The default, for trees whose files never change: `lookup`."""
+        return self.lookup(path)
+
     def readdir(self, path: str) -> dict[str, Node]:
         raise NotImplementedError
 
@@ -181,6 +190,9 @@ class Tree:
         """Set an extended attribute; ENOTSUP where none can be set (cp -p and rsync -X carry on)."""
         raise StorageError(f"{path}: extended attributes are not stored here", errno.ENOTSUP)
 
+    def remove_xattr(self, path: str, name: str) -> None:
+        raise StorageError(f"{path}: extended attributes are not stored here", errno.ENOTSUP)
+
     def unlink(self, path: str) -> None:
         raise StorageError(f"{path}: read-only", errno.EROFS)
 
@@ -188,6 +200,14 @@ class Tree:
         raise StorageError(f"{path}: read-only", errno.EROFS)
 
     def symlink(self, path: str, target: str) -> None:
+        raise StorageError(f"{path}: read-only", errno.EROFS)
+
+    def link(self, path: str, target: str) -> None:
+        """A hard link `path` to the file `target`."""
+        raise StorageError(f"{path}: read-only", errno.EROFS)
+
+    def make_node(self, path: str, new: NewAttrs) -> None:
+        """mknod(2): a FIFO, socket or device (the type in `new.mode`)."""
         raise StorageError(f"{path}: read-only", errno.EROFS)
 
     def rename(self, old: str, new: str) -> None:
@@ -213,6 +233,26 @@ class Tree:
 
     def set_attributes(self, path: str) -> None:
         raise StorageError(f"{path}: read-only", errno.EROFS)
+
+    # -- attributes a tree may keep (`--posix-metadata`); the defaults keep none ------------------------
+    def make_dir(self, path: str, new: NewAttrs) -> None:
+        """mkdir(2) with the caller's mode and owner."""
+        self.mkdir(path)
+
+    def make_symlink(self, path: str, target: str, new: NewAttrs) -> None:
+        """symlink(2) by the caller `new` names."""
+        self.symlink(path, target)
+
+    def created(self, path: str, new: NewAttrs) -> None:
+        """creat(2) has just opened the new file `path` (`open_write`): its mode and owner."""
+
+    def change_attributes(self, path: str, change: AttrChange) -> None:
+        """chmod(2), chown(2), utimensat(2)."""
+        self.set_attributes(path)
+
+    def with_attributes(self, path: str, node: Node) -> Node:
+        """The node an open file's handle reports (fstat), with the attributes `path` has."""
+        return node
 
     def close(self) -> None:
         """Release threads and connections."""

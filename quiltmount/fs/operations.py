@@ -12,15 +12,21 @@ import itertools
 import logging
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from mfusepy import ENOATTR, FuseOSError, Operations
+from mfusepy import ENOATTR, FuseOSError, Operations, fuse_get_context
 
 from quiltmount.errors import NotFound, StorageError
 from quiltmount.fs.handles import FileOpener
 from quiltmount.fs.node import FileHandle, Node, Tree
+from quiltmount.posixmeta import AttrChange, NewAttrs
+
+#: utimensat(2)'s special nanoseconds, as libfuse passes them on (with 0 seconds).
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +70,6 @@ def _translate(method: Callable) -> Callable:
     return wrapper
 
 
-def _read_only(*_: Any) -> None:
-    raise FuseOSError(errno.EROFS)
-
-
 class MountOperations(Operations):
     """Any quiltmount mount: a `Tree` for names, attributes and changes, open files from a `FileOpener`."""
 
@@ -100,6 +102,8 @@ class MountOperations(Operations):
 
     # -- attributes ---------------------------------------------------------------------------------------
     def _stat(self, node: Node) -> dict[str, int]:
+        if node.attrs is not None:
+            return self._kept_stat(node)
         mtime_ns = int(node.mtime * 1e9)
         if node.is_dir:
             mode, size, nlink = stat.S_IFDIR | self.attrs.dir_mode, 0, 1  # nlink 1: "unknown" to find(1)
@@ -111,10 +115,21 @@ class MountOperations(Operations):
                 "st_gid": self.attrs.gid, "st_mtime": mtime_ns, "st_ctime": mtime_ns, "st_atime": mtime_ns,
                 "st_blksize": self.attrs.block_size, "st_blocks": (size + 511) // 512}
 
+    def _kept_stat(self, node: Node) -> dict[str, int]:
+        """The attributes a node keeps itself (`--posix-metadata`)."""
+        attrs = node.attrs
+        assert attrs is not None
+        size = 0 if node.is_dir else node.size
+        return {"st_mode": attrs.mode, "st_nlink": 1, "st_size": size, "st_uid": attrs.uid, "st_gid": attrs.gid,
+                "st_mtime": attrs.mtime_ns, "st_ctime": attrs.ctime_ns, "st_atime": attrs.atime_ns,
+                "st_blksize": self.attrs.block_size, "st_blocks": (size + 511) // 512}
+
     @_translate
     def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
         handle = self._handles.get(fh) if fh is not None else None
         node = handle.attributes() if handle is not None else None
+        if node is not None:
+            node = self.tree.with_attributes(path[1:], node)
         return self._stat(node if node is not None else self.tree.lookup(path[1:]))
 
     @_translate
@@ -197,7 +212,13 @@ class MountOperations(Operations):
 
     @_translate
     def create(self, path: str, mode: int, flags: int = 0) -> int:
-        return self._register(self.files.create(path[1:]))
+        handle = self.files.create(path[1:])
+        try:
+            self.tree.created(path[1:], _new(mode))
+        except BaseException:
+            handle.release()
+            raise
+        return self._register(handle)
 
     @_translate
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
@@ -241,11 +262,19 @@ class MountOperations(Operations):
 
     @_translate
     def mkdir(self, path: str, mode: int) -> None:
-        self.tree.mkdir(path[1:])
+        self.tree.make_dir(path[1:], _new(mode))
 
     @_translate
     def symlink(self, path: str, target: str) -> None:
-        self.tree.symlink(path[1:], target)
+        self.tree.make_symlink(path[1:], target, _new(stat.S_IFLNK | 0o777))
+
+    @_translate
+    def mknod(self, path: str, mode: int, dev: int) -> None:
+        self.tree.make_node(path[1:], _new(mode))
+
+    @_translate
+    def link(self, path: str, target: str) -> None:
+        self.tree.link(path[1:], target[1:])
 
     @_translate
     def rename(self, old: str, new: str) -> None:
@@ -253,21 +282,34 @@ class MountOperations(Operations):
 
     @_translate
     def chmod(self, path: str, mode: int) -> None:
-        self.tree.set_attributes(path[1:])
+        self.tree.change_attributes(path[1:], AttrChange(mode=mode))
 
     @_translate
     def chown(self, path: str, uid: int, gid: int) -> None:
-        self.tree.set_attributes(path[1:])
+        self.tree.change_attributes(path[1:], AttrChange(uid=None if uid == -1 else uid,
+                                                         gid=None if gid == -1 else gid))
 
     @_translate
-    def utimens(self, path: str, times: Any = None) -> None:
-        self.tree.set_attributes(path[1:])
+    def utimens(self, path: str, times: tuple[int, int] | None = None) -> None:
+        now = time.time_ns()
+        atime, mtime = times if times is not None else (UTIME_NOW, UTIME_NOW)
+        self.tree.change_attributes(path[1:], AttrChange(atime_ns=_time(atime, now), mtime_ns=_time(mtime, now)))
 
     @_translate
     def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> None:
         self.tree.set_xattr(path[1:], name, value)
 
+    @_translate
     def removexattr(self, path: str, name: str) -> None:
-        raise FuseOSError(errno.ENOTSUP)
+        self.tree.remove_xattr(path[1:], name)
 
-    link = mknod = _read_only
+
+def _new(mode: int) -> NewAttrs:
+    """What a creating call makes: `mode`, owned by the calling process's user and group."""
+    uid, gid, _ = fuse_get_context()
+    return NewAttrs(mode, uid, gid)
+
+
+def _time(ns: int, now: int) -> int | None:
+    """A time utimensat(2) gives: None for UTIME_OMIT, `now` for UTIME_NOW."""
+    return None if ns == UTIME_OMIT else now if ns == UTIME_NOW else ns

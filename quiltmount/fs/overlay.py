@@ -4,14 +4,18 @@ Stat, reads and listings show the staged (local) state of a file until its uploa
 `WritableBucketTree` opens files for writing (staging the object's bytes first unless truncating), owns each
 `DirtyFile` from its first writer until its upload lands, and implements fsync, truncate, unlink, mkdir, rmdir
 and rename on the bucket.  Uploads go through the `Uploader` (uploads.py), finishing the parts sent while the
-file was written (`PartStreams`, partstream.py) when every byte went in order.
+file was written (`PartStreams`, partstream.py) when every byte went in order.  A staged file may carry POSIX
+attributes (`StagedFile.meta`, with `--posix-metadata`: `fs/posixtree.py` sets them), which its upload sends
+as the object's metadata.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import os
 import threading
+from collections.abc import Callable, Mapping
 
 from quiltmount.errors import NotFound, StorageError
 from quiltmount.fs.dirty import DirtyFile
@@ -21,6 +25,7 @@ from quiltmount.fs.partstream import PartStreams
 from quiltmount.fs.staging import CLOSED, OPEN, StagedFile, StagingArea, copy_in
 from quiltmount.fs.tree import BucketTree
 from quiltmount.fs.uploads import Uploader
+from quiltmount.posixmeta import staged_headers
 from quiltmount.storage.base import ObjectInfo
 
 log = logging.getLogger(__name__)
@@ -77,6 +82,9 @@ class WritableBucketTree(Tree):
             return self._dirty_node(dirty)
         return self.bucket.lookup(path)
 
+    def refresh(self, path: str) -> Node:
+        return self.bucket.refresh(path)
+
     def readdir(self, path: str) -> dict[str, Node]:
         entries = dict(self.bucket.readdir(path))
         prefix = path + "/" if path else ""
@@ -92,12 +100,16 @@ class WritableBucketTree(Tree):
             return self._dirty.get(path)
 
     # -- writing ------------------------------------------------------------------------------------------
-    def open_write(self, path: str, *, truncate: bool, create: bool) -> WriteHandle:
-        """A writable handle on `path`, staging the object's current bytes first unless truncating."""
+    def open_write(self, path: str, *, truncate: bool, create: bool,
+                   meta: dict[str, str] | None = None) -> WriteHandle:
+        """A writable handle on `path`, staging the object's current bytes first unless truncating.
+        `meta`: the attributes its upload is to carry, unless its staged file has some already."""
         with self._lock:
             dirty = self._dirty.get(path)
             if dirty is not None:
                 dirty.writers += 1  # pinned: a finishing upload now keeps the staged bytes
+                if dirty.staged.meta is None:
+                    dirty.staged.meta = meta
         if dirty is not None:
             # An upload not started yet is dropped (the file is uploaded again at close); one in progress is
             # waited for, so the bytes it sends are never torn by this writer.
@@ -106,7 +118,7 @@ class WritableBucketTree(Tree):
             self.staging.set_state(dirty.staged, OPEN)
         else:
             node = self.replaced_by_write(path, create=create)
-            staged = self.staging.create(self.bucket.key_of(path))
+            staged = self.staging.create(self.bucket.key_of(path), meta)
             # A new file, or an existing one being truncated, must be uploaded even if nothing is written.
             dirty = self._dirty_file(path, staged, writers=1, modified=node is None or truncate)
             if node is not None and not truncate and node.obj is not None:
@@ -174,7 +186,7 @@ class WritableBucketTree(Tree):
             if writer_open or (dirty.modified and not self.uploader.has_upload(dirty.staged)):
                 self._streams.drop(dirty.staged)
                 dirty.modified = False  # set before reading the file: a write racing with us sets it again
-                self.store.put_file(dirty.staged.key, dirty.data_path)
+                self.store.put_file(dirty.staged.key, dirty.data_path, metadata=self.upload_metadata(dirty.staged))
             else:
                 self.uploader.wait(dirty.staged)
         except StorageError as exc:  # whatever S3 said, for fsync(2) the data is not durable: EIO
@@ -183,10 +195,47 @@ class WritableBucketTree(Tree):
             raise StorageError(f"fsync of {dirty.staged.key}: {exc}", errno.EIO) from None
 
     def _put(self, staged: StagedFile) -> ObjectInfo:
-        """Upload a closed staged file: finish its stream if every byte went in order, else send it whole."""
+        """Upload a closed staged file: finish its stream if every byte went in order, else send it whole.
+
+        A stream's multipart upload was created while the file was being written, before its attributes
+        were final: they follow in a copy of the object onto itself (server-side)."""
         path = self.staging.data_path(staged)
+        metadata = self.upload_metadata(staged)
         info = self._streams.finish(staged, path)
-        return info if info is not None else self.store.put_file(staged.key, path)
+        if info is None:
+            return self.store.put_file(staged.key, path, metadata=metadata)
+        if metadata is not None:
+            info = self.store.copy_object(staged.key, staged.key, metadata=metadata)
+        return info
+
+    def upload_metadata(self, staged: StagedFile) -> dict[str, str] | None:
+        """The object metadata an upload of `staged` sends now: its attributes with its bytes' times."""
+        with self._lock:
+            meta = None if staged.meta is None else dict(staged.meta)
+        if meta is None:
+            return None
+        st = os.stat(self.staging.data_path(staged))
+        return staged_headers(meta, mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns)
+
+    def change_staged(self, dirty: DirtyFile, change: Callable[[dict[str, str] | None], dict[str, str]],
+                      mtime_ns: int | None = None) -> bool:
+        """Change `dirty`'s attributes from `meta` to `change(meta)` (and the mtime of its bytes, which its
+        upload sends, to `mtime_ns`): True if its upload is still to come and carries them (journalled, unless
+        the file is open: it is at its close); False if its bytes landed meanwhile without them: the caller
+        changes the object."""
+        with self._lock:
+            dirty.staged.meta = change(dirty.staged.meta)
+        if mtime_ns is not None:
+            try:
+                _set_mtime(dirty.data_path, mtime_ns)
+            except FileNotFoundError:
+                return False
+        if not self.uploader.still_to_land(dirty.staged):
+            return False
+        dirty.modified = True  # a file fsynced while open is uploaded again at its release, with them
+        if dirty.staged.state != OPEN:
+            self.staging.save(dirty.staged)
+        return True
 
     def _uploaded(self, staged: StagedFile, info: ObjectInfo) -> bool:
         """An upload landed: the path shows the object again, unless a writer re-opened it meanwhile."""
@@ -218,10 +267,11 @@ class WritableBucketTree(Tree):
             if dirty.writers == 0:
                 self.staging.remove(dirty.staged)
 
-    def mkdir(self, path: str) -> None:
+    def mkdir(self, path: str, metadata: Mapping[str, str] | None = None) -> None:
+        """`metadata`: the marker object's (the directory's attributes)."""
         self.check_absent(path)
         self.check_parent_dir(path)
-        self.store.put_object(self.bucket.key_of(path) + "/", b"")
+        self.store.put_object(self.bucket.key_of(path) + "/", b"", metadata=metadata)
         self.bucket.remember_new_dir(path)
 
     def rmdir(self, path: str) -> None:
@@ -233,7 +283,8 @@ class WritableBucketTree(Tree):
         self.store.delete_object(self.bucket.key_of(path) + "/")
         self.bucket.forget(path)
 
-    def rename(self, old: str, new: str) -> None:
+    def rename(self, old: str, new: str, metadata: Mapping[str, str] | None = None) -> None:
+        """`metadata`: the new object's, if `old` is in S3 already (else its staged file keeps its own)."""
         self.check_file_rename(old, new)
         self._discard(new)
         with self._lock:
@@ -255,7 +306,7 @@ class WritableBucketTree(Tree):
             except NotFound:
                 pass
         else:
-            self.store.copy_object(self.bucket.key_of(old), self.bucket.key_of(new))
+            self.store.copy_object(self.bucket.key_of(old), self.bucket.key_of(new), metadata=metadata)
             self.store.delete_object(self.bucket.key_of(old))
         self.bucket.forget(old)
         self.bucket.forget(new)
@@ -292,3 +343,13 @@ class WritableBucketTree(Tree):
         self._streams.close()  # files still open at unmount: their staged bytes stay, their parts go
         self.uploader.close()
         self.bucket.close()
+
+
+def _set_mtime(path: str, mtime_ns: int) -> None:
+    """Set the mtime of a staged file, durably: it is the file's mtime for its upload, after a crash too."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.utime(fd, ns=(os.fstat(fd).st_atime_ns, mtime_ns))
+        os.fsync(fd)
+    finally:
+        os.close(fd)

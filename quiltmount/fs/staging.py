@@ -4,6 +4,8 @@ Each staged file is `data/<id>` plus `journal/<id>.json` naming its key and stat
 - `open`: a writer has it open; after a crash its bytes are kept and reported, never uploaded half-written;
 - `closed`: complete, waiting for (or in) upload; after a crash the next mount uploads it;
 - `failed`: the upload kept failing; the bytes stay until an upload succeeds or the file is deleted.
+With `--posix-metadata` the entry also keeps the file's attributes (`meta`, as s3fs headers), which its
+upload carries.
 Journal entries are written to a temporary file, fsynced and renamed, so a crash leaves the old or the new
 entry, never a torn one.  The directory and files are private (0700/0600): they hold user data.
 """
@@ -37,6 +39,10 @@ class StagedFile:
     state: str = OPEN
     error: str | None = None
     attempts: int = 0
+    #: The file's POSIX attributes as s3fs headers (`posixmeta.to_headers`), for its upload; None without
+    #: `--posix-metadata`.  Its mtime and ctime are taken from the staged bytes at upload
+    #: (`WritableBucketTree.upload_metadata`).
+    meta: dict[str, str] | None = None
 
 
 class StagingArea:
@@ -58,29 +64,35 @@ class StagingArea:
     def data_path(self, staged: StagedFile) -> str:
         return os.path.join(self._data, staged.id)
 
-    def create(self, key: str) -> StagedFile:
-        """A new, empty staged file for `key` (state `open`)."""
-        staged = StagedFile(uuid.uuid4().hex, key)
+    def create(self, key: str, meta: dict[str, str] | None = None) -> StagedFile:
+        """A new, empty staged file for `key` (state `open`) with attributes `meta`."""
+        staged = StagedFile(uuid.uuid4().hex, key, meta=meta)
         fd = os.open(self.data_path(staged), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
         os.close(fd)
         self.save(staged)
         return staged
 
     def save(self, staged: StagedFile) -> None:
+        """Journal `staged` as it is now; nothing once it has been removed (an attribute change racing with
+        the end of its upload must not bring back an entry without data)."""
         path = os.path.join(self._journal, staged.id + ".json")
-        with self._lock, atomic_file(path, durable=True) as file:
-            file.write(json.dumps(asdict(staged)).encode())
+        with self._lock:
+            if not os.path.exists(self.data_path(staged)):
+                return
+            with atomic_file(path, durable=True) as file:
+                file.write(json.dumps(asdict(staged)).encode())
 
     def set_state(self, staged: StagedFile, state: str, error: str | None = None) -> None:
         staged.state, staged.error = state, error
         self.save(staged)
 
     def remove(self, staged: StagedFile) -> None:
-        for path in (os.path.join(self._journal, staged.id + ".json"), self.data_path(staged)):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+        with self._lock:  # ordered with `save`
+            for path in (os.path.join(self._journal, staged.id + ".json"), self.data_path(staged)):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
 
     def recover(self) -> list[StagedFile]:
         """Every staged file a previous daemon left (entries whose data is gone are dropped)."""

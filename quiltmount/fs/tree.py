@@ -1,8 +1,9 @@
 """Path-to-node resolution for a bucket (or local directory) mount.  No FUSE here.
 
 Directories come from delimiter listings; `lookup` answers from the parent's cached listing when it has
-one, so `ls -l` and `find` cost no HEAD per file.  Listings, single lookups and misses are cached for the
-mount's metadata TTL; the negative cache is bounded.
+one, so `ls -l` and `find` cost no HEAD per file.  Listings and single lookups are cached for the mount's
+metadata TTL.  A name's absence, from a listing or from a lookup, is trusted for the negative TTL only (1 s
+by default), so that an object another client creates shows up that soon; the negative cache is bounded.
 """
 
 from __future__ import annotations
@@ -31,24 +32,31 @@ RELIST_MAX_ENTRIES = 10_000
 #: Names at the root of a mount that belong to quiltmount, never to the bucket (like ZFS's `.zfs`).
 RESERVED_ROOT_NAMES = frozenset({".packages", ".search"})
 
+#: Seconds a name found missing stays missing, unless --negative-metadata-ttl (or a shorter --metadata-ttl)
+#: says otherwise: mountpoint-s3's default.
+DEFAULT_NEGATIVE_TTL = 1.0
+
 
 class BucketTree(Tree):
     """Resolves mount-relative paths (`a/b/c`, '' for the root) to `Node`s from a store's listings."""
 
     def __init__(self, store: ObjectStore, root_prefix: str = "", *, metadata_ttl: float = 10.0,
-                 negative_cache_size: int = 100_000, listing_cache_size: int = 10_000,
-                 node_cache_size: int = 100_000, lookup_workers: int = 8,
+                 negative_ttl: float | None = None, negative_cache_size: int = 100_000,
+                 listing_cache_size: int = 10_000, node_cache_size: int = 100_000, lookup_workers: int = 8,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        """`negative_ttl`: how long a name found missing is trusted to be (None: `DEFAULT_NEGATIVE_TTL`, or
+        `metadata_ttl` if shorter)."""
         self.store = store
         self.root_prefix = root_prefix
         self.ttl = metadata_ttl
+        self.negative_ttl = min(DEFAULT_NEGATIVE_TTL, metadata_ttl) if negative_ttl is None else negative_ttl
         self.started = time.time()
         self._clock = clock
-        ttl = metadata_ttl if metadata_ttl > 0 else 1e-9
-        # path -> (entries, expiry time); expired listings stay until evicted, to decide how to refresh.
+        # path -> (entries, when listed); expired listings stay until evicted, to decide how to refresh.
         self._listings: LRUCache[str, tuple[dict[str, Node], float]] = LRUCache(listing_cache_size)
-        self._nodes: TTLCache[str, Node] = TTLCache(node_cache_size, ttl, timer=clock)
-        self._negative: TTLCache[str, bool] = TTLCache(negative_cache_size, ttl, timer=clock)
+        self._nodes: TTLCache[str, Node] = TTLCache(node_cache_size, max(metadata_ttl, 1e-9), timer=clock)
+        self._negative: TTLCache[str, bool] = TTLCache(negative_cache_size, max(self.negative_ttl, 1e-9),
+                                                       timer=clock)
         self._reported_keys: LRUCache[str, bool] = LRUCache(10_000)
         self._lock = threading.Lock()
         self._listings_in_progress: SingleFlight[dict[str, Node]] = SingleFlight()
@@ -69,51 +77,86 @@ class BucketTree(Tree):
 
     # -- lookups ------------------------------------------------------------------------------------------
     def lookup(self, path: str) -> Node:
-        """The node at `path`; raises `NotFound`."""
+        """The node at `path`; raises `NotFound`.
+
+        A fresh listing of the parent answers for the names it holds.  A name it lacks is missing while the
+        listing is younger than the negative TTL; after that the store is asked (HEAD + LIST), and what it
+        says joins the caches and that listing: an object another client created since shows up."""
         if path == "":
             return self.dir_node()
         parent, _, name = path.rpartition("/")
         if parent == "" and name in RESERVED_ROOT_NAMES:
             raise NotFound(f"{path}: reserved name")
         with self._lock:
-            listing, fresh = self._cached_listing(parent)
-            if not fresh:
-                node = self._nodes.get(path)
+            listing, age = self._cached_listing(parent)
+            if listing is not None and age < self.ttl:
+                node = listing.get(name)
                 if node is not None:
                     return node
-                if path in self._negative:
+                if age < self.negative_ttl:
                     raise NotFound(path)
-        if not fresh and listing is not None and len(listing) <= RELIST_MAX_ENTRIES:
-            listing, fresh = self.readdir(parent), True
-        if fresh:
-            node = listing.get(name)
+            node = self._nodes.get(path)
+            if node is not None:
+                return node
+            if path in self._negative:
+                raise NotFound(path)
+        if age >= self.ttl and listing is not None and len(listing) <= RELIST_MAX_ENTRIES:
+            node = self.readdir(parent).get(name)
             if node is None:
                 raise NotFound(path)
             return node
         if invalid_name_reason(name):
             raise NotFound(path)
+        return self._ask_store(path)
+
+    def refresh(self, path: str) -> Node:
+        """The node at `path` as the store holds it now (HEAD + LIST, past every cache), which the caches and
+        the parent's cached listing learn: an open found the object it was given replaced or deleted."""
+        if path == "":
+            return self.dir_node()
+        return self._ask_store(path)
+
+    def _ask_store(self, path: str) -> Node:
+        """`path` looked up in the store; the answer, "nothing there" included, goes into the caches unless the
+        bucket changed here meanwhile (an upload may have landed after the store answered)."""
         with self._lock:
             changes = self._changes
         try:
             node = self._lookup_remote(path)
         except NotFound:
-            if self.caching:
-                with self._lock:
-                    if self._changes == changes:
-                        self._negative[path] = True
+            self._learn(path, None, changes)
             raise
-        if self.caching:
-            with self._lock:
-                if self._changes == changes:
-                    self._nodes[path] = node
+        self._learn(path, node, changes)
         return node
 
-    def _cached_listing(self, path: str) -> tuple[dict[str, Node] | None, bool]:
-        """(entries, fresh) of the cached listing of `path`; the caller holds the lock."""
+    def _learn(self, path: str, node: Node | None, changes: int) -> None:
+        """Cache what the store said of `path` (None: nothing there), in the parent's cached listing too (fresh
+        or not), so that `readdir` agrees with `lookup`."""
+        parent, _, name = path.rpartition("/")
+        with self._lock:
+            if self._changes != changes:
+                return
+            cached = self._listings.get(parent)
+            if node is None:
+                self._nodes.pop(path, None)
+                if self.negative_ttl > 0:
+                    self._negative[path] = True
+                if cached is not None:
+                    cached[0].pop(name, None)
+                return
+            self._negative.pop(path, None)
+            if self.caching:
+                self._nodes[path] = node
+            if cached is not None:
+                cached[0][name] = node
+
+    def _cached_listing(self, path: str) -> tuple[dict[str, Node] | None, float]:
+        """(entries, age in seconds) of the cached listing of `path`, (None, inf) if there is none; the caller
+        holds the lock."""
         cached = self._listings.get(path)
         if cached is None:
-            return None, False
-        return cached[0], self._clock() < cached[1]
+            return None, math.inf
+        return cached[0], self._clock() - cached[1]
 
     def _lookup_remote(self, path: str) -> Node:
         """One HEAD for the file and one LIST for the directory, in parallel; the directory wins."""
@@ -143,8 +186,8 @@ class BucketTree(Tree):
 
         The caller gets its own dict: the cached one changes in place as uploads land (`remember`)."""
         with self._lock:
-            listing, fresh = self._cached_listing(path)
-            if fresh:
+            listing, age = self._cached_listing(path)
+            if listing is not None and age < self.ttl:
                 return dict(listing)
         return dict(self._listings_in_progress.run(path, lambda: self._fresh_listing(path)))
 
@@ -152,15 +195,16 @@ class BucketTree(Tree):
         """The cached listing if another run just made it, else one from the store (cached unless something
         changed the bucket meanwhile).  Callers sharing the run copy it."""
         with self._lock:
-            listing, fresh = self._cached_listing(path)
-            if fresh:
-                return dict(listing)
+            cached, age = self._cached_listing(path)
+            if cached is not None and age < self.ttl:
+                return dict(cached)
             changes = self._changes
+        listed_at = self._clock()
         listing = self._list(path)
         if self.caching:
             with self._lock:
                 if self._changes == changes:
-                    self._listings[path] = (dict(listing), self._clock() + self.ttl)
+                    self._listings[path] = (dict(listing), listed_at)
         return listing
 
     def _list(self, path: str) -> dict[str, Node]:
@@ -219,7 +263,7 @@ class BucketTree(Tree):
             cached = self._listings.get(parent)
             if cached is None:
                 return
-            entries, expiry = cached
+            entries = cached[0]
             if name in entries and entries[name].is_dir:
                 return  # a directory of that name still wins
             entries[name] = node
@@ -234,7 +278,7 @@ class BucketTree(Tree):
             self._nodes.pop(path, None)
             self._listings.pop(parent, None)
             if self.caching:
-                self._listings[path] = ({}, self._clock() + self.ttl)
+                self._listings[path] = ({}, self._clock())
 
     def forget(self, path: str) -> None:
         """Drop cached knowledge of `path` and its parent listing (after a local change)."""

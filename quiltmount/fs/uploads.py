@@ -180,6 +180,21 @@ class Uploader:
             return True  # failed: the bytes are still staged
         return False
 
+    def still_to_land(self, staged: StagedFile) -> bool:
+        """After a change to what `staged`'s upload sends (its attributes): wait for an upload of it that is
+        running (it may have read the file before the change), then say whether an upload is still to come.
+
+        True: none has landed since (queued, failed, not submitted yet, or landed but kept for a writer that
+        re-opened the file), so the next one sends the change; False: one landed, without it."""
+        with self._lock:
+            upload = self._uploads.get(staged.id)
+        if upload is not None and upload.started:
+            try:
+                upload.future.result()
+            except StorageError:
+                return True
+        return staged.state != UPLOADED
+
     def wait(self, staged: StagedFile, timeout: float | None = None) -> None:
         """Block until `staged` is uploaded; raise its error (EIO) if the upload failed."""
         with self._lock:

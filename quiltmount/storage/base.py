@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import io
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
@@ -146,6 +146,11 @@ class ObjectStore(ABC):
         """Return the object at `key`; raise `NotFound` if there is none.  With `checksum`, its
         `checksum_sha256` too, if the store keeps one."""
 
+    def head_metadata(self, key: str) -> tuple[ObjectInfo, dict[str, str]]:
+        """The object at `key` and its user metadata (names lowercase, without `x-amz-meta-`), in one
+        request; raise `NotFound` if there is none.  The default, for a store that keeps none: no metadata."""
+        return self.head(key), {}
+
     @abstractmethod
     def prefix_exists(self, prefix: str) -> bool:
         """True when at least one key starts with `prefix` (which ends in '/')."""
@@ -172,20 +177,24 @@ class ObjectStore(ABC):
         return io.BytesIO(self.get_object(key))
 
     @abstractmethod
-    def put_object(self, key: str, data: bytes) -> None:
-        """Create or replace the object at `key` with `data`."""
+    def put_object(self, key: str, data: bytes, *, metadata: Mapping[str, str] | None = None) -> None:
+        """Create or replace the object at `key` with `data` (and user `metadata`, where the store keeps it:
+        ENOTSUP otherwise)."""
 
     @abstractmethod
     def delete_object(self, key: str) -> None:
         """Delete the object at `key` (no error if it does not exist)."""
 
     @abstractmethod
-    def put_file(self, key: str, path: str) -> ObjectInfo:
-        """Upload the local file `path` to `key` in one step: the object appears whole or not at all."""
+    def put_file(self, key: str, path: str, *, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+        """Upload the local file `path` to `key` in one step: the object appears whole or not at all.
+        `metadata`: its user metadata, as in `put_object`."""
 
     @abstractmethod
-    def copy_object(self, source_key: str, key: str) -> ObjectInfo:
-        """Copy an object inside the store (server-side where the store can)."""
+    def copy_object(self, source_key: str, key: str, *, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+        """Copy an object inside the store (server-side where the store can), with the source's user metadata,
+        or with `metadata` instead (S3's MetadataDirective REPLACE: `key` may then be `source_key`, which
+        changes an object's metadata without sending its bytes again)."""
 
     def list_versions(self, prefix: str) -> Iterator[VersionPage]:
         """Yield pages of every version and delete marker of the keys directly under `prefix` ('' or ending
@@ -201,9 +210,9 @@ class ObjectStore(ABC):
             return []
         return [ObjectVersion(key, "null", obj.mtime, True, size=obj.size, etag=obj.etag)]
 
-    def part_upload(self, key: str, path: str) -> PartUpload | None:
-        """A multipart upload of local file `path` to `key` that can take parts while the file is still
-        being written, or None if the store uploads files in one step only (the default)."""
+    def part_upload(self, key: str, path: str, *, metadata: Mapping[str, str] | None = None) -> PartUpload | None:
+        """A multipart upload of local file `path` to `key` (with user `metadata`) that can take parts while
+        the file is still being written, or None if the store uploads files in one step only (the default)."""
         return None
 
     def close(self) -> None:

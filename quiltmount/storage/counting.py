@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import IO, TypeVar
 
 from quiltmount.storage.base import ListPage, ObjectInfo, ObjectStore, ObjectVersion, PartUpload, VersionPage
@@ -91,6 +91,13 @@ class CountingStore(ObjectStore):
         finally:
             self._end()
 
+    def head_metadata(self, key: str) -> tuple[ObjectInfo, dict[str, str]]:
+        self._begin("head")
+        try:
+            return self.inner.head_metadata(key)
+        finally:
+            self._end()
+
     def prefix_exists(self, prefix: str) -> bool:
         self._begin("list")
         try:
@@ -130,10 +137,10 @@ class CountingStore(ObjectStore):
         finally:
             self._end()
 
-    def put_object(self, key: str, data: bytes) -> None:
+    def put_object(self, key: str, data: bytes, *, metadata: Mapping[str, str] | None = None) -> None:
         self._begin("put")
         try:
-            self.inner.put_object(key, data)
+            self.inner.put_object(key, data, metadata=metadata)
         finally:
             self._end()
 
@@ -144,22 +151,22 @@ class CountingStore(ObjectStore):
         finally:
             self._end()
 
-    def put_file(self, key: str, path: str) -> ObjectInfo:
+    def put_file(self, key: str, path: str, *, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
         self._begin("put")
         try:
-            return self.inner.put_file(key, path)
+            return self.inner.put_file(key, path, metadata=metadata)
         finally:
             self._end()
 
-    def copy_object(self, source_key: str, key: str) -> ObjectInfo:
+    def copy_object(self, source_key: str, key: str, *, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
         self._begin("copy")
         try:
-            return self.inner.copy_object(source_key, key)
+            return self.inner.copy_object(source_key, key, metadata=metadata)
         finally:
             self._end()
 
-    def part_upload(self, key: str, path: str) -> PartUpload | None:
-        upload = self.inner.part_upload(key, path)
+    def part_upload(self, key: str, path: str, *, metadata: Mapping[str, str] | None = None) -> PartUpload | None:
+        upload = self.inner.part_upload(key, path, metadata=metadata)
         return None if upload is None else _CountedPartUpload(upload, self)
 
     def close(self) -> None:

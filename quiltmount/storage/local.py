@@ -6,10 +6,11 @@ so a file replaced after it was opened is detected like a changed ETag.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from quiltmount.errors import AccessDenied, NotFound, ObjectChanged, StorageError, UserError
 from quiltmount.files import atomic_file, file_mode
@@ -116,7 +117,8 @@ class LocalStore(ObjectStore):
             raise self._fail("get", key, exc) from exc
         return ObjectStream(file.read, file.close, lambda exc: self._fail("read", key, exc), (OSError,))
 
-    def put_object(self, key: str, data: bytes) -> None:
+    def put_object(self, key: str, data: bytes, *, metadata: Mapping[str, str] | None = None) -> None:
+        self._no_metadata(key, metadata)
         path = self._path(key)
         if key.endswith("/"):  # a directory marker is a directory here
             try:
@@ -142,7 +144,8 @@ class LocalStore(ObjectStore):
         except OSError as exc:
             raise self._fail("delete", key, exc) from exc
 
-    def put_file(self, key: str, path: str) -> ObjectInfo:
+    def put_file(self, key: str, path: str, *, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+        self._no_metadata(key, metadata)
         target = self._path(key)
         try:
             os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -152,8 +155,13 @@ class LocalStore(ObjectStore):
         except OSError as exc:
             raise self._fail("upload", key, exc) from exc
 
-    def copy_object(self, source_key: str, key: str) -> ObjectInfo:
-        return self.put_file(key, self._path(source_key))
+    def copy_object(self, source_key: str, key: str, *, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+        return self.put_file(key, self._path(source_key), metadata=metadata)
+
+    def _no_metadata(self, key: str, metadata: Mapping[str, str] | None) -> None:
+        """Local files keep no user metadata (`--posix-metadata` needs a bucket): refuse rather than drop it."""
+        if metadata is not None:
+            raise StorageError(f"{self.name}/{key}: a local directory keeps no object metadata", errno.ENOTSUP)
 
     def remove_empty_dirs(self, prefix: str, *, recursive: bool = False) -> None:
         """Remove the directory `prefix` if it is empty (with `recursive`, empty subdirectories first).

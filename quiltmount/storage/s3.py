@@ -9,7 +9,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -214,15 +214,18 @@ class S3Store(ObjectStore):
         return found
 
     def head(self, key: str, *, checksum: bool = False) -> ObjectInfo:
+        return _head_info(key, self._head_response(key, checksum=checksum))
+
+    def head_metadata(self, key: str) -> tuple[ObjectInfo, dict[str, str]]:
+        response = self._head_response(key)
+        return _head_info(key, response), _user_metadata(response)
+
+    def _head_response(self, key: str, *, checksum: bool = False) -> dict:
         try:
-            response = self.client.head_object(Bucket=self.bucket, Key=key,
-                                               **({"ChecksumMode": "ENABLED"} if checksum else {}))
+            return self.client.head_object(Bucket=self.bucket, Key=key,
+                                           **({"ChecksumMode": "ENABLED"} if checksum else {}))
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise self._fail("head", key, exc) from exc
-        version = response.get("VersionId")
-        return ObjectInfo(key, int(response["ContentLength"]), response["LastModified"].timestamp(),
-                          response["ETag"], None if version in (None, "null") else version,
-                          checksum_sha256=response.get("ChecksumSHA256"))
 
     def prefix_exists(self, prefix: str) -> bool:
         try:
@@ -313,9 +316,10 @@ class S3Store(ObjectStore):
         return ObjectStream(body.read, body.close, lambda exc: self._fail("read", key, exc),
                             (botocore.exceptions.BotoCoreError, OSError))
 
-    def put_object(self, key: str, data: bytes) -> None:
+    def put_object(self, key: str, data: bytes, *, metadata: Mapping[str, str] | None = None) -> None:
         try:
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ChecksumAlgorithm="SHA256")
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ChecksumAlgorithm="SHA256",
+                                   **_metadata_args(metadata))
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise self._fail("put", key, exc) from exc
 
@@ -325,43 +329,55 @@ class S3Store(ObjectStore):
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise self._fail("delete", key, exc) from exc
 
-    def put_file(self, key: str, path: str) -> ObjectInfo:
+    def put_file(self, key: str, path: str, *, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
         size = os.path.getsize(path)
         if size >= PART_SIZE:
-            return self.part_upload(key, path).finish(size)
+            return self.part_upload(key, path, metadata=metadata).finish(size)
         try:
             with open(path, "rb") as file:
                 data = file.read()
             # The algorithm named as well: S3-compatible servers (moto) keep a checksum only then.
             checksum = base64.b64encode(hashlib.sha256(data).digest()).decode()
             response = self._uploads.put_object(
-                Bucket=self.bucket, Key=key, Body=data, ChecksumAlgorithm="SHA256", ChecksumSHA256=checksum)
+                Bucket=self.bucket, Key=key, Body=data, ChecksumAlgorithm="SHA256", ChecksumSHA256=checksum,
+                **_metadata_args(metadata))
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise self._fail("upload", key, exc) from exc
         return _uploaded_info(key, size, response, checksum)
 
-    def part_upload(self, key: str, path: str) -> PartUpload:
+    def part_upload(self, key: str, path: str, *, metadata: Mapping[str, str] | None = None) -> PartUpload:
         return PartUpload(key, path, bucket=self.bucket, client=self.client, upload_client=self._uploads,
-                          assembly_client=self._slow, pool=self._parts, head=self.head, fail=self._fail)
+                          assembly_client=self._slow, pool=self._parts, head=self.head, fail=self._fail,
+                          metadata=metadata)
 
-    def copy_object(self, source_key: str, key: str) -> ObjectInfo:
+    def copy_object(self, source_key: str, key: str, *, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+        """With `metadata`, the copy's Content-Type is the source's (REPLACE would reset it)."""
         try:
-            source = self.head(source_key)
+            response = self._head_response(source_key)
+            source = _head_info(source_key, response)
+            replace = {} if metadata is None else {"ContentType": response.get("ContentType") or "binary/octet-stream",
+                                                    **_metadata_args(metadata)}
             if source.size <= self.max_single_copy:
+                # The copy's SHA-256 checksum computed anew: the source's may be a multipart upload's, which
+                # some servers (moto) would otherwise give the copy as its whole-object checksum.
                 response = self._slow.copy_object(Bucket=self.bucket, Key=key,
-                                                   CopySource={"Bucket": self.bucket, "Key": source_key})
+                                                   CopySource={"Bucket": self.bucket, "Key": source_key},
+                                                   ChecksumAlgorithm="SHA256",
+                                                   **({"MetadataDirective": "REPLACE", **replace} if replace else {}))
                 etag = response["CopyObjectResult"]["ETag"]
             else:
-                etag = self._multipart_copy(source, key)["ETag"]
+                etag = self._multipart_copy(source, key, replace)["ETag"]
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise self._fail("copy", source_key, exc) from exc
         return ObjectInfo(key, source.size, time.time(), etag)
 
-    def _multipart_copy(self, source: ObjectInfo, key: str) -> dict:
+    def _multipart_copy(self, source: ObjectInfo, key: str, replace: dict[str, Any]) -> dict:
         """UploadPartCopy of `source` in `copy_part_size` parts, in parallel, each pinned to the source's ETag
-        (a source replaced meanwhile fails the copy instead of mixing two versions)."""
+        (a source replaced meanwhile fails the copy instead of mixing two versions).  The copy has the
+        metadata of `replace` (Metadata, ContentType), if given: a multipart upload never takes the
+        source's."""
         part_size = self.copy_part_size
-        upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
+        upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, **replace)["UploadId"]
 
         def copy_part(number: int, start: int) -> dict:
             response = self._slow.upload_part_copy(
@@ -404,6 +420,24 @@ def _sha256_of_range(path: str, start: int, size: int) -> tuple[str, int]:
     return base64.b64encode(digest.digest()).decode(), length
 
 
+def _head_info(key: str, response: dict) -> ObjectInfo:
+    """The object a HeadObject answer describes."""
+    version = response.get("VersionId")
+    return ObjectInfo(key, int(response["ContentLength"]), response["LastModified"].timestamp(),
+                      response["ETag"], None if version in (None, "null") else version,
+                      checksum_sha256=response.get("ChecksumSHA256"))
+
+
+def _user_metadata(response: dict) -> dict[str, str]:
+    """A HeadObject answer's user metadata, names lowercase (HTTP header names are case-insensitive)."""
+    return {name.lower(): value for name, value in response.get("Metadata", {}).items()}
+
+
+def _metadata_args(metadata: Mapping[str, str] | None) -> dict[str, Any]:
+    """The keyword arguments that send user `metadata` with a request, if any."""
+    return {} if metadata is None else {"Metadata": dict(metadata)}
+
+
 def _version(item: dict, *, deleted: bool) -> ObjectVersion:
     """A `Versions` or `DeleteMarkers` item of ListObjectVersions."""
     return ObjectVersion(item["Key"], str(item.get("VersionId") or "null"), item["LastModified"].timestamp(),
@@ -437,12 +471,14 @@ class PartUpload:
 
     def __init__(self, key: str, path: str, *, bucket: str, client: Any, upload_client: Any, assembly_client: Any,
                  pool: Executor, head: Callable[[str], ObjectInfo],
-                 fail: Callable[[str, str, Exception], StorageError]) -> None:
+                 fail: Callable[[str, str, Exception], StorageError],
+                 metadata: Mapping[str, str] | None = None) -> None:
         """What the upload needs of its store: `client` creates and aborts it, `upload_client` sends the parts
         and `assembly_client` completes it (their timeouts differ); `pool` runs the parts; `head` finds an
         object whose completion was answered as gone; `fail` turns a boto error into the store's
-        `StorageError`."""
+        `StorageError`; `metadata` is the object's user metadata."""
         self.key = key
+        self.metadata = metadata
         self.path = path
         self.bucket = bucket
         self._client = client
@@ -460,7 +496,8 @@ class PartUpload:
         with self._lock:
             if self._upload_id is None:
                 self._upload_id = self._client.create_multipart_upload(
-                    Bucket=self.bucket, Key=self.key, ChecksumAlgorithm="SHA256")["UploadId"]
+                    Bucket=self.bucket, Key=self.key, ChecksumAlgorithm="SHA256",
+                    **_metadata_args(self.metadata))["UploadId"]
             return self._upload_id
 
     def _send(self, number: int) -> dict:

@@ -1,0 +1,204 @@
+"""POSIX attributes as s3fs-fuse stores them in an object's user metadata (`--posix-metadata`).
+
+The format, read from s3fs-fuse's source (src/metaheader.cpp, src/s3fs.cpp, src/string_util.cpp), so that
+a bucket written by either mounts the same in the other:
+
+| header | value |
+|---|---|
+| `x-amz-meta-mode` | `st_mode` in decimal, file type bits included (`33188` is a 0644 regular file) |
+| `x-amz-meta-uid`, `x-amz-meta-gid` | decimal |
+| `x-amz-meta-atime`, `-mtime`, `-ctime` | seconds since the epoch, `SEC` or `SEC.NNNNNNNNN` (nanoseconds, 9 digits) |
+| `x-amz-meta-xattr` | `{"NAME":"BASE64",...}` (names sorted, values base64), URL-encoded but for `.-_~/` |
+
+Symbolic links are objects whose body is the target, with mode `S_IFLNK | 0777`; FIFOs and devices from
+mknod(2) are empty objects whose mode says what they are (s3fs keeps no device number).  Directories keep
+their attributes in their `dir/` marker object.  Missing or unreadable headers fall back to the mount's
+defaults (`--file-mode`, `--dir-mode`, `--uid`, `--gid`) and the object's LastModified, as s3fs falls back to
+its own.  Header names here are as boto3 hands user metadata: lowercase, without `x-amz-meta-`.
+
+This module is a leaf: the value types of the tree interface (`AttrChange`, `NewAttrs`) live here too.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import quote, unquote_to_bytes
+
+NS = 1_000_000_000
+#: Characters s3fs leaves as they are when it URL-encodes `x-amz-meta-xattr` (urlEncodePath).
+_XATTR_SAFE = "-_.~/"
+
+
+@dataclass(frozen=True)
+class PosixAttrs:
+    """What stat(2) and listxattr(2) report for one path: `mode` includes the file type bits."""
+
+    mode: int
+    uid: int
+    gid: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    xattrs: Mapping[str, bytes] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AttrChange:
+    """chmod(2), chown(2), utimensat(2), setxattr(2) or removexattr(2): None leaves a value as it is."""
+
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    atime_ns: int | None = None
+    mtime_ns: int | None = None
+    set_xattr: tuple[str, bytes] | None = None
+    remove_xattr: str | None = None
+
+
+@dataclass(frozen=True)
+class NewAttrs:
+    """A file, directory, symlink or node being created: its mode (type bits included) and its owner (the
+    calling process's user and group)."""
+
+    mode: int
+    uid: int
+    gid: int
+
+
+def changed(attrs: PosixAttrs, change: AttrChange, now_ns: int) -> PosixAttrs:
+    """`attrs` after `change`, made at `now_ns`: as POSIX says, every change sets ctime; chmod keeps the file
+    type; utimensat sets only the times it is given."""
+    xattrs = dict(attrs.xattrs)
+    if change.set_xattr is not None:
+        xattrs[change.set_xattr[0]] = change.set_xattr[1]
+    if change.remove_xattr is not None:
+        del xattrs[change.remove_xattr]
+    return PosixAttrs(
+        mode=attrs.mode if change.mode is None else stat.S_IFMT(attrs.mode) | stat.S_IMODE(change.mode),
+        uid=attrs.uid if change.uid is None else change.uid,
+        gid=attrs.gid if change.gid is None else change.gid,
+        atime_ns=attrs.atime_ns if change.atime_ns is None else change.atime_ns,
+        mtime_ns=attrs.mtime_ns if change.mtime_ns is None else change.mtime_ns,
+        ctime_ns=now_ns, xattrs=xattrs)
+
+
+def created(new: NewAttrs, now_ns: int) -> PosixAttrs:
+    """The attributes of something created at `now_ns`."""
+    return PosixAttrs(new.mode, new.uid, new.gid, now_ns, now_ns, now_ns)
+
+
+def staged_headers(headers: Mapping[str, str], *, mtime_ns: int, ctime_ns: int) -> dict[str, str]:
+    """The headers of a staged file as its upload sends them: the mtime of its staged bytes (written, or set by
+    utimensat), and the later of its own ctime and theirs (every write changes both)."""
+    ctime = max(parse_time(headers.get("ctime")) or 0, ctime_ns)
+    return {**headers, "mtime": format_time(mtime_ns), "ctime": format_time(ctime)}
+
+
+# -- headers -------------------------------------------------------------------------------------------------
+def to_headers(attrs: PosixAttrs) -> dict[str, str]:
+    """The user metadata s3fs writes for `attrs` (`xattr` only when there are extended attributes)."""
+    headers = {"mode": str(attrs.mode), "uid": str(attrs.uid), "gid": str(attrs.gid),
+               "atime": format_time(attrs.atime_ns), "mtime": format_time(attrs.mtime_ns),
+               "ctime": format_time(attrs.ctime_ns)}
+    if attrs.xattrs:
+        headers["xattr"] = encode_xattrs(attrs.xattrs)
+    return headers
+
+
+def from_headers(headers: Mapping[str, str], default: PosixAttrs) -> PosixAttrs:
+    """The attributes `headers` describe; what they lack or garble comes from `default`.
+
+    A mode without file type bits takes `default`'s (an object is a regular file, a marker a directory), and
+    a mode without any permission bit gets read permission for its owner, as s3fs does."""
+    mode = _number(headers.get("mode"), base=0)
+    if mode is None:
+        mode = default.mode
+    elif not stat.S_IFMT(mode):
+        mode |= stat.S_IFMT(default.mode)
+        if not stat.S_IMODE(mode) & 0o777:
+            mode |= stat.S_IRUSR | (stat.S_IXUSR if stat.S_ISDIR(mode) else 0)
+    uid, gid = _number(headers.get("uid"), base=0), _number(headers.get("gid"), base=0)
+    times = [parse_time(headers.get(name)) for name in ("atime", "mtime", "ctime")]
+    atime, mtime, ctime = (default_ns if value is None else value
+                           for value, default_ns in zip(times, (default.atime_ns, default.mtime_ns, default.ctime_ns)))
+    raw_xattrs = headers.get("xattr")
+    return PosixAttrs(mode, default.uid if uid is None else uid, default.gid if gid is None else gid,
+                      atime, mtime, ctime, default.xattrs if raw_xattrs is None else decode_xattrs(raw_xattrs))
+
+
+def _number(text: str | None, *, base: int) -> int | None:
+    """An integer as strtoll(text, base) reads it whole; None if absent or not a number."""
+    if text is None:
+        return None
+    digits = text.strip().lstrip("+-")
+    if base == 0:  # C's rule: 0x... hexadecimal, 0... octal (Python's int() refuses a leading 0)
+        base = 16 if digits[:2].lower() == "0x" else 8 if digits[:1] == "0" and len(digits) > 1 else 10
+    try:
+        return int(text.strip(), base)
+    except ValueError:
+        return None
+
+
+def format_time(ns: int) -> str:
+    """`SEC` for a whole second, else `SEC.NNNNNNNNN` (s3fs's `str(struct timespec)`)."""
+    seconds, nanoseconds = divmod(ns, NS)
+    return str(seconds) if nanoseconds == 0 else f"{seconds}.{nanoseconds:09d}"
+
+
+def parse_time(text: str | None) -> int | None:
+    """Nanoseconds since the epoch from `SEC[.FRACTION]`; None if absent or not a time.
+
+    The fraction is read as a decimal fraction of a second: the same as s3fs for the 9 digits s3fs writes,
+    and right for the shorter fractions other tools (rclone) write, which s3fs reads as nanoseconds."""
+    if text is None:
+        return None
+    whole, _, fraction = text.strip().partition(".")
+    try:
+        seconds = int(whole, 10)
+        nanoseconds = int((fraction + "000000000")[:9], 10) if fraction else 0
+    except ValueError:
+        return None
+    if fraction and not fraction.isdigit():
+        return None
+    return seconds * NS + nanoseconds
+
+
+def encode_xattrs(xattrs: Mapping[str, bytes]) -> str:
+    """`x-amz-meta-xattr`: `{"NAME":"BASE64",...}` with names in order, URL-encoded as s3fs does."""
+    body = ",".join(f'"{name}":"{base64.b64encode(value).decode()}"' for name, value in sorted(xattrs.items()))
+    return quote("{" + body + "}", safe=_XATTR_SAFE)
+
+
+def decode_xattrs(text: str) -> dict[str, bytes]:
+    """The extended attributes of an `x-amz-meta-xattr` value, parsed as s3fs parses it (parse_xattrs): the
+    text between the first `{` and the last `}`, split at commas, each pair at its last colon; pairs that do
+    not parse are skipped."""
+    decoded = unquote_to_bytes(text).decode("utf-8", "surrogateescape")
+    start, end = decoded.find("{"), decoded.rfind("}")
+    if start < 0 or end <= start:
+        return {}
+    xattrs: dict[str, bytes] = {}
+    for pair in decoded[start + 1:end].split(","):
+        name, colon, value = pair.rpartition(":")
+        name, value = _unquoted(name), _unquoted(value)
+        if not colon or name is None or value is None:
+            continue
+        try:
+            xattrs[name] = base64.b64decode(value)
+        except (binascii.Error, ValueError):
+            continue
+    return xattrs
+
+
+def _unquoted(text: str) -> str | None:
+    """`text` without its enclosing double quotes (s3fs's takeout_str_dquart); None if malformed."""
+    first = text.find('"')
+    if first < 0:
+        return text
+    last = text.rfind('"')
+    inner = text[first + 1:last] if last > first else None
+    return None if inner is None or '"' in inner else inner

@@ -1,0 +1,209 @@
+"""Objects another S3 client creates, replaces or deletes, seen through a mount with real tools (`test`, `cat`,
+`ls`, `stat`) run as subprocesses, against the real (moto) S3 server: issue #17's "Freshness"."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from mounthelpers import fresh_record
+from quiltmount.errors import NotFound
+from quiltmount.fs.tree import BucketTree
+from quiltmount.storage.counting import CountingStore
+from quiltmount.storage.local import LocalStore
+
+#: The default negative TTL, and a margin for the kernel and a busy test machine.
+NEGATIVE_TTL = 1.0
+SETTLE = 0.3
+
+
+def run(*command: str | Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(part) for part in command], capture_output=True, timeout=60)
+
+
+def exists(path: Path) -> bool:
+    """`test -e PATH`, as a shell script asks it (a lookup by a new process)."""
+    return run("test", "-e", path).returncode == 0
+
+
+def cat(path: Path) -> bytes:
+    result = run("cat", path)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def size_of(path: Path) -> int:
+    return int(run("stat", "-c", "%s", path).stdout)
+
+
+def requests(mnt: Path) -> dict[str, int]:
+    return fresh_record(mnt)["requests"]["totals"]
+
+
+def test_a_listing_answers_for_missing_names_for_the_negative_ttl_only(tmp_path):
+    """The rule, on a clock of the test's own: a name missing from a listing younger than the negative TTL is
+    missing; after that, HEAD + LIST, whose answer joins the listing (a miss: the negative cache, as long)."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "a.txt").write_bytes(b"a")
+    now = [0.0]
+    store = CountingStore(LocalStore(str(root)))
+    tree = BucketTree(store, metadata_ttl=10, clock=lambda: now[0])
+
+    def heads() -> int:
+        return store.snapshot()["totals"].get("head", 0)
+
+    assert list(tree.readdir("")) == ["a.txt"]
+    (root / "new.txt").write_bytes(b"new")
+    (root / "d" / "e").mkdir(parents=True)
+    (root / "d" / "e" / "f.txt").write_bytes(b"f")
+    now[0] = 0.9
+    with pytest.raises(NotFound):
+        tree.lookup("new.txt")
+    assert heads() == 0
+    now[0] = 1.0
+    assert tree.lookup("new.txt").size == 3 and heads() == 1
+    with pytest.raises(NotFound):
+        tree.lookup("missing")
+    with pytest.raises(NotFound):
+        tree.lookup("missing")  # the negative cache
+    assert heads() == 2
+    now[0] = 2.1
+    with pytest.raises(NotFound):
+        tree.lookup("missing")
+    assert heads() == 3
+    assert tree.lookup("a.txt").size == 1 and heads() == 3  # listed names: the listing, for --metadata-ttl
+    assert tree.lookup("d").is_dir
+    assert sorted(tree.readdir("")) == ["a.txt", "d", "new.txt"]  # the listing learnt the new names
+    assert store.snapshot()["totals"]["list"] == 1 + 4  # one listing, then a one-key LIST per lookup asked
+
+
+def test_an_object_created_elsewhere_appears_within_the_negative_ttl(s3, bucket, mount):
+    s3.put_object(Bucket=bucket, Key="d/old.txt", Body=b"old")
+    mnt = mount(f"s3://{bucket}")
+    assert os.listdir(mnt / "d") == ["old.txt"]
+    assert not exists(mnt / "d/new.txt")  # absent from a listing this young: no request
+    s3.put_object(Bucket=bucket, Key="d/new.txt", Body=b"created elsewhere\n")
+    time.sleep(NEGATIVE_TTL + SETTLE)
+    assert exists(mnt / "d/new.txt")
+    assert cat(mnt / "d/new.txt") == b"created elsewhere\n"
+    assert sorted(os.listdir(mnt / "d")) == ["new.txt", "old.txt"]  # the lookup's answer joined the listing
+
+
+def test_an_object_replaced_elsewhere_is_read_anew_by_the_next_open(s3, bucket, mount, tmp_path):
+    large_before = random.Random(1).randbytes(2 * 1024 * 1024 + 5)  # several blocks: the first is fetched at open
+    bodies = {"grows.txt": (b"old\n", b"new new\n"), "shrinks.txt": (b"a longer old body\n", b"short\n"),
+              "large.bin": (large_before, random.Random(2).randbytes(3 * 1024 * 1024 + 7)),
+              "large-shrinks.bin": (large_before, b"tiny now\n")}
+    for name, (before, _) in bodies.items():
+        s3.put_object(Bucket=bucket, Key=f"r/{name}", Body=before)
+    mnt = mount(f"s3://{bucket}")
+    listing = run("ls", "-l", mnt / "r")  # the kernel and the daemon know every old size
+    assert listing.returncode == 0 and str(len(large_before)).encode() in listing.stdout
+    for name, (before, _) in bodies.items():
+        assert size_of(mnt / "r" / name) == len(before)
+    for name, (_, after) in bodies.items():
+        s3.put_object(Bucket=bucket, Key=f"r/{name}", Body=after)
+    for name, (_, after) in bodies.items():
+        assert cat(mnt / "r" / name) == after, name  # right away: no EIO, not cut at the old size
+        assert size_of(mnt / "r" / name) == len(after), name
+    local = tmp_path / "large.bin"
+    local.write_bytes(bodies["large.bin"][1])
+    assert run("cmp", mnt / "r/large.bin", local).returncode == 0
+    listed = run("ls", "-l", mnt / "r").stdout.decode()
+    assert f" {len(bodies['grows.txt'][1])} " in listed and f" {len(bodies['large.bin'][1])} " in listed
+
+
+def test_a_file_written_here_then_replaced_elsewhere(s3, bucket, mount):
+    """s3fs-fuse's test_external_modification: written through the mount, then by another client."""
+    mnt = mount(f"s3://{bucket}")
+    (mnt / "w.txt").write_bytes(b"old\n")
+    deadline = time.monotonic() + 10
+    while "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="w.txt"):
+        assert time.monotonic() < deadline, "the upload did not land"
+        time.sleep(0.1)
+    s3.put_object(Bucket=bucket, Key="w.txt", Body=b"new new\n")
+    assert cat(mnt / "w.txt") == b"new new\n"
+
+
+def test_an_open_file_keeps_its_version_and_the_next_open_reads_the_new_one(s3, bucket, mount):
+    s3.put_object(Bucket=bucket, Key="big.bin", Body=b"A" * (12 << 20))
+    mnt = mount(f"s3://{bucket}")
+    with open(mnt / "big.bin", "rb") as file:
+        assert file.read(1 << 20) == b"A" * (1 << 20)
+        s3.put_object(Bucket=bucket, Key="big.bin", Body=b"B" * (3 << 20))
+        file.seek(10 << 20)
+        with pytest.raises(OSError) as failure:  # bytes the open version no longer has: never a mix
+            file.read(1 << 20)
+        assert failure.value.errno == errno.EIO
+    assert cat(mnt / "big.bin") == b"B" * (3 << 20)  # at once, not once the listing expires
+
+
+def test_an_object_deleted_elsewhere_is_gone_at_the_next_open(s3, bucket, mount):
+    s3.put_object(Bucket=bucket, Key="gone.txt", Body=b"soon gone")
+    mnt = mount(f"s3://{bucket}")
+    assert os.listdir(mnt) == ["gone.txt"]
+    s3.delete_object(Bucket=bucket, Key="gone.txt")
+    result = run("cat", mnt / "gone.txt")
+    assert result.returncode != 0 and b"No such file" in result.stderr
+    assert os.listdir(mnt) == []
+
+
+def test_directories_implied_by_a_new_key_appear(s3, bucket, mount):
+    s3.put_object(Bucket=bucket, Key="a/x.txt", Body=b"x")
+    mnt = mount(f"s3://{bucket}")
+    assert os.listdir(mnt) == ["a"] and os.listdir(mnt / "a") == ["x.txt"]
+    s3.put_object(Bucket=bucket, Key="a/b/c/file.txt", Body=b"deep\n")
+    s3.put_object(Bucket=bucket, Key="new/top/file.txt", Body=b"top\n")
+    time.sleep(NEGATIVE_TTL + SETTLE)
+    # A lookup of the new name (stat, ls, cd, open) asks S3 once the cached listing is older than the negative
+    # TTL, and the directory joins that listing.
+    assert run("ls", mnt / "a/b").stdout == b"c\n"
+    assert sorted(os.listdir(mnt / "a")) == ["b", "x.txt"]
+    assert cat(mnt / "new/top/file.txt") == b"top\n"
+    assert sorted(os.listdir(mnt)) == ["a", "new"]
+
+
+def test_negative_metadata_ttl_is_honoured_and_costs_no_head_within_it(s3, bucket, mount):
+    mnt = mount(f"s3://{bucket}", "--negative-metadata-ttl", "2")
+    before = requests(mnt)
+    os.listdir(mnt)
+    listed = time.monotonic()
+    s3.put_object(Bucket=bucket, Key="later.txt", Body=b"later")
+    for _ in range(5):
+        assert not exists(mnt / "later.txt")  # the listing's "missing", trusted for 2 s
+    time.sleep(listed + 1.5 - time.monotonic())
+    assert not exists(mnt / "later.txt")  # (the default, 1 s, would show it)
+    time.sleep(listed + 2 + SETTLE - time.monotonic())
+    assert exists(mnt / "later.txt")
+    after = requests(mnt)
+    assert after.get("head", 0) - before.get("head", 0) == 1, (before, after)  # the last lookup's only
+
+
+def test_without_a_negative_ttl_every_lookup_of_a_missing_name_asks_s3(s3, bucket, mount):
+    mnt = mount(f"s3://{bucket}", "--negative-metadata-ttl", "0")
+    os.listdir(mnt)
+    before = requests(mnt)
+    for _ in range(3):
+        assert not exists(mnt / "missing.txt")
+    after = requests(mnt)
+    assert after.get("head", 0) - before.get("head", 0) == 3, (before, after)
+
+
+def test_ls_l_find_du_of_an_old_listing_make_no_head(s3, bucket, mount):
+    for i in range(50):
+        s3.put_object(Bucket=bucket, Key=f"many/f{i:02d}", Body=b"x" * i)
+    mnt = mount(f"s3://{bucket}")
+    os.listdir(mnt / "many")
+    before = requests(mnt)  # the listing is older than the negative TTL from here on
+    assert len(run("ls", "-l", mnt / "many").stdout.splitlines()) == 51
+    assert len(run("find", mnt / "many", "-printf", "%s\n").stdout.split()) == 51
+    assert run("du", "-s", mnt / "many").returncode == 0
+    after = requests(mnt)
+    assert after.get("head", 0) == before.get("head", 0), (before, after)
