@@ -65,8 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "missing before S3 is asked again (default 1, or --metadata-ttl if shorter)")
     mount.add_argument("--uid", type=argtypes.id_number, help="owner of every file (default: the mounting user)")
     mount.add_argument("--gid", type=argtypes.id_number, help="group of every file (default: the mounting user's group)")
-    mount.add_argument("--file-mode", type=argtypes.mode, default=0o644, metavar="MODE", help="file permissions (0644)")
-    mount.add_argument("--dir-mode", type=argtypes.mode, default=0o755, metavar="MODE", help="directory permissions (0755)")
+    mount.add_argument("--file-mode", type=argtypes.mode, metavar="MODE",
+                       help="file permissions (0644; with --posix-metadata, of objects without a mode: 0640, as s3fs)")
+    mount.add_argument("--dir-mode", type=argtypes.mode, metavar="MODE",
+                       help="directory permissions (0755; with --posix-metadata, of directories without a mode: "
+                            "0750, as s3fs)")
     mount.add_argument("--allow-other", action="store_true",
                        help="let other users use the mount (needs user_allow_other in /etc/fuse.conf unless root)")
     mount.add_argument("--log-file", help="daemon log (default under $XDG_STATE_HOME/quiltmount/logs/)")
@@ -219,8 +222,10 @@ def cmd_mount(args: argparse.Namespace) -> int:
         disk_cache_size=args.disk_cache_size, disk_cache_dir=_cache_root(args),
         memory_cache_size=args.memory_cache_size,
         metadata_ttl=args.metadata_ttl, negative_metadata_ttl=args.negative_metadata_ttl,
-        uid=args.uid, gid=args.gid, file_mode=args.file_mode,
-        dir_mode=args.dir_mode, allow_other=args.allow_other,
+        uid=args.uid, gid=args.gid, allow_other=args.allow_other,
+        # s3fs's modes for objects and directories without x-amz-meta-mode (its get_mode) in its format.
+        file_mode=(0o640 if args.posix_metadata else 0o644) if args.file_mode is None else args.file_mode,
+        dir_mode=(0o750 if args.posix_metadata else 0o755) if args.dir_mode is None else args.dir_mode,
         log_file=os.path.abspath(args.log_file) if args.log_file else None, log_level=args.log_level,
         profile=args.profile, region=args.region, endpoint_url=args.endpoint_url,
         sync_on_close=args.sync_on_close, upload_attempts=args.upload_attempts, search_limit=args.search_limit,

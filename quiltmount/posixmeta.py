@@ -24,7 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import stat
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote_to_bytes
 
@@ -57,6 +57,14 @@ class AttrChange:
     mtime_ns: int | None = None
     set_xattr: tuple[str, bytes] | None = None
     remove_xattr: str | None = None
+
+    def written(self) -> set[str]:
+        """The headers this change sets (`ctime`, which every change sets, included)."""
+        names = {"ctime"}
+        for name in ("mode", "uid", "gid", "atime", "mtime"):
+            if getattr(self, name if name in ("mode", "uid", "gid") else f"{name}_ns") is not None:
+                names.add(name)
+        return names
 
 
 @dataclass(frozen=True)
@@ -107,6 +115,25 @@ def to_headers(attrs: PosixAttrs) -> dict[str, str]:
     if attrs.xattrs:
         headers["xattr"] = encode_xattrs(attrs.xattrs)
     return headers
+
+
+def merged_headers(headers: Mapping[str, str], before: PosixAttrs, after: PosixAttrs,
+                   written: Collection[str] = ()) -> dict[str, str]:
+    """An object's user metadata `headers` (other clients' included, kept) after a change of its attributes
+    from `before` (what `headers` say) to `after`: only what changed is written, as s3fs's copy of an object
+    onto itself does (a chmod adds `mode` and `ctime`, never an `mtime` the object did not have).  The headers
+    named in `written` are written even when unchanged (those a chmod, chown or utimensat sets)."""
+    merged = dict(headers)
+    old = to_headers(before)
+    for name, value in to_headers(after).items():
+        if name != "xattr" and (old[name] != value or name in written):
+            merged[name] = value
+    if dict(after.xattrs) != dict(before.xattrs):
+        if after.xattrs:
+            merged["xattr"] = encode_xattrs(after.xattrs)
+        else:
+            merged.pop("xattr", None)
+    return merged
 
 
 def from_headers(headers: Mapping[str, str], default: PosixAttrs) -> PosixAttrs:

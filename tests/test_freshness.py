@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import errno
+import math
 import os
 import random
 import subprocess
@@ -46,9 +47,10 @@ def requests(mnt: Path) -> dict[str, int]:
     return fresh_record(mnt)["requests"]["totals"]
 
 
-def test_a_listing_answers_for_missing_names_for_the_negative_ttl_only(tmp_path):
-    """The rule, on a clock of the test's own: a name missing from a listing younger than the negative TTL is
-    missing; after that, HEAD + LIST, whose answer joins the listing (a miss: the negative cache, as long)."""
+def test_names_a_listing_lacks_are_asked_of_the_store_unless_found_missing_just_before(tmp_path):
+    """The rule, on a clock of the test's own: a listed name is answered from the listing (for --metadata-ttl);
+    a name the listing lacks is asked of the store (HEAD + LIST), whose answer joins the listing, unless the
+    store said "not found" for that very name less than the negative TTL ago."""
     root = tmp_path / "root"
     root.mkdir()
     (root / "a.txt").write_bytes(b"a")
@@ -63,37 +65,102 @@ def test_a_listing_answers_for_missing_names_for_the_negative_ttl_only(tmp_path)
     (root / "new.txt").write_bytes(b"new")
     (root / "d" / "e").mkdir(parents=True)
     (root / "d" / "e" / "f.txt").write_bytes(b"f")
+    assert tree.lookup("new.txt").size == 3 and heads() == 1  # at once, however young the listing
+    assert tree.lookup("new.txt").size == 3 and heads() == 1  # it joined the listing
+    with pytest.raises(NotFound):
+        tree.lookup("missing")
+    (root / "missing").write_bytes(b"now here")
     now[0] = 0.9
     with pytest.raises(NotFound):
-        tree.lookup("new.txt")
-    assert heads() == 0
-    now[0] = 1.0
-    assert tree.lookup("new.txt").size == 3 and heads() == 1
-    with pytest.raises(NotFound):
-        tree.lookup("missing")
-    with pytest.raises(NotFound):
-        tree.lookup("missing")  # the negative cache
+        tree.lookup("missing")  # the negative cache: that very name was found missing 0.9 s ago
     assert heads() == 2
-    now[0] = 2.1
-    with pytest.raises(NotFound):
-        tree.lookup("missing")
-    assert heads() == 3
+    now[0] = 1.0
+    assert tree.lookup("missing").size == 8 and heads() == 3
     assert tree.lookup("a.txt").size == 1 and heads() == 3  # listed names: the listing, for --metadata-ttl
     assert tree.lookup("d").is_dir
-    assert sorted(tree.readdir("")) == ["a.txt", "d", "new.txt"]  # the listing learnt the new names
     assert store.snapshot()["totals"]["list"] == 1 + 4  # one listing, then a one-key LIST per lookup asked
+    now[0] = 9.0
+    assert sorted(tree.readdir("")) == ["a.txt", "d", "missing", "new.txt"]  # listed afresh: the listing is 9 s old
+    assert store.snapshot()["totals"]["list"] == 1 + 4 + 1
+    (root / "other.txt").write_bytes(b"o")
+    now[0] = 9.5
+    assert "other.txt" not in tree.readdir("")  # fetched 0.5 s ago: one `ls -l` or `find` lists once
+    assert store.snapshot()["totals"]["list"] == 1 + 4 + 1
+    now[0] = 10.0
+    assert "other.txt" in tree.readdir("")  # fetched 1 s ago: listed afresh
+    assert store.snapshot()["totals"]["list"] == 1 + 4 + 2
+
+
+def test_a_directory_made_here_is_listed_afresh(tmp_path):
+    """The empty listing a mkdir makes up answers for the names created here since, but it was never fetched:
+    keys another client put under the new prefix show in the next readdir, and lookups of them ask S3."""
+    root = tmp_path / "root"
+    root.mkdir()
+    now = [0.0]
+    store = CountingStore(LocalStore(str(root)))
+    tree = BucketTree(store, metadata_ttl=10, clock=lambda: now[0])
+    tree.remember_new_dir("dir")
+    (root / "dir" / "sub").mkdir(parents=True)
+    (root / "dir" / "sub" / "file").write_bytes(b"x")
+    (root / "dir" / "file").write_bytes(b"test\n")
+    assert tree.lookup("dir/file").size == 5
+    assert list(tree.readdir("dir")) == ["file", "sub"]
+    assert list(tree.readdir("dir")) == ["file", "sub"]  # fetched just now: no second LIST
+    assert store.snapshot()["totals"]["list"] == 1 + 1
+
+
+def test_an_indefinite_metadata_ttl_never_lists_a_directory_again(tmp_path):
+    """`--metadata-ttl indefinite` (a bucket that does not change): readdir answers from the listing for good;
+    a name it lacks is still asked of the store, and joins it."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "a.txt").write_bytes(b"a")
+    now = [0.0]
+    store = CountingStore(LocalStore(str(root)))
+    tree = BucketTree(store, metadata_ttl=math.inf, clock=lambda: now[0])
+    assert list(tree.readdir("")) == ["a.txt"]
+    (root / "b.txt").write_bytes(b"b")
+    now[0] = 1e6
+    assert list(tree.readdir("")) == ["a.txt"]
+    assert tree.lookup("b.txt").size == 1
+    assert list(tree.readdir("")) == ["a.txt", "b.txt"]
+    assert store.snapshot()["totals"]["list"] == 1 + 1
 
 
 def test_an_object_created_elsewhere_appears_within_the_negative_ttl(s3, bucket, mount):
     s3.put_object(Bucket=bucket, Key="d/old.txt", Body=b"old")
     mnt = mount(f"s3://{bucket}")
     assert os.listdir(mnt / "d") == ["old.txt"]
-    assert not exists(mnt / "d/new.txt")  # absent from a listing this young: no request
+    assert not exists(mnt / "d/new.txt")  # asked of S3: "not found", trusted for the negative TTL
     s3.put_object(Bucket=bucket, Key="d/new.txt", Body=b"created elsewhere\n")
     time.sleep(NEGATIVE_TTL + SETTLE)
     assert exists(mnt / "d/new.txt")
     assert cat(mnt / "d/new.txt") == b"created elsewhere\n"
     assert sorted(os.listdir(mnt / "d")) == ["new.txt", "old.txt"]  # the lookup's answer joined the listing
+
+
+def test_an_object_created_elsewhere_is_seen_at_once(s3, bucket, mount):
+    """s3fs-fuse's test_read_external_object: a name never looked up is asked of S3, however young the
+    listing; and s3fs's test_not_existed_dir_obj: a directory made here, keys put under new prefixes in it
+    elsewhere, then `ls` at once shows them."""
+    s3.put_object(Bucket=bucket, Key="d/old.txt", Body=b"old")
+    mnt = mount(f"s3://{bucket}")
+    assert os.listdir(mnt / "d") == ["old.txt"]
+    s3.put_object(Bucket=bucket, Key="d/new.txt", Body=b"test\n")
+    assert cat(mnt / "d/new.txt") == b"test\n"
+    (mnt / "made").mkdir()
+    s3.put_object(Bucket=bucket, Key="made/not_existed_dir_single/file", Body=b"a")
+    s3.put_object(Bucket=bucket, Key="made/not_existed_dir_parent/not_existed_dir_child/file", Body=b"b")
+    s3.put_object(Bucket=bucket, Key="made/file", Body=b"c")
+    assert run("ls", "-1", mnt / "made").stdout == b"file\nnot_existed_dir_parent\nnot_existed_dir_single\n"
+    assert run("ls", "-1", mnt / "made/not_existed_dir_parent").stdout == b"not_existed_dir_child\n"
+    assert cat(mnt / "made/not_existed_dir_parent/not_existed_dir_child/file") == b"b"
+    before = requests(mnt)
+    time.sleep(NEGATIVE_TTL + SETTLE)
+    s3.delete_object(Bucket=bucket, Key="d/old.txt")
+    assert run("ls", "-1", mnt / "d").stdout == b"new.txt\n"  # listed afresh: deletions show too
+    after = requests(mnt)
+    assert after.get("list", 0) - before.get("list", 0) == 1, (before, after)
 
 
 def test_an_object_replaced_elsewhere_is_read_anew_by_the_next_open(s3, bucket, mount, tmp_path):
@@ -161,9 +228,8 @@ def test_directories_implied_by_a_new_key_appear(s3, bucket, mount):
     assert os.listdir(mnt) == ["a"] and os.listdir(mnt / "a") == ["x.txt"]
     s3.put_object(Bucket=bucket, Key="a/b/c/file.txt", Body=b"deep\n")
     s3.put_object(Bucket=bucket, Key="new/top/file.txt", Body=b"top\n")
-    time.sleep(NEGATIVE_TTL + SETTLE)
-    # A lookup of the new name (stat, ls, cd, open) asks S3 once the cached listing is older than the negative
-    # TTL, and the directory joins that listing.
+    # A lookup of the new name (stat, ls, cd, open) asks S3 at once, and the directory joins that listing;
+    # a listing of the parent is made afresh anyway.
     assert run("ls", mnt / "a/b").stdout == b"c\n"
     assert sorted(os.listdir(mnt / "a")) == ["b", "x.txt"]
     assert cat(mnt / "new/top/file.txt") == b"top\n"
@@ -172,18 +238,19 @@ def test_directories_implied_by_a_new_key_appear(s3, bucket, mount):
 
 def test_negative_metadata_ttl_is_honoured_and_costs_no_head_within_it(s3, bucket, mount):
     mnt = mount(f"s3://{bucket}", "--negative-metadata-ttl", "2")
-    before = requests(mnt)
     os.listdir(mnt)
-    listed = time.monotonic()
+    before = requests(mnt)
+    assert not exists(mnt / "later.txt")  # S3 asked: "not found"
+    asked = time.monotonic()
     s3.put_object(Bucket=bucket, Key="later.txt", Body=b"later")
     for _ in range(5):
-        assert not exists(mnt / "later.txt")  # the listing's "missing", trusted for 2 s
-    time.sleep(listed + 1.5 - time.monotonic())
+        assert not exists(mnt / "later.txt")  # that answer, trusted for 2 s
+    time.sleep(max(0.0, asked + 1.5 - time.monotonic()))
     assert not exists(mnt / "later.txt")  # (the default, 1 s, would show it)
-    time.sleep(listed + 2 + SETTLE - time.monotonic())
+    time.sleep(max(0.0, asked + 2 + SETTLE - time.monotonic()))
     assert exists(mnt / "later.txt")
     after = requests(mnt)
-    assert after.get("head", 0) - before.get("head", 0) == 1, (before, after)  # the last lookup's only
+    assert after.get("head", 0) - before.get("head", 0) == 2, (before, after)  # the first and the last lookup
 
 
 def test_without_a_negative_ttl_every_lookup_of_a_missing_name_asks_s3(s3, bucket, mount):

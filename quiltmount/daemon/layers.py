@@ -65,8 +65,11 @@ def build_layers(source: Source, store: ObjectStore, stores: StoreSet, cache_dir
         tree = MountTree(revision, {PACKAGE_DRAFT: draft}, reserved=frozenset({PACKAGE_DRAFT}))
         return Layers(tree, None, packages, read_only=False, immutable=False)
     shown = store if past is None else past
+    # The past does not change: as of a moment, what is missing stays missing and listings stay true for the
+    # whole metadata TTL (a version listing costs more than a plain one).
+    negative_ttl = options.metadata_ttl if past is not None else options.negative_metadata_ttl
     bucket = BucketTree(shown, source.prefix, metadata_ttl=options.metadata_ttl,
-                        negative_ttl=options.negative_metadata_ttl, lookup_workers=options.lookup_workers)
+                        negative_ttl=negative_ttl, lookup_workers=options.lookup_workers)
     views = {".packages": packages, ".search": _search_view(source, options)}
     if read_only:
         versions = VersionsTree(bucket, shown, source.prefix, metadata_ttl=options.metadata_ttl)

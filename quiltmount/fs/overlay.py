@@ -95,6 +95,12 @@ class WritableBucketTree(Tree):
             entries[dirty.path[len(prefix):]] = self._dirty_node(dirty)
         return dict(sorted(entries.items()))
 
+    def staged_under(self, path: str) -> bool:
+        """Whether a file under directory `path` has staged bytes (not uploaded yet, or open for writing)."""
+        prefix = path + "/"
+        with self._lock:
+            return any(key.startswith(prefix) for key in self._dirty)
+
     def dirty(self, path: str) -> DirtyFile | None:
         with self._lock:
             return self._dirty.get(path)
@@ -310,6 +316,10 @@ class WritableBucketTree(Tree):
             self.store.delete_object(self.bucket.key_of(old))
         self.bucket.forget(old)
         self.bucket.forget(new)
+
+    def link(self, path: str, target: str) -> None:
+        """Objects cannot be hard links: ENOTSUP, as s3fs answers (`ln` says "Operation not supported")."""
+        raise StorageError(f"{path}: objects cannot be hard links", errno.ENOTSUP)
 
     def set_attributes(self, path: str) -> None:
         """chmod/chown/utimens: accepted and not stored (mode, owner and mtime come from the mount options

@@ -33,15 +33,19 @@ from quiltmount.errors import NotFound, StorageError
 from quiltmount.fs.node import FileHandle, Node, Tree
 from quiltmount.fs.overlay import WritableBucketTree
 from quiltmount.fs.tree import BucketTree
-from quiltmount.posixmeta import NS, AttrChange, NewAttrs, PosixAttrs, changed, created, from_headers, to_headers
+from quiltmount.posixmeta import (NS, AttrChange, NewAttrs, PosixAttrs, changed, created, format_time, from_headers,
+                                  merged_headers, to_headers)
+from quiltmount.storage.base import DIRECTORY_CONTENT_TYPE
 
 log = logging.getLogger(__name__)
 
 #: HEADs in flight for one listing.
 HEAD_WORKERS = 16
-#: The namespace of the extended attributes kept: the kernel's own (`security.`, `system.`: POSIX ACLs, which
-#: the mount does not enforce, `trusted.`) are answered by the kernel or the binding, never from here.
-XATTR_NAMESPACE = "user."
+#: The namespaces of extended attributes that are not kept: the kernel's own (`security.`, `system.`: POSIX
+#: ACLs, which the mount does not enforce, `trusted.`) are answered by the kernel or the binding, never from
+#: here.  Every other name is kept, `user.*` and, as s3fs keeps them, names without a namespace (FUSE passes
+#: `setfattr -n key1` through as it is).
+KERNEL_XATTR_NAMESPACES = ("security.", "system.", "trusted.")
 
 
 @dataclass(frozen=True)
@@ -69,8 +73,11 @@ class PosixTree(Tree):
         self.defaults = defaults
         ttl = metadata_ttl if metadata_ttl > 0 else 1e-9
         self._objects: TTLCache[str, tuple[str, PosixAttrs]] = TTLCache(cache_size, ttl, timer=clock)  # by ETag
-        self._dirs: TTLCache[str, PosixAttrs] = TTLCache(cache_size, ttl, timer=clock)
+        # A directory's attributes and its marker's user metadata (None: it has no marker).
+        self._dirs: TTLCache[str, tuple[PosixAttrs, dict[str, str] | None]] = TTLCache(cache_size, ttl, timer=clock)
         self._targets: LRUCache[tuple[str, str], str] = LRUCache(10_000)  # (path, ETag) -> symlink target
+        # The attributes of a bucket root without a marker once changed (utimensat, chmod): kept in memory only.
+        self._root: PosixAttrs | None = None
         self._lock = threading.Lock()  # guards the caches and `_changes`
         # Bumped by every change made here: a HEAD that started before one is not cached (it may predate it).
         self._changes = 0
@@ -113,7 +120,8 @@ class PosixTree(Tree):
         """`node` with the attributes cached for it, or None if it needs a request."""
         with self._lock:
             if node.is_dir:
-                attrs = self._dirs.get(path)
+                dir_entry = self._dirs.get(path)
+                attrs = None if dir_entry is None else dir_entry[0]
             elif node.obj is not None:
                 entry = self._objects.get(path)
                 attrs = entry[1] if entry is not None and entry[0] == node.obj.etag else None
@@ -126,14 +134,17 @@ class PosixTree(Tree):
         if cached is not None:
             return cached
         if node.is_dir:
-            return _typed(node, self._dir_attrs(path))
+            return _typed(node, self._dir_attrs(path)[0])
         if node.obj is None:  # staged bytes, not uploaded yet
             attrs = self._staged_attrs(path, node)
             return _typed(node, attrs) if attrs is not None else self.lookup(path)  # landed meanwhile
         with self._lock:
             changes = self._changes
         info, headers = self.store.head_metadata(self.bucket.key_of(path))
-        attrs = from_headers(headers, self._file_default(info.mtime))
+        default = self._file_default(info.mtime)
+        if info.size == 0 and info.content_type == DIRECTORY_CONTENT_TYPE:  # s3fs's legacy `dir` object
+            default = dataclasses.replace(default, mode=stat.S_IFDIR | self.defaults.dir_mode)
+        attrs = from_headers(headers, default)
         self._remember(changes, lambda: self._objects.__setitem__(path, (info.etag, attrs)))
         if info.etag != node.obj.etag:  # changed since it was listed: this is what S3 holds now
             node = dataclasses.replace(node, size=info.size, mtime=info.mtime, obj=info)
@@ -145,24 +156,33 @@ class PosixTree(Tree):
             if self._changes == changes:
                 put()
 
-    def _dir_attrs(self, path: str) -> PosixAttrs:
-        """A directory's attributes: its marker's, else the defaults (the bucket root has no marker)."""
+    def _dir_attrs(self, path: str) -> tuple[PosixAttrs, dict[str, str] | None]:
+        """A directory's attributes: its marker's, else the defaults (the bucket root has no marker); and
+        the marker's user metadata (None without a marker)."""
         default = self._default(Node(is_dir=True))
         marker = self._marker(path)
         if marker is None:
-            return default
+            with self._lock:
+                return self._root or default, None
         with self._lock:
             changes = self._changes
+        headers: dict[str, str] | None
         try:
             info, headers = self.store.head_metadata(marker)
         except NotFound:
-            attrs = default
+            attrs, headers = default, None
         else:
             mtime_ns = int(info.mtime * NS)
             attrs = from_headers(headers, dataclasses.replace(default, atime_ns=mtime_ns, mtime_ns=mtime_ns,
                                                               ctime_ns=mtime_ns))
-        self._remember(changes, lambda: self._dirs.__setitem__(path, attrs))
-        return attrs
+        self._remember(changes, lambda: self._dirs.__setitem__(path, (attrs, headers)))
+        return attrs, headers
+
+    def _dir_entry(self, path: str) -> tuple[PosixAttrs, dict[str, str] | None]:
+        """`_dir_attrs`, from the cache when it is there."""
+        with self._lock:
+            cached = self._dirs.get(path)
+        return cached if cached is not None else self._dir_attrs(path)
 
     def _staged_attrs(self, path: str, node: Node) -> PosixAttrs | None:
         """The attributes of `path`'s staged file, its bytes' times included; None once it has landed."""
@@ -214,10 +234,10 @@ class PosixTree(Tree):
         return target
 
     def xattrs(self, path: str) -> dict[str, bytes]:
-        """The `user.` extended attributes (others that s3fs stored are kept, not shown)."""
+        """The extended attributes but the kernel's (which s3fs may have stored: kept, not shown)."""
         node = self.lookup(path)
         xattrs = {} if node.attrs is None else node.attrs.xattrs
-        return {name: value for name, value in xattrs.items() if name.startswith(XATTR_NAMESPACE)}
+        return {name: value for name, value in xattrs.items() if not name.startswith(KERNEL_XATTR_NAMESPACES)}
 
     def with_attributes(self, path: str, node: Node) -> Node:
         if node.attrs is not None:
@@ -271,7 +291,11 @@ class PosixTree(Tree):
         node = self.lookup(path)
         now = time.time_ns()
         if node.is_dir:
-            self._put_dir(path, changed(node.attrs or self._default(node), change, now))
+            legacy = self._legacy_dir(path)
+            self._change_dir(path, lambda attrs: changed(attrs, change, now), change.written(),
+                             node.attrs if legacy else None)
+            if legacy:  # replaced by its `dir/` marker, as s3fs replaces it
+                self._drop_legacy_dir(path)
             return
         if node.obj is None and self._change_staged(path, lambda attrs: changed(attrs, change, now),
                                                     mtime_ns=change.mtime_ns):
@@ -296,22 +320,44 @@ class PosixTree(Tree):
         based on what a HEAD says it has now."""
         key = self.bucket.key_of(path)
         info, headers = self.store.head_metadata(key)
-        attrs = changed(from_headers(headers, self._file_default(info.mtime)), change, now)
-        landed = self.store.copy_object(key, key, metadata=to_headers(attrs))
+        before = from_headers(headers, self._file_default(info.mtime))
+        attrs = changed(before, change, now)
+        landed = self.store.copy_object(key, key, metadata=merged_headers(headers, before, attrs, change.written()))
         self._changed_here(path)
         self.bucket.remember(path, landed)  # a copy may change the ETag: reads pin the new one
         with self._lock:
             self._objects[path] = (landed.etag, attrs)
 
-    def _put_dir(self, path: str, attrs: PosixAttrs) -> None:
-        """Store a directory's attributes in its marker object (created if it had none)."""
+    def _legacy_dir(self, path: str) -> bool:
+        """Whether directory `path` is an object `dir` (zero bytes, Content-Type application/x-directory, as
+        s3fs before 1.63 and s3sync made them) rather than a prefix."""
+        return not self.inner.lookup(path).is_dir
+
+    def _drop_legacy_dir(self, path: str) -> None:
+        self.store.delete_object(self.bucket.key_of(path))
+        self.bucket.forget(path)
+        self._changed_here(path)
+
+    def _change_dir(self, path: str, change: Callable[[PosixAttrs], PosixAttrs], written: set[str],
+                    current: PosixAttrs | None = None) -> None:
+        """Store a directory's changed attributes in its marker object: its user metadata with what changed
+        (and the headers in `written`), other clients' kept; a new marker with all of them if it had none."""
         marker = self._marker(path)
-        if marker is None:
-            raise StorageError("the root of a bucket has no marker object to keep its attributes", errno.ENOTSUP)
-        self.store.put_object(marker, b"", metadata=to_headers(attrs))
+        if marker is None:  # the root of a bucket: no marker object to keep them, so until the unmount
+            with self._lock:
+                self._root = change(self._root or self._default(Node(is_dir=True)))
+                self._changes += 1
+                self._dirs.pop(path, None)
+            return
+        before, headers = self._dir_entry(path)
+        if headers is None and current is not None:  # no marker: a legacy `dir` object's attributes
+            before = current
+        after = change(before)
+        new = to_headers(after) if headers is None else merged_headers(headers, before, after, written)
+        self.store.put_object(marker, b"", metadata=new)
         self._changed_here(path)
         with self._lock:
-            self._dirs[path] = attrs
+            self._dirs[path] = (after, new)
 
     def _touch_parent(self, path: str, now: int) -> None:
         """An entry of `path`'s directory was created, removed or renamed: its mtime and ctime are `now`.  The
@@ -320,16 +366,15 @@ class PosixTree(Tree):
         if self._marker(parent) is None:
             return
         try:
-            attrs = self._attributed(parent, Node(is_dir=True)).attrs
-            assert attrs is not None
-            self._put_dir(parent, dataclasses.replace(attrs, mtime_ns=now, ctime_ns=now))
+            self._change_dir(parent, lambda attrs: dataclasses.replace(attrs, mtime_ns=now, ctime_ns=now),
+                             {"mtime", "ctime"})
         except StorageError as exc:
             log.warning("%r changed, but the times of its directory were not updated: %s", path, exc)
 
     def set_xattr(self, path: str, name: str, value: bytes) -> None:
-        """ENOTSUP outside the `user.` namespace (cp -p then carries on without the POSIX ACL it tried)."""
-        if not name.startswith(XATTR_NAMESPACE):
-            raise StorageError(f"{path}: only {XATTR_NAMESPACE}* extended attributes are kept", errno.ENOTSUP)
+        """ENOTSUP in the kernel's namespaces (cp -p then carries on without the POSIX ACL it tried)."""
+        if name.startswith(KERNEL_XATTR_NAMESPACES):
+            raise StorageError(f"{path}: {name.partition('.')[0]}.* extended attributes are not kept", errno.ENOTSUP)
         self.change_attributes(path, AttrChange(set_xattr=(name, value)))
 
     def remove_xattr(self, path: str, name: str) -> None:
@@ -340,10 +385,11 @@ class PosixTree(Tree):
     def make_dir(self, path: str, new: NewAttrs) -> None:
         now = time.time_ns()
         attrs = created(NewAttrs(stat.S_IFDIR | stat.S_IMODE(new.mode), new.uid, new.gid), now)
-        self._writable(path).mkdir(path, metadata=to_headers(attrs))
+        headers = to_headers(attrs)
+        self._writable(path).mkdir(path, metadata=headers)
         self._changed_here(path)
         with self._lock:
-            self._dirs[path] = attrs
+            self._dirs[path] = (attrs, headers)
         self._touch_parent(path, now)
 
     def make_symlink(self, path: str, target: str, new: NewAttrs) -> None:
@@ -374,7 +420,14 @@ class PosixTree(Tree):
         self._touch_parent(path, time.time_ns())
 
     def rmdir(self, path: str) -> None:
-        self._writable(path).rmdir(path)
+        writes = self._writable(path)
+        if self.lookup(path).is_dir and self._legacy_dir(path):
+            if self.inner.readdir(path):
+                raise StorageError(f"{path}: directory not empty", errno.ENOTEMPTY)
+            self.store.delete_object(self.bucket.key_of(path) + "/")
+            self._drop_legacy_dir(path)
+        else:
+            writes.rmdir(path)
         self._changed_here(path)
         self._touch_parent(path, time.time_ns())
 
@@ -383,7 +436,9 @@ class PosixTree(Tree):
         writes = self._writable(old)
         node = self.lookup(old)
         now = time.time_ns()
-        if node.obj is None or node.attrs is None:  # staged: its file goes to the new key with its attributes
+        if node.is_dir:
+            self._rename_dir(writes, old, new, now)
+        elif node.obj is None or node.attrs is None:  # staged: its file goes to the new key with its attributes
             writes.rename(old, new)
             self._change_staged(new, lambda attrs: dataclasses.replace(attrs, ctime_ns=now))
         else:
@@ -392,6 +447,40 @@ class PosixTree(Tree):
         self._touch_parent(old, now)
         if new.rpartition("/")[0] != old.rpartition("/")[0]:
             self._touch_parent(new, now)
+
+    def _rename_dir(self, writes: WritableBucketTree, old: str, new: str, now: int) -> None:
+        """Rename a directory as s3fs does: a server-side copy of every object under it, their metadata kept
+        (a child's ctime does not change), the directory's marker with ctime `now`, then the old objects
+        deleted.  Not atomic: a failure leaves the old directory whole and part of the new one.  EXDEV (mv(1)
+        then copies file by file) when a file under it is staged; ENOTEMPTY onto a non-empty directory."""
+        if new.startswith(old + "/"):
+            raise StorageError(f"{old} -> {new}: a directory cannot be moved into itself", errno.EINVAL)
+        if writes.staged_under(old):
+            raise StorageError(f"{old}: has files not uploaded yet: not renamed in place", errno.EXDEV)
+        try:
+            target = self.lookup(new)
+        except NotFound:
+            writes.check_parent_dir(new)
+        else:
+            if not target.is_dir:
+                raise StorageError(f"{new}: not a directory", errno.ENOTDIR)
+            if self.inner.readdir(new):
+                raise StorageError(f"{new}: directory not empty", errno.ENOTEMPTY)
+        old_prefix, new_prefix = self.bucket.key_of(old) + "/", self.bucket.key_of(new) + "/"
+        attrs, headers = self._dir_entry(old)
+        marked = dict(headers or to_headers(attrs), ctime=format_time(now))
+        children = [info.key for info in self.store.list_keys(old_prefix) if info.key != old_prefix]
+        list(self._pool.map(lambda key: self.store.copy_object(key, new_prefix + key[len(old_prefix):]), children))
+        self.store.put_object(new_prefix, b"", metadata=marked)  # over an empty target's marker, if any
+        for key in [*children, old_prefix]:
+            self.store.delete_object(key)
+        moved = [key[len(old_prefix):] for key in children]
+        for path in [old, new, *(f"{old}/{rest.rstrip('/')}" for rest in moved),
+                     *(f"{new}/{rest.rstrip('/')}" for rest in moved)]:
+            self.bucket.forget(path)
+        self._changed_here(old, new, *(f"{old}/{rest.rstrip('/')}" for rest in moved))
+        with self._lock:
+            self._dirs[new] = (from_headers(marked, attrs), marked)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,9 +1,11 @@
 """Path-to-node resolution for a bucket (or local directory) mount.  No FUSE here.
 
-Directories come from delimiter listings; `lookup` answers from the parent's cached listing when it has
-one, so `ls -l` and `find` cost no HEAD per file.  Listings and single lookups are cached for the mount's
-metadata TTL.  A name's absence, from a listing or from a lookup, is trusted for the negative TTL only (1 s
-by default), so that an object another client creates shows up that soon; the negative cache is bounded.
+Directories come from delimiter listings; `lookup` answers from the parent's cached listing for the names
+it holds, so `ls -l` and `find` cost no HEAD per file.  Listings and single lookups are cached for the mount's
+metadata TTL.  A name a listing lacks is asked of the store (HEAD + one-key LIST) unless that very name was
+found missing less than the negative TTL ago (1 s by default; the negative cache is bounded), and `readdir`
+lists afresh unless the cached listing was fetched from the store less than the negative TTL ago: an object
+another client creates shows up at once, as with mountpoint-s3 and s3fs.
 """
 
 from __future__ import annotations
@@ -52,8 +54,10 @@ class BucketTree(Tree):
         self.negative_ttl = min(DEFAULT_NEGATIVE_TTL, metadata_ttl) if negative_ttl is None else negative_ttl
         self.started = time.time()
         self._clock = clock
-        # path -> (entries, when listed); expired listings stay until evicted, to decide how to refresh.
-        self._listings: LRUCache[str, tuple[dict[str, Node], float]] = LRUCache(listing_cache_size)
+        # path -> (entries, when listed, when fetched from the store); expired listings stay until evicted, to
+        # decide how to refresh.  A listing the mount made up (an empty one after its own mkdir) was never
+        # fetched (-inf); its own uploads change a listing in place and leave both times as they were.
+        self._listings: LRUCache[str, tuple[dict[str, Node], float, float]] = LRUCache(listing_cache_size)
         self._nodes: TTLCache[str, Node] = TTLCache(node_cache_size, max(metadata_ttl, 1e-9), timer=clock)
         self._negative: TTLCache[str, bool] = TTLCache(negative_cache_size, max(self.negative_ttl, 1e-9),
                                                        timer=clock)
@@ -79,30 +83,32 @@ class BucketTree(Tree):
     def lookup(self, path: str) -> Node:
         """The node at `path`; raises `NotFound`.
 
-        A fresh listing of the parent answers for the names it holds.  A name it lacks is missing while the
-        listing is younger than the negative TTL; after that the store is asked (HEAD + LIST), and what it
-        says joins the caches and that listing: an object another client created since shows up."""
+        A listing of the parent younger than the metadata TTL answers for the names it holds.  A name it
+        lacks is asked of the store (HEAD + LIST) unless the store said "not found" for that very name less
+        than the negative TTL ago; what the store says joins the caches and that listing: an object another
+        client created since the listing shows up at once.  An expired listing of at most RELIST_MAX_ENTRIES
+        entries is refreshed instead (one listing, not a HEAD + LIST per name looked up)."""
         if path == "":
             return self.dir_node()
         parent, _, name = path.rpartition("/")
         if parent == "" and name in RESERVED_ROOT_NAMES:
             raise NotFound(f"{path}: reserved name")
         with self._lock:
-            listing, age = self._cached_listing(parent)
+            listing, age, _ = self._cached_listing(parent)
             if listing is not None and age < self.ttl:
                 node = listing.get(name)
                 if node is not None:
                     return node
-                if age < self.negative_ttl:
-                    raise NotFound(path)
             node = self._nodes.get(path)
             if node is not None:
                 return node
             if path in self._negative:
                 raise NotFound(path)
+            changes = self._changes
         if age >= self.ttl and listing is not None and len(listing) <= RELIST_MAX_ENTRIES:
             node = self.readdir(parent).get(name)
             if node is None:
+                self._learn(path, None, changes)  # a listing just fetched says so
                 raise NotFound(path)
             return node
         if invalid_name_reason(name):
@@ -150,13 +156,21 @@ class BucketTree(Tree):
             if cached is not None:
                 cached[0][name] = node
 
-    def _cached_listing(self, path: str) -> tuple[dict[str, Node] | None, float]:
-        """(entries, age in seconds) of the cached listing of `path`, (None, inf) if there is none; the caller
-        holds the lock."""
+    def _cached_listing(self, path: str) -> tuple[dict[str, Node] | None, float, float]:
+        """(entries, age in seconds, seconds since fetched from the store) of the cached listing of `path`,
+        (None, inf, inf) if there is none; the caller holds the lock."""
         cached = self._listings.get(path)
         if cached is None:
-            return None, math.inf
-        return cached[0], self._clock() - cached[1]
+            return None, math.inf, math.inf
+        now = self._clock()
+        return cached[0], now - cached[1], now - cached[2]
+
+    def _listing_current(self, age: float, fetched_age: float) -> bool:
+        """Whether `readdir` may answer from a cached listing of these ages instead of listing afresh: only
+        within the negative TTL of its fetch from the store, so that one `ls`, `find` or `ls -l` lists a
+        directory once, and the next shows what other clients added or removed meanwhile; always with
+        `--metadata-ttl indefinite` (a bucket that does not change: listings are never made again)."""
+        return age < self.ttl and (fetched_age < self.negative_ttl or math.isinf(self.ttl))
 
     def _lookup_remote(self, path: str) -> Node:
         """One HEAD for the file and one LIST for the directory, in parallel; the directory wins."""
@@ -182,12 +196,13 @@ class BucketTree(Tree):
 
     # -- listings -----------------------------------------------------------------------------------------
     def readdir(self, path: str) -> dict[str, Node]:
-        """The entries of directory `path` (name -> node), from cache or one paginated listing.
+        """The entries of directory `path` (name -> node), from one paginated listing, or from the cached
+        listing if that was fetched from the store less than the negative TTL ago (`_listing_current`).
 
         The caller gets its own dict: the cached one changes in place as uploads land (`remember`)."""
         with self._lock:
-            listing, age = self._cached_listing(path)
-            if listing is not None and age < self.ttl:
+            listing, age, fetched_age = self._cached_listing(path)
+            if listing is not None and self._listing_current(age, fetched_age):
                 return dict(listing)
         return dict(self._listings_in_progress.run(path, lambda: self._fresh_listing(path)))
 
@@ -195,8 +210,8 @@ class BucketTree(Tree):
         """The cached listing if another run just made it, else one from the store (cached unless something
         changed the bucket meanwhile).  Callers sharing the run copy it."""
         with self._lock:
-            cached, age = self._cached_listing(path)
-            if cached is not None and age < self.ttl:
+            cached, age, fetched_age = self._cached_listing(path)
+            if cached is not None and self._listing_current(age, fetched_age):
                 return dict(cached)
             changes = self._changes
         listed_at = self._clock()
@@ -204,7 +219,9 @@ class BucketTree(Tree):
         if self.caching:
             with self._lock:
                 if self._changes == changes:
-                    self._listings[path] = (dict(listing), listed_at)
+                    # Expires `--metadata-ttl` after it started; fetched when it ended (like a "not found"
+                    # answer, cached when it arrives): a walk of many pages is not repeated at once.
+                    self._listings[path] = (dict(listing), listed_at, self._clock())
         return listing
 
     def _list(self, path: str) -> dict[str, Node]:
@@ -269,8 +286,9 @@ class BucketTree(Tree):
             entries[name] = node
 
     def remember_new_dir(self, path: str) -> None:
-        """`path` was just created as an empty directory: its listing is known (empty), so looking up the
-        names about to be created in it costs no request."""
+        """`path` was just created as an empty directory: its listing is known (empty), and answers lookups of
+        the names created in it since (`remember`).  Names it lacks are still asked of the store, and its
+        `readdir` still lists: another client may have put keys under the new prefix already."""
         parent, _, name = path.rpartition("/")
         with self._lock:
             self._changes += 1
@@ -278,7 +296,7 @@ class BucketTree(Tree):
             self._nodes.pop(path, None)
             self._listings.pop(parent, None)
             if self.caching:
-                self._listings[path] = ({}, self._clock())
+                self._listings[path] = ({}, self._clock(), -math.inf)  # known, but not fetched: see readdir
 
     def forget(self, path: str) -> None:
         """Drop cached knowledge of `path` and its parent listing (after a local change)."""

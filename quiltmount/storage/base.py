@@ -9,12 +9,35 @@ from __future__ import annotations
 
 import errno
 import io
+import mimetypes
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
 from quiltmount.errors import NotFound, StorageError
+
+
+#: The Content-Type of an object whose name says nothing (S3's own default is `binary/octet-stream`).
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+#: The Content-Type of a directory marker (`dir/`), as s3fs gives its own.
+DIRECTORY_CONTENT_TYPE = "application/x-directory"
+
+
+def content_type(key: str) -> str:
+    """The Content-Type an upload to `key` is given, as s3fs gives it: from the name's extension in the
+    system's MIME types (`/etc/mime.types`, else Python's built-in table), the one before it when the last one
+    is unknown (`x.json.tmp`), else `application/octet-stream`; `application/x-directory` for a marker."""
+    if key.endswith("/"):
+        return DIRECTORY_CONTENT_TYPE
+    if not mimetypes.inited:
+        mimetypes.init()
+    suffixes = key.rsplit("/", 1)[-1].split(".")[1:]
+    for suffix in suffixes[::-1][:2]:
+        found = mimetypes.types_map.get("." + suffix.lower())
+        if found:
+            return found
+    return DEFAULT_CONTENT_TYPE
 
 
 @dataclass(frozen=True)
@@ -35,6 +58,8 @@ class ObjectInfo:
     version_id: str | None = None
     content_hash: str | None = None
     checksum_sha256: str | None = None
+    #: The Content-Type a HEAD reported (None from listings); not part of the object's identity.
+    content_type: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ from s3transfer.utils import ReadFileChunk
 
 from quiltmount.errors import AccessDenied, NotFound, ObjectChanged, StorageError, UserError
 from quiltmount.retry import call_with_retries
-from quiltmount.storage.base import ListPage, ObjectInfo, ObjectStore, ObjectStream, ObjectVersion, VersionPage
+from quiltmount.storage.base import (ListPage, ObjectInfo, ObjectStore, ObjectStream, ObjectVersion, VersionPage,
+                                     content_type)
 from quiltmount.storage.presigned import PresignedRanges
 from quiltmount.units import PART_SIZE, PART_WORKERS
 
@@ -319,7 +320,7 @@ class S3Store(ObjectStore):
     def put_object(self, key: str, data: bytes, *, metadata: Mapping[str, str] | None = None) -> None:
         try:
             self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ChecksumAlgorithm="SHA256",
-                                   **_metadata_args(metadata))
+                                   ContentType=content_type(key), **_metadata_args(metadata))
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise self._fail("put", key, exc) from exc
 
@@ -340,7 +341,7 @@ class S3Store(ObjectStore):
             checksum = base64.b64encode(hashlib.sha256(data).digest()).decode()
             response = self._uploads.put_object(
                 Bucket=self.bucket, Key=key, Body=data, ChecksumAlgorithm="SHA256", ChecksumSHA256=checksum,
-                **_metadata_args(metadata))
+                ContentType=content_type(key), **_metadata_args(metadata))
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise self._fail("upload", key, exc) from exc
         return _uploaded_info(key, size, response, checksum)
@@ -351,19 +352,21 @@ class S3Store(ObjectStore):
                           metadata=metadata)
 
     def copy_object(self, source_key: str, key: str, *, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
-        """With `metadata`, the copy's Content-Type is the source's (REPLACE would reset it)."""
+        """As s3fs copies: a copy onto itself (new `metadata`) keeps the object's Content-Type, a copy to
+        another key (a rename) gets the Content-Type of its new name, with the source's user metadata unless
+        `metadata` replaces it (so both send it, MetadataDirective REPLACE)."""
         try:
             response = self._head_response(source_key)
             source = _head_info(source_key, response)
-            replace = {} if metadata is None else {"ContentType": response.get("ContentType") or "binary/octet-stream",
-                                                    **_metadata_args(metadata)}
+            replace = {"ContentType": (response.get("ContentType") or "binary/octet-stream") if key == source_key
+                       else content_type(key),
+                       "Metadata": dict(_user_metadata(response) if metadata is None else metadata)}
             if source.size <= self.max_single_copy:
                 # The copy's SHA-256 checksum computed anew: the source's may be a multipart upload's, which
                 # some servers (moto) would otherwise give the copy as its whole-object checksum.
                 response = self._slow.copy_object(Bucket=self.bucket, Key=key,
                                                    CopySource={"Bucket": self.bucket, "Key": source_key},
-                                                   ChecksumAlgorithm="SHA256",
-                                                   **({"MetadataDirective": "REPLACE", **replace} if replace else {}))
+                                                   ChecksumAlgorithm="SHA256", MetadataDirective="REPLACE", **replace)
                 etag = response["CopyObjectResult"]["ETag"]
             else:
                 etag = self._multipart_copy(source, key, replace)["ETag"]
@@ -374,8 +377,7 @@ class S3Store(ObjectStore):
     def _multipart_copy(self, source: ObjectInfo, key: str, replace: dict[str, Any]) -> dict:
         """UploadPartCopy of `source` in `copy_part_size` parts, in parallel, each pinned to the source's ETag
         (a source replaced meanwhile fails the copy instead of mixing two versions).  The copy has the
-        metadata of `replace` (Metadata, ContentType), if given: a multipart upload never takes the
-        source's."""
+        metadata of `replace` (Metadata, ContentType): a multipart upload never takes the source's."""
         part_size = self.copy_part_size
         upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, **replace)["UploadId"]
 
@@ -425,7 +427,7 @@ def _head_info(key: str, response: dict) -> ObjectInfo:
     version = response.get("VersionId")
     return ObjectInfo(key, int(response["ContentLength"]), response["LastModified"].timestamp(),
                       response["ETag"], None if version in (None, "null") else version,
-                      checksum_sha256=response.get("ChecksumSHA256"))
+                      checksum_sha256=response.get("ChecksumSHA256"), content_type=response.get("ContentType"))
 
 
 def _user_metadata(response: dict) -> dict[str, str]:
@@ -497,7 +499,7 @@ class PartUpload:
             if self._upload_id is None:
                 self._upload_id = self._client.create_multipart_upload(
                     Bucket=self.bucket, Key=self.key, ChecksumAlgorithm="SHA256",
-                    **_metadata_args(self.metadata))["UploadId"]
+                    ContentType=content_type(self.key), **_metadata_args(self.metadata))["UploadId"]
             return self._upload_id
 
     def _send(self, number: int) -> dict:
