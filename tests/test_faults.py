@@ -300,6 +300,34 @@ class _FlakyStore(LocalStore):
         return super().put_file(key, path)
 
 
+class _StalledStore(LocalStore):
+    """Uploads wait until `release` is set."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.release = threading.Event()
+
+    def put_file(self, key: str, path: str, **kwargs: object) -> ObjectInfo:
+        self.release.wait(30)
+        return super().put_file(key, path)
+
+
+def test_a_drain_cut_short_names_the_uploads_still_running(tmp_path):
+    (tmp_path / "bucket").mkdir()
+    store = _StalledStore(str(tmp_path / "bucket"))
+    staging = StagingArea(str(tmp_path / "staging"))
+    uploader = Uploader(store, staging)
+    try:
+        staged = staging.create("slow.txt")
+        uploader.submit(staged)
+        assert uploader.drain(0.2) == [staged]  # what a stop signal's --stop-timeout leaves staged
+        store.release.set()
+        assert uploader.drain(30) == [] and (tmp_path / "bucket" / "slow.txt").exists()
+    finally:
+        store.release.set()
+        uploader.close()
+
+
 def test_failed_uploads_are_tried_again_until_the_fault_clears(tmp_path):
     (tmp_path / "bucket").mkdir()
     store = _FlakyStore(str(tmp_path / "bucket"))

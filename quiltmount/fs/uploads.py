@@ -228,8 +228,9 @@ class Uploader:
             self._lock.notify_all()
 
     def drain(self, timeout: float | None = None) -> list[StagedFile]:
-        """Unmounting: stop the rounds of failed uploads, wait for every queued upload, and return the
-        staged files that are still not in S3."""
+        """Unmounting: stop the rounds of failed uploads, wait for every queued upload (at most `timeout`
+        seconds), and return the staged files that are still not in S3: failed, or still running when the
+        timeout cut the wait short."""
         self._stop_retrying()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -244,7 +245,7 @@ class Uploader:
                 except StorageError:
                     pass
                 except TimeoutError:
-                    return self.failures() + [StagedFile("?", "?")]
+                    return self.failures() + self.unfinished()
         return self.failures()
 
     def close(self) -> None:
