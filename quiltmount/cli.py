@@ -223,9 +223,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         memory_cache_size=args.memory_cache_size,
         metadata_ttl=args.metadata_ttl, negative_metadata_ttl=args.negative_metadata_ttl,
         uid=args.uid, gid=args.gid, allow_other=args.allow_other,
-        # s3fs's modes for objects and directories without x-amz-meta-mode (its get_mode) in its format.
-        file_mode=(0o640 if args.posix_metadata else 0o644) if args.file_mode is None else args.file_mode,
-        dir_mode=(0o750 if args.posix_metadata else 0o755) if args.dir_mode is None else args.dir_mode,
+        file_mode=args.file_mode, dir_mode=args.dir_mode,
         log_file=os.path.abspath(args.log_file) if args.log_file else None, log_level=args.log_level,
         profile=args.profile, region=args.region, endpoint_url=args.endpoint_url,
         sync_on_close=args.sync_on_close, upload_attempts=args.upload_attempts, search_limit=args.search_limit,

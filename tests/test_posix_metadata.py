@@ -78,7 +78,11 @@ def test_attributes_symlinks_fifos_and_xattrs_are_kept_across_a_remount(s3, buck
     assert meta(s3, bucket, "fifo")["mode"] == str(stat.S_IFIFO | 0o600)
     assert meta(s3, bucket, "dir/")["mode"] == str(stat.S_IFDIR | 0o700)
 
+    s3.put_object(Bucket=bucket, Key="plain.txt", Body=b"no metadata")
     mnt = mount(f"s3://{bucket}", POSIX)
+    # An object without a mode shows s3fs's 0640; the views keep the mount's modes (0755 directories).
+    assert stat.S_IMODE(os.stat(mnt / "plain.txt").st_mode) == 0o640
+    assert stat.S_IMODE(os.stat(mnt / ".packages").st_mode) == 0o755
     for name, before in seen.items():
         after = os.lstat(mnt / name)
         for field in ("st_mode", "st_uid", "st_gid", "st_size", "st_mtime_ns", "st_atime_ns", "st_ctime_ns"):

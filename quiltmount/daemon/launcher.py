@@ -53,8 +53,10 @@ class MountOptions:
     negative_metadata_ttl: float | None = None  # None: 1 s, or metadata_ttl if shorter (fs/tree.py)
     uid: int | None = None
     gid: int | None = None
-    file_mode: int = 0o644
-    dir_mode: int = 0o755
+    # None: 0644 and 0755; under --posix-metadata, bucket objects and directories that keep no mode show s3fs's
+    # 0640 and 0750 instead (its get_mode), while the views (.packages, .search) keep 0644 and 0755.
+    file_mode: int | None = None
+    dir_mode: int | None = None
     allow_other: bool = False
     log_file: str | None = None
     log_level: str = "INFO"

@@ -100,7 +100,9 @@ def _with_posix(tree: Tree, bucket: BucketTree, writes: WritableBucketTree | Non
         return tree
     defaults = MountDefaults(uid=os.geteuid() if options.uid is None else options.uid,
                              gid=os.getegid() if options.gid is None else options.gid,
-                             file_mode=options.file_mode, dir_mode=options.dir_mode, started_ns=time.time_ns())
+                             file_mode=0o640 if options.file_mode is None else options.file_mode,
+                             dir_mode=0o750 if options.dir_mode is None else options.dir_mode,
+                             started_ns=time.time_ns())
     return PosixTree(tree, bucket, writes, defaults, metadata_ttl=options.metadata_ttl)
 
 

@@ -66,7 +66,8 @@ def serve(options: MountOptions, log_file: str, signal: ReadySignal, stopper: St
     fetcher = BlockFetcher(cache, prefetch_budget=prefetch_budget, workers=options.fetch_workers)
     attrs = AttrPolicy(uid=os.geteuid() if options.uid is None else options.uid,
                        gid=os.getegid() if options.gid is None else options.gid,
-                       file_mode=options.file_mode, dir_mode=options.dir_mode)
+                       file_mode=0o644 if options.file_mode is None else options.file_mode,
+                       dir_mode=0o755 if options.dir_mode is None else options.dir_mode)
     calls = CallCounts()
     trim = KernelCacheTrim(options.kernel_cache_entries) if options.kernel_cache_entries else None
     status = StatusRecord(source_url=source.url, package=source.package_name, mountpoint=mountpoint,
