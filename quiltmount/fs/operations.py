@@ -102,26 +102,22 @@ class MountOperations(Operations):
 
     # -- attributes ---------------------------------------------------------------------------------------
     def _stat(self, node: Node) -> dict[str, int]:
-        if node.attrs is not None:
-            return self._kept_stat(node)
-        mtime_ns = int(node.mtime * 1e9)
-        if node.is_dir:
-            mode, size, nlink = stat.S_IFDIR | self.attrs.dir_mode, 0, 1  # nlink 1: "unknown" to find(1)
-        elif node.target is not None:
-            mode, size, nlink = stat.S_IFLNK | 0o777, len(node.target.encode()), 1
+        kept = node.attrs
+        if kept is not None:  # --posix-metadata: the attributes the object keeps itself
+            mode, uid, gid, size = kept.mode, kept.uid, kept.gid, 0 if node.is_dir else node.size
+            atime_ns, mtime_ns, ctime_ns = kept.atime_ns, kept.mtime_ns, kept.ctime_ns
         else:
-            mode, size, nlink = stat.S_IFREG | self.attrs.file_mode, node.size, 1
-        return {"st_mode": mode, "st_nlink": nlink, "st_size": size, "st_uid": self.attrs.uid,
-                "st_gid": self.attrs.gid, "st_mtime": mtime_ns, "st_ctime": mtime_ns, "st_atime": mtime_ns,
-                "st_blksize": self.attrs.block_size, "st_blocks": (size + 511) // 512}
-
-    def _kept_stat(self, node: Node) -> dict[str, int]:
-        """The attributes a node keeps itself (`--posix-metadata`)."""
-        attrs = node.attrs
-        assert attrs is not None
-        size = 0 if node.is_dir else node.size
-        return {"st_mode": attrs.mode, "st_nlink": 1, "st_size": size, "st_uid": attrs.uid, "st_gid": attrs.gid,
-                "st_mtime": attrs.mtime_ns, "st_ctime": attrs.ctime_ns, "st_atime": attrs.atime_ns,
+            if node.is_dir:
+                mode, size = stat.S_IFDIR | self.attrs.dir_mode, 0
+            elif node.target is not None:
+                mode, size = stat.S_IFLNK | 0o777, len(node.target.encode())
+            else:
+                mode, size = stat.S_IFREG | self.attrs.file_mode, node.size
+            uid, gid = self.attrs.uid, self.attrs.gid
+            atime_ns = mtime_ns = ctime_ns = int(node.mtime * 1e9)
+        # nlink 1 for directories too: "unknown" to find(1)
+        return {"st_mode": mode, "st_nlink": 1, "st_size": size, "st_uid": uid, "st_gid": gid,
+                "st_mtime": mtime_ns, "st_ctime": ctime_ns, "st_atime": atime_ns,
                 "st_blksize": self.attrs.block_size, "st_blocks": (size + 511) // 512}
 
     @_translate
