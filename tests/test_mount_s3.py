@@ -7,6 +7,7 @@ import errno
 import hashlib
 import os
 import random
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -45,7 +46,7 @@ def test_ls_find_cat_match_the_bucket(s3, bucket, mount):
     assert sorted(os.path.relpath(p, mnt) for p in found.stdout.splitlines()) == sorted(objects)
 
     long_listing = subprocess.run(["ls", "-l", str(mnt / "dir")], capture_output=True, text=True, check=True)
-    assert " a.csv" in long_listing.stdout and long_listing.stdout.splitlines()[1].startswith("-rw-r--r--")
+    assert " a.csv" in long_listing.stdout and long_listing.stdout.splitlines()[1].startswith("-rw-r-----")
     for key, body in objects.items():
         assert (mnt / key).stat().st_size == len(body), key
         assert subprocess.run(["cat", str(mnt / key)], capture_output=True, check=True).stdout == body, key
@@ -68,7 +69,7 @@ def test_ls_l_and_find_use_the_listing_not_a_head_per_file(s3, bucket, mount):
     listed = {obj["Key"].split("/")[1]: obj for obj in s3.list_objects_v2(Bucket=bucket, Prefix="many/")["Contents"]}
     for line in listing.stdout.splitlines()[1:]:
         mode, _, _, _, size, mtime, name = line.split()
-        assert mode == "-rw-r--r--" and int(size) == listed[name]["Size"], line
+        assert mode == "-rw-r-----" and int(size) == listed[name]["Size"], line
         assert int(mtime) == int(listed[name]["LastModified"].timestamp()), line
     sizes = subprocess.run(["find", str(mnt / "many"), "-type", "f", "-printf", "%s\n"],
                            capture_output=True, text=True, check=True)
@@ -203,6 +204,24 @@ def test_ownership_and_modes_options(s3, bucket, mount):
     st = (mnt / "d/f.txt").stat()
     assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (1234, 4321, 0o640)
     assert (mnt / "d").stat().st_mode & 0o7777 == 0o750
+
+
+def test_default_modes_are_s3fs_modes_for_objects_and_readable_by_all_when_shared(s3, bucket, mount):
+    """Objects and directories without modes of their own show s3fs's 0640/0750 (implied directories too); the
+    views keep 0644/0755, and so does everything on a mount shared with --allow-other."""
+    put(s3, bucket, "d/f.txt", b"f")
+    mnt = mount(f"s3://{bucket}")
+    modes = {name: stat.S_IMODE(os.stat(mnt / name).st_mode) for name in ("", "d", "d/f.txt", ".packages")}
+    assert modes == {"": 0o750, "d": 0o750, "d/f.txt": 0o640, ".packages": 0o755}
+    (mnt / "new").mkdir()
+    (mnt / "new/g.txt").write_bytes(b"g")
+    listed = {entry.name: stat.S_IMODE(entry.stat().st_mode) for entry in os.scandir(mnt)}
+    assert listed == {"d": 0o750, "new": 0o750}
+    assert stat.S_IMODE(os.stat(mnt / "new/g.txt").st_mode) == 0o640
+    assert run_cli("umount", str(mnt)).returncode == 0
+    shared = mount(f"s3://{bucket}", "--allow-other")
+    assert {name: stat.S_IMODE(os.stat(shared / name).st_mode) for name in ("d", "d/f.txt", ".packages")} == {
+        "d": 0o755, "d/f.txt": 0o644, ".packages": 0o755}
 
 
 def test_status_and_umount(s3, bucket, mount):

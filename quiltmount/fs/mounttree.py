@@ -86,6 +86,9 @@ class MountTree(Tree):
             self.versions.hide(inner, entries)
         return entries
 
+    def holds_objects(self, path: str) -> bool:
+        return self._route(path)[0] is self.bucket
+
     def readlink(self, path: str) -> str:
         tree, inner = self._route(path)
         return tree.readlink(inner)

@@ -135,6 +135,11 @@ class Tree:
     def readdir(self, path: str) -> dict[str, Node]:
         raise NotImplementedError
 
+    def holds_objects(self, path: str) -> bool:
+        """Whether `path` (and the entries of it, if a directory) is one of the mount's own objects or
+        directories rather than a view: it then shows the object modes (`AttrPolicy`)."""
+        return False
+
     def readlink(self, path: str) -> str:
         node = self.lookup(path)
         if node.target is None:

@@ -33,12 +33,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class AttrPolicy:
-    """What every node reports as owner and permissions (`--uid --gid --file-mode --dir-mode`)."""
+    """What every node reports as owner and permissions (`--uid --gid --file-mode --dir-mode`): the mount's
+    own objects and directories (`Tree.holds_objects`) show `object_file_mode`/`object_dir_mode`, the views
+    (`.packages`, `.search`, `.versions`, a package revision) `file_mode`/`dir_mode`."""
 
     uid: int
     gid: int
     file_mode: int = 0o644
     dir_mode: int = 0o755
+    object_file_mode: int = 0o644
+    object_dir_mode: int = 0o755
     block_size: int = 1 << 20
 
 
@@ -101,18 +105,20 @@ class MountOperations(Operations):
             return len(self._handles)
 
     # -- attributes ---------------------------------------------------------------------------------------
-    def _stat(self, node: Node) -> dict[str, int]:
+    def _stat(self, node: Node, objects: bool) -> dict[str, int]:
+        """`node`'s attributes; `objects`: it is one of the mount's own objects or directories."""
         kept = node.attrs
         if kept is not None:  # --posix-metadata: the attributes the object keeps itself
             mode, uid, gid, size = kept.mode, kept.uid, kept.gid, 0 if node.is_dir else node.size
             atime_ns, mtime_ns, ctime_ns = kept.atime_ns, kept.mtime_ns, kept.ctime_ns
         else:
             if node.is_dir:
-                mode, size = stat.S_IFDIR | self.attrs.dir_mode, 0
+                mode, size = stat.S_IFDIR | (self.attrs.object_dir_mode if objects else self.attrs.dir_mode), 0
             elif node.target is not None:
                 mode, size = stat.S_IFLNK | 0o777, len(node.target.encode())
             else:
-                mode, size = stat.S_IFREG | self.attrs.file_mode, node.size
+                mode = stat.S_IFREG | (self.attrs.object_file_mode if objects else self.attrs.file_mode)
+                size = node.size
             uid, gid = self.attrs.uid, self.attrs.gid
             atime_ns = mtime_ns = ctime_ns = int(node.mtime * 1e9)
         # nlink 1 for directories too: "unknown" to find(1)
@@ -126,7 +132,7 @@ class MountOperations(Operations):
         node = handle.attributes() if handle is not None else None
         if node is not None:
             node = self.tree.with_attributes(path[1:], node)
-        return self._stat(node if node is not None else self.tree.lookup(path[1:]))
+        return self._stat(node if node is not None else self.tree.lookup(path[1:]), self.tree.holds_objects(path[1:]))
 
     @_translate
     def readdir_with_offset(self, path: str, offset: int, fh: int) -> Iterator[tuple[str, dict[str, int], int]]:
@@ -142,10 +148,10 @@ class MountOperations(Operations):
             listing = [(".", None), ("..", None), *self.tree.readdir(path[1:]).items()]
             with self._lock:
                 self._dir_listings[fh] = listing
-        return self._dir_entries(listing, offset)
+        return self._dir_entries(listing, offset, self.tree.holds_objects(path[1:]))
 
-    def _dir_entries(self, listing: list[tuple[str, Node | None]],
-                     offset: int) -> Iterator[tuple[str, dict[str, int], int]]:
+    def _dir_entries(self, listing: list[tuple[str, Node | None]], offset: int,
+                     objects: bool) -> Iterator[tuple[str, dict[str, int], int]]:
         directory = {"st_mode": stat.S_IFDIR}
         stats: dict[int, dict[str, int]] = {}  # id(node) -> its attributes: trees share nodes between entries
         for position in range(offset, len(listing)):
@@ -155,7 +161,7 @@ class MountOperations(Operations):
                 continue
             attrs = stats.get(id(node))
             if attrs is None:
-                attrs = stats[id(node)] = self._stat(node)
+                attrs = stats[id(node)] = self._stat(node, objects)
             yield name, attrs, position + 1
 
     @_translate
