@@ -98,6 +98,24 @@ def test_a_directory_is_renamed_in_place_with_its_childrens_metadata(s3, bucket,
         assert (mnt / "g" / "new.txt").read_bytes() == b"staged"
 
 
+def test_a_renamed_file_keeps_other_clients_metadata(s3, bucket, mount):
+    """--posix-metadata renames an object as s3fs does: its user metadata as a HEAD finds it (headers other
+    clients set included, and what changed since the mount listed it), only the ctime new."""
+    s3.put_object(Bucket=bucket, Key="f.txt", Body=b"data",
+                  Metadata={"mode": str(stat.S_IFREG | 0o600), "mtime": "1000000000", "ctime": "1000000000"})
+    mnt = mount(f"s3://{bucket}", "--posix-metadata")
+    assert stat.S_IMODE(os.stat(mnt / "f.txt").st_mode) == 0o600  # listed, attributes read
+    s3.copy_object(Bucket=bucket, Key="f.txt", CopySource={"Bucket": bucket, "Key": "f.txt"},
+                   MetadataDirective="REPLACE", Metadata={"mode": str(stat.S_IFREG | 0o600), "mtime": "1000000000",
+                                                          "ctime": "1000000000", "foreign": "keepme"})
+    os.rename(mnt / "f.txt", mnt / "g.txt")
+    metadata = s3.head_object(Bucket=bucket, Key="g.txt")["Metadata"]
+    assert {name: metadata[name] for name in ("mode", "mtime", "foreign")} == {
+        "mode": str(stat.S_IFREG | 0o600), "mtime": "1000000000", "foreign": "keepme"}
+    assert float(metadata["ctime"]) > 1_000_000_000 and (mnt / "g.txt").read_bytes() == b"data"
+    assert "f.txt" not in os.listdir(mnt)
+
+
 def test_a_legacy_dir_object_is_a_directory_until_changed(s3, bucket, mount):
     """s3fs (before 1.63) and s3sync made directories as zero-byte objects `dir` with Content-Type
     application/x-directory: --posix-metadata shows them as directories; a chmod replaces one by `dir/`."""

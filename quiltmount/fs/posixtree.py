@@ -441,8 +441,11 @@ class PosixTree(Tree):
         elif node.obj is None or node.attrs is None:  # staged: its file goes to the new key with its attributes
             writes.rename(old, new)
             self._change_staged(new, lambda attrs: dataclasses.replace(attrs, ctime_ns=now))
-        else:
-            writes.rename(old, new, metadata=to_headers(dataclasses.replace(node.attrs, ctime_ns=now)))
+        else:  # its metadata as a HEAD finds it now, other clients' headers kept, with the new ctime
+            info, headers = self.store.head_metadata(self.bucket.key_of(old))
+            before = from_headers(headers, self._file_default(info.mtime))
+            after = dataclasses.replace(before, ctime_ns=now)
+            writes.rename(old, new, metadata=merged_headers(headers, before, after, {"ctime"}))
         self._changed_here(old, new)
         self._touch_parent(old, now)
         if new.rpartition("/")[0] != old.rpartition("/")[0]:
