@@ -7,6 +7,7 @@ import errno
 import hashlib
 import os
 import random
+import signal
 import stat
 import subprocess
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from mounthelpers import fresh_record, mount_record, run_cli
+from test_writes import wait_for
 
 SPECIAL_NAMES = ["with space.txt", "ünïcødé-名前.txt", "plus+sign.txt", "percent%20.txt", "hash#tag.txt",
                  "semi;colon & amp.txt"]
@@ -236,6 +238,9 @@ def test_status_and_umount(s3, bucket, mount):
     assert record["requests"]["totals"]["get"] >= 1 and record["requests"]["in_flight"] == 0
     human = run_cli("status")
     assert str(mnt) in human.stdout and str(record["pid"]) in human.stdout
+    os.kill(record["pid"], signal.SIGUSR1)  # the stacks of its threads into the log; it serves on
+    wait_for(lambda: "Current thread" in Path(record["log_file"]).read_text(), 10)
+    assert "File " in Path(record["log_file"]).read_text() and (mnt / "f.txt").read_bytes() == b"f" * 5000
     result = run_cli("umount", str(mnt))
     assert result.returncode == 0, result.stderr
     assert os.listdir(mnt) == []

@@ -14,7 +14,7 @@ import os
 from quiltmount.errors import UserError
 from quiltmount.daemon.launcher import MountOptions, ReadySignal
 from quiltmount.daemon.serve import serve
-from quiltmount.daemon.process import bound_malloc, setup_logging
+from quiltmount.daemon.process import bound_malloc, dump_threads_on_sigusr1, setup_logging
 from quiltmount.daemon.stopping import Stopper
 
 log = logging.getLogger("quiltmount")
@@ -29,6 +29,7 @@ def run_mount(options: MountOptions, ready_fd: int | None = None) -> int:
     stopper.install()
     log_file = options.log_path
     setup_logging(log_file, options.log_level, also_stderr=ready_fd is None)
+    dump_threads_on_sigusr1(log_file)
     bound_malloc()
     try:
         return serve(options, log_file, signal, stopper)

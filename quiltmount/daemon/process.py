@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import logging
 import os
+import signal
 import sys
+from typing import TextIO
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8  # glibc mallopt parameters
 
@@ -30,6 +33,18 @@ def setup_logging(log_file: str, level: str, also_stderr: bool) -> None:
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
         logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))
     logging.getLogger("mfusepy").setLevel(logging.DEBUG if root.level <= logging.DEBUG else logging.WARNING)
+
+
+#: The log file as faulthandler writes into it (open for the life of the process).
+_thread_dump_stream: TextIO | None = None
+
+
+def dump_threads_on_sigusr1(log_file: str) -> None:
+    """`kill -USR1 PID` appends the stack of every thread to the log and the daemon carries on: a mount that
+    seems stuck (an unmount that does not end, a read that hangs) can be looked into where it stands."""
+    global _thread_dump_stream
+    _thread_dump_stream = open(log_file, "a", encoding="utf-8")  # noqa: SIM115 - for the process's life
+    faulthandler.register(signal.SIGUSR1, file=_thread_dump_stream, all_threads=True)
 
 
 def bound_malloc() -> None:
