@@ -640,3 +640,24 @@ def test_a_mount_never_walks_the_cache(s3, new_bucket, mount, own_disk_cache):
         watch.close()
     [record] = records(mnt)
     assert s3_reads(record) == (0, 0)
+
+
+def test_cached_blocks_names_the_blocks_get_would_find(tmp_path):
+    """The read-ahead asks once per run of blocks which the disk cache holds: the blocks of that key in that
+    range, not one pending its content check, not another key's."""
+    cache = DiskCache(str(tmp_path / "cache"), capacity=64 * MiB)
+    try:
+        for block in (0, 1, 2, 5):
+            cache.put("object:a", block, bytes([block]) * 100, "s3://b", wait=True)
+        cache.put("object:a", 3, b"x" * 100, "s3://b", wait=True, pending="origin")
+        cache.put("object:b", 4, b"y" * 100, "s3://b", wait=True)
+        cache.flush()
+        assert cache.cached_blocks("object:a", 0, 9) == {0, 1, 2, 5}
+        assert cache.cached_blocks("object:a", 1, 4) == {1, 2}
+        assert cache.cached_blocks("object:c", 0, 9) == set()
+        assert all(cache.get("object:a", block) is not None for block in (0, 1, 2, 5))
+        assert cache.get("object:a", 3) is None and cache.get("object:a", 4) is None
+        cache.mark_checked("object:a", "origin")
+        assert cache.cached_blocks("object:a", 0, 9) == {0, 1, 2, 3, 5}
+    finally:
+        cache.close()

@@ -201,6 +201,15 @@ class DiskCache:
     def contains(self, key: str, block: int) -> bool:
         return self.enabled and self._row(key, block) is not None
 
+    def cached_blocks(self, key: str, first: int, last: int) -> set[int]:
+        """Which of blocks first..last `get` would find (one query for the run, not one per block)."""
+        if not self.enabled:
+            return set()
+        with self._reader_lock:
+            rows = self._reader.execute("SELECT block FROM blocks WHERE key = ? AND block BETWEEN ? AND ? AND "
+                                        "pending IS NULL", (key, first, last)).fetchall()
+        return {block for (block,) in rows}
+
     def get(self, key: str, block: int) -> bytes | None:
         """The block's bytes, checked against their size and CRC-32; None if not cached (or damaged)."""
         row = self._row(key, block) if self.enabled else None

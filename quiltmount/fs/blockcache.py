@@ -92,6 +92,12 @@ class BlockCache:
         self._store(key, block)
         return block
 
+    def on_disk(self, identity: Identity, first: int, last: int) -> set[int]:
+        """Which of blocks first..last of `identity` the disk cache holds (one index query)."""
+        if self.disk is None or identity.disk_key is None:
+            return set()
+        return self.disk.cached_blocks(identity.disk_key, first, last)
+
     def contains(self, key: BlockKey) -> bool:
         """True if `get` would hit, without counting it or changing recency."""
         with self._lock:
