@@ -13,6 +13,7 @@ Run (as root, with /dev/fuse and fusermount3; from the project's virtualenv)::
     python scripts/bench.py --only commit   # package commits (engine level) on a 10,000-entry revision
     python scripts/bench.py --only draft    # the same through a mount: mkdir draft, cp, quiltmount packages commit
     python scripts/bench.py --only cache    # the persistent disk cache: re-reads across mounts, prefetch, RSS (~13 min)
+    python scripts/bench.py --only cache-reread --rounds 2   # 15.(a) alone: cold read into the cache, re-read (~2 min)
     python scripts/bench.py --only posix-listing --small-files 1000   # ls -l with --posix-metadata vs without
     python scripts/bench.py --endpoint-url http://127.0.0.1:9000   # use a running S3 server
 
@@ -108,8 +109,9 @@ gives the cost of filling the cache during a cold read, on vs off).  The measure
     straight to the server; quilt3 is not proxied): no request of mkdir, cp or the commit may touch another
     file of the package than the changed one, nor GET any; then ``--rounds`` times: (b) ``upload_file``
     (default, then with SHA-256) of ``--write-mib`` MiB of new random bytes from local disk, then mkdir,
-    ``cp`` of that file and the commit through a mount straight to the server (target ratio >= 0.8 for the
-    total; the commit alone is also given).  After each commit the mount must show the new revision as
+    ``cp`` of that file (the mount sends its parts while it is written, into the multipart upload the commit
+    completes) and the commit through a mount straight to the server (target ratio >= 0.8 for the total; the
+    commit alone is also given).  After each commit the mount must show the new revision as
     ``latest`` and the draft on it.  At the end quilt3 browses the last revision;
 15. the persistent disk cache (issue 16; ``--only cache``), each part with a new, empty ``--disk-cache-dir`` at
     the daemon's default cap unless said: (a) ``--rounds`` times, ``download_fileobj`` of the big object, its cold
@@ -2672,18 +2674,15 @@ def cache_rss_run(bench: Bench, size: str, revision: dict[str, Any] | None) -> d
         shutil.rmtree(root, ignore_errors=True)
 
 
-def measure_cache(bench: Bench) -> list[Result]:
-    """15. the persistent disk cache (issue 16): (a) the big object re-read from it after a umount and a fresh
-    mount vs its cold read; (b) every file of a revision read after those of another sharing all but 1 in
-    CACHE_CHANGED_SHARE; (c) `quiltmount prefetch` of a revision vs boto3 with CACHE_READERS threads, then its
-    files read; (d) the daemon's peak RSS with the disk cache capped at 64M vs 10G."""
+def measure_cache_reread(bench: Bench) -> list[Result]:
+    """15.(a) alone (``--only cache-reread``): the big object cold into an empty disk cache, then re-read from it
+    after a umount, a fresh mount and the page cache dropped."""
     label = "disk cache:"
     big = f"{bench.size // MiB} MiB object"
 
     def say(text: str) -> None:
         print(f"  {text}", flush=True)
 
-    # (a) the big object: cold (empty disk cache), then re-read after umount + fresh mount, page cache dropped.
     reread_rounds = []
     for number in range(1, bench.args.rounds + 1):
         figures = cache_reread_round(bench)
@@ -2694,7 +2693,7 @@ def measure_cache(bench: Bench) -> list[Result]:
             f"{'dropped' if figures['dropped']['page_cache_dropped'] else 'NOT dropped'}; re-read "
             f"{figures['reread']['MBps']:.0f} MB/s, requests {figures['reread']['requests']}, "
             f"{figures['reread'].get('cache', {})}")
-    results = [
+    return [
         Result.of_rounds(f"{label} re-read of the {big} after umount + fresh mount, page cache dropped (baseline: "
                          "its cold read, empty disk cache)", "MB/s",
                          [(entry["reread"]["MBps"], entry["cold"]["MBps"]) for entry in reread_rounds],
@@ -2722,6 +2721,19 @@ def measure_cache(bench: Bench) -> list[Result]:
         Result.of_rounds(f"{label} that re-read vs boto3 download_fileobj", "MB/s",
                          [(entry["reread"]["MBps"], entry["baseline_MBps"]) for entry in reread_rounds], None, {}),
     ]
+
+
+def measure_cache(bench: Bench) -> list[Result]:
+    """15. the persistent disk cache (issue 16): (a) the big object re-read from it after a umount and a fresh
+    mount vs its cold read; (b) every file of a revision read after those of another sharing all but 1 in
+    CACHE_CHANGED_SHARE; (c) `quiltmount prefetch` of a revision vs boto3 with CACHE_READERS threads, then its
+    files read; (d) the daemon's peak RSS with the disk cache capped at 64M vs 10G."""
+    label = "disk cache:"
+    big = f"{bench.size // MiB} MiB object"
+    results = measure_cache_reread(bench)
+
+    def say(text: str) -> None:
+        print(f"  {text}", flush=True)
 
     with cache_revisions(bench) as made:
         if made is None:
@@ -2904,7 +2916,7 @@ STEPS: dict[str, tuple[str, Callable[[Bench], Result | list[Result]]]] = {
     "package-read": ("package entry read", measure_package_read),
     "cp": ("cp into a mount", measure_cp_write), "small-writes": ("small-file writes", measure_small_writes),
     "posix-listing": ("ls -l with --posix-metadata", measure_posix_listing)}
-STEP_NAMES = (*STEPS, "write-rss", "scale", "commit", "draft", "cache")
+STEP_NAMES = (*STEPS, "write-rss", "scale", "commit", "draft", "cache", "cache-reread")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -3004,6 +3016,8 @@ def main(argv: list[str] | None = None) -> int:
         if "cache" in args.only:
             steps.append((f"persistent disk cache ({args.size_mib} MiB object, {args.cache_entries}-entry revisions)",
                           measure_cache))
+        elif "cache-reread" in args.only:  # 15.(a) alone; "cache" runs it already
+            steps.append((f"disk cache re-read ({args.size_mib} MiB object)", measure_cache_reread))
         for label, step in steps:
             print(f"measuring {label} ...", flush=True)
             try:

@@ -5,6 +5,7 @@ conflicts of a concurrent push."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import io
 import json
@@ -473,3 +474,60 @@ def test_a_parent_not_in_quilt3s_order_is_read_whole(q3, tmp_path: Path, caplog:
     same.delete("b.txt")
     same._set_commit_message("fixed")
     assert same.top_hash == done.top_hash
+
+
+def test_a_streamed_file_is_completed_by_the_commit_or_dropped_when_already_in_place(
+        s3_server, s3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new file whose parts were sent while it was written (`NewFile.streamed`, as a draft's): the commit
+    takes the upload, sends the last part and completes it, and the entry's hash is the parts' checksums;
+    when the destination holds these bytes already (a HEAD answering the checksum real S3 keeps for a
+    multipart upload, `<base64>-<parts>`, which the test server does not), the upload is aborted and the
+    object kept; other bytes of the same size are completed as a new version."""
+    bucket = _new_bucket(s3)
+    store = S3Store(bucket, endpoint_url=s3_server.endpoint_url)
+    registry = Registry(store, f"s3://{bucket}")
+    key, size = "demo/pkg/big.bin", 2 * CHECKSUM_CHUNK_SIZE + 12345
+    same = random.Random(1).randbytes(size)
+    path = _write(tmp_path / "big.bin", same)
+    taken: list[tuple[str, int]] = []
+
+    def streamed() -> NewFile:
+        upload = store.part_upload(key, path)
+        for number in (1, 2):  # what a draft's writer has sent when the file is closed
+            upload.add_part(number)
+
+        def take(destination: str, part_size: int):
+            taken.append((destination, part_size))
+            return upload
+
+        return NewFile(path, streamed=take)
+
+    def committed(parent: str | None) -> tuple[str, Entry]:
+        done = commit_revision(registry, "demo/pkg", parent, Changes(files={"big.bin": streamed()}),
+                               message="streamed")
+        assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+        (entry,) = registry.load_manifest(done.top_hash).entries
+        return done.top_hash, entry
+
+    def versions() -> int:
+        return len([v for v in s3.list_object_versions(Bucket=bucket, Prefix=key).get("Versions", [])
+                    if v["Key"] == key])
+
+    first_hash, first = committed(None)
+    assert taken == [(key, CHECKSUM_CHUNK_SIZE)] and versions() == 1
+    assert first.hash_value == hash_bytes("sha2-256-chunked", same)
+    assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == same
+
+    as_real_s3 = f"{first.hash_value}-3"
+    real_head = store.head
+    monkeypatch.setattr(store, "head", lambda k, *, checksum=False: dataclasses.replace(
+        real_head(k, checksum=checksum), checksum_sha256=as_real_s3))
+    again_hash, again = committed(first_hash)
+    assert versions() == 1 and again.physical_key == first.physical_key and again.hash_value == first.hash_value
+
+    other = random.Random(2).randbytes(size)
+    Path(path).write_bytes(other)
+    _, third = committed(again_hash)
+    assert versions() == 2 and third.physical_key != first.physical_key
+    assert third.hash_value == hash_bytes("sha2-256-chunked", other)
+    assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == other

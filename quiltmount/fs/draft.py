@@ -13,6 +13,15 @@ rows, read lazily from their physical keys; a draft costs nothing until somethin
 
 The draft records logical changes only: which keys the parent has is the caller's knowledge (its tree answers
 from the parent's index), passed in as `in_parent`.
+
+A draft in a mount (`stream_parts`) also sends the parts of a new file written in order from its start while it
+is written, to a multipart upload at the key the commit uploads it to (PartStreams, fs/partstream.py), never
+completed before the commit: nothing in the bucket changes until then (where versions are not kept, that key
+may hold the parent's file).  The commit completes it and takes the entry's hash from its checksum.  Anything
+else that becomes of the file (rewritten out of order, truncated, renamed, removed, the draft discarded or the
+mount gone) drops the stream, aborting the upload; the commit then sends the staged file whole.  Streams live
+in memory: after a crash, the staged file is kept as ever and an upload left behind stays invisible (a bucket
+lifecycle rule `AbortIncompleteMultipartUpload` removes its parts).
 """
 
 from __future__ import annotations
@@ -21,14 +30,17 @@ import json
 import os
 import shutil
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from quiltmount.files import atomic_file
 from quiltmount.fs.draftrecord import DRAFT_FILE, DraftError, DraftRecord, read_record
+from quiltmount.fs.partstream import PartStreams
 from quiltmount.fs.staging import OPEN, StagedFile, StagingArea
 from quiltmount.keep import KEEP
 from quiltmount.packages.commit import Changes, Committed, NewFile, ProgressCallback, commit_revision
 from quiltmount.packages.registry import Registry
+from quiltmount.storage.base import PartUpload
 
 class Draft:
     """One draft of one package.  Thread-safe: a lock orders changes and their writes to `draft.json`."""
@@ -39,6 +51,8 @@ class Draft:
         self.staging = StagingArea(os.path.join(directory, "staging"))
         self._files: dict[str, StagedFile] = {staged.key: staged for staged in self.staging.recover()}
         self._lock = threading.Lock()
+        self.streams: PartStreams | None = None  # see `stream_parts`
+        self._destination: Callable[[str], str] = str
 
     @classmethod
     def create(cls, directory: str, *, package: str, registry: str, parent: str | None) -> Draft:
@@ -65,6 +79,26 @@ class Draft:
     @property
     def parent(self) -> str | None:
         return self._record.parent
+
+    def stream_parts(self, streams: PartStreams, destination: Callable[[str], str]) -> None:
+        """Send the parts of new files written in order to `streams`' store while they are written, each to
+        `destination(logical key)`, the key the commit uploads it to (see the module's docstring)."""
+        self.streams, self._destination = streams, destination
+
+    def start_stream(self, staged: StagedFile) -> None:
+        """`staged`, new and empty, may send its parts while it is written in order (if the store can)."""
+        if self.streams is not None:
+            self.streams.start(staged, self.staging.data_path(staged), self._destination(staged.key))
+
+    def drop_stream(self, staged: StagedFile) -> None:
+        """`staged` will be sent whole, or not at all: its parts sent so far go (in the background)."""
+        if self.streams is not None:
+            self.streams.drop(staged)
+
+    def _forget(self, staged: StagedFile) -> None:
+        """`staged` is no longer the draft's: its stream and bytes go."""
+        self.drop_stream(staged)
+        self.staging.remove(staged)
 
     def _save(self) -> None:
         """draft.json as it is now (the caller holds the lock, or owns the draft alone)."""
@@ -124,7 +158,7 @@ class Draft:
                 self._record.file_meta[logical_key] = meta_shown
             self._save()
         if replaced is not None:
-            self.staging.remove(replaced)
+            self._forget(replaced)
         return staged
 
     def remove(self, logical_key: str, *, in_parent: bool) -> None:
@@ -138,7 +172,7 @@ class Draft:
                 self._record.entry_meta.pop(logical_key, None)
             self._save()
         if staged is not None:
-            self.staging.remove(staged)
+            self._forget(staged)
 
     def rename(self, old: str, new: str, *, old_in_parent: bool, new_in_parent: bool,
                meta_shown: Any = KEEP) -> None:
@@ -178,9 +212,10 @@ class Draft:
                 record.file_meta[new] = meta
             self._save()
         if staged is not None:
+            self.drop_stream(staged)  # its parts went to the old key's destination
             self.staging.save(staged)
         if replaced is not None:
-            self.staging.remove(replaced)
+            self._forget(replaced)
 
     def make_dir(self, path: str) -> None:
         """`mkdir`: an empty directory, shown until it is removed or the draft is committed (a package has no
@@ -227,7 +262,8 @@ class Draft:
         """What a commit publishes: staged bytes, deletions, renames, meta."""
         with self._lock:
             record = self._record
-            files = {key: NewFile(self.staging.data_path(staged), record.file_meta.get(key, KEEP))
+            files = {key: NewFile(self.staging.data_path(staged), record.file_meta.get(key, KEEP),
+                                  self._streamed(staged))
                      for key, staged in self._files.items()}
             renamed = {new: source for new, source in record.renamed.items()}
             entry_meta = dict(record.entry_meta)
@@ -244,6 +280,14 @@ class Draft:
                              f"({len(vanished)} file(s)): remove it from the draft or write it again")
         return changes
 
+    def _streamed(self, staged: StagedFile) -> Callable[[str, int], PartUpload | None] | None:
+        """`NewFile.streamed` for `staged`: its stream's upload, taken by the commit that uploads it."""
+        streams = self.streams
+        if streams is None:
+            return None
+        data_path = self.staging.data_path(staged)
+        return lambda key, part_size: streams.take(staged, data_path, key, part_size=part_size)
+
     def files_open(self) -> list[str]:
         """Logical keys of files a writer has open (or had open when a crash came): not complete yet."""
         with self._lock:
@@ -256,8 +300,8 @@ class Draft:
             self._files.clear()
             self._record = self._record.started_over(top_hash)
             self._save()
-        for staged in files:
-            self.staging.remove(staged)
+        for staged in files:  # streams the commit did not take (files found in place already): dropped
+            self._forget(staged)
 
     def summary(self) -> dict[str, Any]:
         """For `status`: the package, the parent and the size of the change."""
@@ -268,6 +312,10 @@ class Draft:
                     "bytes_staged": staged_bytes}
 
     def close(self) -> None:
+        """Unmounting (or discarding): staged bytes stay, streams go (a commit after a remount sends files
+        whole)."""
+        if self.streams is not None:
+            self.streams.close()
         self.staging.close()
 
     def discard(self) -> None:

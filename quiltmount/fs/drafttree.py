@@ -2,9 +2,10 @@
 
 Unchanged files are the parent's rows, read lazily from their physical keys (nothing is copied when a draft
 opens); new and changed files are staged in the draft (fs/draft.py), written through the same handles as
-the bucket's (`WriteHandle` over a `DirtyFile`), but never uploaded on close: they stay until a commit.
-Directories exist as long as something is under them; `mkdir` makes empty ones for this mount's life (a
-package has no empty directories), `rmdir` hides an emptied one.
+the bucket's (`WriteHandle` over a `DirtyFile`), but never uploaded on close: they stay until a commit.  A
+new file written in order sends its parts while it is written, to a multipart upload that only the commit
+completes (`Draft.stream_parts`).  Directories exist as long as something is under them; `mkdir` makes empty
+ones for this mount's life (a package has no empty directories), `rmdir` hides an emptied one.
 
 Extended attributes: `user.quilt.parent` (the parent's top hash, empty for a new package) and
 `user.quilt.user_meta` on the draft, `user.quilt.meta` (the entry's whole `meta` object) on its files; setting
@@ -32,9 +33,10 @@ from quiltmount.fs.draftrecord import (
 )
 from quiltmount.fs.handles import WriteHandle
 from quiltmount.fs.node import Node, Tree
+from quiltmount.fs.partstream import PartStreams
 from quiltmount.fs.staging import OPEN, copy_in
 from quiltmount.keep import KEEP
-from quiltmount.packages.commit import CommitProgress, PackageConflict
+from quiltmount.packages.commit import CommitProgress, PackageConflict, upload_key
 from quiltmount.packages.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,7 @@ class DraftTree(Tree):
                  mtime: float, on_commit: Callable[[str], None]) -> None:
         self.draft = draft
         self.registry = registry
+        draft.stream_parts(PartStreams(registry.store), lambda key: upload_key(registry, draft.package, key))
         self._parent_tree = parent_tree
         self._resolve = resolve
         self._on_commit = on_commit
@@ -207,8 +210,8 @@ class DraftTree(Tree):
 
     # -- writing --------------------------------------------------------------------------------------------
     def _dirty_file(self, path: str, staged: Any, *, writers: int) -> DirtyFile:
-        # No part streams: a draft sends nothing while its files are written.
-        return DirtyFile(path, staged, self.draft.staging, None, self._lock, self._released, writers=writers)
+        return DirtyFile(path, staged, self.draft.staging, self.draft.streams, self._lock, self._released,
+                         writers=writers)
 
     def open_write(self, path: str, *, truncate: bool, create: bool) -> WriteHandle:
         # Under `_committing`: a commit takes the draft's changes whole, so no file starts changing during one.
@@ -233,7 +236,9 @@ class DraftTree(Tree):
             source = self.draft.source_of(path)
             meta = self._shown_meta(path) if source is not None and source != path else KEEP
             staged = self.draft.write(path, meta_shown=meta)
-            if not truncate and node is not None and node.obj is not None:
+            if truncate or node is None:
+                self.draft.start_stream(staged)
+            elif node.obj is not None:
                 copy_in(node.store, node.obj, self.draft.staging.data_path(staged))
         dirty = self._dirty_file(path, staged, writers=1)
         with self._lock:
@@ -245,6 +250,7 @@ class DraftTree(Tree):
         if dirty.write_error is not None:
             log.error("draft %s: %s: a write failed (%s); the staged bytes are kept as they are",
                       self.draft.package, dirty.path, dirty.write_error)
+            self.draft.drop_stream(dirty.staged)
         with self._lock:
             if self._dirty.get(dirty.path) is dirty and dirty.writers == 0:
                 del self._dirty[dirty.path]

@@ -1,7 +1,9 @@
 """Parts sent while a file is written: the multipart uploads of staged files written in order from their start.
 
 Parts are the store's size (`PartUpload.part_size`).  A stream stops taking parts at S3's limit of parts
-(MAX_PARTS): a longer sequential write is uploaded after close instead.
+(MAX_PARTS): a longer sequential write is uploaded after close instead.  A bucket's file finishes its stream
+when it is uploaded after close (`finish`); a package draft's file keeps its stream, never completed, until a
+commit takes it (`take`) and completes it: nothing appears at the key before.
 """
 
 from __future__ import annotations
@@ -34,9 +36,10 @@ class PartStreams:
         self._streams: dict[str, _Stream] = {}  # staged id -> parts sent while a sequential writer writes
         self._lock = threading.Lock()
 
-    def start(self, staged: StagedFile, data_path: str) -> None:
-        """A file (new, or truncated to nothing) whose parts can go while it is written, if the store can."""
-        upload = self.store.part_upload(staged.key, data_path)
+    def start(self, staged: StagedFile, data_path: str, key: str | None = None) -> None:
+        """A file (new, or truncated to nothing) whose parts can go while it is written, if the store can, to
+        `key` (default: the staged file's)."""
+        upload = self.store.part_upload(staged.key if key is None else key, data_path)
         if upload is not None:
             with self._lock:
                 self._streams[staged.id] = _Stream(upload)
@@ -74,13 +77,23 @@ class PartStreams:
     def finish(self, staged: StagedFile, data_path: str) -> ObjectInfo | None:
         """Upload a closed staged file by finishing its stream, if every byte of it went in order; None if it
         has to be sent whole (its stream, if any, is dropped)."""
+        upload = self.take(staged, data_path, staged.key)
+        return None if upload is None else upload.finish(os.path.getsize(data_path))
+
+    def take(self, staged: StagedFile, data_path: str, key: str, *, part_size: int | None = None,
+             ) -> PartUpload | None:
+        """The upload of a closed staged file, taken out of its stream for the caller to finish, if every byte
+        of it went in order to `key` (in parts of `part_size`, when given); None if it has to be sent whole
+        (its stream, if any, is dropped)."""
         with self._lock:
             stream = self._streams.pop(staged.id, None)
-        if stream is not None and stream.parts:
-            size = os.path.getsize(data_path)
-            if size == stream.end and stream.upload.key == staged.key:
-                return stream.upload.finish(size)
-            _abort_soon(stream)
+        if stream is None:
+            return None
+        upload = stream.upload
+        fits = upload.key == key and part_size in (None, upload.part_size)
+        if stream.parts and fits and os.path.getsize(data_path) == stream.end:
+            return upload
+        _abort_soon(stream)
         return None
 
     def close(self) -> None:

@@ -15,8 +15,10 @@ A parent can have millions of entries, so it is never held in memory.  A commit 
    succeeded, and nothing that grows with the parent stays in memory: the changes, the rows they refer to
    (rename sources, replaced entries whose meta stays) and the directory metadata.
 2. the new files are uploaded (or found already in place: `_reuse_candidate`), their hashes taken from the
-   SHA-256 checksums of the bytes sent (S3; other stores: hashed after), and the spill is merged with the new
-   entries, sorted the same way, into the new manifest, in a local file, while its top hash is computed.
+   SHA-256 checksums of the bytes sent (S3; other stores: hashed after); a file whose parts were sent while it
+   was written (a draft's: `NewFile.streamed`) has that multipart upload completed instead.  Then the spill is
+   merged with the new entries, sorted the same way, into the new manifest, in a local file, while its top
+   hash is computed.
 
 Manifests quilt3 wrote are in tree order with their directory metadata first; any other layout is read whole
 instead (`Registry.load_manifest`), which is correct but holds it in memory.
@@ -50,7 +52,7 @@ from quiltmount.packages.manifest import (
 )
 from quiltmount.packages.registry import LATEST, Registry, RegistryError, validate_package_name
 from quiltmount.packages.workflow import Workflow, revision_entries, select_workflow
-from quiltmount.storage.base import ObjectInfo, ObjectStore
+from quiltmount.storage.base import ObjectInfo, ObjectStore, PartUpload
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +74,16 @@ class PackageConflict(QuiltException):
 @dataclass
 class NewFile:
     """The bytes of a new or changed entry, in a local file; `meta` is the entry's whole `meta` object
-    (KEEP: the parent entry's, or none for a new logical key)."""
+    (KEEP: the parent entry's, or none for a new logical key).
+
+    `streamed`, if the bytes were sent while they were written (a draft's file written in order): called with
+    the entry's destination key and the chunk size of its hash when the commit uploads it, it hands over the
+    multipart upload holding them there, never completed yet, for the commit to complete; or None when there
+    is none that fits (then the file is sent whole).  Once called, the upload is the caller's alone."""
 
     path: str
     meta: Any = KEEP
+    streamed: Callable[[str, int], PartUpload | None] | None = None
 
 
 @dataclass
@@ -420,12 +428,21 @@ def _upload(registry: Registry, name: str, changes: Changes, parent_rows: dict[s
 
     def one(logical_key: str, new: NewFile) -> tuple[Entry, bool]:
         size = sizes[logical_key]
-        key = f"{registry.prefix}{name}/{logical_key}"
+        key = upload_key(registry, name, logical_key)
         candidate = _reuse_candidate(registry.store, key, size)
-        hash_value = None if candidate is None else _hash_file(new.path, size)
+        # Taken from here on: completed, or aborted (by whatever fails while it is ours, or here if not needed).
+        streamed = None if new.streamed is None else new.streamed(key, checksum_chunk_size(size))
+        hash_value = None if candidate is None else _hash_of(new.path, size, streamed)
         was_there = candidate is not None and _chunked_hash_of_checksum(candidate.checksum_sha256,
                                                                          size) == hash_value
-        info = candidate if was_there else registry.store.put_file(key, new.path)
+        if was_there:
+            info = candidate
+            if streamed is not None:
+                streamed.abort()
+        elif streamed is not None:  # completed: the object appears only now, parts in flight waited for
+            info = streamed.finish(size)
+        else:
+            info = registry.store.put_file(key, new.path)
         if hash_value is None:  # the upload's checksum is of the bytes it sent: the hash without another read
             hash_value = _chunked_hash_of_checksum(info.checksum_sha256 or "", size) or _hash_file(new.path, size)
         if location.scheme == "s3":
@@ -445,6 +462,20 @@ def _upload(registry: Registry, name: str, changes: Changes, parent_rows: dict[s
     if reused:
         log.info("%d of %d new files were already in place: not sent again", reused, len(results))
     return [entry for entry, _ in results], reused
+
+
+def upload_key(registry: Registry, name: str, logical_key: str) -> str:
+    """The key in the registry's store a new file of package `name` is uploaded to, as quilt3's push does."""
+    return f"{registry.prefix}{name}/{logical_key}"
+
+
+def _hash_of(path: str, size: int, streamed: PartUpload | None) -> str:
+    """The hash of a new file: from the checksums of the parts it was streamed in, else read and hashed."""
+    if streamed is not None:
+        hash_value = _chunked_hash_of_checksum(streamed.checksum(size), size)
+        if hash_value is not None:
+            return hash_value
+    return _hash_file(path, size)
 
 
 def _new_file_meta(logical_key: str, new: NewFile, parent_rows: dict[str, Entry]) -> Any:

@@ -138,6 +138,10 @@ class PartUpload(Protocol):
     def add_part(self, number: int) -> None:
         """Start sending part `number` (1-based): its bytes in the file must not change any more."""
 
+    def checksum(self, size: int) -> str:
+        """The SHA-256 checksum (S3's composite `<base64>-<parts>`) of a file of `size` bytes once completed:
+        sends the remaining parts and waits for all, without completing."""
+
     def finish(self, size: int) -> ObjectInfo:
         """Send the remaining parts of a file of `size` bytes, wait for all, and complete the upload."""
 

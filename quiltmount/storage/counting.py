@@ -186,6 +186,9 @@ class _CountedPartUpload:
     def add_part(self, number: int) -> None:
         self.inner.add_part(number)
 
+    def checksum(self, size: int) -> str:
+        return self.inner.checksum(size)
+
     def finish(self, size: int) -> ObjectInfo:
         self.counter._begin("put")
         try:

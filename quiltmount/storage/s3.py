@@ -527,15 +527,31 @@ class PartUpload:
             if not self._aborted and number not in self._parts:
                 self._parts[number] = self._pool.submit(self._send, number)
 
-    def finish(self, size: int) -> ObjectInfo:
-        """Send the remaining parts of a file of `size` bytes, wait for all, complete the upload."""
+    def _all_parts(self, size: int) -> list[dict]:
+        """Send the remaining parts of a file of `size` bytes and wait for all: what completing needs."""
         for number in range(1, (size + self.part_size - 1) // self.part_size + 1):
             self.add_part(number)
+        with self._lock:
+            futures = [self._parts[number] for number in sorted(self._parts)]
+        return [future.result() for future in futures]
+
+    def checksum(self, size: int) -> str:
+        """The SHA-256 checksum the object will have once completed, before completing it (so that the caller
+        can still drop it): sends the remaining parts and waits for all.  A failure aborts the upload."""
+        try:
+            return _composite_checksum(self._all_parts(size))
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            self.abort()
+            raise self._fail("upload", self.key, exc) from exc
+        except BaseException:
+            self.abort()
+            raise
+
+    def finish(self, size: int) -> ObjectInfo:
+        """Send the remaining parts of a file of `size` bytes, wait for all, complete the upload."""
         parts: list[dict] | None = None
         try:
-            with self._lock:
-                futures = [self._parts[number] for number in sorted(self._parts)]
-            parts = [future.result() for future in futures]
+            parts = self._all_parts(size)
             response = self._assembly_client.complete_multipart_upload(
                 Bucket=self.bucket, Key=self.key, UploadId=self._id(), MultipartUpload={"Parts": parts})
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
