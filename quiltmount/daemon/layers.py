@@ -84,7 +84,8 @@ def build_layers(source: Source, store: ObjectStore, stores: StoreSet, cache_dir
     # whole metadata TTL (a version listing costs more than a plain one).
     negative_ttl = options.metadata_ttl if past is not None else options.negative_metadata_ttl
     bucket = BucketTree(shown, source.prefix, metadata_ttl=options.metadata_ttl,
-                        negative_ttl=negative_ttl, lookup_workers=options.lookup_workers)
+                        negative_ttl=negative_ttl, lookup_workers=options.lookup_workers,
+                        pin_versions=past is not None)
     views = {".packages": packages, ".search": _search_view(source, options)}
     if read_only:
         versions = VersionsTree(bucket, shown, source.prefix, metadata_ttl=options.metadata_ttl)

@@ -10,6 +10,7 @@ another client creates shows up at once, as with mountpoint-s3 and s3fs.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -45,10 +46,14 @@ class BucketTree(Tree):
     def __init__(self, store: ObjectStore, root_prefix: str = "", *, metadata_ttl: float = 10.0,
                  negative_ttl: float | None = None, negative_cache_size: int = 100_000,
                  listing_cache_size: int = 10_000, node_cache_size: int = 100_000, lookup_workers: int = 8,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, pin_versions: bool = False) -> None:
         """`negative_ttl`: how long a name found missing is trusted to be (None: `DEFAULT_NEGATIVE_TTL`, or
-        `metadata_ttl` if shorter)."""
+        `metadata_ttl` if shorter).  `pin_versions`: files keep the version id the store gives them (a store
+        whose objects are versions: `--as-of`); otherwise a file is pinned by its ETag alone, however it was
+        found (a listing, a HEAD, our own upload), as ListObjectsV2 gives it: an open then sees an object
+        replaced under its name in a versioned bucket too (412), and its bytes are cached under one name."""
         self.store = store
+        self.pin_versions = pin_versions
         self.root_prefix = root_prefix
         self.ttl = metadata_ttl
         self.negative_ttl = min(DEFAULT_NEGATIVE_TTL, metadata_ttl) if negative_ttl is None else negative_ttl
@@ -180,7 +185,12 @@ class BucketTree(Tree):
         if is_dir:
             head.add_done_callback(lambda done: self._report_shadowed(key, done))
             return self.dir_node()
-        obj: ObjectInfo = head.result()  # raises NotFound
+        return self._file_node(head.result())  # raises NotFound
+
+    def _file_node(self, obj: ObjectInfo) -> Node:
+        """The node of a file the store holds as `obj` (pinned as `pin_versions` says)."""
+        if obj.version_id is not None and not self.pin_versions:
+            obj = dataclasses.replace(obj, version_id=None)
         return Node(is_dir=False, size=obj.size, mtime=obj.mtime, obj=obj, store=self.store)
 
     def _report_shadowed(self, key: str, head: Future) -> None:
@@ -238,7 +248,7 @@ class BucketTree(Tree):
                 if reason:
                     self._report(obj.key, reason)
                     continue
-                files[name] = Node(is_dir=False, size=obj.size, mtime=obj.mtime, obj=obj, store=self.store)
+                files[name] = self._file_node(obj)
             for child in page.prefixes:
                 name = child[len(prefix):-1]
                 reason = invalid_name_reason(name)
@@ -271,7 +281,7 @@ class BucketTree(Tree):
         The change counter still keeps any listing or lookup that started before the upload landed out of
         the caches."""
         parent, _, name = path.rpartition("/")
-        node = Node(is_dir=False, size=obj.size, mtime=obj.mtime, obj=obj, store=self.store)
+        node = self._file_node(obj)
         with self._lock:
             self._changes += 1
             self._negative.pop(path, None)
