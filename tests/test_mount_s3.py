@@ -240,7 +240,9 @@ def test_status_and_umount(s3, bucket, mount):
     assert str(mnt) in human.stdout and str(record["pid"]) in human.stdout
     os.kill(record["pid"], signal.SIGUSR1)  # the stacks of its threads into the log; it serves on
     wait_for(lambda: "Current thread" in Path(record["log_file"]).read_text(), 10)
-    assert "File " in Path(record["log_file"]).read_text() and (mnt / "f.txt").read_bytes() == b"f" * 5000
+    log_text = Path(record["log_file"]).read_text()
+    assert "File " in log_text and (mnt / "f.txt").read_bytes() == b"f" * 5000
+    assert "Ignoring invalid max threads value" not in log_text  # libfuse 3.14's noise at every mount, avoided
     result = run_cli("umount", str(mnt))
     assert result.returncode == 0, result.stderr
     assert os.listdir(mnt) == []

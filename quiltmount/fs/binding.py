@@ -10,8 +10,10 @@ been looked up.
 Every libfuse worker thread keeps one Python thread state for its whole life.  A ctypes callback from a
 thread Python does not know creates a thread state on entry and destroys it on return, which measured about
 half of the cost of a trivial operation (getxattr: 66 us per call, 31 us with the thread state kept).
-libfuse 3 keeps at most `max_threads` (10) workers and, by default, never ends an idle one, so that is a
-bounded handful of thread states (with libfuse 2, whose workers come and go, states are not kept).
+libfuse 3 keeps at most `max_threads` (10) workers and never ends an idle one while no more than
+`max_idle_threads` are idle, which is set to the same 10, so that is a bounded handful of thread states (with
+libfuse 2, whose workers come and go, states are not kept).  (libfuse 3.14's default for it, "unlimited",
+also made it print "Ignoring invalid max threads value 4294967295" at every mount: its bug #1003.)
 
 It also answers getxattr of the kernel's namespaces (`security.`, `system.`, `trusted.`) itself: `ls -l`
 asks for two of those per file, quiltmount never defines any, and the answer (no such attribute) then costs
@@ -46,6 +48,8 @@ FILL_DIR_PLUS = 1 << 1
 #: Keep the thread states of libfuse's workers (see the module docstring): libfuse 3 only, whose workers
 #: live as long as the mount; libfuse 2 ends idle workers beyond 10 and starts new ones under load.
 KEEP_THREAD_STATES = mfusepy.fuse_version_major >= 3
+#: libfuse 3's `max_threads` default: no more workers than this, and as many may stay idle (none ever ends).
+LIBFUSE_WORKERS = 10
 #: Whether this OS thread holds its Python thread state for good.
 _kept = threading.local()
 
@@ -216,6 +220,8 @@ class FUSE(mfusepy.FUSE):
         libfuse3 = mfusepy.fuse_version_major >= 3
         self._notices = [notices for notices in (trim, invalidation) if notices is not None and libfuse3]
         self._trim = trim if libfuse3 else None
+        if libfuse3:
+            options.setdefault("max_idle_threads", LIBFUSE_WORKERS)
         super().__init__(operations, mountpoint, **options)
 
     def init_fuse_3(self, conn, config) -> None:
