@@ -15,7 +15,7 @@ from pathlib import Path
 from faultproxy import Fault
 from mounthelpers import run_cli
 from test_drafts_more import (  # noqa: F401 (fixtures)
-    NAME, browse_files, commit, proxy, push, q3, sh, wait_for,
+    NAME, browse_files, commit, kill_daemon, proxy, push, q3, remount, sh, wait_for,
 )
 from test_registry import _new_bucket
 
@@ -149,3 +149,27 @@ def test_discarding_a_draft_or_unmounting_aborts_its_uploads(q3, s3, mount, tmp_
     assert browse_files(q3, bucket, done["top_hash"])["a.bin"] == data
     assert uploads(s3, bucket) == {} and not exists(s3, bucket, "demo/other/a.bin")
 
+
+
+def test_an_upload_a_killed_daemon_left_is_aborted_by_the_next_mount(q3, s3, s3_server, mount,  # noqa: F811
+                                                                     tmp_path: Path) -> None:
+    """kill -9 of the daemon once a draft's file has two parts in S3: its upload stays in S3, invisible, until
+    the next mount of the source opens the draft and aborts it (the staged file's journal entry names it); the
+    commit then sends the file whole and leaves no upload behind."""
+    bucket = _new_bucket(s3)
+    push(q3, bucket, tmp_path)
+    source = tmp_path / "source.bin"
+    data = random_file(source)
+    mnt = mount(f"s3://{bucket}")
+    draft = mnt / f".packages/{NAME}/draft"
+    sh(f"mkdir {draft} && cp {source} {draft}/a.bin")
+    wait_for(lambda: uploads(s3, bucket) == {f"{NAME}/a.bin": [1, 2]}, 30, "two parts in S3")
+    kill_daemon(mnt)
+    assert uploads(s3, bucket) == {f"{NAME}/a.bin": [1, 2]}  # what a killed daemon leaves: an unfinished upload
+
+    remount(mnt, f"s3://{bucket}", s3_server.endpoint_url)
+    assert (draft / "a.bin").read_bytes() == data
+    wait_for(lambda: uploads(s3, bucket) == {}, 10, "the abandoned upload to be aborted")
+    done = commit(draft, "after a crash")
+    assert browse_files(q3, bucket, done["top_hash"])["a.bin"] == data
+    assert uploads(s3, bucket) == {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import random
@@ -12,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from faultproxy import Fault
 from mounthelpers import fresh_record, mount_record, run_cli
+from test_drafts_more import proxy  # noqa: F401 (fixture)
 
 
 def body(s3, bucket: str, key: str) -> bytes:
@@ -262,6 +265,62 @@ def _uploads_in_progress(s3, bucket: str, key: str) -> list[int]:
     """Parts already in S3 of each multipart upload of `key` that is still in progress."""
     uploads = [u for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) if u["Key"] == key]
     return [len(s3.list_parts(Bucket=bucket, Key=key, UploadId=u["UploadId"]).get("Parts", [])) for u in uploads]
+
+
+def test_an_upload_of_a_file_open_when_the_daemon_was_killed_is_aborted_by_the_next_mount(s3, bucket, mount,
+                                                                                          s3_server):
+    """kill -9 while a file written in order is open and two of its parts are in S3: the next mount keeps the
+    file's bytes staged (it was never closed: not uploaded) and aborts the upload the killed daemon left."""
+    mnt = mount(f"s3://{bucket}")
+    pid = mount_record(mnt)["pid"]
+    data = random.Random(3).randbytes(20 << 20)
+    with open(mnt / "open.bin", "wb", buffering=0) as file:
+        file.write(data)
+        wait_for(lambda: _uploads_in_progress(s3, bucket, "open.bin") == [2])
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: _is_zombie(pid))
+        with contextlib.suppress(OSError):
+            file.close()
+    assert _uploads_in_progress(s3, bucket, "open.bin") == [2]
+    result = run_cli("mount", f"s3://{bucket}", str(mnt), "--endpoint-url", s3_server.endpoint_url)
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: _uploads_in_progress(s3, bucket, "open.bin") == [])
+    assert "open.bin" not in keys(s3, bucket)
+    log = Path(mount_record(mnt)["log_file"]).read_text()
+    assert "kept at" in log and "aborted the multipart upload of open.bin" in log
+
+
+def test_an_upload_of_a_closed_file_cut_by_kill_9_is_aborted_and_sent_again(s3, bucket, mount, s3_server,
+                                                                            proxy):  # noqa: F811
+    """A closed 20 MiB file (not written in order: sent whole after close) whose multipart upload is under way
+    when the daemon is killed: the next mount aborts that upload and sends the file again, whole."""
+    mnt = mount(f"s3://{bucket}", "--endpoint-url", proxy.endpoint_url)
+    pid = mount_record(mnt)["pid"]
+    held = proxy.add(Fault.stall(method="PUT", path=f"/{bucket}/late.bin$"))
+    data = random.Random(4).randbytes(20 << 20)
+    with open(mnt / "late.bin", "wb", buffering=0) as file:
+        file.seek(8 << 20)
+        file.write(data[8 << 20:])
+        file.seek(0)
+        file.write(data[:8 << 20])
+    proxy.wait_for_hits(held)  # the upload is created and its parts are held
+    assert _uploads_in_progress(s3, bucket, "late.bin") == [0]
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: _is_zombie(pid))
+    proxy.remove(held)
+    result = run_cli("mount", f"s3://{bucket}", str(mnt), "--endpoint-url", s3_server.endpoint_url)
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: "late.bin" in keys(s3, bucket))
+    assert body(s3, bucket, "late.bin") == data
+    wait_for(lambda: _uploads_in_progress(s3, bucket, "late.bin") == [])
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat_file:
+            return stat_file.read().rpartition(")")[2].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
 
 
 def test_sequential_writes_send_parts_before_close(s3, bucket, mount):

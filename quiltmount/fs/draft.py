@@ -20,12 +20,13 @@ completed before the commit: nothing in the bucket changes until then (where ver
 may hold the parent's file).  The commit completes it and takes the entry's hash from its checksum.  Anything
 else that becomes of the file (rewritten out of order, truncated, renamed, removed, the draft discarded or the
 mount gone) drops the stream, aborting the upload; the commit then sends the staged file whole.  Streams live
-in memory: after a crash, the staged file is kept as ever and an upload left behind stays invisible (a bucket
-lifecycle rule `AbortIncompleteMultipartUpload` removes its parts).
+in memory: after a crash, the staged file is kept as ever, and the upload left behind (named in its journal
+entry) is aborted when the next daemon opens the draft (`stream_parts`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -36,7 +37,7 @@ from typing import Any
 from quiltmount.files import atomic_file
 from quiltmount.fs.draftrecord import DRAFT_FILE, DraftError, DraftRecord, read_record
 from quiltmount.fs.partstream import PartStreams
-from quiltmount.fs.staging import OPEN, StagedFile, StagingArea
+from quiltmount.fs.staging import OPEN, StagedFile, StagingArea, abort_abandoned_uploads
 from quiltmount.keep import KEEP
 from quiltmount.packages.commit import Changes, Committed, NewFile, ProgressCallback, commit_revision
 from quiltmount.packages.registry import Registry
@@ -84,6 +85,9 @@ class Draft:
         """Send the parts of new files written in order to `streams`' store while they are written, each to
         `destination(logical key)`, the key the commit uploads it to (see the module's docstring)."""
         self.streams, self._destination = streams, destination
+        with self._lock:
+            recovered = list(self._files.values())
+        abort_abandoned_uploads(streams.store, self.staging, recovered)
 
     def start_stream(self, staged: StagedFile) -> None:
         """`staged`, new and empty, may send its parts while it is written in order (if the store can)."""
@@ -263,7 +267,7 @@ class Draft:
         with self._lock:
             record = self._record
             files = {key: NewFile(self.staging.data_path(staged), record.file_meta.get(key, KEEP),
-                                  self._streamed(staged))
+                                  self._streamed(staged), functools.partial(self.staging.note_upload, staged))
                      for key, staged in self._files.items()}
             renamed = {new: source for new, source in record.renamed.items()}
             entry_meta = dict(record.entry_meta)

@@ -54,7 +54,8 @@ class DraftTree(Tree):
                  mtime: float, on_commit: Callable[[str], None]) -> None:
         self.draft = draft
         self.registry = registry
-        draft.stream_parts(PartStreams(registry.store), lambda key: upload_key(registry, draft.package, key))
+        draft.stream_parts(PartStreams(registry.store, draft.staging),
+                           lambda key: upload_key(registry, draft.package, key))
         self._parent_tree = parent_tree
         self._resolve = resolve
         self._on_commit = on_commit

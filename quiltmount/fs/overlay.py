@@ -22,7 +22,7 @@ from quiltmount.fs.dirty import DirtyFile
 from quiltmount.fs.handles import WriteHandle
 from quiltmount.fs.node import Node, Tree
 from quiltmount.fs.partstream import PartStreams
-from quiltmount.fs.staging import CLOSED, OPEN, StagedFile, StagingArea, copy_in
+from quiltmount.fs.staging import CLOSED, OPEN, StagedFile, StagingArea, abort_abandoned_uploads, copy_in
 from quiltmount.fs.tree import BucketTree
 from quiltmount.fs.uploads import Uploader
 from quiltmount.posixmeta import staged_headers
@@ -40,7 +40,7 @@ class WritableBucketTree(Tree):
         self.store = bucket.store
         self.staging = staging
         self.sync_on_close = sync_on_close
-        self._streams = PartStreams(self.store)
+        self._streams = PartStreams(self.store, staging)
         self.uploader = Uploader(self.store, staging, workers=upload_workers, attempts=upload_attempts,
                                  on_uploaded=self._uploaded, put=self._put)
         self._dirty: dict[str, DirtyFile] = {}
@@ -55,7 +55,9 @@ class WritableBucketTree(Tree):
     def recover(self) -> int:
         """Upload what a previous daemon staged and closed; report files that were still open."""
         queued = 0
-        for staged in self.staging.recover():
+        recovered = self.staging.recover()
+        abort_abandoned_uploads(self.store, self.staging, recovered)  # before any of them is sent again
+        for staged in recovered:
             path = staged.key[len(self.bucket.root_prefix):] if staged.key.startswith(self.bucket.root_prefix) else None
             if staged.state == OPEN or path is None:
                 log.error("staged file for %s was still open when the daemon stopped: kept at %s, not uploaded",
@@ -192,7 +194,8 @@ class WritableBucketTree(Tree):
             if writer_open or (dirty.modified and not self.uploader.has_upload(dirty.staged)):
                 self._streams.drop(dirty.staged)
                 dirty.modified = False  # set before reading the file: a write racing with us sets it again
-                self.store.put_file(dirty.staged.key, dirty.data_path, metadata=self.upload_metadata(dirty.staged))
+                self.store.put_file(dirty.staged.key, dirty.data_path, metadata=self.upload_metadata(dirty.staged),
+                                    on_start=self._journal_upload(dirty.staged))
             else:
                 self.uploader.wait(dirty.staged)
         except StorageError as exc:  # whatever S3 said, for fsync(2) the data is not durable: EIO
@@ -209,10 +212,14 @@ class WritableBucketTree(Tree):
         metadata = self.upload_metadata(staged)
         info = self._streams.finish(staged, path)
         if info is None:
-            return self.store.put_file(staged.key, path, metadata=metadata)
+            return self.store.put_file(staged.key, path, metadata=metadata, on_start=self._journal_upload(staged))
         if metadata is not None:
             info = self.store.copy_object(staged.key, staged.key, metadata=metadata)
         return info
+
+    def _journal_upload(self, staged: StagedFile) -> Callable[[str], None]:
+        """`on_start` of an upload of `staged`: its journal entry names the multipart upload (see staging.py)."""
+        return lambda upload_id: self.staging.note_upload(staged, staged.key, upload_id)
 
     def upload_metadata(self, staged: StagedFile) -> dict[str, str] | None:
         """The object metadata an upload of `staged` sends now: its attributes with its bytes' times."""

@@ -12,7 +12,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 
-from quiltmount.fs.staging import StagedFile
+from quiltmount.fs.staging import StagedFile, StagingArea
 from quiltmount.storage.base import ObjectInfo, ObjectStore, PartUpload
 from quiltmount.units import MAX_PARTS
 
@@ -22,7 +22,9 @@ class _Stream:
     """A file written sequentially from its start: its complete parts go to S3 while the writer writes, so
     the upload after close has only the tail left.  Any other write pattern drops it (see `wrote`)."""
 
+    staged: StagedFile
     upload: PartUpload
+    upload_id: str | None = None  # once S3 created it (journalled in the staged file's entry)
     end: int = 0  # bytes written so far, all in order from 0
     parts: int = 0  # parts handed to the upload: bytes [0, parts * upload.part_size) must not change
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -31,18 +33,29 @@ class _Stream:
 class PartStreams:
     """The streams of the staged files being written in order, by staged file."""
 
-    def __init__(self, store: ObjectStore) -> None:
+    def __init__(self, store: ObjectStore, staging: StagingArea) -> None:
+        """`staging` holds the files and journals each stream's upload (`StagingArea.note_upload`)."""
         self.store = store
+        self.staging = staging
         self._streams: dict[str, _Stream] = {}  # staged id -> parts sent while a sequential writer writes
         self._lock = threading.Lock()
 
     def start(self, staged: StagedFile, data_path: str, key: str | None = None) -> None:
         """A file (new, or truncated to nothing) whose parts can go while it is written, if the store can, to
         `key` (default: the staged file's)."""
-        upload = self.store.part_upload(staged.key if key is None else key, data_path)
+        destination = staged.key if key is None else key
+        stream: _Stream | None = None
+
+        def started(upload_id: str) -> None:
+            assert stream is not None  # the upload is created with its first part, after `start` returned
+            stream.upload_id = upload_id
+            self.staging.note_upload(staged, destination, upload_id)
+
+        upload = self.store.part_upload(destination, data_path, on_start=started)
         if upload is not None:
+            stream = _Stream(staged, upload)
             with self._lock:
-                self._streams[staged.id] = _Stream(upload)
+                self._streams[staged.id] = stream
 
     def wrote(self, staged: StagedFile, offset: int, length: int, *, sole_writer: bool) -> None:
         """After a write: the next complete part of an in-order file goes to S3; anything else (or a second
@@ -72,7 +85,7 @@ class PartStreams:
         with self._lock:
             stream = self._streams.pop(staged.id, None)
         if stream is not None:
-            _abort_soon(stream)
+            self._abort_soon(stream)
 
     def finish(self, staged: StagedFile, data_path: str) -> ObjectInfo | None:
         """Upload a closed staged file by finishing its stream, if every byte of it went in order; None if it
@@ -93,7 +106,7 @@ class PartStreams:
         fits = upload.key == key and part_size in (None, upload.part_size)
         if stream.parts and fits and os.path.getsize(data_path) == stream.end:
             return upload
-        _abort_soon(stream)
+        self._abort_soon(stream)
         return None
 
     def close(self) -> None:
@@ -103,10 +116,15 @@ class PartStreams:
             self._streams.clear()
         for stream in streams:
             if stream.parts:
-                stream.upload.abort()
+                self._abort(stream)
 
+    def _abort(self, stream: _Stream) -> None:
+        """Abort a stream's upload (waiting for its parts in flight): its file's journal no longer names it."""
+        stream.upload.abort()
+        if stream.upload_id is not None:
+            self.staging.forget_upload(stream.staged, stream.upload_id)
 
-def _abort_soon(stream: _Stream) -> None:
-    """Abort a stream's upload in the background (aborting waits for the parts in flight)."""
-    if stream.parts:
-        threading.Thread(target=stream.upload.abort, name="abort-upload", daemon=True).start()
+    def _abort_soon(self, stream: _Stream) -> None:
+        """`_abort` in the background."""
+        if stream.parts:
+            threading.Thread(target=self._abort, args=(stream,), name="abort-upload", daemon=True).start()

@@ -5,7 +5,9 @@ Each staged file is `data/<id>` plus `journal/<id>.json` naming its key and stat
 - `closed`: complete, waiting for (or in) upload; after a crash the next mount uploads it;
 - `failed`: the upload kept failing; the bytes stay until an upload succeeds or the file is deleted.
 With `--posix-metadata` the entry also keeps the file's attributes (`meta`, as s3fs headers), which its
-upload carries.
+upload carries.  An entry also names the multipart upload of its bytes under way (`upload`), from the moment S3
+created it: a daemon killed before completing or aborting it leaves it invisible in S3, and the next one to
+take over the entry aborts it (`abort_abandoned_uploads`).
 Journal entries are written to a temporary file, fsynced and renamed, so a crash leaves the old or the new
 entry, never a torn one.  The directory and files are private (0700/0600): they hold user data.
 """
@@ -18,9 +20,10 @@ import logging
 import os
 import threading
 import uuid
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
-from quiltmount.errors import UserError
+from quiltmount.errors import StorageError, UserError
 from quiltmount.files import atomic_file
 from quiltmount.storage.base import ObjectInfo, ObjectStore
 
@@ -43,6 +46,9 @@ class StagedFile:
     #: `--posix-metadata`.  Its mtime and ctime are taken from the staged bytes at upload
     #: (`WritableBucketTree.upload_metadata`).
     meta: dict[str, str] | None = None
+    #: [key, upload id] of the last multipart upload of these bytes S3 created (while they were written, or
+    #: once closed), which may be neither completed nor aborted yet.
+    upload: list[str] | None = None
 
 
 class StagingArea:
@@ -86,6 +92,17 @@ class StagingArea:
         staged.state, staged.error = state, error
         self.save(staged)
 
+    def note_upload(self, staged: StagedFile, key: str, upload_id: str) -> None:
+        """S3 created multipart upload `upload_id` of `staged`'s bytes to `key`: journalled before any part."""
+        staged.upload = [key, upload_id]
+        self.save(staged)
+
+    def forget_upload(self, staged: StagedFile, upload_id: str) -> None:
+        """Upload `upload_id` of `staged` is aborted: nothing is left to clean up (unless a newer one came)."""
+        if staged.upload is not None and staged.upload[1] == upload_id:
+            staged.upload = None
+            self.save(staged)
+
     def remove(self, staged: StagedFile) -> None:
         with self._lock:  # ordered with `save`
             for path in (os.path.join(self._journal, staged.id + ".json"), self.data_path(staged)):
@@ -123,6 +140,29 @@ def read_journal(directory: str) -> list[StagedFile]:
         except (OSError, ValueError, TypeError) as exc:
             log.error("staging: unreadable journal entry %s (%s); left in place", name, exc)
     return found
+
+
+def abort_abandoned_uploads(store: ObjectStore, staging: StagingArea, recovered: Iterable[StagedFile]) -> None:
+    """Abort, on a thread of its own, the multipart uploads that the daemon which staged `recovered` started and
+    did not live to complete or abort: they cost storage and are invisible (parts of an upload completed since
+    are no longer there: nothing to do).  Their files are uploaded anew, whole, or kept as before."""
+    abandoned = [(staged, *staged.upload) for staged in recovered if staged.upload is not None]
+    if not abandoned:
+        return
+
+    def abort_all() -> None:
+        for staged, key, upload_id in abandoned:
+            try:
+                if store.abort_upload(key, upload_id):
+                    log.info("staging: aborted the multipart upload of %s that a previous daemon left unfinished",
+                             key)
+            except StorageError as exc:
+                log.warning("staging: could not abort the multipart upload %s of %s a previous daemon left "
+                            "unfinished (%s); the next mount tries again", upload_id, key, exc)
+                continue
+            staging.forget_upload(staged, upload_id)
+
+    threading.Thread(target=abort_all, name="abandoned-uploads", daemon=True).start()
 
 
 def copy_in(store: ObjectStore, obj: ObjectInfo, data_path: str) -> None:

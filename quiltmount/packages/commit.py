@@ -79,11 +79,14 @@ class NewFile:
     `streamed`, if the bytes were sent while they were written (a draft's file written in order): called with
     the entry's destination key and the chunk size of its hash when the commit uploads it, it hands over the
     multipart upload holding them there, never completed yet, for the commit to complete; or None when there
-    is none that fits (then the file is sent whole).  Once called, the upload is the caller's alone."""
+    is none that fits (then the file is sent whole).  Once called, the upload is the caller's alone.
+    `upload_started`, if given, is told (destination key, upload id) of a multipart upload the commit starts
+    for the file, once S3 created it (a draft journals it, so that a killed commit's upload gets aborted)."""
 
     path: str
     meta: Any = KEEP
     streamed: Callable[[str, int], PartUpload | None] | None = None
+    upload_started: Callable[[str, str], None] | None = None
 
 
 @dataclass
@@ -442,7 +445,9 @@ def _upload(registry: Registry, name: str, changes: Changes, parent_rows: dict[s
         elif streamed is not None:  # completed: the object appears only now, parts in flight waited for
             info = streamed.finish(size)
         else:
-            info = registry.store.put_file(key, new.path)
+            started = new.upload_started
+            info = registry.store.put_file(
+                key, new.path, on_start=None if started is None else lambda upload_id: started(key, upload_id))
         if hash_value is None:  # the upload's checksum is of the bytes it sent: the hash without another read
             hash_value = _chunked_hash_of_checksum(info.checksum_sha256 or "", size) or _hash_file(new.path, size)
         if location.scheme == "s3":

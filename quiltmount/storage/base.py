@@ -128,6 +128,10 @@ class ObjectStream(io.RawIOBase):
         super().close()
 
 
+#: Called with the id of a multipart upload once the store has created it (`ObjectStore.part_upload`).
+UploadStarted = Callable[[str], None]
+
+
 class PartUpload(Protocol):
     """A multipart upload of a local file that takes its parts while the file is still being written."""
 
@@ -215,9 +219,10 @@ class ObjectStore(ABC):
         """Delete the object at `key` (no error if it does not exist)."""
 
     @abstractmethod
-    def put_file(self, key: str, path: str, *, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+    def put_file(self, key: str, path: str, *, metadata: Mapping[str, str] | None = None,
+                 on_start: UploadStarted | None = None) -> ObjectInfo:
         """Upload the local file `path` to `key` in one step: the object appears whole or not at all.
-        `metadata`: its user metadata, as in `put_object`."""
+        `metadata`: its user metadata, as in `put_object`; `on_start`: see `part_upload`."""
 
     @abstractmethod
     def copy_object(self, source_key: str, key: str, *, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
@@ -239,10 +244,18 @@ class ObjectStore(ABC):
             return []
         return [ObjectVersion(key, "null", obj.mtime, True, size=obj.size, etag=obj.etag)]
 
-    def part_upload(self, key: str, path: str, *, metadata: Mapping[str, str] | None = None) -> PartUpload | None:
+    def part_upload(self, key: str, path: str, *, metadata: Mapping[str, str] | None = None,
+                    on_start: UploadStarted | None = None) -> PartUpload | None:
         """A multipart upload of local file `path` to `key` (with user `metadata`) that can take parts while
-        the file is still being written, or None if the store uploads files in one step only (the default)."""
+        the file is still being written, or None if the store uploads files in one step only (the default).
+        `on_start` is called with the upload's id once the store has created it, before its first part: what a
+        process that dies before completing or aborting it leaves behind, for the next one to abort."""
         return None
+
+    def abort_upload(self, key: str, upload_id: str) -> bool:
+        """Abort the multipart upload `upload_id` of `key` another process started and did not finish; False if
+        there was none (completed or aborted already).  The default: a store without multipart uploads."""
+        return False
 
     def close(self) -> None:
         """Release connections; the default does nothing."""

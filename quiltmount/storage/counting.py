@@ -7,7 +7,8 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import IO, TypeVar
 
-from quiltmount.storage.base import ListPage, ObjectInfo, ObjectStore, ObjectVersion, PartUpload, VersionPage
+from quiltmount.storage.base import (ListPage, ObjectInfo, ObjectStore, ObjectVersion, PartUpload, UploadStarted,
+                                     VersionPage)
 
 Page = TypeVar("Page")
 
@@ -151,10 +152,11 @@ class CountingStore(ObjectStore):
         finally:
             self._end()
 
-    def put_file(self, key: str, path: str, *, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+    def put_file(self, key: str, path: str, *, metadata: Mapping[str, str] | None = None,
+                 on_start: UploadStarted | None = None) -> ObjectInfo:
         self._begin("put")
         try:
-            return self.inner.put_file(key, path, metadata=metadata)
+            return self.inner.put_file(key, path, metadata=metadata, on_start=on_start)
         finally:
             self._end()
 
@@ -165,9 +167,13 @@ class CountingStore(ObjectStore):
         finally:
             self._end()
 
-    def part_upload(self, key: str, path: str, *, metadata: Mapping[str, str] | None = None) -> PartUpload | None:
-        upload = self.inner.part_upload(key, path, metadata=metadata)
+    def part_upload(self, key: str, path: str, *, metadata: Mapping[str, str] | None = None,
+                    on_start: UploadStarted | None = None) -> PartUpload | None:
+        upload = self.inner.part_upload(key, path, metadata=metadata, on_start=on_start)
         return None if upload is None else _CountedPartUpload(upload, self)
+
+    def abort_upload(self, key: str, upload_id: str) -> bool:
+        return self.inner.abort_upload(key, upload_id)
 
     def close(self) -> None:
         self.inner.close()

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 
 from quiltmount.errors import AccessDenied, NotFound, ObjectChanged, StorageError, UserError
 from quiltmount.files import atomic_file, file_mode
-from quiltmount.storage.base import ListPage, ObjectInfo, ObjectStore, ObjectStream
+from quiltmount.storage.base import ListPage, ObjectInfo, ObjectStore, ObjectStream, UploadStarted
 
 #: Entries per listing page, as S3 pages its listings.
 PAGE_SIZE = 1000
@@ -144,7 +144,9 @@ class LocalStore(ObjectStore):
         except OSError as exc:
             raise self._fail("delete", key, exc) from exc
 
-    def put_file(self, key: str, path: str, *, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+    def put_file(self, key: str, path: str, *, metadata: Mapping[str, str] | None = None,
+                 on_start: UploadStarted | None = None) -> ObjectInfo:
+        """(A copy into place: no multipart upload, so `on_start` is never called.)"""
         self._no_metadata(key, metadata)
         target = self._path(key)
         try:

@@ -21,8 +21,8 @@ from s3transfer.utils import ReadFileChunk
 
 from quiltmount.errors import AccessDenied, NotFound, ObjectChanged, StorageError, UserError
 from quiltmount.retry import call_with_retries
-from quiltmount.storage.base import (ListPage, ObjectInfo, ObjectStore, ObjectStream, ObjectVersion, VersionPage,
-                                     content_type)
+from quiltmount.storage.base import (ListPage, ObjectInfo, ObjectStore, ObjectStream, ObjectVersion, UploadStarted,
+                                     VersionPage, content_type)
 from quiltmount.storage.presigned import PresignedRanges
 from quiltmount.units import PART_SIZE, PART_WORKERS
 
@@ -330,10 +330,11 @@ class S3Store(ObjectStore):
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise self._fail("delete", key, exc) from exc
 
-    def put_file(self, key: str, path: str, *, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+    def put_file(self, key: str, path: str, *, metadata: Mapping[str, str] | None = None,
+                 on_start: UploadStarted | None = None) -> ObjectInfo:
         size = os.path.getsize(path)
         if size >= PART_SIZE:
-            return self.part_upload(key, path, metadata=metadata).finish(size)
+            return self.part_upload(key, path, metadata=metadata, on_start=on_start).finish(size)
         try:
             with open(path, "rb") as file:
                 data = file.read()
@@ -346,10 +347,22 @@ class S3Store(ObjectStore):
             raise self._fail("upload", key, exc) from exc
         return _uploaded_info(key, size, response, checksum)
 
-    def part_upload(self, key: str, path: str, *, metadata: Mapping[str, str] | None = None) -> PartUpload:
+    def part_upload(self, key: str, path: str, *, metadata: Mapping[str, str] | None = None,
+                    on_start: UploadStarted | None = None) -> PartUpload:
         return PartUpload(key, path, bucket=self.bucket, client=self.client, upload_client=self._uploads,
                           assembly_client=self._slow, pool=self._parts, head=self.head, fail=self._fail,
-                          metadata=metadata)
+                          metadata=metadata, on_start=on_start)
+
+    def abort_upload(self, key: str, upload_id: str) -> bool:
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except botocore.exceptions.ClientError as exc:
+            if _error_code(exc) == "NoSuchUpload":
+                return False
+            raise self._fail("abort the upload of", key, exc) from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            raise self._fail("abort the upload of", key, exc) from exc
+        return True
 
     def copy_object(self, source_key: str, key: str, *, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
         """As s3fs copies: a copy onto itself (new `metadata`) keeps the object's Content-Type, a copy to
@@ -474,11 +487,12 @@ class PartUpload:
     def __init__(self, key: str, path: str, *, bucket: str, client: Any, upload_client: Any, assembly_client: Any,
                  pool: Executor, head: Callable[[str], ObjectInfo],
                  fail: Callable[[str, str, Exception], StorageError],
-                 metadata: Mapping[str, str] | None = None) -> None:
+                 metadata: Mapping[str, str] | None = None, on_start: UploadStarted | None = None) -> None:
         """What the upload needs of its store: `client` creates and aborts it, `upload_client` sends the parts
         and `assembly_client` completes it (their timeouts differ); `pool` runs the parts; `head` finds an
         object whose completion was answered as gone; `fail` turns a boto error into the store's
-        `StorageError`; `metadata` is the object's user metadata."""
+        `StorageError`; `metadata` is the object's user metadata; `on_start` is told the upload's id once
+        it is created, before any part is sent."""
         self.key = key
         self.metadata = metadata
         self.path = path
@@ -493,6 +507,7 @@ class PartUpload:
         self._upload_id: str | None = None
         self._parts: dict[int, Future] = {}
         self._aborted = False
+        self._on_start = on_start
 
     def _id(self) -> str:
         with self._lock:
@@ -500,6 +515,8 @@ class PartUpload:
                 self._upload_id = self._client.create_multipart_upload(
                     Bucket=self.bucket, Key=self.key, ChecksumAlgorithm="SHA256",
                     ContentType=content_type(self.key), **_metadata_args(self.metadata))["UploadId"]
+                if self._on_start is not None:  # under the lock: no part goes before it is recorded
+                    self._on_start(self._upload_id)
             return self._upload_id
 
     def _send(self, number: int) -> dict:
