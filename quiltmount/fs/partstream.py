@@ -119,9 +119,9 @@ class PartStreams:
                 self._abort(stream)
 
     def _abort(self, stream: _Stream) -> None:
-        """Abort a stream's upload (waiting for its parts in flight): its file's journal no longer names it."""
-        stream.upload.abort()
-        if stream.upload_id is not None:
+        """Abort a stream's upload (waiting for its parts in flight): its file's journal no longer names it (if
+        S3 could not be told, it still does: the next daemon to recover the file tries again)."""
+        if stream.upload.abort() and stream.upload_id is not None:
             self.staging.forget_upload(stream.staged, stream.upload_id)
 
     def _abort_soon(self, stream: _Stream) -> None:

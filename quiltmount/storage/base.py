@@ -149,8 +149,8 @@ class PartUpload(Protocol):
     def finish(self, size: int) -> ObjectInfo:
         """Send the remaining parts of a file of `size` bytes, wait for all, and complete the upload."""
 
-    def abort(self) -> None:
-        """Drop the upload and whatever parts it sent."""
+    def abort(self) -> bool:
+        """Drop the upload and whatever parts it sent; False if S3 could not be told (it stays there)."""
 
 
 class ObjectStore(ABC):

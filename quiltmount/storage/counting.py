@@ -202,5 +202,5 @@ class _CountedPartUpload:
         finally:
             self.counter._end()
 
-    def abort(self) -> None:
-        self.inner.abort()
+    def abort(self) -> bool:
+        return self.inner.abort()

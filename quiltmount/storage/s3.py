@@ -598,8 +598,9 @@ class PartUpload:
         log.info("%s: the upload's completion was answered as gone, but the object has its parts: done", self.key)
         return dataclasses.replace(landed, checksum_sha256=_composite_checksum(parts))
 
-    def abort(self) -> None:
-        """Drop the upload: parts not started are cancelled, the S3 upload (if any) is aborted."""
+    def abort(self) -> bool:
+        """Drop the upload: parts not started are cancelled, the S3 upload (if any) is aborted; False if the
+        abort failed (the upload stays in S3)."""
         with self._lock:
             self._aborted = True
             futures = list(self._parts.values())
@@ -618,3 +619,5 @@ class PartUpload:
                 self._client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=upload_id)
             except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
                 log.warning("could not abort the multipart upload of %s: %s", self.key, exc)
+                return False
+        return True
