@@ -13,9 +13,11 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from mounthelpers import run_cli
+from quiltmount.errors import StorageError
 from quiltmount.fs.versions import version_file_name, versions_path
 from quiltmount.storage.asof import AsOfStore
 from quiltmount.storage.base import ObjectVersion, VersionPage
+from quiltmount.storage.local import LocalStore
 from quiltmount.storage.s3 import S3Store
 
 KEY = "d/k.txt"
@@ -196,3 +198,16 @@ def test_as_of_a_key_whose_versions_span_two_pages():
     assert [(info.key, info.size) for info in shown] == [("a", 2)]  # not a's older version; b deleted by then
     shown = [info for page in AsOfStore(pages, 1.5).list_dir("") for info in page.objects]
     assert [(info.key, info.size) for info in shown] == [("a", 1), ("b", 1)]
+
+
+def test_a_store_as_of_a_moment_refuses_every_write_with_erofs(tmp_path):
+    """Whatever options a caller passes (metadata, an upload's `on_start`), a write to the past is EROFS."""
+    past = AsOfStore(LocalStore(str(tmp_path)), 0.0)
+    (tmp_path / "f").write_bytes(b"f")
+    for write in (lambda: past.put_file("k", str(tmp_path / "f"), metadata={"a": "b"}, on_start=print),
+                  lambda: past.put_object("k", b"x", metadata={"a": "b"}),
+                  lambda: past.copy_object("f", "k", metadata={}),
+                  lambda: past.delete_object("f")):
+        with pytest.raises(StorageError) as refused:
+            write()
+        assert refused.value.errno == errno.EROFS

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import errno
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from quiltmount.errors import NotFound, StorageError
-from quiltmount.storage.base import ListPage, ObjectInfo, ObjectStore, ObjectVersion
+from quiltmount.storage.base import ListPage, ObjectInfo, ObjectStore, ObjectVersion, UploadStarted
 
 
 def format_moment(moment: float) -> str:
@@ -82,14 +82,15 @@ class AsOfStore(ObjectStore):
     def _read_only(self, key: str) -> StorageError:
         return StorageError(f"{self.name}/{key}: read-only (as of {format_moment(self.moment)})", errno.EROFS)
 
-    def put_object(self, key: str, data: bytes) -> None:
+    def put_object(self, key: str, data: bytes, *, metadata: Mapping[str, str] | None = None) -> None:
         raise self._read_only(key)
 
     def delete_object(self, key: str) -> None:
         raise self._read_only(key)
 
-    def put_file(self, key: str, path: str) -> ObjectInfo:
+    def put_file(self, key: str, path: str, *, metadata: Mapping[str, str] | None = None,
+                 on_start: UploadStarted | None = None) -> ObjectInfo:
         raise self._read_only(key)
 
-    def copy_object(self, source_key: str, key: str) -> ObjectInfo:
+    def copy_object(self, source_key: str, key: str, *, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
         raise self._read_only(key)
