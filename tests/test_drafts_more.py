@@ -26,6 +26,7 @@ import quiltmount
 from faultproxy import Fault, FaultProxy
 from mounthelpers import fresh_record, mount_record, run_cli
 from quiltmount.errors import QuiltException
+from quiltmount.state import pid_alive
 from test_packages_mount import write_tree
 from test_registry import _new_bucket, _patch_quilt3
 
@@ -126,15 +127,8 @@ def kill_daemon(mnt: Path) -> None:
     """kill -9 of the mount's daemon; returns once it is gone (the mount is left stale)."""
     pid = int(mount_record(mnt)["pid"])
     os.kill(pid, signal.SIGKILL)
-
-    def gone() -> bool:  # exited (a zombie not reaped yet counts: its FUSE connection is closed)
-        try:
-            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as file:
-                return file.read().rpartition(")")[2].split()[0] in ("Z", "X")
-        except FileNotFoundError:
-            return True
-
-    wait_for(gone, 10, f"daemon {pid} to die")
+    # exited (a zombie not reaped yet counts: its FUSE connection is closed)
+    wait_for(lambda: not pid_alive(pid), 10, f"daemon {pid} to die")
 
 
 def remount(mnt: Path, source: str, endpoint: str) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from faultproxy import Fault
 from mounthelpers import fresh_record, mount_record, run_cli
+from quiltmount.state import pid_alive
 from test_drafts_more import kill_daemon, proxy  # noqa: F401 (fixture)
 
 
@@ -278,7 +279,7 @@ def test_an_upload_of_a_file_open_when_the_daemon_was_killed_is_aborted_by_the_n
         file.write(data)
         wait_for(lambda: _uploads_in_progress(s3, bucket, "open.bin") == [2])
         os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: _gone(pid))
+        wait_for(lambda: not pid_alive(pid))  # (a zombie not reaped yet counts: its FUSE connection is closed)
         with contextlib.suppress(OSError):
             file.close()
     assert _uploads_in_progress(s3, bucket, "open.bin") == [2]
@@ -312,15 +313,6 @@ def test_an_upload_of_a_closed_file_cut_by_kill_9_is_aborted_and_sent_again(s3, 
     wait_for(lambda: "late.bin" in keys(s3, bucket))
     assert body(s3, bucket, "late.bin") == data
     wait_for(lambda: _uploads_in_progress(s3, bucket, "late.bin") == [])
-
-
-def _gone(pid: int) -> bool:
-    """The process has exited (a zombie not reaped yet counts: its FUSE connection is closed)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat_file:
-            return stat_file.read().rpartition(")")[2].split()[0] in ("Z", "X")
-    except FileNotFoundError:
-        return True
 
 
 def test_sequential_writes_send_parts_before_close(s3, bucket, mount):
