@@ -119,9 +119,9 @@ gives the cost of filling the cache during a cold read, on vs off).  The measure
     writes the blocks still queued before it exits), the page cache dropped (``sync; echo 3 >
     /proc/sys/vm/drop_caches``, which needs root; elsewhere ``posix_fadvise`` DONTNEED of the cache's files, and
     the details say so) and the re-read on a fresh mount of the same cache: target >= 2x the cold read with the
-    cache (empty) of the same round, and 0 GETs; then, on that mount (whose memory cache holds the object), the
-    file read once more from the blocks the re-read left in the daemon's memory: the most this daemon serves
-    through FUSE, the re-read's ceiling.  The S3 server's copy is dropped too, but the next round's
+    cache (empty) of the same round, and 0 GETs.  The mount without the disk cache (its memory cache twice the
+    object) reads the file a second time, from the blocks then in its memory: the most a daemon serves through
+    FUSE, the re-read's ceiling.  The S3 server's copy is dropped too, but the next round's
     ``download_fileobj`` reads it back before the cold reads; (b) two revisions of ``bench/cache``,
     ``--cache-entries`` (10,000; 1,000 with ``--quick``; 0 skips b and c) files of 1 KiB each of different random
     bytes, written directly (objects put with boto3, manifests with quiltmount's writer); the second has every
@@ -2589,10 +2589,11 @@ def prefetch_missing(bench: Bench) -> str | None:
 
 def cache_reread_round(bench: Bench) -> dict[str, Any]:
     """15.(a), one round: download_fileobj of the big object; its cold read on a fresh mount without the disk
-    cache; on one with a new, empty disk cache (at the default cap); `quiltmount umount` (it writes what is
-    queued); the page cache dropped; the re-read on a fresh mount of the same disk cache; and once more on that
-    mount, the file's pages dropped, from the blocks the re-read left in the daemon's memory (its memory cache
-    holds the whole object there): what this daemon serves through FUSE at best, the ceiling of the re-read."""
+    cache, whose memory cache holds the whole object, and once more on that mount, the file's pages dropped, from
+    the blocks in the daemon's memory: what a daemon serves through FUSE at best, the ceiling of the re-read; the
+    cold read on a mount with a new, empty disk cache (at the default cap); `quiltmount umount` (it writes what is
+    queued); the page cache dropped; the re-read on a fresh mount of the same disk cache.  Those two mounts have
+    the default memory cache."""
     direct_s, direct_cpu = direct_download(bench)
     reads: dict[str, Any] = {}
     root = new_cache_dir(bench, "reread")
@@ -2604,13 +2605,13 @@ def cache_reread_round(bench: Bench) -> dict[str, Any]:
                 reads["dropped"] = drop_page_cache(root)
                 reads["disk_cache_before_reread"] = tree_bytes(root)
             with bench.mount(f"cache-{label}", disk_cache_size=disk_size,
-                             memory_cache_size=f"{2 * bench.size // MiB}M" if label == "reread" else None,
+                             memory_cache_size=f"{2 * bench.size // MiB}M" if label == "off" else None,
                              disk_cache_dir=None if disk_size == "0" else root) as mount:
                 path = bench.in_mount(mount, BIG_KEY)
                 with mount.phase(what) as stats:
                     count, seconds = read_sequential(path, drop_cache=True)
-                if label == "reread":
-                    with mount.phase("re-read again, blocks in the daemon's memory") as memory:
+                if label == "off":
+                    with mount.phase("read again, blocks in the daemon's memory") as memory:
                         memory_count, memory_seconds = read_sequential(path, drop_cache=True)
                     if memory_count != bench.size:
                         raise RuntimeError(f"the read from memory returned {memory_count} bytes")
@@ -2703,8 +2704,8 @@ def measure_cache_reread(bench: Bench) -> list[Result]:
             f"{figures['cold']['umount_seconds']:.2f} s, {figures['cold'].get('cache', {})}); page cache "
             f"{'dropped' if figures['dropped']['page_cache_dropped'] else 'NOT dropped'}; re-read "
             f"{figures['reread']['MBps']:.0f} MB/s, requests {figures['reread']['requests']}, "
-            f"{figures['reread'].get('cache', {})}; again from the daemon's memory {figures['memory']['MBps']:.0f} "
-            f"MB/s")
+            f"{figures['reread'].get('cache', {})}; the cold read's mount again, from its memory "
+            f"{figures['memory']['MBps']:.0f} MB/s")
     return [
         Result.of_rounds(f"{label} re-read of the {big} after umount + fresh mount, page cache dropped (baseline: "
                          "its cold read, empty disk cache)", "MB/s",
@@ -2730,8 +2731,8 @@ def measure_cache_reread(bench: Bench) -> list[Result]:
                           "rounds_umount_seconds_after": [entry["cold"]["umount_seconds"] for entry in reread_rounds],
                           "rounds_cpu_seconds": [entry["cold"]["cpu_seconds"] for entry in reread_rounds],
                           "rounds_cpu_seconds_off": [entry["off"]["cpu_seconds"] for entry in reread_rounds]}),
-        Result.of_rounds(f"{label} that re-read vs the same mount's read of the blocks then in its memory (page "
-                         "cache dropped: what the daemon serves through FUSE at best)", "MB/s",
+        Result.of_rounds(f"{label} that re-read vs a second read on the mount without the disk cache, from the "
+                         "blocks then in its memory (what a daemon serves through FUSE at best)", "MB/s",
                          [(entry["reread"]["MBps"], entry["memory"]["MBps"]) for entry in reread_rounds], None,
                          {"rounds_memory_requests": [entry["memory"]["requests"] for entry in reread_rounds]}),
         Result.of_rounds(f"{label} that re-read vs boto3 download_fileobj", "MB/s",

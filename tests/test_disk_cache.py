@@ -24,11 +24,11 @@ import struct
 import subprocess
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import xxhash
 
 from mounthelpers import mount_record, run_cli
 from quiltmount.cache.disk import DiskCache
@@ -156,9 +156,15 @@ def index(root: Path) -> Iterator[sqlite3.Connection]:
 
 
 def rows(root: Path) -> list[tuple[str, int, str, int, int]]:
-    """(key, block, file, size, crc) of every cached block."""
+    """(key, block, file, size, checksum) of every cached block."""
     with index(root) as db:
-        return db.execute("SELECT key, block, file, size, crc FROM blocks ORDER BY key, block").fetchall()
+        return db.execute("SELECT key, block, file, size, checksum FROM blocks ORDER BY key, block").fetchall()
+
+
+def checksum(data: bytes) -> int:
+    """The checksum the index keeps for a block: XXH3-64 of its bytes as a signed 64-bit integer."""
+    value = xxhash.xxh3_64_intdigest(data)
+    return value - (1 << 64) if value >= 1 << 63 else value
 
 
 def setting(root: Path, name: str) -> int:
@@ -171,8 +177,8 @@ def block_file(root: Path, file: str) -> Path:
 
 
 def blocks_of(root: Path, needle: str) -> dict[int, tuple[str, str, int, int]]:
-    """block -> (key, file, size, crc) of the cached blocks whose key contains `needle` (one object)."""
-    found = {block: (key, file, size, crc) for key, block, file, size, crc in rows(root) if needle in key}
+    """block -> (key, file, size, checksum) of the cached blocks whose key contains `needle` (one object)."""
+    found = {block: (key, file, size, check) for key, block, file, size, check in rows(root) if needle in key}
     assert len({key for key, *_ in found.values()}) <= 1, f"several keys contain {needle!r}"
     return found
 
@@ -183,9 +189,9 @@ def assert_consistent(root: Path) -> None:
     indexed = rows(root)
     on_disk = {path.name: path for path in (root / "blocks").glob("*/*")}
     assert sorted(on_disk) == sorted(file for _, _, file, _, _ in indexed)
-    for key, block, file, size, crc in indexed:
+    for key, block, file, size, check in indexed:
         data = on_disk[file].read_bytes()
-        assert (len(data), zlib.crc32(data)) == (size, crc), (key, block)
+        assert (len(data), checksum(data)) == (size, check), (key, block)
         assert on_disk[file].parent.name == file[:2]
     assert setting(root, "bytes") == sum(size for _, _, _, size, _ in indexed)
     assert list((root / "tmp").iterdir()) == []
@@ -526,8 +532,8 @@ def test_a_poisoned_cache_entry_is_dropped_and_read_again_from_the_source(s3, ne
     assert cat(again / f".packages/team/data/@{top_hash}/big.bin") == big
     unmount(again)
     for key, data in ((hash_key(small), small), (hash_key(big), big)):  # only the right bytes are left
-        for block, (_, _, size, crc) in blocks_of(own_disk_cache, key).items():
-            assert crc == zlib.crc32(data[block * BLOCK:(block + 1) * BLOCK]), (key, block)
+        for block, (_, _, size, check) in blocks_of(own_disk_cache, key).items():
+            assert check == checksum(data[block * BLOCK:(block + 1) * BLOCK]), (key, block)
     assert_consistent(own_disk_cache)
 
 
@@ -544,7 +550,7 @@ def test_a_wrong_source_does_not_spoil_a_good_copy_with_the_same_hash(s3, new_bu
     # (its entry was never checked whole), so it is never served.
     assert read_in_order(first / f".packages/bad/pkg/@{bad}/f.bin", limit=BLOCK + 1)[100] == wrong[100]
     unmount(first)
-    assert zlib.crc32(bytes(wrong[:BLOCK])) == blocks_of(own_disk_cache, hash_key(right))[0][3]
+    assert checksum(bytes(wrong[:BLOCK])) == blocks_of(own_disk_cache, hash_key(right))[0][3]
     assert sqlite3.connect(own_disk_cache / "index.sqlite").execute(
         "SELECT count(*) FROM blocks WHERE pending IS NULL").fetchone() == (0,)
 
@@ -559,8 +565,8 @@ def test_a_wrong_source_does_not_spoil_a_good_copy_with_the_same_hash(s3, new_bu
     assert read_or_errno(bad_file) in (right, errno.EIO)
     assert cat(good_file) == right
     unmount(second)
-    for block, (_, _, _, crc) in blocks_of(own_disk_cache, hash_key(right)).items():
-        assert crc == zlib.crc32(right[block * BLOCK:(block + 1) * BLOCK]), block
+    for block, (_, _, _, check) in blocks_of(own_disk_cache, hash_key(right)).items():
+        assert check == checksum(right[block * BLOCK:(block + 1) * BLOCK]), block
     assert_consistent(own_disk_cache)
 
 
@@ -661,3 +667,78 @@ def test_cached_blocks_names_the_blocks_get_would_find(tmp_path):
         assert cache.cached_blocks("object:a", 0, 9) == {0, 1, 2, 3, 5}
     finally:
         cache.close()
+
+
+def test_a_cache_of_the_older_format_is_emptied_once_and_then_used(tmp_path, caplog):
+    """An index whose checksums are CRC-32s (the format before XXH3, `user_version` 0) cannot check its blocks:
+    the first open removes them and their files, with a log line; the cache then works, and a second open
+    keeps what it holds."""
+    root = tmp_path / "cache"
+    (root / "blocks" / "ab").mkdir(parents=True)
+    (root / "tmp").mkdir()
+    old_file = "ab" + "0" * 30
+    (root / "blocks" / "ab" / old_file).write_bytes(b"old bytes")
+    with index(root) as db:
+        db.executescript("""
+            CREATE TABLE blocks (key TEXT NOT NULL, block INTEGER NOT NULL, file TEXT NOT NULL,
+                size INTEGER NOT NULL, crc INTEGER NOT NULL, source TEXT NOT NULL, used REAL NOT NULL,
+                pending TEXT, PRIMARY KEY (key, block)) WITHOUT ROWID;
+            CREATE TABLE settings (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+            CREATE TABLE reservations (writer TEXT PRIMARY KEY, size INTEGER NOT NULL, since REAL NOT NULL);
+            INSERT INTO settings VALUES ('bytes', 9), ('capacity', 67108864);
+            CREATE TRIGGER blocks_removed AFTER DELETE ON blocks
+                BEGIN UPDATE settings SET value = value - OLD.size WHERE name = 'bytes'; END;""")
+        db.execute("INSERT INTO blocks VALUES ('object:a', 0, ?, 9, 12345, 's3://b', 1.0, NULL)", (old_file,))
+        db.commit()
+    with caplog.at_level("WARNING", logger="quiltmount.cache.disk"):
+        cache = DiskCache(str(root))
+    try:
+        assert "older quiltmount" in caplog.text and "its 1 blocks were removed" in caplog.text
+        assert not (root / "blocks" / "ab" / old_file).exists()
+        assert cache.get("object:a", 0) is None and cache.used == 0 and cache.capacity == 64 * MiB
+        cache.put("object:a", 0, b"new bytes", "s3://b", wait=True)
+        cache.flush()
+    finally:
+        cache.close()
+    caplog.clear()
+    again = DiskCache(str(root))
+    try:
+        assert again.get("object:a", 0) == b"new bytes" and "older quiltmount" not in caplog.text
+        assert_consistent(root)
+    finally:
+        again.close()
+
+
+@pytest.mark.parametrize("refuses_direct", [False, True])
+def test_block_files_hold_exactly_their_bytes_with_or_without_o_direct(tmp_path, monkeypatch, caplog,
+                                                                       refuses_direct):
+    """Blocks of any size are written padded to the O_DIRECT alignment and cut back to their size; on a
+    filesystem that refuses O_DIRECT (EINVAL at open) the cache says so once and writes through the page cache."""
+    sizes = [1, 4095, 4096, 4097, MiB + 3]
+    direct_opens = []
+    real_open = os.open
+
+    def watched_open(path, flags, *args, **kwargs):
+        if flags & os.O_DIRECT:
+            direct_opens.append(path)
+            if refuses_direct:  # as a filesystem without O_DIRECT answers
+                raise OSError(errno.EINVAL, "Invalid argument", path)
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", watched_open)
+    root = tmp_path / "cache"
+    with caplog.at_level("INFO", logger="quiltmount.cache.disk"):
+        cache = DiskCache(str(root), capacity=64 * MiB, writers=1)
+        try:
+            for number, size in enumerate(sizes):
+                cache.put("object:sizes", number, payload(number, size), "s3://b", wait=True)
+            cache.flush()
+            for number, size in enumerate(sizes):
+                assert cache.get("object:sizes", number) == payload(number, size), size
+        finally:
+            cache.close()
+    assert_consistent(root)
+    assert [size for _, _, _, size, _ in rows(root)] == sizes
+    refused = "refuses O_DIRECT" in caplog.text
+    assert refused == refuses_direct
+    assert len(direct_opens) == (1 if refuses_direct else len(sizes))  # refused: tried once, then never again

@@ -254,6 +254,37 @@ def test_the_disk_cache_keeps_its_cap_and_backs_the_memory_tier(tmp_path):
         disk.close()
 
 
+def test_blocks_loaded_from_disk_pass_through_their_own_share_of_memory(tmp_path):
+    """Blocks loaded from the disk tier live in an LRU of their own (`loaded_capacity`): reading many of them
+    keeps memory within that share and never evicts the blocks fetched from the source, which stay hits."""
+    disk = DiskCache(str(tmp_path / "disk"), capacity=1 << 20)
+    try:
+        cache = BlockCache(4000, disk, loaded_capacity=1000)
+        fetched = Identity("fetched", "s3://b", disk_key="object:fetched")
+        for index in range(3):
+            cache.put((fetched, index), Block(bytes([index]) * 1000))
+        on_disk = Identity("on-disk", "s3://b", disk_key="object:on-disk")
+        for index in range(20):
+            disk.put("object:on-disk", index, bytes([index]) * 500, "s3://b", wait=True)
+        disk.flush()
+        for index in range(20):
+            assert cache.get((on_disk, index)).tobytes() == bytes([index]) * 500
+            assert cache.stats()["memory_used"] <= 3000 + 1000
+        assert all(cache.in_memory((fetched, index)) for index in range(3))  # not pushed out by the loads
+        assert [cache.in_memory((on_disk, index)) for index in range(20)] == [False] * 18 + [True, True]
+        hits = cache.stats()["memory_hits"]
+        assert cache.get_memory((on_disk, 19)).tobytes() == bytes([19]) * 500
+        assert cache.stats()["memory_hits"] == hits + 1
+        cache.forget(on_disk)
+        assert not cache.in_memory((on_disk, 19)) and disk.get("object:on-disk", 19) is None
+        without_disk = BlockCache(4000)  # no disk tier: the whole budget for fetched blocks
+        for index in range(4):
+            without_disk.put((fetched, index), Block(bytes([index]) * 1000))
+        assert all(without_disk.in_memory((fetched, index)) for index in range(4))
+    finally:
+        disk.close()
+
+
 def test_fetcher_reads_exact_ranges_and_fetches_each_block_once(tmp_path):
     data = random.Random(3).randbytes(5 * 1024 * 1024 + 17)
     (tmp_path / "o").write_bytes(data)

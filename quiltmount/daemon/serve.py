@@ -62,7 +62,8 @@ def serve(options: MountOptions, log_file: str, signal: ReadySignal, stopper: St
     disk = _open_disk_cache(options)
     # A quarter of the memory budget for read-ahead in flight, the rest for cached blocks.
     prefetch_budget = max(options.memory_cache_size // 4, 8 << 20)
-    cache = BlockCache(options.memory_cache_size - prefetch_budget, disk)
+    # Blocks loaded from the disk cache: as many in memory as read-ahead may have in flight.
+    cache = BlockCache(options.memory_cache_size - prefetch_budget, disk, loaded_capacity=prefetch_budget)
     fetcher = BlockFetcher(cache, prefetch_budget=prefetch_budget, workers=options.fetch_workers)
     object_file_mode, object_dir_mode = object_modes(source, options)
     attrs = AttrPolicy(uid=os.geteuid() if options.uid is None else options.uid,

@@ -1,8 +1,14 @@
 """Block cache: fixed-size blocks keyed by (object identity, block index), in memory over the disk cache.
 
-Memory tier: a cachetools LRU bounded in bytes, this mount's own.  Disk tier: the persistent cache shared by
+Memory tier: cachetools LRUs bounded in bytes, this mount's own.  Disk tier: the persistent cache shared by
 every mount of the user (`cache/disk.py`), for blocks whose identity is durable (`cache/keys.py`).  Because
 identities name immutable bytes, a block can never be served for another version of an object.
+
+Blocks loaded from the disk tier are kept in memory in an LRU of their own, a share of the memory budget
+(`loaded_capacity`): the kernel keeps a block file's pages once it is read, and memory that keeps growing costs
+a page fault per 4 KiB.  Measured on a 512 MiB re-read from disk: with every loaded block kept (the memory
+holding the whole object) faulting new memory took half of the daemon's CPU, and the re-read ran at 0.85-1.0
+GB/s; with loaded blocks recycled through 128 MiB, at 1.3-1.5 GB/s, as fast as reading from memory.
 """
 
 from __future__ import annotations
@@ -52,11 +58,17 @@ class Block:
 
 
 class BlockCache:
-    """Memory LRU of blocks (bounded in bytes) over the optional shared disk cache."""
+    """Memory LRUs of blocks (bounded in bytes together) over the optional shared disk cache."""
 
-    def __init__(self, memory_capacity: int, disk: DiskCache | None = None) -> None:
+    def __init__(self, memory_capacity: int, disk: DiskCache | None = None, *,
+                 loaded_capacity: int | None = None) -> None:
+        """`loaded_capacity`: of `memory_capacity`, the bytes that blocks loaded from `disk` may hold (at most
+        half; default a quarter); it should hold what read-ahead loads ahead of its readers."""
         self.memory_capacity = memory_capacity
-        self._memory: LRUCache[BlockKey, Block] = LRUCache(maxsize=max(memory_capacity, 1), getsizeof=len)
+        loaded = 0 if disk is None else min(memory_capacity // 4 if loaded_capacity is None else loaded_capacity,
+                                            memory_capacity // 2)
+        self._memory: LRUCache[BlockKey, Block] = LRUCache(maxsize=max(memory_capacity - loaded, 1), getsizeof=len)
+        self._loaded: LRUCache[BlockKey, Block] = LRUCache(maxsize=max(loaded, 1), getsizeof=len)
         self._lock = threading.Lock()
         self.disk = disk
         self.hits = 0
@@ -70,6 +82,8 @@ class BlockCache:
         """The block if this mount's memory has it (a hit or a miss of the memory tier)."""
         with self._lock:
             data = self._memory.get(key)
+            if data is None:
+                data = self._loaded.get(key)
             if data is not None:
                 self.hits += 1
             else:
@@ -78,10 +92,10 @@ class BlockCache:
 
     def in_memory(self, key: BlockKey) -> bool:
         with self._lock:
-            return key in self._memory
+            return key in self._memory or key in self._loaded
 
     def from_disk(self, key: BlockKey) -> Block | None:
-        """The block from the disk cache (kept in memory from now on), or None."""
+        """The block from the disk cache (kept in the memory share of loaded blocks), or None."""
         identity, index = key
         if self.disk is None or identity.disk_key is None:
             return None
@@ -89,7 +103,9 @@ class BlockCache:
         if raw is None:
             return None
         block = Block(raw)
-        self._store(key, block)
+        if len(block) <= self._loaded.maxsize:
+            with self._lock:
+                self._loaded[key] = block
         return block
 
     def on_disk(self, identity: Identity, first: int, last: int) -> set[int]:
@@ -101,14 +117,14 @@ class BlockCache:
     def contains(self, key: BlockKey) -> bool:
         """True if `get` would hit, without counting it or changing recency."""
         with self._lock:
-            if key in self._memory:
+            if key in self._memory or key in self._loaded:
                 return True
         identity, index = key
         return (self.disk is not None and identity.disk_key is not None
                 and self.disk.contains(identity.disk_key, index))
 
     def _store(self, key: BlockKey, data: Block) -> None:
-        if len(data) > self.memory_capacity:
+        if len(data) > self._memory.maxsize:
             return
         with self._lock:
             self._memory[key] = data
@@ -128,14 +144,16 @@ class BlockCache:
     def forget(self, identity: Identity) -> None:
         """Drop every block of `identity` from memory and disk (bytes that failed their content check)."""
         with self._lock:
-            for key in [key for key in self._memory if key[0] == identity]:
-                del self._memory[key]
+            for tier in (self._memory, self._loaded):
+                for key in [key for key in tier if key[0] == identity]:
+                    del tier[key]
         if self.disk is not None and identity.disk_key is not None:
             self.disk.evict(identity.disk_key)
 
     def stats(self) -> dict:
         with self._lock:
-            result = {"memory_used": int(self._memory.currsize), "memory_limit": self.memory_capacity,
+            result = {"memory_used": int(self._memory.currsize + self._loaded.currsize),
+                      "memory_limit": self.memory_capacity,
                       "memory_hits": self.hits, "memory_misses": self.misses}
         if self.disk is not None:
             result.update(self.disk.stats())
