@@ -1,4 +1,5 @@
-"""Checks and actions on a mountpoint: validity, stale FUSE mounts, unmounting through fusermount."""
+"""Checks and actions on a mountpoint: validity, stale FUSE mounts, unmounting through fusermount (or umount(8)
+for a mount that mount(8) made)."""
 
 from __future__ import annotations
 
@@ -46,9 +47,32 @@ def fusermount_command() -> str:
     raise UserError("fusermount not found: install the Debian package 'fuse3' (apt-get install fuse3)")
 
 
+#: Where libmount keeps what mount(8) knows of a mount beyond the kernel's table (helper, user options).
+UTAB = "/run/mount/utab"
+
+
+def in_utab(path: str, utab: str = UTAB) -> bool:
+    """True if libmount keeps a line for the mount at `path` (mount(8) made it, e.g. from fstab)."""
+    try:
+        with open(utab, encoding="utf-8", errors="surrogateescape") as file:
+            lines = file.read().splitlines()
+    except OSError:
+        return False
+    return any(field.startswith("TARGET=") and _unescape_mountinfo(field[len("TARGET="):]) == path
+               for line in lines for field in line.split())
+
+
 def unmount(path: str, *, lazy: bool = False) -> None:
-    """Ask the kernel to unmount a FUSE mountpoint; raise UserError with fusermount's reason on failure."""
-    args = [fusermount_command(), "-u"] + (["-z"] if lazy else []) + [path]
+    """Ask the kernel to unmount a FUSE mountpoint; raise UserError with the unmounter's reason on failure.
+
+    A mount that mount(8) made is unmounted by umount(8) when we may (root): it also drops the line libmount
+    keeps for it in /run/mount/utab, which fusermount leaves behind (a later mount at the same place would
+    inherit its options in `findmnt` and systemd).  Other mounts go through fusermount."""
+    umount8 = shutil.which("umount", path=FUSERMOUNT_DIRS) if os.geteuid() == 0 and in_utab(path) else None
+    if umount8:
+        args = [umount8] + (["-l"] if lazy else []) + [path]
+    else:
+        args = [fusermount_command(), "-u"] + (["-z"] if lazy else []) + [path]
     result = subprocess.run(args, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "unknown error"

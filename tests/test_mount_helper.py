@@ -236,6 +236,36 @@ def test_mount_t_fuse_quiltmount_of_a_local_directory(sbin_helper, tmp_path, mou
     assert failed.stderr.count("\n") == 1 and not is_mounted(mnt)
 
 
+def utab_targets() -> list[str]:
+    """The mountpoints libmount keeps a line for in /run/mount/utab."""
+    try:
+        lines = Path("/run/mount/utab").read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    return [field[len("TARGET="):] for line in lines for field in line.split() if field.startswith("TARGET=")]
+
+
+def test_quiltmount_umount_and_a_stop_signal_leave_no_utab_line(sbin_helper, tmp_path, mountpoints):
+    """A mount made by mount(8) has a line in /run/mount/utab; `quiltmount umount` and the daemon's own stop (a
+    signal, as `systemctl stop` of a service sends) remove it as umount(8) does, instead of leaving it behind."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a.txt").write_text("a")
+    mnt = new_mountpoint(tmp_path, mountpoints, "mnt")
+    for stop in ("quiltmount umount", "SIGTERM"):
+        result = mount8("-t", "fuse.quiltmount", "-o", "_netdev,metadata-ttl=5", str(source), str(mnt))  # (_netdev: a utab line)
+        assert result.returncode == 0, result.stderr
+        assert str(mnt) in utab_targets() and (mnt / "a.txt").read_text() == "a"
+        pid = mount_record(mnt)["pid"]
+        if stop == "SIGTERM":
+            os.kill(pid, signal.SIGTERM)
+        else:
+            assert run_cli("umount", str(mnt)).returncode == 0
+        state.wait_for_exit(pid, 30)
+        assert not state.pid_alive(pid) and not is_mounted(mnt), stop
+        assert str(mnt) not in utab_targets(), stop
+
+
 def test_mount_t_fuse_quiltmount_of_the_bucket(sbin_helper, s3, bucket, s3_server, tmp_path, mountpoints):
     s3.put_object(Bucket=bucket, Key="data/a.csv", Body=b"x,y\n1,2\n")
     mnt = new_mountpoint(tmp_path, mountpoints, "mnt")
