@@ -350,7 +350,8 @@ class S3Store(ObjectStore):
     def part_upload(self, key: str, path: str, *, metadata: Mapping[str, str] | None = None,
                     on_start: UploadStarted | None = None) -> PartUpload:
         return PartUpload(key, path, bucket=self.bucket, client=self.client, upload_client=self._uploads,
-                          assembly_client=self._slow, pool=self._parts, head=self.head, fail=self._fail,
+                          assembly_client=self._slow, pool=self._parts, head=self.head,
+                          abort_upload=self.abort_upload, fail=self._fail,
                           metadata=metadata, on_start=on_start)
 
     def abort_upload(self, key: str, upload_id: str) -> bool:
@@ -485,14 +486,14 @@ class PartUpload:
     part_size = PART_SIZE
 
     def __init__(self, key: str, path: str, *, bucket: str, client: Any, upload_client: Any, assembly_client: Any,
-                 pool: Executor, head: Callable[[str], ObjectInfo],
+                 pool: Executor, head: Callable[[str], ObjectInfo], abort_upload: Callable[[str, str], bool],
                  fail: Callable[[str, str, Exception], StorageError],
                  metadata: Mapping[str, str] | None = None, on_start: UploadStarted | None = None) -> None:
-        """What the upload needs of its store: `client` creates and aborts it, `upload_client` sends the parts
-        and `assembly_client` completes it (their timeouts differ); `pool` runs the parts; `head` finds an
-        object whose completion was answered as gone; `fail` turns a boto error into the store's
-        `StorageError`; `metadata` is the object's user metadata; `on_start` is told the upload's id once
-        it is created, before any part is sent."""
+        """What the upload needs of its store: `client` creates it, `upload_client` sends the parts and
+        `assembly_client` completes it (their timeouts differ); `pool` runs the parts; `head` finds an
+        object whose completion was answered as gone; `abort_upload` aborts it (`S3Store.abort_upload`);
+        `fail` turns a boto error into the store's `StorageError`; `metadata` is the object's user metadata;
+        `on_start` is told the upload's id once it is created, before any part is sent."""
         self.key = key
         self.metadata = metadata
         self.path = path
@@ -502,6 +503,7 @@ class PartUpload:
         self._assembly_client = assembly_client
         self._pool = pool
         self._head = head
+        self._abort_upload = abort_upload
         self._fail = fail
         self._lock = threading.Lock()
         self._upload_id: str | None = None
@@ -616,8 +618,8 @@ class PartUpload:
             upload_id = self._upload_id
         if upload_id is not None:
             try:
-                self._client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=upload_id)
-            except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+                self._abort_upload(self.key, upload_id)  # (False: S3 no longer has it, which is as good)
+            except StorageError as exc:
                 log.warning("could not abort the multipart upload of %s: %s", self.key, exc)
                 return False
         return True
