@@ -6,9 +6,9 @@ identities name immutable bytes, a block can never be served for another version
 
 Blocks loaded from the disk tier are kept in memory in an LRU of their own, a share of the memory budget
 (`loaded_capacity`): the kernel keeps a block file's pages once it is read, and memory that keeps growing costs
-a page fault per 4 KiB.  Measured on a 512 MiB re-read from disk: with every loaded block kept (the memory
-holding the whole object) faulting new memory took half of the daemon's CPU, and the re-read ran at 0.85-1.0
-GB/s; with loaded blocks recycled through 128 MiB, at 1.3-1.5 GB/s, as fast as reading from memory.
+a page fault per 4 KiB.  Measured on a 512 MiB re-read from disk with the default memory budget: with every
+loaded block kept, faulting new memory took half of the daemon's CPU and the re-read ran at 0.85-0.89 GB/s;
+with loaded blocks recycled through the read-ahead budget (128 MiB), at 1.0-1.35 GB/s.
 """
 
 from __future__ import annotations
