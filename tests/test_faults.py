@@ -27,7 +27,7 @@ from botocore.config import Config
 
 from faultproxy import Fault, FaultProxy
 from mounthelpers import force_unmount, fresh_record, on_terminal, run_cli
-from quiltmount.errors import ObjectChanged, StorageError
+from quiltmount.errors import AccessDenied, ObjectChanged, StorageError
 from quiltmount.fs.blockcache import BlockCache
 from quiltmount.fs.readahead import BlockFetcher
 from quiltmount.fs.staging import StagingArea
@@ -396,6 +396,29 @@ def test_objects_over_the_copy_limit_are_copied_in_parallel_parts(faulty: Faulty
         assert s3.get_object(Bucket=BUCKET, Key="copy-target.bin")["Body"].read() == data
         assert s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
     finally:
+        store.close()
+
+
+def test_a_failed_multipart_copy_reports_its_own_error_when_its_abort_fails_too(faulty: FaultyMount, s3, caplog):
+    """A part of a multipart copy is refused, then so is the abort of the upload: the error raised is the
+    copy's, and the upload left in S3 is logged."""
+    store = S3Store(BUCKET, endpoint_url=faulty.proxy.endpoint_url, timeout=TIMEOUT)
+    store.max_single_copy, store.copy_part_size = 6 << 20, 5 << 20
+    source, target = "copy-refused-source.bin", "copy-refused-target.bin"
+    s3.put_object(Bucket=BUCKET, Key=source, Body=payload(source, (12 << 20) + 7))
+    try:
+        with faulty.proxy.inject(Fault.error(400, "InvalidRequest", method="PUT", path=key_path(target))), \
+                faulty.proxy.inject(Fault.deny(method="DELETE", path=key_path(target))) as refused_abort, \
+                pytest.raises(StorageError) as raised:
+            store.copy_object(source, target)
+        assert refused_abort.hits == 1
+        assert not isinstance(raised.value, AccessDenied) and "UploadPartCopy" in str(raised.value), raised.value
+        left = [upload["Key"] for upload in s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])]
+        assert left == [target]
+        assert f"could not abort the multipart copy to {target}" in caplog.text
+    finally:
+        for upload in s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []):
+            s3.abort_multipart_upload(Bucket=BUCKET, Key=upload["Key"], UploadId=upload["UploadId"])
         store.close()
 
 

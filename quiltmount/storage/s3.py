@@ -409,7 +409,10 @@ class S3Store(ObjectStore):
             return self._slow.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
                                                          MultipartUpload={"Parts": parts})
         except BaseException:
-            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            try:
+                self.abort_upload(key, upload_id)
+            except StorageError as exc:  # the copy's own error is the one to raise
+                log.warning("could not abort the multipart copy to %s (its upload stays in S3): %s", key, exc)
             raise
 
     def close(self) -> None:
