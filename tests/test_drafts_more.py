@@ -273,6 +273,39 @@ def test_a_commit_killed_by_kill_9_at_each_step_finishes_when_run_again(q3, s3, 
     assert run_cli("packages", "diff", str(draft)).stdout == ""
 
 
+def test_a_commit_is_shown_from_what_it_wrote_and_opens_the_new_revision_only_when_looked_into(
+        q3, s3, proxy, mount, tmp_path: Path) -> None:
+    """Once committed, the package directory shows the new timestamp and `latest` without the registry being
+    asked again (listing a package's pointers reads every one of them), and the commit's outcome is read from
+    the draft without opening the new revision, whose index a million entries take seconds to build; the first
+    look inside the draft opens it, once."""
+    bucket = _new_bucket(s3)
+    parent = push(q3, bucket, tmp_path)
+    mnt = mount(f"s3://{bucket}", "--endpoint-url", proxy.endpoint_url, "--metadata-ttl", "600")
+    package = mnt / f".packages/{NAME}"
+    draft = package / "draft"
+    draft.mkdir()
+    listed_before = set(os.listdir(package))  # the pointers, listed (and kept for the TTL)
+    (draft / "new.txt").write_bytes(b"new\n")
+    new_manifest_reads = proxy.add(Fault.latency(0, method="GET", path=f"^/{bucket}/\\.quilt/packages/(?!{parent})"))
+    try:
+        done = quiltmount.commit_draft(str(draft), "second")
+        assert new_manifest_reads.hits == 0
+        registry_reads = [proxy.add(Fault.latency(0, method="GET", path=f"^/{bucket}/?$")),  # LISTs
+                          proxy.add(Fault.latency(0, path=f"^/{bucket}/\\.quilt/named_packages/"))]
+        assert set(os.listdir(package)) == listed_before | {done["pointer"]}
+        assert os.readlink(package / "latest") == os.readlink(package / done["pointer"]) == "@" + done["top_hash"]
+        assert [fault.hits for fault in registry_reads] == [0, 0]
+        assert new_manifest_reads.hits == 0
+        assert (draft / "new.txt").read_bytes() == b"new\n"  # now a row of the new revision
+        assert sorted(os.listdir(draft)) == sorted({key.split("/")[0] for key in PARENT_FILES} | {"new.txt"})
+        assert new_manifest_reads.hits == 1
+    finally:
+        proxy.clear()
+    before = {pointer: parent for pointer in listed_before - {"draft"}}
+    assert pointers(s3, bucket) == {**before, done["pointer"]: done["top_hash"], "latest": done["top_hash"]}
+
+
 # -- 2. the mount walk on an S3 registry ------------------------------------------------------------------------
 def test_edit_a_draft_of_an_s3_registry_with_shell_tools(q3, s3, mount, tmp_path: Path) -> None:
     """The walk of tests/test_drafts_mount.py on an S3 registry, checked with quilt3; then commits and diffs of

@@ -51,7 +51,9 @@ class DraftTree(Tree):
     """The draft of one package; `parent_tree(top_hash)` opens a revision of its registry."""
 
     def __init__(self, draft: Draft, registry: Registry, parent_tree: ParentTree, resolve: Resolve, *,
-                 mtime: float, on_commit: Callable[[str], None]) -> None:
+                 mtime: float, on_commit: Callable[[str, str, str], None]) -> None:
+        """`on_commit(package, pointer, top_hash)`: the draft was committed as `top_hash`, and the registry's
+        `pointer` and `latest` now name it."""
         self.draft = draft
         self.registry = registry
         draft.stream_parts(PartStreams(registry.store, draft.staging),
@@ -122,6 +124,8 @@ class DraftTree(Tree):
         return node is not None and node.is_dir and path not in removed
 
     def lookup(self, path: str) -> Node:
+        if path == "":  # the draft itself: its parent revision need not be opened (after a commit, indexed) for it
+            return self._dir_node
         node = self._staged_node(path)
         if node is not None:
             return node
@@ -356,7 +360,8 @@ class DraftTree(Tree):
                             "entries": done.entries}
             self._parent_user_meta = (done.top_hash, done.user_meta)
         log.info("draft of %s committed: %s (%s)", self.draft.package, done.top_hash, done.pointer or "deduped")
-        self._on_commit(self.draft.package)
+        if done.pointer is not None:
+            self._on_commit(self.draft.package, done.pointer, done.top_hash)
 
     def _report_progress(self, progress: CommitProgress) -> None:
         self._progress = dataclasses.asdict(progress)

@@ -23,7 +23,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from cachetools import LRUCache, TTLCache
@@ -56,6 +56,11 @@ T = TypeVar("T")
 
 def _json(value: object) -> bytes:
     return json.dumps(value, ensure_ascii=False).encode("utf-8")
+
+
+def _pointer_order(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Pointer name -> top hash, timestamps ascending (numerically: shorter first), then `latest`."""
+    return dict(sorted(pairs, key=lambda pair: (pair[0] == LATEST, len(pair[0]), pair[0])))
 
 
 class RevisionTree(Tree):
@@ -262,7 +267,7 @@ class PackagesTree(Tree):
         pairs = self.registry.list_package_versions(name, on_invalid=lambda exc: self._report(f"skipping {exc}"))
         pairs = [(pointer, top_hash) for pointer, top_hash in pairs
                  if self._showable(f"pointer {short_repr(pointer)} of {name}", pointer)]
-        ordered = dict(sorted(pairs, key=lambda pair: (pair[0] == LATEST, len(pair[0]), pair[0])))
+        ordered = _pointer_order(pairs)
         with self._lock:
             self._versions[name] = (ordered, self._clock() + self.ttl)
         return ordered
@@ -286,6 +291,17 @@ class PackagesTree(Tree):
         with self._lock:
             self._versions.pop(name, None)
             self._packages = None
+
+    def _committed(self, name: str, pointer: str, top_hash: str) -> None:
+        """A draft of `name` was committed: `pointer` and `latest` name `top_hash`.  What is cached of the
+        package learns it in place (listing the pointers again would read every one of them)."""
+        with self._lock:
+            cached = self._versions.get(name)
+            if cached is not None:
+                pairs = {**cached[0], pointer: top_hash, LATEST: top_hash}
+                self._versions[name] = (_pointer_order(pairs.items()), cached[1])
+            if self._packages is not None and name not in self._packages[0]:
+                self._packages = None  # a new package: listed again, in the registry's order
 
     def revision(self, name: str, spelled: str) -> RevisionTree:
         """The revision named by `@<hash or unique prefix>` (any manifest of the registry)."""
@@ -417,7 +433,7 @@ class PackagesTree(Tree):
     def _keep_draft(self, name: str, draft: Draft) -> DraftTree:
         tree = DraftTree(draft, self.registry, lambda top_hash: self.revision(name, top_hash),
                          lambda spelled: self._resolve_for_draft(name, spelled), mtime=time.time(),
-                         on_commit=self._forget)
+                         on_commit=self._committed)
         with self._lock:
             kept = self._drafts.setdefault(name, tree)
         if kept is not tree:  # opened by another thread meanwhile
