@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import random
 import signal
@@ -15,6 +16,7 @@ import pytest
 
 from faultproxy import Fault
 from mounthelpers import fresh_record, mount_record, run_cli
+from quiltmount.fs.staging import StagingArea
 from quiltmount.state import pid_alive
 from test_drafts_more import kill_daemon, proxy  # noqa: F401 (fixture)
 
@@ -313,6 +315,57 @@ def test_an_upload_of_a_closed_file_cut_by_kill_9_is_aborted_and_sent_again(s3, 
     wait_for(lambda: "late.bin" in keys(s3, bucket))
     assert body(s3, bucket, "late.bin") == data
     wait_for(lambda: _uploads_in_progress(s3, bucket, "late.bin") == [])
+
+
+def test_both_uploads_a_killed_daemon_left_of_one_file_are_aborted_by_the_next_mount(s3, bucket, mount, s3_server,
+                                                                                      proxy):  # noqa: F811
+    """A file written in order has two parts in S3 when it is rewritten at its start: its stream is dropped,
+    and the abort of that upload is held; closed, it is sent whole, and that upload's parts are held.  kill -9
+    then leaves two uploads of the file in S3: the next mount aborts both (the journal names each) and sends the
+    file again."""
+    mnt = mount(f"s3://{bucket}", "--endpoint-url", proxy.endpoint_url)
+    key = "twice.bin"
+    abort_held = proxy.add(Fault.stall(method="DELETE", path=f"/{bucket}/{key}$"))
+    data = random.Random(5).randbytes(24 << 20)
+    with open(mnt / key, "wb", buffering=0) as file:
+        file.write(data[:16 << 20])
+        wait_for(lambda: _uploads_in_progress(s3, bucket, key) == [2])
+        parts_held = proxy.add(Fault.stall(method="PUT", path=f"/{bucket}/{key}$"))
+        file.seek(0)
+        file.write(data[:8 << 20])  # out of order: the stream is dropped
+        file.seek(16 << 20)
+        file.write(data[16 << 20:])
+    proxy.wait_for_hits(abort_held)
+    proxy.wait_for_hits(parts_held)  # the whole file's upload is created and its parts are held
+    assert sorted(_uploads_in_progress(s3, bucket, key)) == [0, 2]
+    kill_daemon(mnt)
+    proxy.clear()
+    result = run_cli("mount", f"s3://{bucket}", str(mnt), "--endpoint-url", s3_server.endpoint_url)
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: key in keys(s3, bucket))
+    assert body(s3, bucket, key) == data
+    wait_for(lambda: _uploads_in_progress(s3, bucket, key) == [])
+
+
+def test_a_journal_entry_of_an_older_version_names_its_upload_still(tmp_path):
+    """An entry journalled before files could name several uploads (`upload`: one [key, id]) is read with
+    that upload in `uploads`, and written back in the new form."""
+    staging = StagingArea(str(tmp_path / "staging"))
+    try:
+        staged = staging.create("k.bin")
+        entry = tmp_path / "staging" / "journal" / f"{staged.id}.json"
+        old = {**json.loads(entry.read_text()), "upload": ["k.bin", "id-1"]}
+        del old["uploads"]
+        entry.write_text(json.dumps(old))
+        (recovered,) = staging.recover()
+        assert recovered.uploads == [["k.bin", "id-1"]] and recovered.upload is None
+        staging.note_upload(recovered, "k.bin", "id-2")
+        written = json.loads(entry.read_text())
+        assert written["uploads"] == [["k.bin", "id-1"], ["k.bin", "id-2"]] and "upload" not in written
+        staging.forget_upload(recovered, "id-1")
+        assert json.loads(entry.read_text())["uploads"] == [["k.bin", "id-2"]]
+    finally:
+        staging.close()
 
 
 def test_sequential_writes_send_parts_before_close(s3, bucket, mount):

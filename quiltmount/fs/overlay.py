@@ -194,8 +194,7 @@ class WritableBucketTree(Tree):
             if writer_open or (dirty.modified and not self.uploader.has_upload(dirty.staged)):
                 self._streams.drop(dirty.staged)
                 dirty.modified = False  # set before reading the file: a write racing with us sets it again
-                self.store.put_file(dirty.staged.key, dirty.data_path, metadata=self.upload_metadata(dirty.staged),
-                                    on_start=self._journal_upload(dirty.staged))
+                self._put_whole(dirty.staged, dirty.data_path, self.upload_metadata(dirty.staged))
             else:
                 self.uploader.wait(dirty.staged)
         except StorageError as exc:  # whatever S3 said, for fsync(2) the data is not durable: EIO
@@ -212,14 +211,24 @@ class WritableBucketTree(Tree):
         metadata = self.upload_metadata(staged)
         info = self._streams.finish(staged, path)
         if info is None:
-            return self.store.put_file(staged.key, path, metadata=metadata, on_start=self._journal_upload(staged))
+            return self._put_whole(staged, path, metadata)
         if metadata is not None:
             info = self.store.copy_object(staged.key, staged.key, metadata=metadata)
         return info
 
-    def _journal_upload(self, staged: StagedFile) -> Callable[[str], None]:
-        """`on_start` of an upload of `staged`: its journal entry names the multipart upload (see staging.py)."""
-        return lambda upload_id: self.staging.note_upload(staged, staged.key, upload_id)
+    def _put_whole(self, staged: StagedFile, path: str, metadata: dict[str, str] | None) -> ObjectInfo:
+        """Send `staged`'s bytes at `path` whole; its journal entry names the multipart upload, if one is made,
+        until it completes (see staging.py)."""
+        started: list[str] = []
+
+        def journal(upload_id: str) -> None:
+            started.append(upload_id)
+            self.staging.note_upload(staged, staged.key, upload_id)
+
+        info = self.store.put_file(staged.key, path, metadata=metadata, on_start=journal)
+        for upload_id in started:
+            self.staging.upload_done(staged, upload_id)
+        return info
 
     def upload_metadata(self, staged: StagedFile) -> dict[str, str] | None:
         """The object metadata an upload of `staged` sends now: its attributes with its bytes' times."""

@@ -90,14 +90,24 @@ class PartStreams:
     def finish(self, staged: StagedFile, data_path: str) -> ObjectInfo | None:
         """Upload a closed staged file by finishing its stream, if every byte of it went in order; None if it
         has to be sent whole (its stream, if any, is dropped)."""
-        upload = self.take(staged, data_path, staged.key)
-        return None if upload is None else upload.finish(os.path.getsize(data_path))
+        stream = self._take(staged, data_path, staged.key, None)
+        if stream is None:
+            return None
+        info = stream.upload.finish(os.path.getsize(data_path))
+        if stream.upload_id is not None:
+            self.staging.upload_done(staged, stream.upload_id)
+        return info
 
     def take(self, staged: StagedFile, data_path: str, key: str, *, part_size: int | None = None,
              ) -> PartUpload | None:
         """The upload of a closed staged file, taken out of its stream for the caller to finish, if every byte
         of it went in order to `key` (in parts of `part_size`, when given); None if it has to be sent whole
         (its stream, if any, is dropped)."""
+        stream = self._take(staged, data_path, key, part_size)
+        return None if stream is None else stream.upload
+
+    def _take(self, staged: StagedFile, data_path: str, key: str, part_size: int | None) -> _Stream | None:
+        """`take`, the stream itself."""
         with self._lock:
             stream = self._streams.pop(staged.id, None)
         if stream is None:
@@ -105,7 +115,7 @@ class PartStreams:
         upload = stream.upload
         fits = upload.key == key and part_size in (None, upload.part_size)
         if stream.parts and fits and os.path.getsize(data_path) == stream.end:
-            return upload
+            return stream
         self._abort_soon(stream)
         return None
 

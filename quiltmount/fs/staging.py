@@ -5,9 +5,11 @@ Each staged file is `data/<id>` plus `journal/<id>.json` naming its key and stat
 - `closed`: complete, waiting for (or in) upload; after a crash the next mount uploads it;
 - `failed`: the upload kept failing; the bytes stay until an upload succeeds or the file is deleted.
 With `--posix-metadata` the entry also keeps the file's attributes (`meta`, as s3fs headers), which its
-upload carries.  An entry also names the multipart upload of its bytes under way (`upload`), from the moment S3
-created it: a daemon killed before completing or aborting it leaves it invisible in S3, and the next one to
-take over the entry aborts it (`abort_abandoned_uploads`).
+upload carries.  An entry also names each multipart upload of its bytes under way (`uploads`), from the moment
+S3 created it until it is aborted: a daemon killed before completing or aborting one leaves it invisible in S3,
+and the next one to take over the entry aborts it (`abort_abandoned_uploads`).  A file can have two at once:
+the upload of its parts sent while it was written, dropped and still being aborted, and the upload of it whole
+after close.
 Journal entries are written to a temporary file, fsynced and renamed, so a crash leaves the old or the new
 entry, never a torn one.  The directory and files are private (0700/0600): they hold user data.
 """
@@ -21,7 +23,7 @@ import os
 import threading
 import uuid
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from quiltmount.errors import StorageError, UserError
 from quiltmount.files import atomic_file
@@ -46,9 +48,16 @@ class StagedFile:
     #: `--posix-metadata`.  Its mtime and ctime are taken from the staged bytes at upload
     #: (`WritableBucketTree.upload_metadata`).
     meta: dict[str, str] | None = None
-    #: [key, upload id] of the last multipart upload of these bytes S3 created (while they were written, or
-    #: once closed), which may be neither completed nor aborted yet.
+    #: [key, upload id] of each multipart upload of these bytes S3 created (while they were written, or once
+    #: closed) that may be neither completed nor aborted yet, oldest first.
+    uploads: list[list[str]] = field(default_factory=list)
+    #: The one such upload an entry journalled by an older quiltmount names: read, moved to `uploads`.
     upload: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.upload is not None:
+            self.uploads.insert(0, self.upload)
+            self.upload = None
 
 
 class StagingArea:
@@ -81,12 +90,17 @@ class StagingArea:
     def save(self, staged: StagedFile) -> None:
         """Journal `staged` as it is now; nothing once it has been removed (an attribute change racing with
         the end of its upload must not bring back an entry without data)."""
-        path = os.path.join(self._journal, staged.id + ".json")
         with self._lock:
-            if not os.path.exists(self.data_path(staged)):
-                return
-            with atomic_file(path, durable=True) as file:
-                file.write(json.dumps(asdict(staged)).encode())
+            self._write_entry(staged)
+
+    def _write_entry(self, staged: StagedFile) -> None:
+        """`save`, the caller holding the lock."""
+        if not os.path.exists(self.data_path(staged)):
+            return
+        entry = asdict(staged)
+        del entry["upload"]  # always moved to `uploads`
+        with atomic_file(os.path.join(self._journal, staged.id + ".json"), durable=True) as file:
+            file.write(json.dumps(entry).encode())
 
     def set_state(self, staged: StagedFile, state: str, error: str | None = None) -> None:
         staged.state, staged.error = state, error
@@ -94,14 +108,24 @@ class StagingArea:
 
     def note_upload(self, staged: StagedFile, key: str, upload_id: str) -> None:
         """S3 created multipart upload `upload_id` of `staged`'s bytes to `key`: journalled before any part."""
-        staged.upload = [key, upload_id]
-        self.save(staged)
+        with self._lock:  # (an abort of another upload of the file may be forgetting it meanwhile)
+            staged.uploads = [*staged.uploads, [key, upload_id]]
+            self._write_entry(staged)
 
     def forget_upload(self, staged: StagedFile, upload_id: str) -> None:
-        """Upload `upload_id` of `staged` is aborted: nothing is left to clean up (unless a newer one came)."""
-        if staged.upload is not None and staged.upload[1] == upload_id:
-            staged.upload = None
-            self.save(staged)
+        """Upload `upload_id` of `staged` is aborted: nothing of it is left to clean up."""
+        with self._lock:
+            kept = [upload for upload in staged.uploads if upload[1] != upload_id]
+            if len(kept) != len(staged.uploads):
+                staged.uploads = kept
+                self._write_entry(staged)
+
+    def upload_done(self, staged: StagedFile, upload_id: str) -> None:
+        """Upload `upload_id` of `staged` completed: nothing of it is left to clean up.  Dropped in memory only,
+        for the next save to write (most entries are removed right after; one left naming it makes the next
+        daemon's abort find nothing), so that a file uploaded again and again keeps a short entry."""
+        with self._lock:
+            staged.uploads = [upload for upload in staged.uploads if upload[1] != upload_id]
 
     def remove(self, staged: StagedFile) -> None:
         with self._lock:  # ordered with `save`
@@ -146,7 +170,7 @@ def abort_abandoned_uploads(store: ObjectStore, staging: StagingArea, recovered:
     """Abort, on a thread of its own, the multipart uploads that the daemon which staged `recovered` started and
     did not live to complete or abort: they cost storage and are invisible (parts of an upload completed since
     are no longer there: nothing to do).  Their files are uploaded anew, whole, or kept as before."""
-    abandoned = [(staged, *staged.upload) for staged in recovered if staged.upload is not None]
+    abandoned = [(staged, key, upload_id) for staged in recovered for key, upload_id in staged.uploads]
     if not abandoned:
         return
 
