@@ -12,12 +12,14 @@ import json
 import logging
 import os
 import random
+import sqlite3
 from pathlib import Path
 
 import pytest
 from test_registry import FILES, _new_bucket, _patch_quilt3, _source_dir
 
 from quiltmount.errors import QuiltException
+from quiltmount.packages import index as ix
 from quiltmount.packages.commit import (
     Changes, CommitProgress, NewFile, PackageConflict, _chunked_hash_of_checksum, commit_revision,
 )
@@ -531,3 +533,82 @@ def test_a_streamed_file_is_completed_by_the_commit_or_dropped_when_already_in_p
     assert versions() == 2 and third.physical_key != first.physical_key
     assert third.hash_value == hash_bytes("sha2-256-chunked", other)
     assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == other
+
+
+def _index_content(path: str) -> dict:
+    """Everything an index holds but node ids and its build time: each node by path, directory metadata, info."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = {node: rest for node, *rest in db.execute("SELECT id, parent, name, size, hash_type, hash_value, hash, "
+                                                         "physical_key, meta FROM nodes")}
+
+        def path_of(node: int) -> str:
+            parent, name = rows[node][0], rows[node][1]
+            return name if parent == ix.ROOT_ID else f"{path_of(parent)}/{name}"
+
+        nodes = {path_of(node): tuple(rest[2:]) for node, rest in rows.items()}
+        info = dict(db.execute("SELECT key, value FROM info"))
+        del info["stamp"]
+        return {"nodes": nodes, "dir_meta": dict(db.execute("SELECT path, meta FROM dir_meta")), "info": info}
+    finally:
+        db.close()
+
+
+def test_a_committed_revisions_index_made_from_its_parents_is_the_one_its_manifest_builds(q3, tmp_path: Path) -> None:
+    """`derive_index` after commits of every kind of change (new files in new directories, changed, deleted and
+    renamed files, directories emptied or deleted with their metadata, meta of kept entries, user_meta): the same
+    files, directories, hashes, physical keys, metadata and info as the index built from the new manifest."""
+    root = tmp_path / "registry"
+    root.mkdir()
+    registry_url = root.as_uri()
+    src = _source_dir(tmp_path / "src")
+    (src / "deep/er/most").mkdir(parents=True)
+    (src / "deep/er/most/only.txt").write_bytes(b"alone\n")
+    (src / "deep/sibling.txt").write_bytes(b"sib\n")
+    (src / "gone/x.txt").parent.mkdir()
+    (src / "gone/x.txt").write_bytes(b"x\n")
+    base = q3.Package().set_dir("/", str(src)).set_meta({"v": 1})
+    base.set("data/hello.txt", str(src / "data/hello.txt"), meta={"lang": "en"})
+    base.set_dir("gone", str(src / "gone"), meta={"about": "gone"})
+    base.set_dir("deep/er", str(src / "deep/er"), meta={"about": "er"})
+    parent = base.build("demo/pkg", registry=registry_url, message="first")
+    registry = Registry(LocalStore(str(root)), registry_url)
+    new = _write(tmp_path / "w" / "new.bin", os.urandom(3000))
+    changed = _write(tmp_path / "w" / "changed.csv", b"c,d\n")
+    changes = Changes(files={"fresh/a b/new é.bin": NewFile(new), "data-raw.csv": NewFile(changed, {"m": 1})},
+                      deleted={"deep/er/most/only.txt", "README.md", "gone/x.txt"},
+                      renamed={"docs/README.md": "README.md", "empty2.txt": "empty.txt"},
+                      entry_meta={"deep/sibling.txt": {"user_meta": {"k": "é"}}},
+                      deleted_dirs={"gone"}, user_meta={"v": 2})
+    done = commit_revision(registry, "demo/pkg", parent, changes, message="second")
+    assert done.change is not None and done.change.parent == parent
+
+    indexes = tmp_path / "indexes"
+    indexes.mkdir()
+    parent_index, built, derived = (str(indexes / name) for name in ("parent", "built", "derived"))
+    ix.build_index(parent_index, lambda: registry.open_manifest(parent), top_hash=parent,
+                   manifest_url=registry.manifest_url(parent))
+    ix.build_index(built, lambda: registry.open_manifest(done.top_hash), top_hash=done.top_hash,
+                   manifest_url=registry.manifest_url(done.top_hash))
+    entries = ix.derive_index(derived, parent_index, done.change, top_hash=done.top_hash,
+                              manifest_url=registry.manifest_url(done.top_hash))
+    assert entries == done.entries
+    want, got = _index_content(built), _index_content(derived)
+    assert "deep/er/most" not in got["nodes"] and "gone" not in got["nodes"] and "fresh/a b" in got["nodes"]
+    assert got["dir_meta"] == {"deep/er": json.dumps({"about": "er"})}
+    assert got == want
+    ix.RevisionIndex(derived, top_hash=done.top_hash, manifest_url=registry.manifest_url(done.top_hash)).close()
+
+    # A commit on the derived revision derives again; a count that cannot match is refused, nothing written.
+    again = commit_revision(registry, "demo/pkg", done.top_hash, Changes(deleted={"docs/README.md"}), message="3")
+    third = str(indexes / "third")
+    ix.derive_index(third, derived, again.change, top_hash=again.top_hash,
+                    manifest_url=registry.manifest_url(again.top_hash))
+    ix.build_index(built + "3", lambda: registry.open_manifest(again.top_hash), top_hash=again.top_hash,
+                   manifest_url=registry.manifest_url(again.top_hash))
+    assert _index_content(third) == _index_content(built + "3")
+    wrong = dataclasses.replace(again.change, entries=again.change.entries + 1)
+    with pytest.raises(ManifestError, match="counts"):
+        ix.derive_index(str(indexes / "wrong"), derived, wrong, top_hash=again.top_hash,
+                        manifest_url=registry.manifest_url(again.top_hash))
+    assert sorted(os.listdir(indexes)) == ["built", "built3", "derived", "parent", "third"]

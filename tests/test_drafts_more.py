@@ -273,12 +273,13 @@ def test_a_commit_killed_by_kill_9_at_each_step_finishes_when_run_again(q3, s3, 
     assert run_cli("packages", "diff", str(draft)).stdout == ""
 
 
-def test_a_commit_is_shown_from_what_it_wrote_and_opens_the_new_revision_only_when_looked_into(
+def test_a_commit_is_shown_from_what_it_wrote_and_its_revision_indexed_from_the_parents_index(
         q3, s3, proxy, mount, tmp_path: Path) -> None:
     """Once committed, the package directory shows the new timestamp and `latest` without the registry being
     asked again (listing a package's pointers reads every one of them), and the commit's outcome is read from
-    the draft without opening the new revision, whose index a million entries take seconds to build; the first
-    look inside the draft opens it, once."""
+    the draft without opening the new revision; the first look inside the draft opens it, with an index made
+    from the parent's (a million entries would take seconds to download and index again): its manifest is
+    never read."""
     bucket = _new_bucket(s3)
     parent = push(q3, bucket, tmp_path)
     mnt = mount(f"s3://{bucket}", "--endpoint-url", proxy.endpoint_url, "--metadata-ttl", "600")
@@ -299,9 +300,13 @@ def test_a_commit_is_shown_from_what_it_wrote_and_opens_the_new_revision_only_wh
         assert new_manifest_reads.hits == 0
         assert (draft / "new.txt").read_bytes() == b"new\n"  # now a row of the new revision
         assert sorted(os.listdir(draft)) == sorted({key.split("/")[0] for key in PARENT_FILES} | {"new.txt"})
-        assert new_manifest_reads.hits == 1
+        assert (draft / "data/hello.txt").read_bytes() == PARENT_FILES["data/hello.txt"]
+        assert json.loads(os.getxattr(draft / "data/hello.txt", "user.quilt.meta")) == {"user_meta": {"lang": "en"}}
+        assert new_manifest_reads.hits == 0
     finally:
         proxy.clear()
+    log = Path(mount_record(mnt)["log_file"]).read_text()
+    assert f"indexed revision {done['top_hash']} from its parent's index: 6 entries" in log
     before = {pointer: parent for pointer in listed_before - {"draft"}}
     assert pointers(s3, bucket) == {**before, done["pointer"]: done["top_hash"], "latest": done["top_hash"]}
 

@@ -36,7 +36,7 @@ from quiltmount.fs.node import Node, Tree
 from quiltmount.fs.partstream import PartStreams
 from quiltmount.fs.staging import OPEN, copy_in
 from quiltmount.keep import KEEP
-from quiltmount.packages.commit import CommitProgress, PackageConflict, upload_key
+from quiltmount.packages.commit import CommitProgress, Committed, PackageConflict, upload_key
 from quiltmount.packages.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -51,9 +51,9 @@ class DraftTree(Tree):
     """The draft of one package; `parent_tree(top_hash)` opens a revision of its registry."""
 
     def __init__(self, draft: Draft, registry: Registry, parent_tree: ParentTree, resolve: Resolve, *,
-                 mtime: float, on_commit: Callable[[str, str, str], None]) -> None:
-        """`on_commit(package, pointer, top_hash)`: the draft was committed as `top_hash`, and the registry's
-        `pointer` and `latest` now name it."""
+                 mtime: float, on_commit: Callable[[str, Committed], None]) -> None:
+        """`on_commit(package, committed)`: the draft was committed (`committed.pointer` and `latest` name
+        `committed.top_hash` in the registry now)."""
         self.draft = draft
         self.registry = registry
         draft.stream_parts(PartStreams(registry.store, draft.staging),
@@ -361,7 +361,7 @@ class DraftTree(Tree):
             self._parent_user_meta = (done.top_hash, done.user_meta)
         log.info("draft of %s committed: %s (%s)", self.draft.package, done.top_hash, done.pointer or "deduped")
         if done.pointer is not None:
-            self._on_commit(self.draft.package, done.pointer, done.top_hash)
+            self._on_commit(self.draft.package, done)
 
     def _report_progress(self, progress: CommitProgress) -> None:
         self._progress = dataclasses.asdict(progress)

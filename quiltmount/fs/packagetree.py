@@ -21,6 +21,7 @@ import errno
 import json
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -34,7 +35,10 @@ from quiltmount.fs.draftrecord import DRAFT_FILE
 from quiltmount.fs.drafttree import DraftTree
 from quiltmount.fs.node import FileHandle, Node, Tree
 from quiltmount.names import invalid_path_reason
-from quiltmount.packages.index import ROOT_ID, IndexUnusable, RevisionIndex, Row, index_name, open_or_build
+from quiltmount.packages.commit import Committed
+from quiltmount.packages.index import (
+    ROOT_ID, IndexUnusable, RevisionChange, RevisionIndex, Row, derive_index, index_name, open_or_build,
+)
 from quiltmount.packages.manifest import ManifestError, is_top_hash, parse_physical_key, short_repr
 from quiltmount.packages.registry import LATEST, InvalidPointer, Registry, is_pointer_name, is_valid_package_name
 from quiltmount.paths import make_private_dir
@@ -51,6 +55,10 @@ MIN_HASH_PREFIX = 6
 PROGRESS_INTERVAL = 2.0
 #: Packages whose pointer lists (and resolved hash prefixes) are kept between lookups; the rest are read again.
 KEPT_PACKAGES = 4096
+#: Commits of this mount whose new revision's index waits to be made from the parent's, at most; and the most
+#: changed keys such a commit may have (a bigger one is as quick to index from its manifest, and is not kept).
+KEPT_COMMITS = 8
+MAX_DERIVED_CHANGE = 10_000
 T = TypeVar("T")
 
 
@@ -218,6 +226,8 @@ class PackagesTree(Tree):
         self._lock = threading.Lock()
         self._packages: tuple[list[str], float] | None = None
         self._versions: LRUCache[str, tuple[dict[str, str], float]] = LRUCache(KEPT_PACKAGES)  # -> expiry
+        # Revisions committed here whose index is to be made from their parent's: top hash -> what changed.
+        self._changes: LRUCache[str, RevisionChange] = LRUCache(KEPT_COMMITS)
         # Each open revision holds an index connection (its page cache) and a node LRU: a few MiB.
         self._revisions: LRUCache[str, RevisionTree] = LRUCache(revision_cache_size)
         self._indexing: dict[str, threading.Lock] = {}  # top hash -> held while one thread opens or builds it
@@ -292,13 +302,17 @@ class PackagesTree(Tree):
             self._versions.pop(name, None)
             self._packages = None
 
-    def _committed(self, name: str, pointer: str, top_hash: str) -> None:
-        """A draft of `name` was committed: `pointer` and `latest` name `top_hash`.  What is cached of the
-        package learns it in place (listing the pointers again would read every one of them)."""
+    def _committed(self, name: str, done: Committed) -> None:
+        """A draft of `name` was committed: `done.pointer` and `latest` name `done.top_hash`.  What is cached
+        of the package learns it in place (listing the pointers again would read every one of them), and the
+        new revision's index will be made from its parent's when it is first opened."""
+        top_hash, change = done.top_hash, done.change
         with self._lock:
+            if change is not None and len(change.removed) + len(change.meta) + len(change.added) <= MAX_DERIVED_CHANGE:
+                self._changes[top_hash] = change
             cached = self._versions.get(name)
-            if cached is not None:
-                pairs = {**cached[0], pointer: top_hash, LATEST: top_hash}
+            if cached is not None and done.pointer is not None:
+                pairs = {**cached[0], done.pointer: top_hash, LATEST: top_hash}
                 self._versions[name] = (_pointer_order(pairs.items()), cached[1])
             if self._packages is not None and name not in self._packages[0]:
                 self._packages = None  # a new package: listed again, in the registry's order
@@ -369,9 +383,32 @@ class PackagesTree(Tree):
     def _open_index(self, top_hash: str) -> RevisionIndex:
         make_private_dir(self.index_dir)
         path = os.path.join(self.index_dir, index_name(self.registry.url, top_hash))
+        manifest_url = self.registry.manifest_url(top_hash)
+        with self._lock:
+            change = self._changes.pop(top_hash, None)
+        if change is not None and not os.path.exists(path):
+            self._derive_index(path, top_hash, change)
         return open_or_build(path, lambda: self.registry.open_manifest(top_hash), top_hash=top_hash,
-                             manifest_url=self.registry.manifest_url(top_hash),
-                             progress=_ProgressLog(top_hash))
+                             manifest_url=manifest_url, progress=_ProgressLog(top_hash))
+
+    def _derive_index(self, path: str, top_hash: str, change: RevisionChange) -> None:
+        """Make the index at `path` of revision `top_hash`, which this mount committed, from its parent's, if
+        that one is there and sound; otherwise (logged) it is built from the manifest as any other."""
+        parent_path = os.path.join(self.index_dir, index_name(self.registry.url, change.parent))
+        started = time.monotonic()
+        try:
+            RevisionIndex(parent_path, top_hash=change.parent,
+                          manifest_url=self.registry.manifest_url(change.parent)).close()  # checked
+            entries = derive_index(path, parent_path, change, top_hash=top_hash,
+                                   manifest_url=self.registry.manifest_url(top_hash))
+        except (ManifestError, OSError, sqlite3.Error) as exc:
+            log.info("revision %s: not made from its parent's index (%s): indexing its manifest", top_hash, exc)
+            return
+        except Exception:  # a fault of the derivation must not cost the revision: the manifest makes it too
+            log.exception("revision %s: making its index from its parent's failed: indexing its manifest", top_hash)
+            return
+        log.info("indexed revision %s from its parent's index: %d entries in %.2f s", top_hash, entries,
+                 time.monotonic() - started)
 
     def index_stats(self) -> list[dict[str, object]]:
         """The indexes of the revisions open now (for `status`)."""

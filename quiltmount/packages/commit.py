@@ -50,6 +50,7 @@ from quiltmount.packages.manifest import (
     header_record, iter_manifest, logical_key_problem, make_hasher, parse_physical_key, short_repr,
     tree_order, tree_sort_key,
 )
+from quiltmount.packages.index import RevisionChange
 from quiltmount.packages.registry import LATEST, Registry, RegistryError, validate_package_name
 from quiltmount.packages.workflow import Workflow, revision_entries, select_workflow
 from quiltmount.storage.base import ObjectInfo, ObjectStore, PartUpload
@@ -134,6 +135,9 @@ class Committed:
     entries: int  # file entries of the new revision
     reused: int  # new files found already in place, not sent again
     user_meta: Any = None  # the new revision's header `user_meta`
+    #: What changed of the parent (None for a new package): the new revision's index can be made from the
+    #: parent's (`index.derive_index`).
+    change: RevisionChange | None = None
 
 
 def commit_revision(registry: Registry, name: str, parent: str | None, changes: Changes, *,
@@ -171,13 +175,16 @@ def commit_revision(registry: Registry, name: str, parent: str | None, changes: 
                                                  new_entries)
         if dedupe and top_hash == latest:
             return Committed(top_hash, None, entries, reused, header.get("user_meta"))
+        change = None if parent is None else RevisionChange(
+            parent, scan.removed, scan.meta_changed, new_entries, scan.kept_dir_meta(), header,
+            os.path.getsize(manifest_path), entries)
         if not force:  # again just before writing, as quilt3 does: the window for a lost update is the writes'
             _check_conflict(_latest(registry, name), parent)
         registry.store.put_file(registry.manifest_key(top_hash), manifest_path)
     pointer = str(int(clock()))
     registry.set_pointer(name, pointer, top_hash)
     registry.set_pointer(name, LATEST, top_hash)
-    return Committed(top_hash, pointer, entries, reused, header.get("user_meta"))
+    return Committed(top_hash, pointer, entries, reused, header.get("user_meta"), change)
 
 
 def _check_changes(changes: Changes) -> None:
@@ -284,6 +291,8 @@ class _Scan:
                            *(changes.entry_meta.keys() - changes.renamed.keys())}
         self.found: set[str] = set()
         self.rows: dict[str, Entry] = {}
+        self.removed: list[str] = []  # the parent's keys not carried over (`RevisionChange`)
+        self.meta_changed: dict[str, Any] = {}  # the parent's keys carried over with a new meta
         self.header: dict[str, Any] = {}
         self.digest = hashlib.sha256()
         self.dir_meta: dict[str, Any] = {}
@@ -328,12 +337,14 @@ class _Scan:
         if key in self.wanted:
             self.rows[key] = entry
         if key in self.changes.deleted or key in self.written:
+            self.removed.append(key)
             return
         self._walk_written(sort_key)
         meta = self.changes.entry_meta.get(key, KEEP)
         if meta is not KEEP:
             entry = dataclasses.replace(entry, meta=meta)
             part = entry_hash_part(entry)
+            self.meta_changed[key] = meta
         self._new_key(sort_key, key)
         self._spill(sort_key, part.encode("ascii"), encode_record(entry_record(entry)))
 
