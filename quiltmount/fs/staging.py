@@ -6,8 +6,8 @@ Each staged file is `data/<id>` plus `journal/<id>.json` naming its key and stat
 - `failed`: the upload kept failing; the bytes stay until an upload succeeds or the file is deleted.
 With `--posix-metadata` the entry also keeps the file's attributes (`meta`, as s3fs headers), which its
 upload carries.  An entry also names each multipart upload of its bytes under way (`uploads`), from the moment
-S3 created it until it is aborted: a daemon killed before completing or aborting one leaves it invisible in S3,
-and the next one to take over the entry aborts it (`abort_abandoned_uploads`).  A file can have two at once:
+S3 created it until it completes or is aborted: a daemon killed before completing or aborting one leaves it
+invisible in S3, and the next one to take over the entry aborts it (`abort_abandoned_uploads`).  A file can have two at once:
 the upload of its parts sent while it was written, dropped and still being aborted, and the upload of it whole
 after close.
 Journal entries are written to a temporary file, fsynced and renamed, so a crash leaves the old or the new
