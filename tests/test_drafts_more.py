@@ -310,6 +310,23 @@ def test_a_commit_is_shown_from_what_it_wrote_and_its_revision_indexed_from_the_
     before = {pointer: parent for pointer in listed_before - {"draft"}}
     assert pointers(s3, bucket) == {**before, done["pointer"]: done["top_hash"], "latest": done["top_hash"]}
 
+    # Two commits nobody looks into between (new user_meta only: the draft directory's attribute): the first
+    # look after them makes both indexes, the older first, and reads neither manifest.
+    committed = []
+    for version in (2, 3):
+        os.setxattr(draft, "user.quilt.user_meta", json.dumps({"v": version}).encode())
+        committed.append(quiltmount.commit_draft(str(draft), f"user_meta {version}")["top_hash"])
+    manifest_reads = [proxy.add(Fault.latency(0, method="GET", path=f"^/{bucket}/\\.quilt/packages/{top_hash}$"))
+                      for top_hash in committed]
+    try:
+        assert (draft / "new.txt").read_bytes() == b"new\n"
+        assert [fault.hits for fault in manifest_reads] == [0, 0]
+    finally:
+        proxy.clear()
+    log = Path(mount_record(mnt)["log_file"]).read_text()
+    assert all(f"indexed revision {top_hash} from its parent's index: 6 entries" in log for top_hash in committed)
+    assert q3.Package.browse(NAME, registry=f"s3://{bucket}").meta == {"v": 3}
+
 
 # -- 2. the mount walk on an S3 registry ------------------------------------------------------------------------
 def test_edit_a_draft_of_an_s3_registry_with_shell_tools(q3, s3, mount, tmp_path: Path) -> None:

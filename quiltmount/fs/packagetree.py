@@ -393,8 +393,13 @@ class PackagesTree(Tree):
 
     def _derive_index(self, path: str, top_hash: str, change: RevisionChange) -> None:
         """Make the index at `path` of revision `top_hash`, which this mount committed, from its parent's, if
-        that one is there and sound; otherwise (logged) it is built from the manifest as any other."""
+        that one is there and sound; otherwise (logged) it is built from the manifest as any other.  A parent
+        this mount committed too and nobody opened since is made first, the same way."""
         parent_path = os.path.join(self.index_dir, index_name(self.registry.url, change.parent))
+        with self._lock:
+            parent_change = self._changes.pop(change.parent, None)
+        if parent_change is not None and not os.path.exists(parent_path):
+            self._derive_index(parent_path, change.parent, parent_change)
         started = time.monotonic()
         try:
             RevisionIndex(parent_path, top_hash=change.parent,
