@@ -347,23 +347,27 @@ def test_both_uploads_a_killed_daemon_left_of_one_file_are_aborted_by_the_next_m
     wait_for(lambda: _uploads_in_progress(s3, bucket, key) == [])
 
 
-def test_a_journal_entry_of_an_older_version_names_its_upload_still(tmp_path):
-    """An entry journalled before files could name several uploads (`upload`: one [key, id]) is read with
-    that upload in `uploads`, and written back in the new form."""
+def test_journal_entries_keep_the_older_form_while_a_file_has_one_upload(tmp_path):
+    """An entry names one upload as older versions did (`upload`: [key, id] or null), which they can read;
+    only two uploads under way at once need `uploads`.  Either form is read."""
     staging = StagingArea(str(tmp_path / "staging"))
     try:
         staged = staging.create("k.bin")
         entry = tmp_path / "staging" / "journal" / f"{staged.id}.json"
-        old = {**json.loads(entry.read_text()), "upload": ["k.bin", "id-1"]}
-        del old["uploads"]
-        entry.write_text(json.dumps(old))
+        fields = {"id", "key", "state", "error", "attempts", "meta", "upload"}  # an older version's StagedFile
+        assert set(json.loads(entry.read_text())) == fields
+        staging.note_upload(staged, "k.bin", "id-1")
+        assert json.loads(entry.read_text())["upload"] == ["k.bin", "id-1"]
         (recovered,) = staging.recover()
         assert recovered.uploads == [["k.bin", "id-1"]] and recovered.upload is None
         staging.note_upload(recovered, "k.bin", "id-2")
         written = json.loads(entry.read_text())
-        assert written["uploads"] == [["k.bin", "id-1"], ["k.bin", "id-2"]] and "upload" not in written
+        assert written["uploads"] == [["k.bin", "id-1"], ["k.bin", "id-2"]] and written["upload"] is None
+        (recovered,) = staging.recover()
+        assert recovered.uploads == [["k.bin", "id-1"], ["k.bin", "id-2"]]
         staging.forget_upload(recovered, "id-1")
-        assert json.loads(entry.read_text())["uploads"] == [["k.bin", "id-2"]]
+        back = json.loads(entry.read_text())
+        assert set(back) == fields and back["upload"] == ["k.bin", "id-2"]
     finally:
         staging.close()
 

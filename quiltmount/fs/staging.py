@@ -5,11 +5,11 @@ Each staged file is `data/<id>` plus `journal/<id>.json` naming its key and stat
 - `closed`: complete, waiting for (or in) upload; after a crash the next mount uploads it;
 - `failed`: the upload kept failing; the bytes stay until an upload succeeds or the file is deleted.
 With `--posix-metadata` the entry also keeps the file's attributes (`meta`, as s3fs headers), which its
-upload carries.  An entry also names each multipart upload of its bytes under way (`uploads`), from the moment
-S3 created it until it completes or is aborted: a daemon killed before completing or aborting one leaves it
-invisible in S3, and the next one to take over the entry aborts it (`abort_abandoned_uploads`).  A file can have two at once:
-the upload of its parts sent while it was written, dropped and still being aborted, and the upload of it whole
-after close.
+upload carries.  An entry also names each multipart upload of its bytes under way (`upload`; `uploads` when
+there are two), from the moment S3 created it until it completes or is aborted: a daemon killed before
+completing or aborting one leaves it invisible in S3, and the next one to take over the entry aborts it
+(`abort_abandoned_uploads`).  A file can have two at once: the upload of its parts sent while it was written,
+dropped and still being aborted, and the upload of it whole after close.
 Journal entries are written to a temporary file, fsynced and renamed, so a crash leaves the old or the new
 entry, never a torn one.  The directory and files are private (0700/0600): they hold user data.
 """
@@ -51,7 +51,8 @@ class StagedFile:
     #: [key, upload id] of each multipart upload of these bytes S3 created (while they were written, or once
     #: closed) that may be neither completed nor aborted yet, oldest first.
     uploads: list[list[str]] = field(default_factory=list)
-    #: The one such upload an entry journalled by an older quiltmount names: read, moved to `uploads`.
+    #: The entry's form of `uploads` when it has one upload or none (the form older versions read): moved to
+    #: `uploads` when an entry is read.
     upload: list[str] | None = None
 
     def __post_init__(self) -> None:
@@ -98,7 +99,12 @@ class StagingArea:
         if not os.path.exists(self.data_path(staged)):
             return
         entry = asdict(staged)
-        del entry["upload"]  # always moved to `uploads`
+        # In the older form (`upload`: one or none) whenever it fits, so that an older quiltmount can still
+        # read the entry; only a file with two uploads under way needs `uploads`.
+        uploads = entry.pop("uploads")
+        entry["upload"] = uploads[0] if len(uploads) == 1 else None
+        if len(uploads) > 1:
+            entry["uploads"] = uploads
         with atomic_file(os.path.join(self._journal, staged.id + ".json"), durable=True) as file:
             file.write(json.dumps(entry).encode())
 
