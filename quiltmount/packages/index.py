@@ -29,6 +29,7 @@ manifest that hashes to its name becomes an index.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import hashlib
 import io
 import json
@@ -137,6 +138,30 @@ class _CountingReader(io.RawIOBase):
         return len(data)
 
 
+def _left_out(logical_key: str) -> str | None:
+    """Why a logical key is left out of the tree (hashed all the same), or None: the kernel could not list
+    its directory.  (A key of 63 characters or fewer has no component over 255 bytes: most keys skip the check.)"""
+    return invalid_path_reason(logical_key) if len(logical_key) > 63 else None
+
+
+def _meta_column(meta: Any) -> str:
+    """A file's `meta` column: the JSON its xattr shows."""
+    return _json(meta) if meta else "{}"
+
+
+def _file_row(row_id: int, parent: int, name: str, entry: Entry) -> tuple:
+    """The `nodes` row of the file of `entry`."""
+    raw_hash = entry.hash_object()
+    return (row_id, parent, name, entry.size, entry.hash_type, entry.hash_value,
+            None if list(raw_hash) == _PLAIN_HASH_KEYS else _json(raw_hash), entry.physical_key,
+            _meta_column(entry.meta))
+
+
+def _child(db: sqlite3.Connection, parent: int, name: str) -> tuple[int, int | None] | None:
+    """(id, size: None for a directory) of `name` in directory `parent`, or None."""
+    return db.execute("SELECT id, size FROM nodes WHERE parent = ? AND name = ?", (parent, name)).fetchone()
+
+
 class _Builder:
     """Streams one manifest into a new SQLite file; `run()` returns the number of entries indexed."""
 
@@ -211,8 +236,7 @@ class _Builder:
             self.digest.update(part.encode("ascii"))
         else:
             self.parts.append((sort_key, part))
-        # (A key of 63 characters or fewer has no component over 255 bytes: most keys skip the check.)
-        reason = invalid_path_reason(entry.logical_key) if len(entry.logical_key) > 63 else None
+        reason = _left_out(entry.logical_key)
         if reason:  # hashed, but left out of the tree: the kernel could not list its directory
             self.skipped += 1
             if self.skipped <= _SKIPPED_LOGGED:
@@ -222,10 +246,7 @@ class _Builder:
         parent_path, _, name = entry.logical_key.rpartition("/")
         if parent_path != self.last_dir[0]:
             self.last_dir = (parent_path, self._directory(parent_path) if parent_path else ROOT_ID)
-        raw_hash = entry.hash_object()
-        self.files.append((self.next_id, self.last_dir[1], name, entry.size, entry.hash_type, entry.hash_value,
-                           None if list(raw_hash) == _PLAIN_HASH_KEYS else _json(raw_hash), entry.physical_key,
-                           _json(entry.meta) if entry.meta else "{}"))
+        self.files.append(_file_row(self.next_id, self.last_dir[1], name, entry))
         self.next_id += 1
         self.entries += 1
         if len(self.files) >= _BATCH:
@@ -240,7 +261,7 @@ class _Builder:
             return known
         parent_path, _, name = path.rpartition("/")
         parent = self._directory(parent_path) if parent_path else ROOT_ID
-        row = self.db.execute("SELECT id, size FROM nodes WHERE parent = ? AND name = ?", (parent, name)).fetchone()
+        row = _child(self.db, parent, name)
         if row is not None and row[1] is not None:
             raise ManifestError(f"logical key {short_repr(path)} is both a file and a directory in manifest")
         if row is None:
@@ -271,8 +292,7 @@ class _Builder:
     def _conflict(self, rows: list[tuple]) -> str:
         """Why inserting `rows` failed: the first row whose name another row already has."""
         for row_id, parent, name, size, *_ in rows:
-            existing = self.db.execute("SELECT id, size FROM nodes WHERE parent = ? AND name = ?",
-                                       (parent, name)).fetchone()
+            existing = _child(self.db, parent, name)
             if existing is not None and existing[0] != row_id:
                 path = self._path_of(parent, name)
                 if (existing[1] is None) != (size is None):
@@ -299,8 +319,7 @@ class _Builder:
             walked = []
             for name in path.split("/"):
                 walked.append(name)
-                row = self.db.execute("SELECT id, size FROM nodes WHERE parent = ? AND name = ?",
-                                      (parent, name)).fetchone()
+                row = _child(self.db, parent, name)
                 if row is None:
                     break
                 if row[1] is not None:
@@ -419,20 +438,16 @@ class _Patch:
         self.db = db
         self.next_id = db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM nodes").fetchone()[0]
 
-    def _child(self, parent: int, name: str) -> tuple[int, int | None] | None:
-        """(id, size: None for a directory) of `name` in directory `parent`, or None."""
-        return self.db.execute("SELECT id, size FROM nodes WHERE parent = ? AND name = ?", (parent, name)).fetchone()
-
     def _file(self, key: str) -> tuple[int, int] | None:
         """(id, parent id) of the file at `key`, or None (no such key, or a key the index left out)."""
         parent = ROOT_ID
         *directories, name = key.split("/")
         for part in directories:
-            found = self._child(parent, part)
+            found = _child(self.db, parent, part)
             if found is None or found[1] is not None:
                 return None
             parent = found[0]
-        found = self._child(parent, name)
+        found = _child(self.db, parent, name)
         return None if found is None or found[1] is None else (found[0], parent)
 
     def remove(self, key: str) -> None:
@@ -452,17 +467,17 @@ class _Patch:
         found = self._file(key)
         if found is None:
             raise ManifestError(f"logical key {short_repr(key)}: not in the parent's index")
-        self.db.execute("UPDATE nodes SET meta = ? WHERE id = ?", (_json(meta) if meta else "{}", found[0]))
+        self.db.execute("UPDATE nodes SET meta = ? WHERE id = ?", (_meta_column(meta), found[0]))
 
     def add(self, entry: Entry) -> None:
         """The file of `entry`, replacing one at its key, in directories made as needed."""
         key = entry.logical_key
-        if invalid_path_reason(key):  # left out, as `_Builder` leaves it out (the count then differs)
+        if _left_out(key):  # as `_Builder` leaves it out (the count then differs)
             return
         *directories, name = key.split("/")
         parent = ROOT_ID
         for part in directories:
-            found = self._child(parent, part)
+            found = _child(self.db, parent, part)
             if found is not None and found[1] is not None:
                 raise ManifestError(f"logical key {short_repr(key)}: a file is in its path")
             if found is None:
@@ -471,21 +486,18 @@ class _Patch:
                                 (self.next_id, parent, part))
                 self.next_id += 1
             parent = found[0]
-        raw_hash = entry.hash_object()
-        row = (entry.size, entry.hash_type, entry.hash_value,
-               None if list(raw_hash) == _PLAIN_HASH_KEYS else _json(raw_hash),
-               normalize_physical_key(entry.physical_key),  # as a manifest's line is read
-               _json(entry.meta) if entry.meta else "{}")
-        found = self._child(parent, name)
+        # The physical key as a manifest's line is read (normalized).
+        entry = dataclasses.replace(entry, physical_key=normalize_physical_key(entry.physical_key))
+        found = _child(self.db, parent, name)
         if found is not None and found[1] is None:
             raise ManifestError(f"logical key {short_repr(key)} is both a file and a directory")
         if found is None:
             self.db.execute("INSERT INTO nodes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                            (self.next_id, parent, name, *row))
+                            _file_row(self.next_id, parent, name, entry))
             self.next_id += 1
         else:
             self.db.execute("UPDATE nodes SET size = ?, hash_type = ?, hash_value = ?, hash = ?, physical_key = ?, "
-                            "meta = ? WHERE id = ?", (*row, found[0]))
+                            "meta = ? WHERE id = ?", (*_file_row(found[0], parent, name, entry)[3:], found[0]))
 
     def counts(self) -> tuple[int, int]:
         """(files, directories) the index holds now."""
