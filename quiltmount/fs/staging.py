@@ -51,14 +51,6 @@ class StagedFile:
     #: [key, upload id] of each multipart upload of these bytes S3 created (while they were written, or once
     #: closed) that may be neither completed nor aborted yet, oldest first.
     uploads: list[list[str]] = field(default_factory=list)
-    #: The entry's form of `uploads` when it has one upload or none (the form older versions read): moved to
-    #: `uploads` when an entry is read.
-    upload: list[str] | None = None
-
-    def __post_init__(self) -> None:
-        if self.upload is not None:
-            self.uploads.insert(0, self.upload)
-            self.upload = None
 
 
 class StagingArea:
@@ -98,15 +90,8 @@ class StagingArea:
         """`save`, the caller holding the lock."""
         if not os.path.exists(self.data_path(staged)):
             return
-        entry = asdict(staged)
-        # In the older form (`upload`: one or none) whenever it fits, so that an older quiltmount can still
-        # read the entry; only a file with two uploads under way needs `uploads`.
-        uploads = entry.pop("uploads")
-        entry["upload"] = uploads[0] if len(uploads) == 1 else None
-        if len(uploads) > 1:
-            entry["uploads"] = uploads
         with atomic_file(os.path.join(self._journal, staged.id + ".json"), durable=True) as file:
-            file.write(json.dumps(entry).encode())
+            file.write(json.dumps(_journal_entry(staged)).encode())
 
     def set_state(self, staged: StagedFile, state: str, error: str | None = None) -> None:
         staged.state, staged.error = state, error
@@ -166,10 +151,31 @@ def read_journal(directory: str) -> list[StagedFile]:
             continue
         try:
             with open(os.path.join(journal, name), encoding="utf-8") as file:
-                found.append(StagedFile(**json.load(file)))
+                found.append(_staged_file(json.load(file)))
         except (OSError, ValueError, TypeError) as exc:
             log.error("staging: unreadable journal entry %s (%s); left in place", name, exc)
     return found
+
+
+def _journal_entry(staged: StagedFile) -> dict:
+    """`staged` as its journal entry holds it.  Its uploads in the older form (`upload`: one or none) whenever
+    it fits, so that an older quiltmount can still read the entry; only a file with two uploads under way needs
+    `uploads`."""
+    entry = asdict(staged)
+    uploads = entry.pop("uploads")
+    entry["upload"] = uploads[0] if len(uploads) == 1 else None
+    if len(uploads) > 1:
+        entry["uploads"] = uploads
+    return entry
+
+
+def _staged_file(entry: dict) -> StagedFile:
+    """The staged file a journal entry (either form) holds; TypeError if it is not one."""
+    if not isinstance(entry, dict):
+        raise TypeError(f"a JSON {type(entry).__name__}, not an object")
+    upload = entry.pop("upload", None)
+    uploads = entry.pop("uploads", None) or ([upload] if upload is not None else [])
+    return StagedFile(**entry, uploads=uploads)
 
 
 def abort_abandoned_uploads(store: ObjectStore, staging: StagingArea, recovered: Iterable[StagedFile]) -> None:
