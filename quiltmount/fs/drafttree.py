@@ -52,8 +52,8 @@ class DraftTree(Tree):
 
     def __init__(self, draft: Draft, registry: Registry, parent_tree: ParentTree, resolve: Resolve, *,
                  mtime: float, on_commit: Callable[[str, Committed], None]) -> None:
-        """`on_commit(package, committed)`: the draft was committed (`committed.pointer` and `latest` name
-        `committed.top_hash` in the registry now)."""
+        """`on_commit(package, committed)`: the draft was committed as `committed.top_hash` (which `latest`
+        and `committed.pointer` name in the registry now, unless the commit was deduplicated: no pointer)."""
         self.draft = draft
         self.registry = registry
         draft.stream_parts(PartStreams(registry.store, draft.staging),
@@ -360,8 +360,7 @@ class DraftTree(Tree):
                             "entries": done.entries}
             self._parent_user_meta = (done.top_hash, done.user_meta)
         log.info("draft of %s committed: %s (%s)", self.draft.package, done.top_hash, done.pointer or "deduped")
-        if done.pointer is not None:
-            self._on_commit(self.draft.package, done)
+        self._on_commit(self.draft.package, done)
 
     def _report_progress(self, progress: CommitProgress) -> None:
         self._progress = dataclasses.asdict(progress)

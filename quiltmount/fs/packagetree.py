@@ -303,9 +303,10 @@ class PackagesTree(Tree):
             self._packages = None
 
     def _committed(self, name: str, done: Committed) -> None:
-        """A draft of `name` was committed: `done.pointer` and `latest` name `done.top_hash`.  What is cached
-        of the package learns it in place (listing the pointers again would read every one of them), and the
-        new revision's index will be made from its parent's when it is first opened."""
+        """A draft of `name` was committed: `done.pointer` and `latest` name `done.top_hash` (no pointer: the
+        commit was deduplicated, nothing changed).  What is cached of the package learns it in place (listing
+        the pointers again would read every one of them), and the new revision's index will be made from its
+        parent's when it is first opened."""
         top_hash, change = done.top_hash, done.change
         with self._lock:
             if change is not None and len(change.removed) + len(change.meta) + len(change.added) <= MAX_DERIVED_CHANGE:
@@ -387,25 +388,24 @@ class PackagesTree(Tree):
         with self._lock:
             change = self._changes.pop(top_hash, None)
         if change is not None and not os.path.exists(path):
-            self._derive_index(path, top_hash, change)
+            self._derive_index(path, top_hash, manifest_url, change)
         return open_or_build(path, lambda: self.registry.open_manifest(top_hash), top_hash=top_hash,
                              manifest_url=manifest_url, progress=_ProgressLog(top_hash))
 
-    def _derive_index(self, path: str, top_hash: str, change: RevisionChange) -> None:
+    def _derive_index(self, path: str, top_hash: str, manifest_url: str, change: RevisionChange) -> None:
         """Make the index at `path` of revision `top_hash`, which this mount committed, from its parent's, if
         that one is there and sound; otherwise (logged) it is built from the manifest as any other.  A parent
         this mount committed too and nobody opened since is made first, the same way."""
         parent_path = os.path.join(self.index_dir, index_name(self.registry.url, change.parent))
         with self._lock:
             parent_change = self._changes.pop(change.parent, None)
+        parent_url = self.registry.manifest_url(change.parent)
         if parent_change is not None and not os.path.exists(parent_path):
-            self._derive_index(parent_path, change.parent, parent_change)
+            self._derive_index(parent_path, change.parent, parent_url, parent_change)
         started = time.monotonic()
         try:
-            RevisionIndex(parent_path, top_hash=change.parent,
-                          manifest_url=self.registry.manifest_url(change.parent)).close()  # checked
-            entries = derive_index(path, parent_path, change, top_hash=top_hash,
-                                   manifest_url=self.registry.manifest_url(top_hash))
+            RevisionIndex(parent_path, top_hash=change.parent, manifest_url=parent_url).close()  # checked
+            entries = derive_index(path, parent_path, change, top_hash=top_hash, manifest_url=manifest_url)
         except (ManifestError, OSError, sqlite3.Error) as exc:
             log.info("revision %s: not made from its parent's index (%s): indexing its manifest", top_hash, exc)
             return
