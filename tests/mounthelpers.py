@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import termios
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,22 @@ def status() -> list[dict[str, Any]]:
     result = run_cli("status", "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)["mounts"]
+
+
+def refuse_links_and_fifos(directory: Path, existing: str, symlink_errno: int) -> None:
+    """`ln -s`, `mkfifo` (both `symlink_errno`) and a hard link to the file `existing` (ENOTSUP) in
+    `directory` are each refused with that errno."""
+    attempts: list[tuple[Callable[[], object], int]] = [
+        (lambda: os.symlink(existing, directory / "link"), symlink_errno),
+        (lambda: os.mkfifo(directory / "fifo"), symlink_errno),
+        (lambda: os.link(directory / existing, directory / "hard"), errno.ENOTSUP)]
+    for attempt, code in attempts:
+        try:
+            attempt()
+        except OSError as exc:
+            assert exc.errno == code, (attempt, exc)
+        else:
+            raise AssertionError(f"{attempt} was not refused")
 
 
 def mount_record(mountpoint: Path) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import pytest
 
 import quiltmount
 
-from mounthelpers import fresh_record, run_cli
+from mounthelpers import fresh_record, refuse_links_and_fifos, run_cli
 from test_packages_mount import write_tree
 from test_registry import q3, quilt3_module  # noqa: F401  (fixtures: quilt3 talking to the test server)
 
@@ -60,6 +60,9 @@ def test_edit_a_draft_with_shell_tools_and_commit_it(q3, local_package, mount, t
     with pytest.raises(OSError) as bad:
         os.setxattr(draft / "greeting.txt", "user.quilt.meta", b"{not json")
     assert bad.value.errno == errno.EINVAL
+    # A package holds files and directories only: links and FIFOs are refused as a filesystem without them
+    # refuses them (symlink(2), mknod(2): EPERM; hard links: ENOTSUP, as in the bucket), not as read-only.
+    refuse_links_and_fifos(draft, "README.md", errno.EPERM)
     assert sorted(os.listdir(draft)) == ["README.md", "data", "data-raw.csv", "greeting.txt", "more", "new.bin"]
     assert os.listdir(draft / "data") == []  # emptied, still there until rmdir
     assert (draft / "data-raw.csv").read_bytes() == b"a,b\n1,2\n3,4\n"  # appended to a copy of the parent's

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from faultproxy import Fault
-from mounthelpers import fresh_record, mount_record, run_cli
+from mounthelpers import fresh_record, mount_record, refuse_links_and_fifos, run_cli
 from quiltmount.fs.staging import StagingArea
 from quiltmount.state import pid_alive
 from test_drafts_more import kill_daemon, proxy  # noqa: F401 (fixture)
@@ -158,6 +158,17 @@ def test_local_directory_writes(tmp_path, mount):
     unmount(mnt)
     assert (source / "moved.txt").read_bytes() == b"local\n" and not (source / "l.txt").exists()
     assert (source / "x/y/copy.txt").read_bytes() == b"local\n"
+
+
+def test_links_and_fifos_without_posix_metadata_are_refused_as_unsupported(s3, bucket, mount):
+    """Without --posix-metadata an object cannot be a symlink or a FIFO: EPERM, what symlink(2) and mknod(2)
+    answer on a filesystem without them (`ln` and `rsync -a` then say "Operation not permitted", not that a
+    writable mount is read-only); hard links: ENOTSUP, as s3fs."""
+    s3.put_object(Bucket=bucket, Key="f.txt", Body=b"f")
+    mnt = mount(f"s3://{bucket}")
+    refuse_links_and_fifos(mnt, "f.txt", errno.EPERM)
+    assert os.listdir(mnt) == ["f.txt"]
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == ["f.txt"]
 
 
 def test_writes_under_reserved_names_are_refused(bucket, mount):

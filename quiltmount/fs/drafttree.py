@@ -38,6 +38,7 @@ from quiltmount.fs.staging import OPEN, copy_in
 from quiltmount.keep import KEEP
 from quiltmount.packages.commit import CommitProgress, Committed, PackageConflict, upload_key
 from quiltmount.packages.registry import Registry
+from quiltmount.posixmeta import NewAttrs
 
 log = logging.getLogger(__name__)
 
@@ -295,6 +296,20 @@ class DraftTree(Tree):
                 if dirty is not None:
                     dirty.path = new
                     self._dirty[new] = dirty
+
+    def symlink(self, path: str, target: str) -> None:
+        """EPERM, symlink(2)'s answer where a filesystem makes no symlinks (not EROFS: the draft is writable);
+        quilt3's `set_dir` stores what a link points to, which `cp -L` and `rsync -L` copy."""
+        raise StorageError(f"{path}: a package holds files and directories only, not symlinks (cp -L and "
+                           "rsync -L copy what a link points to)", errno.EPERM)
+
+    def make_node(self, path: str, new: NewAttrs) -> None:
+        """EPERM, mknod(2)'s answer for a kind of node a filesystem does not make."""
+        raise StorageError(f"{path}: a package holds files and directories only", errno.EPERM)
+
+    def link(self, path: str, target: str) -> None:
+        """ENOTSUP, as in the bucket (and s3fs): an entry is one file."""
+        raise StorageError(f"{path}: package entries cannot be hard links", errno.ENOTSUP)
 
     def set_attributes(self, path: str) -> None:
         self.lookup(path)

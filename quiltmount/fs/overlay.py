@@ -25,7 +25,7 @@ from quiltmount.fs.partstream import PartStreams
 from quiltmount.fs.staging import CLOSED, OPEN, StagedFile, StagingArea, abort_abandoned_uploads, copy_in
 from quiltmount.fs.tree import BucketTree
 from quiltmount.fs.uploads import Uploader
-from quiltmount.posixmeta import staged_headers
+from quiltmount.posixmeta import NewAttrs, staged_headers
 from quiltmount.storage.base import ObjectInfo
 
 log = logging.getLogger(__name__)
@@ -336,6 +336,15 @@ class WritableBucketTree(Tree):
     def link(self, path: str, target: str) -> None:
         """Objects cannot be hard links: ENOTSUP, as s3fs answers (`ln` says "Operation not supported")."""
         raise StorageError(f"{path}: objects cannot be hard links", errno.ENOTSUP)
+
+    def symlink(self, path: str, target: str) -> None:
+        """EPERM, symlink(2)'s answer where a filesystem makes no symlinks (not EROFS: the mount is writable)."""
+        raise StorageError(f"{path}: symlinks are kept only with --posix-metadata", errno.EPERM)
+
+    def make_node(self, path: str, new: NewAttrs) -> None:
+        """EPERM, mknod(2)'s answer for a kind of node a filesystem does not make."""
+        raise StorageError(f"{path}: FIFOs and other special files are kept only with --posix-metadata",
+                           errno.EPERM)
 
     def set_attributes(self, path: str) -> None:
         """chmod/chown/utimens: accepted and not stored (mode, owner and mtime come from the mount options

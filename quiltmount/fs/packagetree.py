@@ -42,6 +42,7 @@ from quiltmount.packages.index import (
 from quiltmount.packages.manifest import ManifestError, is_top_hash, parse_physical_key, short_repr
 from quiltmount.packages.registry import LATEST, InvalidPointer, Registry, is_pointer_name, is_valid_package_name
 from quiltmount.paths import make_private_dir
+from quiltmount.posixmeta import NewAttrs
 from quiltmount.storage.base import ObjectInfo
 from quiltmount.storage.stores import StoreSet
 
@@ -635,6 +636,18 @@ class PackagesTree(Tree):
         else:
             tree.set_xattr(inner, name, value)
 
+    def make_node(self, path: str, new: NewAttrs) -> None:
+        inside = self._in_draft(path)
+        if inside is None:
+            return super().make_node(path, new)
+        return inside[0].make_node(inside[1], new)
+
+    def link(self, path: str, target: str) -> None:
+        inside = self._in_draft(path)
+        if inside is None:
+            return super().link(path, target)
+        return inside[0].link(inside[1], target)
+
     def mkdir(self, path: str) -> None:
         """`mkdir NS/NAME/draft` opens a draft; `mkdir NS` and `mkdir NS/NAME` make room for a new package."""
         inside = self._in_draft(path)
@@ -711,6 +724,9 @@ class PackagesTree(Tree):
             self._packages = None
 
     def symlink(self, path: str, target: str) -> None:
+        inside = self._in_draft(path)
+        if inside is not None:
+            return inside[0].symlink(inside[1], target)
         name, pointer = self._pointer_path(path)
         if not is_valid_package_name(name):
             raise StorageError(f"{path}: invalid package name", errno.EINVAL)
