@@ -137,6 +137,20 @@ def test_conflicts_new_packages_and_bad_input(q3, local_package, mount, tmp_path
         assert result.returncode == 1 and needle in result.stderr and result.stderr.count("\n") == 1, \
             (args, result.stderr)
     assert "user.quilt.commit" not in os.listxattr(tmp_path)  # nothing written to what is not a draft
+    # A file still open for writing is refused, even once a copy of its descriptor was closed (a FUSE flush,
+    # as when a shell's `exec 3>file` or a forked child closes one): the bytes written after are kept.
+    writer = os.open(draft / "open.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        os.write(writer, b"first ")
+        os.close(os.dup(writer))
+        with pytest.raises(quiltmount.QuiltException, match=r"1 file\(s\) of the draft are open for writing "
+                                                             r"\(e\.g\. open\.txt\): close them first"):
+            quiltmount.commit_draft(str(draft), "too early")
+        os.write(writer, b"second")
+    finally:
+        os.close(writer)
+    quiltmount.commit_draft(str(draft), "closed")
+    assert q3.Package.browse("demo/pkg", registry=registry.as_uri())["open.txt"].get_bytes() == b"first second"
     result = run_cli("packages", "commit", str(draft), "--meta", "{bad")
     assert result.returncode == 2 and "argument --meta: not JSON" in result.stderr.splitlines()[-1]
     read_only = mount(str(registry), "--read-only")

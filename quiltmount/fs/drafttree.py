@@ -353,8 +353,9 @@ class DraftTree(Tree):
         if not isinstance(options, dict):
             raise StorageError("commit options must be a JSON object", errno.EINVAL)
         with self._committing:
-            with self._lock:
-                writing = sorted(path for path, dirty in self._dirty.items() if dirty.staged.state == OPEN)
+            with self._lock:  # a writer is open until its release: a flush (close of one copy) is not enough
+                writing = sorted(path for path, dirty in self._dirty.items()
+                                 if dirty.writers > 0 or dirty.staged.state == OPEN)
             try:
                 if writing:
                     raise QuiltmountError(f"{len(writing)} file(s) of the draft are open for writing "
