@@ -78,6 +78,11 @@ def test_renames_and_removals_compose(tmp_path: Path) -> None:
     draft = Draft.create(str(tmp_path / "d"), package="demo/pkg", registry="s3://b", parent=PARENT)
     draft.set_meta("README.md", {"user_meta": {"t": 1}})
     _rename(draft, "README.md", "docs/README.md")
+    assert draft.meta("docs/README.md") == {"user_meta": {"t": 1}}  # what the mount shows: the meta moved
+    draft.set_meta("docs/README.md", {"user_meta": {"t": 2}})
+    assert draft.meta("docs/README.md") == {"user_meta": {"t": 2}}
+    assert draft.changes().entry_meta == {"docs/README.md": {"user_meta": {"t": 2}}}
+    draft.set_meta("docs/README.md", {"user_meta": {"t": 1}})
     _rename(draft, "docs/README.md", "README.md")  # back: unchanged again, meta and all
     changes = draft.changes()
     assert not changes.deleted and not changes.renamed

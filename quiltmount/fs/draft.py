@@ -133,9 +133,10 @@ class Draft:
             return sorted({*self._files, *self._record.renamed})
 
     def meta(self, logical_key: str) -> Any:
-        """The entry `meta` the draft sets for `logical_key`, or KEEP."""
+        """The entry `meta` the draft sets for `logical_key`, or KEEP (kept where `set_meta` keeps it: with the
+        staged file or the renamed row, else with the parent's row)."""
         with self._lock:
-            if logical_key in self._files:
+            if logical_key in self._files or logical_key in self._record.renamed:
                 return self._record.file_meta.get(logical_key, KEEP)
             return self._record.entry_meta.get(logical_key, KEEP)
 
