@@ -93,6 +93,17 @@ def test_rsync_pandas_and_large_multipart_file(s3, bucket, mount, tmp_path):
         file.flush()
         os.fsync(file.fileno())
         assert body(s3, bucket, "fsynced.txt") == b"durable"  # fsync returned: it is in S3
+    # A file fsynced while written is there right after close(2), with no gap while the daemon hands it
+    # over to the bucket's listing (write, fsync, close, then rename or open: what careful writers do).
+    (mnt / "new").mkdir()
+    for number in range(8):
+        with open(mnt / f"new/fsynced-{number}.txt", "wb") as file:
+            file.write(b"durable")
+            file.flush()
+            os.fsync(file.fileno())
+        assert os.stat(mnt / f"new/fsynced-{number}.txt").st_size == len(b"durable")
+        os.rename(mnt / f"new/fsynced-{number}.txt", mnt / f"new/renamed-{number}.txt")
+        assert (mnt / f"new/renamed-{number}.txt").read_bytes() == b"durable"
     assert pd.read_csv(mnt / "frame.csv")["y"].sum() == sum(i * 0.5 for i in range(1000))
     unmount(mnt)
     assert body(s3, bucket, "big.bin") == big.read_bytes()

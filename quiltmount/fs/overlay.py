@@ -174,9 +174,11 @@ class WritableBucketTree(Tree):
                     return
                 if self._dirty.get(dirty.path) is dirty:
                     del self._dirty[dirty.path]
+                # In the same step: a lookup in between would get the bucket's answer from before the file
+                # was made ("not found", cached when it was created) although fsync put it in S3.
+                self.bucket.forget(dirty.path)
             self._streams.drop(dirty.staged)
             self.staging.remove(dirty.staged)
-            self.bucket.forget(dirty.path)
             return
         self.staging.set_state(dirty.staged, CLOSED)
         with self._lock:
