@@ -8,6 +8,7 @@ import io
 import json
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -151,6 +152,15 @@ def test_conflicts_new_packages_and_bad_input(q3, local_package, mount, tmp_path
         os.close(writer)
     quiltmount.commit_draft(str(draft), "closed")
     assert q3.Package.browse("demo/pkg", registry=registry.as_uri())["open.txt"].get_bytes() == b"first second"
+    # A release that comes while the commit waits for it (up to 2 s) lets the commit go on.
+    writer = os.open(draft / "late.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.write(writer, b"late")
+    os.close(os.dup(writer))
+    closing = threading.Timer(0.5, os.close, (writer,))
+    closing.start()
+    quiltmount.commit_draft(str(draft), "released meanwhile")
+    closing.join()
+    assert q3.Package.browse("demo/pkg", registry=registry.as_uri())["late.txt"].get_bytes() == b"late"
     result = run_cli("packages", "commit", str(draft), "--meta", "{bad")
     assert result.returncode == 2 and "argument --meta: not JSON" in result.stderr.splitlines()[-1]
     read_only = mount(str(registry), "--read-only")

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +42,9 @@ from quiltmount.packages.registry import Registry
 from quiltmount.posixmeta import NewAttrs
 
 log = logging.getLogger(__name__)
+
+#: Seconds a commit waits for the release of a file its writer has closed (see `DraftTree._open_for_writing`).
+RELEASE_WAIT = 2.0
 
 ParentTree = Callable[[str], Tree]  # top hash -> that revision's tree
 #: A revision of the draft's package, spelled as a top hash, a unique prefix of one or a pointer name -> its top
@@ -353,9 +357,7 @@ class DraftTree(Tree):
         if not isinstance(options, dict):
             raise StorageError("commit options must be a JSON object", errno.EINVAL)
         with self._committing:
-            with self._lock:  # a writer is open until its release: a flush (close of one copy) is not enough
-                writing = sorted(path for path, dirty in self._dirty.items()
-                                 if dirty.writers > 0 or dirty.staged.state == OPEN)
+            writing = self._open_for_writing()
             try:
                 if writing:
                     raise QuiltmountError(f"{len(writing)} file(s) of the draft are open for writing "
@@ -377,6 +379,21 @@ class DraftTree(Tree):
             self._parent_user_meta = (done.top_hash, done.user_meta)
         log.info("draft of %s committed: %s (%s)", self.draft.package, done.top_hash, done.pointer or "deduped")
         self._on_commit(self.draft.package, done)
+
+    def _open_for_writing(self) -> list[str]:
+        """The files of the draft a writer still holds open.  A file whose writer closed it (its journal says
+        closed) but whose release has not come yet is waited for, up to RELEASE_WAIT seconds: the kernel sends
+        the release after close(2) has returned.  If it does not come, a copy of the descriptor is still open
+        (one of several closed: bash's `exec 3>file`, a forked child) and that writer could still write."""
+        deadline = time.monotonic() + RELEASE_WAIT
+        while True:
+            with self._lock:
+                writing = sorted(path for path, dirty in self._dirty.items()
+                                 if dirty.writers > 0 or dirty.staged.state == OPEN)
+                closing = all(self._dirty[path].staged.state != OPEN for path in writing)
+            if not writing or not closing or time.monotonic() >= deadline:
+                return writing
+            time.sleep(0.01)
 
     def _report_progress(self, progress: CommitProgress) -> None:
         self._progress = dataclasses.asdict(progress)
