@@ -9,11 +9,12 @@ import json
 import os
 import random
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from mounthelpers import run_cli
+from mounthelpers import fresh_record, run_cli
 from quiltmount.packages import manifest as mf
 from test_registry import q3, quilt3_module  # noqa: F401  (fixtures: quilt3 talking to the test server)
 
@@ -109,6 +110,32 @@ def test_revisions_are_read_only(pushed, mount):
     with pytest.raises(OSError) as failure:
         os.symlink("@" + "0" * 64, mnt / ".packages/demo/pkg/latest2")
     assert failure.value.errno == errno.EINVAL
+
+
+def test_looking_up_a_package_path_does_not_list_the_registry(q3, pushed, mount, s3):
+    """Once the cached listings expire, a lookup of a package file or pointer asks the registry about that
+    name alone: no listing of every pointer (quilt3's list_packages), no read of every pointer of the package
+    (what `ls` of it needs)."""
+    bucket, revisions = pushed
+    versions = dict(q3.list_package_versions("demo/pkg", registry=f"s3://{bucket}"))
+    latest = versions["latest"]
+    for number in range(30):  # more revisions of demo/pkg, and other packages
+        s3.put_object(Bucket=bucket, Key=f".quilt/named_packages/demo/pkg/{1700000000 + number}",
+                      Body=latest.encode())
+        s3.put_object(Bucket=bucket, Key=f".quilt/named_packages/other/p{number}/latest", Body=latest.encode())
+    mnt = mount(f"s3://{bucket}", "--metadata-ttl", "1")
+    package = mnt / ".packages/demo/pkg"
+    assert len(os.listdir(package)) == len(versions) + 30
+    assert (package / "latest/README.md").read_bytes() == revisions[latest]["README.md"]
+    time.sleep(1.5)  # every cached listing has expired
+    before = fresh_record(mnt)["requests"]["totals"]
+    assert os.readlink(package / "1700000007") == "@" + latest
+    assert (package / "latest/README.md").read_bytes() == revisions[latest]["README.md"]
+    assert (mnt / ".packages/other/p3").is_dir() and not (mnt / ".packages/other/p99").exists()
+    after = fresh_record(mnt)["requests"]["totals"]
+    spent = {kind: after.get(kind, 0) - before.get(kind, 0) for kind in ("get", "list")}
+    # gets: the two pointers read; lists: two namespaces and three package names, asked one at a time
+    assert spent["get"] <= 2 and spent["list"] <= 5, spent
 
 
 def test_rm_deletes_pointers_like_quilt3(q3, pushed, mount, s3):

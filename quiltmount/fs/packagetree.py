@@ -226,6 +226,10 @@ class PackagesTree(Tree):
         self._dir_node = Node(is_dir=True, mtime=self.started)
         self._lock = threading.Lock()
         self._packages: tuple[list[str], float] | None = None
+        # Namespace or package -> (whether it has pointers, expiry), asked one at a time (`_in_registry`).
+        self._in_registry_cache: LRUCache[str, tuple[bool, float]] = LRUCache(KEPT_PACKAGES)
+        # (package, pointer) -> (the top hash it names or None, expiry), read one at a time (`_pointer`).
+        self._pointers: LRUCache[tuple[str, str], tuple[str | None, float]] = LRUCache(KEPT_PACKAGES)
         self._versions: LRUCache[str, tuple[dict[str, str], float]] = LRUCache(KEPT_PACKAGES)  # -> expiry
         # Revisions committed here whose index is to be made from their parent's: top hash -> what changed.
         self._changes: LRUCache[str, RevisionChange] = LRUCache(KEPT_COMMITS)
@@ -285,23 +289,32 @@ class PackagesTree(Tree):
 
     def _pointer(self, name: str, pointer: str) -> str | None:
         """What one pointer names: from the listed pointers if they are fresh, else with one read (listing them
-        reads every pointer of the package)."""
+        reads every pointer of the package), kept as long as a listing."""
         with self._lock:
             cached = self._versions.get(name)
+            known = self._pointers.get((name, pointer))
         if cached is not None and self._fresh(cached[1]):
             return cached[0].get(pointer)
+        if known is not None and self._fresh(known[1]):
+            return known[0]
         try:
-            return self.registry.read_pointer(name, pointer)
+            top_hash: str | None = self.registry.read_pointer(name, pointer)
         except NotFound:
-            return None
+            top_hash = None
         except InvalidPointer as exc:  # skipped, as `versions` skips it
             self._report(f"skipping {exc}")
-            return None
+            top_hash = None
+        with self._lock:
+            self._pointers[(name, pointer)] = (top_hash, self._clock() + self.ttl)
+        return top_hash
 
     def _forget(self, name: str) -> None:
         with self._lock:
             self._versions.pop(name, None)
+            for key in [key for key in self._pointers if key[0] == name]:
+                del self._pointers[key]
             self._packages = None
+            self._in_registry_cache.clear()
 
     def _committed(self, name: str, done: Committed) -> None:
         """A draft of `name` was committed: `done.pointer` and `latest` name `done.top_hash` (no pointer: the
@@ -316,6 +329,11 @@ class PackagesTree(Tree):
             if cached is not None and done.pointer is not None:
                 pairs = {**cached[0], done.pointer: top_hash, LATEST: top_hash}
                 self._versions[name] = (_pointer_order(pairs.items()), cached[1])
+            if done.pointer is not None:
+                for pointer in (done.pointer, LATEST):
+                    self._pointers[(name, pointer)] = (top_hash, self._clock() + self.ttl)
+            for path in (name, name.partition("/")[0]):  # it has pointers now (a new package too)
+                self._in_registry_cache[path] = (True, self._clock() + self.ttl)
             if self._packages is not None and name not in self._packages[0]:
                 self._packages = None  # a new package: listed again, in the registry's order
 
@@ -520,8 +538,25 @@ class PackagesTree(Tree):
         return [tree.stats() for tree in trees]
 
     def _package_known(self, name: str) -> bool:
-        return is_valid_package_name(name) and (name in self._emptied or name in self.packages()
-                                                or name in self._draft_packages())
+        return is_valid_package_name(name) and (name in self._emptied or name in self._draft_packages()
+                                                or self._in_registry(name))
+
+    def _in_registry(self, path: str) -> bool:
+        """Whether namespace or package `path` has pointers in the registry: from the listed packages while
+        they are fresh, else asked of the registry for that name alone (and kept as long).  A lookup must not
+        list the registry's every pointer, which `packages()` does (quilt3's `list_packages`): with 10,000
+        pointers, that took 2 s after each expiry, for a `cat` of a package file."""
+        with self._lock:
+            listed = self._packages
+            known = self._in_registry_cache.get(path)
+        if listed is not None and self._fresh(listed[1]):
+            return any(name == path or name.startswith(path + "/") for name in listed[0])
+        if known is not None and self._fresh(known[1]):
+            return known[0]
+        found = self.registry.has_pointers(path)
+        with self._lock:
+            self._in_registry_cache[path] = (found, self._clock() + self.ttl)
+        return found
 
     def _draft_packages(self) -> set[str]:
         """Packages with a draft in this mount's drafts directory (a new package has nothing else)."""
@@ -540,8 +575,9 @@ class PackagesTree(Tree):
             return self._dir_node
         if len(parts) == 1:
             if parts[0] in self._namespaces or any(name.partition("/")[0] == parts[0]
-                                                   for name in self._emptied | self._draft_packages()
-                                                   | set(self.packages())):
+                                                   for name in self._emptied | self._draft_packages()):
+                return self._dir_node
+            if is_valid_package_name(f"{parts[0]}/x") and self._in_registry(parts[0]):
                 return self._dir_node
             raise NotFound(path)
         name = f"{parts[0]}/{parts[1]}"
@@ -552,8 +588,9 @@ class PackagesTree(Tree):
         if len(parts) == 3:
             with self._lock:
                 target = self._pending_links.get((name, parts[2]))
-            if target is None:
-                target = self.versions(name).get(parts[2])
+            if target is None:  # one read of a pointer file, where listing the package's would read them all
+                target = (self._pointer(name, parts[2]) if is_pointer_name(parts[2])
+                          else self.versions(name).get(parts[2]))
             if target is not None:
                 return self._link_node(target)
         raise NotFound(path)
@@ -722,6 +759,7 @@ class PackagesTree(Tree):
         with self._lock:
             self._emptied.discard(name)
             self._packages = None
+            self._in_registry_cache.clear()
 
     def symlink(self, path: str, target: str) -> None:
         inside = self._in_draft(path)

@@ -124,6 +124,12 @@ class Registry:
 
     # -- listing ---------------------------------------------------------------------------------------
 
+    def has_pointers(self, path: str) -> bool:
+        """Whether namespace or package `path` (`NS` or `NS/NAME`) has pointer files (a local registry: its
+        directory exists, as `list_packages` shows one): one listing of at most one key, where
+        `list_packages` lists every pointer of the registry."""
+        return self.store.prefix_exists(f"{self._pointers_root}{path}/")
+
     def list_packages(self) -> list[str]:
         """Names of the packages that have pointer files (`quilt3.list_packages`).
 
