@@ -226,8 +226,8 @@ class PackagesTree(Tree):
         self._dir_node = Node(is_dir=True, mtime=self.started)
         self._lock = threading.Lock()
         self._packages: tuple[list[str], float] | None = None
-        # Namespace or package -> (whether it has pointers, expiry), asked one at a time (`_in_registry`).
-        self._in_registry_cache: LRUCache[str, tuple[bool, float]] = LRUCache(KEPT_PACKAGES)
+        # Namespace -> (its packages, expiry), listed one namespace at a time (`_packages_of`).
+        self._namespace_packages: LRUCache[str, tuple[frozenset[str], float]] = LRUCache(KEPT_PACKAGES)
         # (package, pointer) -> (the top hash it names or None, expiry), read one at a time (`_pointer`).
         self._pointers: LRUCache[tuple[str, str], tuple[str | None, float]] = LRUCache(KEPT_PACKAGES)
         self._versions: LRUCache[str, tuple[dict[str, str], float]] = LRUCache(KEPT_PACKAGES)  # -> expiry
@@ -314,7 +314,7 @@ class PackagesTree(Tree):
             for key in [key for key in self._pointers if key[0] == name]:
                 del self._pointers[key]
             self._packages = None
-            self._in_registry_cache.clear()
+            self._namespace_packages.clear()
 
     def _committed(self, name: str, done: Committed) -> None:
         """A draft of `name` was committed: `done.pointer` and `latest` name `done.top_hash` (no pointer: the
@@ -332,8 +332,10 @@ class PackagesTree(Tree):
             if done.pointer is not None:
                 for pointer in (done.pointer, LATEST):
                     self._pointers[(name, pointer)] = (top_hash, self._clock() + self.ttl)
-            for path in (name, name.partition("/")[0]):  # it has pointers now (a new package too)
-                self._in_registry_cache[path] = (True, self._clock() + self.ttl)
+            namespace = name.partition("/")[0]
+            known = self._namespace_packages.get(namespace)
+            if known is not None:  # it has pointers now (a new package too)
+                self._namespace_packages[namespace] = (known[0] | {name}, known[1])
             if self._packages is not None and name not in self._packages[0]:
                 self._packages = None  # a new package: listed again, in the registry's order
 
@@ -539,24 +541,25 @@ class PackagesTree(Tree):
 
     def _package_known(self, name: str) -> bool:
         return is_valid_package_name(name) and (name in self._emptied or name in self._draft_packages()
-                                                or self._in_registry(name))
+                                                or name in self._packages_of(name.partition("/")[0]))
 
-    def _in_registry(self, path: str) -> bool:
-        """Whether namespace or package `path` has pointers in the registry: from the listed packages while
-        they are fresh, else asked of the registry for that name alone (and kept as long).  A lookup must not
-        list the registry's every pointer, which `packages()` does (quilt3's `list_packages`): with 10,000
-        pointers, that took 2 s after each expiry, for a `cat` of a package file."""
+    def _packages_of(self, namespace: str) -> frozenset[str]:
+        """The packages of `namespace` in the registry: from the listed packages while they are fresh, else
+        one listing of that namespace alone (kept as long).  A lookup must not list the registry's every
+        pointer, which `packages()` does (quilt3's `list_packages`): with 10,000 pointers, that took 2 s after
+        each expiry, for a `cat` of a package file."""
         with self._lock:
             listed = self._packages
-            known = self._in_registry_cache.get(path)
+            known = self._namespace_packages.get(namespace)
         if listed is not None and self._fresh(listed[1]):
-            return any(name == path or name.startswith(path + "/") for name in listed[0])
+            return frozenset(name for name in listed[0] if name.partition("/")[0] == namespace)
         if known is not None and self._fresh(known[1]):
             return known[0]
-        found = self.registry.has_pointers(path)
+        names = frozenset(name for name in self.registry.packages_in(namespace)
+                          if self._showable(f"package {short_repr(name)}", name))
         with self._lock:
-            self._in_registry_cache[path] = (found, self._clock() + self.ttl)
-        return found
+            self._namespace_packages[namespace] = (names, self._clock() + self.ttl)
+        return names
 
     def _draft_packages(self) -> set[str]:
         """Packages with a draft in this mount's drafts directory (a new package has nothing else)."""
@@ -577,7 +580,7 @@ class PackagesTree(Tree):
             if parts[0] in self._namespaces or any(name.partition("/")[0] == parts[0]
                                                    for name in self._emptied | self._draft_packages()):
                 return self._dir_node
-            if is_valid_package_name(f"{parts[0]}/x") and self._in_registry(parts[0]):
+            if is_valid_package_name(f"{parts[0]}/x") and self._packages_of(parts[0]):
                 return self._dir_node
             raise NotFound(path)
         name = f"{parts[0]}/{parts[1]}"
@@ -759,7 +762,7 @@ class PackagesTree(Tree):
         with self._lock:
             self._emptied.discard(name)
             self._packages = None
-            self._in_registry_cache.clear()
+            self._namespace_packages.clear()
 
     def symlink(self, path: str, target: str) -> None:
         inside = self._in_draft(path)

@@ -124,11 +124,13 @@ class Registry:
 
     # -- listing ---------------------------------------------------------------------------------------
 
-    def has_pointers(self, path: str) -> bool:
-        """Whether namespace or package `path` (`NS` or `NS/NAME`) has pointer files (a local registry: its
-        directory exists, as `list_packages` shows one): one listing of at most one key, where
-        `list_packages` lists every pointer of the registry."""
-        return self.store.prefix_exists(f"{self._pointers_root}{path}/")
+    def packages_in(self, namespace: str) -> list[str]:
+        """The packages (`NS/NAME`) of `namespace`, as `list_packages` would name them: a listing of that
+        namespace's package directories (one request per 1,000 packages), where `list_packages` lists every
+        pointer of the registry."""
+        root = f"{self._pointers_root}{namespace}/"
+        return [name for page in self.store.list_dir(root) for prefix in page.prefixes
+                if is_valid_package_name(name := prefix[len(self._pointers_root):-1])]
 
     def list_packages(self) -> list[str]:
         """Names of the packages that have pointer files (`quilt3.list_packages`).
