@@ -350,7 +350,7 @@ def build_index(path: str, open_manifest: Callable[[], IO[bytes]], *, top_hash: 
                 builder = _Builder(temporary, stream, top_hash=top_hash, manifest_url=manifest_url,
                                    ordered=ordered, progress=progress)
                 entries = builder.run()
-            os.utime(temporary, (builder.stamp, builder.stamp))
+            _install(temporary, path, builder.stamp)
         except _Unordered:
             log.info("manifest %s is not in tree order: hashing it in a second pass", manifest_url)
             _remove(temporary)
@@ -358,12 +358,18 @@ def build_index(path: str, open_manifest: Callable[[], IO[bytes]], *, top_hash: 
         except BaseException:
             _remove(temporary)
             raise
-        os.chmod(temporary, 0o600)
-        with open(temporary, "rb") as file:
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
         return entries
     raise AssertionError("unreachable")
+
+
+def _install(temporary: str, path: str, stamp: int) -> None:
+    """Put the finished index `temporary` in place at `path`: its mtime set to `stamp` (what `_modified`
+    checks), private, durable, then renamed over `path` in one step."""
+    os.utime(temporary, (stamp, stamp))
+    os.chmod(temporary, 0o600)
+    with open(temporary, "rb") as file:
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
 
 
 @dataclass
@@ -420,11 +426,7 @@ def derive_index(path: str, parent_path: str, change: RevisionChange, *, top_has
             db.execute("COMMIT")
         finally:
             db.close()
-        os.utime(temporary, (stamp, stamp))
-        os.chmod(temporary, 0o600)
-        with open(temporary, "rb") as file:
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
+        _install(temporary, path, stamp)
         return files
     except BaseException:
         _remove(temporary)

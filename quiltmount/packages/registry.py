@@ -139,16 +139,10 @@ class Registry:
         Local: namespace and package directories, sorted (quilt3 uses `os.listdir` order); a package
         directory without pointers is listed, as quilt3 does.
         """
-        names: list[str] = []
         if self.is_local:
-            for ns_page in self.store.list_dir(self._pointers_root):
-                for ns_prefix in ns_page.prefixes:
-                    for page in self.store.list_dir(ns_prefix):
-                        for prefix in page.prefixes:
-                            name = prefix[len(self._pointers_root):-1]
-                            if is_valid_package_name(name):
-                                names.append(name)
-            return names
+            return [name for page in self.store.list_dir(self._pointers_root) for prefix in page.prefixes
+                    for name in self.packages_in(prefix[len(self._pointers_root):-1])]
+        names: list[str] = []
         previous = None
         for info in self.store.list_keys(self._pointers_root):
             name = info.key[len(self._pointers_root):].rpartition("/")[0]
