@@ -91,6 +91,8 @@ def test_edit_a_draft_with_shell_tools_and_commit_it(q3, local_package, mount, t
     assert os.getxattr(draft, "user.quilt.parent").decode() == pkg.top_hash
     assert (draft / "README.md").read_bytes() == b"changed\n"
     assert fresh_record(mnt)["drafts"][0]["files_written"] == 0
+    written = (registry / ".quilt/packages" / pkg.top_hash).stat().st_mtime  # the new revision's time, as
+    assert (package / "latest/more/x.txt").stat().st_mtime == pytest.approx(written, abs=1e-3)  # any mount's
     assert run_cli("packages", "diff", str(draft), "--json").stdout.strip() == "[]"
 
     # A draft lives until it is committed or removed: across a remount too.

@@ -71,6 +71,35 @@ def test_revisions_read_like_the_source(q3, pushed, mount):
     assert f"latest -> @{latest}" in listing
 
 
+def test_revisions_show_when_they_were_pushed(q3, pushed, mount, s3):
+    """A revision's files and directories show its manifest's LastModified as mtime, the same after a remount
+    (`rsync -a` and `make` from a revision see nothing changed); a timestamp pointer shows its own time."""
+    bucket, revisions = pushed
+    versions = dict(q3.list_package_versions("demo/pkg", registry=f"s3://{bucket}"))
+    pushed_at = {top_hash: s3.head_object(Bucket=bucket, Key=f".quilt/packages/{top_hash}")["LastModified"].timestamp()
+                 for top_hash in revisions}
+
+    def times(mnt: Path) -> dict[str, float]:
+        package = mnt / ".packages/demo/pkg"
+        shown = {pointer: os.lstat(package / pointer).st_mtime for pointer in versions if pointer != "latest"}
+        for top_hash, files in revisions.items():
+            revision = package / f"@{top_hash}"
+            shown[top_hash] = revision.stat().st_mtime
+            shown.update({f"{top_hash}/{key}": (revision / key).stat().st_mtime for key in files})
+            shown[f"{top_hash}/deep/a"] = (revision / "deep/a").stat().st_mtime
+        return shown
+
+    expected = {pointer: float(pointer) for pointer in versions if pointer != "latest"}
+    for top_hash, files in revisions.items():
+        expected.update({top_hash: pushed_at[top_hash], f"{top_hash}/deep/a": pushed_at[top_hash]})
+        expected.update({f"{top_hash}/{key}": pushed_at[top_hash] for key in files})
+    first = mount(f"s3://{bucket}")
+    assert times(first) == expected
+    assert run_cli("umount", str(first)).returncode == 0
+    time.sleep(1.1)  # a time taken from the mount would now differ
+    assert times(mount(f"s3://{bucket}")) == expected  # from the index the first mount built
+
+
 def test_extended_attributes_match_the_manifest(q3, pushed, mount):
     bucket, revisions = pushed
     mnt = mount(f"s3://{bucket}")
@@ -196,6 +225,8 @@ def test_local_registry_built_by_quilt3(q3, tmp_path, mount):
         sorted(os.listdir(registry / ".quilt/named_packages/team/local"))
     assert (mnt / ".packages/team/local/latest/sub/b.txt").read_bytes() == b"B" * 1000
     assert os.getxattr(mnt / ".packages/team/local/latest", "user.quilt.top_hash").decode() == top
+    built_at = (registry / ".quilt/packages" / top).stat().st_mtime
+    assert (mnt / ".packages/team/local/latest/sub/b.txt").stat().st_mtime == pytest.approx(built_at, abs=1e-3)
     one = mount(str(registry), "--package", "team/local")
     assert sorted(os.listdir(one)) == ["a.txt", "sub"]
     subprocess.run(["rm", str(mnt / ".packages/team/local/latest")], check=True)

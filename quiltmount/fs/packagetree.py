@@ -59,6 +59,8 @@ KEPT_PACKAGES = 4096
 #: Commits of this mount whose new revision's index waits to be made from the parent's, at most; and the most
 #: changed keys such a commit may have (a bigger one is as quick to index from its manifest, and is not kept).
 KEPT_COMMITS = 8
+#: Longest timestamp pointer name shown as its symlink's mtime (10 digits: until the year 2286).
+MAX_TIMESTAMP_DIGITS = 10
 MAX_DERIVED_CHANGE = 10_000
 T = TypeVar("T")
 
@@ -397,7 +399,8 @@ class PackagesTree(Tree):
             with self._lock:
                 self._broken[top_hash] = message
             raise StorageError(message, errno.EIO) from None
-        tree = RevisionTree(index, self.stores, self.started, local_files=self.registry.is_local)
+        published = self.started if index.published is None else index.published  # (an index from before)
+        tree = RevisionTree(index, self.stores, published, local_files=self.registry.is_local)
         with self._lock:
             self._revisions[top_hash] = tree
         return tree
@@ -595,12 +598,15 @@ class PackagesTree(Tree):
                 target = (self._pointer(name, parts[2]) if is_pointer_name(parts[2])
                           else self.versions(name).get(parts[2]))
             if target is not None:
-                return self._link_node(target)
+                return self._link_node(parts[2], target)
         raise NotFound(path)
 
-    def _link_node(self, top_hash: str) -> Node:
+    def _link_node(self, pointer: str, top_hash: str) -> Node:
+        """A pointer as a symlink; a timestamp pointer's mtime is its name (quilt3 names it by the push's
+        time), so `ls -lt` orders revisions by when they were pushed."""
         target = REVISION_PREFIX + top_hash
-        return Node(is_dir=False, size=len(target), mtime=self.started, target=target)
+        pushed = int(pointer) if pointer.isdigit() and len(pointer) <= MAX_TIMESTAMP_DIGITS else None
+        return Node(is_dir=False, size=len(target), mtime=self.started if pushed is None else pushed, target=target)
 
     def readdir(self, path: str) -> dict[str, Node]:
         parts, revision, inner = self._route(path)
@@ -619,10 +625,11 @@ class PackagesTree(Tree):
             name = f"{parts[0]}/{parts[1]}"
             if not self._package_known(name):
                 raise NotFound(path)
-            entries = {pointer: self._link_node(top_hash) for pointer, top_hash in self.versions(name).items()}
+            entries = {pointer: self._link_node(pointer, top_hash)
+                       for pointer, top_hash in self.versions(name).items()}
             for (package, temporary), top_hash in self._pending_links.items():
                 if package == name:
-                    entries[temporary] = self._link_node(top_hash)
+                    entries[temporary] = self._link_node(temporary, top_hash)
             if self._draft(name) is not None:
                 entries[DRAFT] = self._dir_node
             return entries

@@ -175,12 +175,12 @@ def commit_revision(registry: Registry, name: str, parent: str | None, changes: 
                                                  new_entries)
         if dedupe and top_hash == latest:
             return Committed(top_hash, None, entries, reused, header.get("user_meta"))
-        change = None if parent is None else RevisionChange(
-            parent, scan.removed, scan.meta_changed, new_entries, scan.kept_dir_meta(), header,
-            os.path.getsize(manifest_path), entries)
         if not force:  # again just before writing, as quilt3 does: the window for a lost update is the writes'
             _check_conflict(_latest(registry, name), parent)
-        registry.store.put_file(registry.manifest_key(top_hash), manifest_path)
+        written = registry.store.put_file(registry.manifest_key(top_hash), manifest_path)
+        change = None if parent is None else RevisionChange(
+            parent, scan.removed, scan.meta_changed, new_entries, scan.kept_dir_meta(), header,
+            os.path.getsize(manifest_path), entries, written.mtime)
     pointer = str(int(clock()))
     registry.set_pointer(name, pointer, top_hash)
     registry.set_pointer(name, LATEST, top_hash)

@@ -13,7 +13,8 @@ dependency.  (LMDB would need one; a hand-written sorted file would need its own
 
 ```
 info(key, value)        format, top_hash, manifest (URL), stamp (the file's mtime), manifest_bytes, entries,
-                        directories, header, complete
+                        directories, header, complete, published (the manifest's LastModified, when known:
+                        the revision's files show it as their mtime)
 nodes(id, parent, name, size, hash_type, hash_value, hash, physical_key, meta)
                         one row per file and directory; the root is id 0 and has no row; directories have
                         size NULL; `meta` is the JSON the xattr shows, `hash` too when the manifest's hash
@@ -169,6 +170,7 @@ class _Builder:
                  progress: Progress | None) -> None:
         self.path = path
         self.reader = _CountingReader(stream)
+        self.published: float | None = getattr(stream, "mtime", None)  # the manifest's LastModified, if known
         self.top_hash = top_hash
         self.manifest_url = manifest_url
         self.ordered = ordered
@@ -214,7 +216,8 @@ class _Builder:
             info = {"format": FORMAT_VERSION, "top_hash": self.top_hash, "manifest": self.manifest_url,
                     "stamp": self.stamp,
                     "manifest_bytes": self.reader.count, "entries": self.entries, "directories": self.directories,
-                    "header": _json(header), "complete": 1}
+                    "header": _json(header), "complete": 1,
+                    **({} if self.published is None else {"published": self.published})}
             self.db.executemany("INSERT INTO info VALUES (?, ?)", info.items())
             self.db.execute("COMMIT")
             self.db.close()
@@ -385,6 +388,7 @@ class RevisionChange:
     header: dict[str, Any]  # the new manifest's header
     manifest_bytes: int
     entries: int  # the new manifest's entries: what the derived index must count
+    published: float  # when the new manifest was written (what its LastModified says, near enough)
 
 
 def derive_index(path: str, parent_path: str, change: RevisionChange, *, top_hash: str,
@@ -421,7 +425,7 @@ def derive_index(path: str, parent_path: str, change: RevisionChange, *, top_has
                            [(key[:-1], _json(meta)) for key, meta in change.dir_meta.items()])
             info = {"format": FORMAT_VERSION, "top_hash": top_hash, "manifest": manifest_url, "stamp": stamp,
                     "manifest_bytes": change.manifest_bytes, "entries": files, "directories": directories,
-                    "header": _json(change.header), "complete": 1}
+                    "header": _json(change.header), "complete": 1, "published": change.published}
             db.executemany("INSERT OR REPLACE INTO info VALUES (?, ?)", info.items())
             db.execute("COMMIT")
         finally:
@@ -549,6 +553,8 @@ class RevisionIndex:
         self.directories = int(info["directories"])
         self.manifest_bytes = int(info["manifest_bytes"])
         self.header: dict[str, Any] = json.loads(info["header"])
+        published = info.get("published")  # (not in indexes made before it was recorded)
+        self.published: float | None = float(published) if isinstance(published, (int, float)) else None
         self._lock = threading.Lock()
 
     def _close_quietly(self) -> None:

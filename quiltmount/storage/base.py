@@ -104,12 +104,15 @@ class ListPage:
 
 class ObjectStream(io.RawIOBase):
     """A streamed object body as a raw binary file: `read` reads up to n bytes; an exception in `errors` is
-    raised as `fail(exc)` (a `StorageError`), so readers see the same errors as from the store's methods."""
+    raised as `fail(exc)` (a `StorageError`), so readers see the same errors as from the store's methods.
+    `mtime`: the object's modification time (S3's LastModified), when the store said."""
 
     def __init__(self, read: Callable[[int], bytes], close: Callable[[], None],
-                 fail: Callable[[Exception], StorageError], errors: tuple[type[Exception], ...]) -> None:
+                 fail: Callable[[Exception], StorageError], errors: tuple[type[Exception], ...], *,
+                 mtime: float | None = None) -> None:
         super().__init__()
         self._read, self._close, self._fail, self._errors = read, close, fail, errors
+        self.mtime = mtime
 
     def readable(self) -> bool:
         return True

@@ -113,9 +113,10 @@ class LocalStore(ObjectStore):
     def open_object(self, key: str) -> ObjectStream:
         try:
             file = open(self._path(key), "rb")
+            mtime = os.fstat(file.fileno()).st_mtime
         except OSError as exc:
             raise self._fail("get", key, exc) from exc
-        return ObjectStream(file.read, file.close, lambda exc: self._fail("read", key, exc), (OSError,))
+        return ObjectStream(file.read, file.close, lambda exc: self._fail("read", key, exc), (OSError,), mtime=mtime)
 
     def put_object(self, key: str, data: bytes, *, metadata: Mapping[str, str] | None = None) -> None:
         self._no_metadata(key, metadata)

@@ -310,12 +310,13 @@ class S3Store(ObjectStore):
 
     def open_object(self, key: str) -> ObjectStream:
         try:
-            body = self._retry_read(key, f"get s3://{self.bucket}/{key}",
-                                    lambda: self._reads.get_object(Bucket=self.bucket, Key=key)["Body"])
+            response = self._retry_read(key, f"get s3://{self.bucket}/{key}",
+                                        lambda: self._reads.get_object(Bucket=self.bucket, Key=key))
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise self._fail("get", key, exc) from exc
+        body = response["Body"]
         return ObjectStream(body.read, body.close, lambda exc: self._fail("read", key, exc),
-                            (botocore.exceptions.BotoCoreError, OSError))
+                            (botocore.exceptions.BotoCoreError, OSError), mtime=response["LastModified"].timestamp())
 
     def put_object(self, key: str, data: bytes, *, metadata: Mapping[str, str] | None = None) -> None:
         try:
