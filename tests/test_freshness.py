@@ -187,6 +187,25 @@ def test_an_object_replaced_elsewhere_is_read_anew_by_the_next_open(s3, bucket, 
     assert f" {len(bodies['grows.txt'][1])} " in listed and f" {len(bodies['large.bin'][1])} " in listed
 
 
+def test_an_object_replaced_by_one_of_its_size_in_the_same_second_is_read_anew_after_the_ttl(s3, bucket, mount):
+    """Same size, same LastModified (whole seconds): the kernel, which keeps a file's pages across opens while
+    its size and mtime stay the same, must still be told once the listing shows another ETag."""
+    mnt = mount(f"s3://{bucket}", "--metadata-ttl", "1")
+    for attempt in range(5):  # until both writes fall in one second
+        key = f"same-{attempt}.txt"
+        s3.put_object(Bucket=bucket, Key=key, Body=b"AAAA")
+        assert cat(mnt / key) == b"AAAA"  # its pages are in the kernel now
+        s3.put_object(Bucket=bucket, Key=key, Body=b"BBBB")
+        listed = {item["Key"]: item["LastModified"] for item in s3.list_objects_v2(Bucket=bucket)["Contents"]}
+        if listed[key].timestamp() == os.stat(mnt / key).st_mtime:
+            break
+    else:
+        pytest.skip("no two writes in one second")
+    time.sleep(2.2)  # the listing, and the name, expire
+    assert cat(mnt / key) == b"BBBB"
+    assert cat(mnt / key) == b"BBBB"
+
+
 def test_a_file_written_here_then_replaced_elsewhere(s3, bucket, mount):
     """s3fs-fuse's test_external_modification: written through the mount, then by another client."""
     mnt = mount(f"s3://{bucket}")
@@ -296,3 +315,26 @@ def test_ls_l_find_du_of_an_old_listing_make_no_head(s3, bucket, mount):
     assert run("du", "-s", mnt / "many").returncode == 0
     after = requests(mnt)
     assert after.get("head", 0) == before.get("head", 0), (before, after)
+
+
+def test_paths_the_opener_forgets_have_their_kernel_pages_dropped(monkeypatch):
+    """The opener remembers a bounded number of paths' objects: a path it forgets could be replaced unseen, so
+    the kernel is told to drop its pages."""
+    from quiltmount.fs import handles
+
+    class Kernel:
+        def __init__(self) -> None:
+            self.dropped: list[str] = []
+
+        def invalidate(self, path: str) -> None:
+            raise AssertionError("not from an open")
+
+        def invalidate_soon(self, path: str) -> None:
+            self.dropped.append(path)
+
+    monkeypatch.setattr(handles, "OPENED_OBJECTS_KEPT", 2)
+    kernel = Kernel()
+    opened = handles._OpenedObjects(kernel)
+    for path in ("/a", "/b", "/a", "/c"):
+        opened[path] = "etag"
+    assert kernel.dropped == ["/b"] and sorted(opened) == ["/a", "/c"]

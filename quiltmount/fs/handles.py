@@ -12,7 +12,10 @@ The adapter (`operations.py`) only translates: it keeps the handles by number an
 
 An object another client replaced after the mount listed it is found by the GET of its first block, which
 an open makes (unless a cache has the block): the open then reads the new version and has the kernel drop
-what it cached of the old one (`FileOpener`).
+what it cached of the old one (`FileOpener`).  One found replaced by a new listing is read anew too: the
+kernel keeps a file's pages across opens while its size and mtime stay the same (`auto_cache`), which a
+replacement of the same size in the same second (S3's times are whole seconds) does not change, so the
+opener drops them itself when a path opens as another object than the one it last opened (`_OpenedObjects`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
+
+from cachetools import LRUCache
 
 from quiltmount.errors import NotFound, ObjectChanged, StorageError
 from quiltmount.fs.dirty import DirtyFile
@@ -37,6 +42,8 @@ log = logging.getLogger(__name__)
 
 #: Bytes per GET when a package entry whose cached copy failed its hash is read again from its source.
 RECHECK_CHUNK = 8 << 20
+#: Paths whose last opened object the opener remembers (`_OpenedObjects`): about 200 bytes each.
+OPENED_OBJECTS_KEPT = 16_384
 
 class ReadHandle(FileHandle):
     """An open stored object: reads through the block cache and read-ahead (`ReadStream`); a package entry's
@@ -225,6 +232,22 @@ def is_write_open(flags: int) -> bool:
     return flags & os.O_ACCMODE != os.O_RDONLY or bool(flags & os.O_TRUNC)
 
 
+class _OpenedObjects(LRUCache):
+    """Path -> the ETag of the object last opened for reading there, for the replaceable objects the kernel may
+    hold pages of.  A path forgotten to keep this bounded has those pages dropped, as it can no longer be told
+    whether they are of the object the path names."""
+
+    def __init__(self, kernel: KernelCache | None) -> None:
+        super().__init__(OPENED_OBJECTS_KEPT)
+        self.kernel = kernel
+
+    def popitem(self) -> tuple[str, str]:
+        path, etag = super().popitem()
+        if self.kernel is not None:
+            self.kernel.invalidate_soon(path)
+        return path, etag
+
+
 class FileOpener:
     """Opens the files of one mount: the read path's parts (fetcher, verification workers, window) in one
     place, so the FUSE adapter needs none of them."""
@@ -239,6 +262,8 @@ class FileOpener:
         self.kernel = kernel
         self.corrupt = CorruptObjects()
         self._hashing = ThreadPoolExecutor(max_workers=hash_workers, thread_name_prefix="hash")
+        self._opened = _OpenedObjects(kernel)
+        self._opened_lock = threading.Lock()
 
     def open(self, path: str, flags: int) -> FileHandle:
         """A handle on `path`.  A stored object that can be replaced under its name (one pinned by its ETag
@@ -255,8 +280,19 @@ class FileOpener:
             try:
                 handle.load_first_block()
             except ObjectChanged as changed:
-                return self._reopen(path, handle.stream.obj, changed)
+                handle = self._reopen(path, handle.stream.obj, changed)
+            self._opening(path, handle.stream.obj)
         return handle
+
+    def _opening(self, path: str, obj: ObjectInfo) -> None:
+        """`path` opens as `obj`: if it last opened as another object, the kernel drops the pages it may keep
+        of that one (before the open returns: it decides on them just after)."""
+        with self._opened_lock:
+            before = self._opened.get(path)
+            self._opened[path] = obj.etag
+        if before is not None and before != obj.etag and self.kernel is not None:
+            log.debug("%r opens as another object than last time: the kernel's pages of it dropped", path)
+            self.kernel.invalidate(path)
 
     def _read_handle(self, path: str, node: Node) -> ReadHandle:
         if node.is_dir or node.obj is None or node.store is None:
