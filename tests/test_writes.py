@@ -182,6 +182,30 @@ def test_links_and_fifos_without_posix_metadata_are_refused_as_unsupported(s3, b
     assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == ["f.txt"]
 
 
+def test_names_over_255_bytes_are_refused_as_too_long(s3, bucket, mount):
+    """A name no directory entry can show is refused when it would be made (ENAMETOOLONG, as on a local disk),
+    never written to S3 and then hidden from every listing; 255 bytes is fine."""
+    mnt = mount(f"s3://{bucket}", "--posix-metadata")
+    longest, too_long = "é" * 127 + "x", "é" * 128  # 255 and 256 bytes
+    (mnt / longest).write_bytes(b"fits")
+    (mnt / "keep.txt").write_bytes(b"keep")
+    (mnt / "d").mkdir()
+    attempts = {"create": lambda: (mnt / too_long).write_bytes(b"x"),
+                "mkdir": lambda: (mnt / too_long).mkdir(),
+                "rename": lambda: os.rename(mnt / "keep.txt", mnt / "d" / too_long),
+                "symlink": lambda: os.symlink("keep.txt", mnt / too_long),
+                "mkfifo": lambda: os.mkfifo(mnt / too_long)}
+    for what, attempt in attempts.items():
+        with pytest.raises(OSError) as failure:
+            attempt()
+        assert failure.value.errno == errno.ENAMETOOLONG, what
+    assert sorted(os.listdir(mnt)) == sorted(["d", "keep.txt", longest])
+    assert (mnt / "keep.txt").read_bytes() == b"keep" and (mnt / longest).read_bytes() == b"fits"
+    assert run_cli("umount", str(mnt)).returncode == 0
+    keys = {item["Key"] for item in s3.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert keys == {"d/", "keep.txt", longest}
+
+
 def test_writes_under_reserved_names_are_refused(bucket, mount):
     mnt = mount(f"s3://{bucket}")
     for path in (mnt / ".packages" / "x.txt", mnt / ".search" / "query" / "x.txt"):

@@ -21,6 +21,7 @@ from mfusepy import ENOATTR, FuseOSError, Operations, fuse_get_context
 
 from quiltmount.errors import NotFound, StorageError
 from quiltmount.fs.handles import FileOpener
+from quiltmount.names import MAX_NAME_BYTES
 from quiltmount.fs.node import FileHandle, Node, Tree
 from quiltmount.posixmeta import AttrChange, NewAttrs
 
@@ -72,6 +73,15 @@ def _translate(method: Callable) -> Callable:
             raise FuseOSError(errno.EIO) from None
 
     return wrapper
+
+
+def _new_name(path: str) -> str:
+    """`path` (from the kernel) as the tree names it, for an entry about to be made there: ENAMETOOLONG if its
+    name is over 255 bytes, as a local file system answers (the kernel leaves the check to us): an object of
+    that name would be written, then never listed, since no directory entry can show it."""
+    if len(path.rpartition("/")[2].encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        raise StorageError(f"name longer than {MAX_NAME_BYTES} bytes", errno.ENAMETOOLONG)
+    return path[1:]
 
 
 class MountOperations(Operations):
@@ -214,7 +224,7 @@ class MountOperations(Operations):
 
     @_translate
     def create(self, path: str, mode: int, flags: int = 0) -> int:
-        handle = self.files.create(path[1:])
+        handle = self.files.create(_new_name(path))
         try:
             self.tree.created(path[1:], _new(mode))
         except BaseException:
@@ -264,23 +274,23 @@ class MountOperations(Operations):
 
     @_translate
     def mkdir(self, path: str, mode: int) -> None:
-        self.tree.make_dir(path[1:], _new(mode))
+        self.tree.make_dir(_new_name(path), _new(mode))
 
     @_translate
     def symlink(self, path: str, target: str) -> None:
-        self.tree.make_symlink(path[1:], target, _new(stat.S_IFLNK | 0o777))
+        self.tree.make_symlink(_new_name(path), target, _new(stat.S_IFLNK | 0o777))
 
     @_translate
     def mknod(self, path: str, mode: int, dev: int) -> None:
-        self.tree.make_node(path[1:], _new(mode))
+        self.tree.make_node(_new_name(path), _new(mode))
 
     @_translate
     def link(self, path: str, target: str) -> None:
-        self.tree.link(path[1:], target[1:])
+        self.tree.link(_new_name(path), target[1:])
 
     @_translate
     def rename(self, old: str, new: str) -> None:
-        self.tree.rename(old[1:], new[1:])
+        self.tree.rename(old[1:], _new_name(new))
 
     @_translate
     def chmod(self, path: str, mode: int) -> None:
