@@ -597,7 +597,9 @@ def test_a_committed_revisions_index_made_from_its_parents_is_the_one_its_manife
     assert "deep/er/most" not in got["nodes"] and "gone" not in got["nodes"] and "fresh/a b" in got["nodes"]
     assert got["dir_meta"] == {"deep/er": json.dumps({"about": "er"})}
     assert got == want
-    ix.RevisionIndex(derived, top_hash=done.top_hash, manifest_url=registry.manifest_url(done.top_hash)).close()
+    made = ix.RevisionIndex(derived, top_hash=done.top_hash, manifest_url=registry.manifest_url(done.top_hash))
+    assert made.manifest_etag == registry.store.head(registry.manifest_key(done.top_hash)).etag  # not rebuilt
+    made.close()
 
     # A commit on the derived revision derives again; a count that cannot match is refused, nothing written.
     again = commit_revision(registry, "demo/pkg", done.top_hash, Changes(deleted={"docs/README.md"}), message="3")

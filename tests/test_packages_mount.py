@@ -100,6 +100,27 @@ def test_revisions_show_when_they_were_pushed(q3, pushed, mount, s3):
     assert times(mount(f"s3://{bucket}")) == expected  # from the index the first mount built
 
 
+def test_a_manifest_rewritten_under_the_same_top_hash_is_indexed_again(q3, s3, bucket, mount, tmp_path):
+    """The top hash leaves physical keys out: quilt3 pushing the same content as another package rewrites the
+    manifest with that package's keys.  An index of the first manifest, kept from an earlier mount, must not
+    be used for the second (its files were read from the first package's keys: EIO once those are gone)."""
+    source = write_tree(tmp_path / "src", {"f.txt": b"same content\n"})
+    first = q3.Package().set_dir(".", str(source)).push("ns/a", registry=f"s3://{bucket}", message="m",
+                                                           force=True).top_hash
+    mnt = mount(f"s3://{bucket}", "--disk-cache-size", "0")
+    assert (mnt / ".packages/ns/a/latest/f.txt").read_bytes() == b"same content\n"  # indexed
+    assert run_cli("umount", str(mnt)).returncode == 0
+    second = q3.Package().set_dir(".", str(source)).push("ns/b", registry=f"s3://{bucket}", message="m",
+                                                            force=True).top_hash
+    assert second == first
+    s3.delete_object(Bucket=bucket, Key="ns/a/f.txt")
+    again = mount(f"s3://{bucket}", "--disk-cache-size", "0")
+    entry = q3.Package.browse("ns/b", registry=f"s3://{bucket}")["f.txt"]
+    shown = again / ".packages/ns/b/latest/f.txt"
+    assert os.getxattr(shown, "user.quilt.physical_key").decode() == str(entry.physical_key)
+    assert shown.read_bytes() == b"same content\n"
+
+
 def test_extended_attributes_match_the_manifest(q3, pushed, mount):
     bucket, revisions = pushed
     mnt = mount(f"s3://{bucket}")

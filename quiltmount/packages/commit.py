@@ -180,7 +180,7 @@ def commit_revision(registry: Registry, name: str, parent: str | None, changes: 
         written = registry.store.put_file(registry.manifest_key(top_hash), manifest_path)
         change = None if parent is None else RevisionChange(
             parent, scan.removed, scan.meta_changed, new_entries, scan.kept_dir_meta(), header,
-            os.path.getsize(manifest_path), entries, written.mtime)
+            os.path.getsize(manifest_path), entries, written.mtime, written.etag)
     pointer = str(int(clock()))
     registry.set_pointer(name, pointer, top_hash)
     registry.set_pointer(name, LATEST, top_hash)

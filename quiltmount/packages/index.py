@@ -14,7 +14,9 @@ dependency.  (LMDB would need one; a hand-written sorted file would need its own
 ```
 info(key, value)        format, top_hash, manifest (URL), stamp (the file's mtime), manifest_bytes, entries,
                         directories, header, complete, published (the manifest's LastModified, when known:
-                        the revision's files show it as their mtime)
+                        the revision's files show it as their mtime), manifest_etag (the manifest's ETag, when
+                        known: physical keys are not in the top hash, so a push of the same content under
+                        another name rewrites the manifest with other ones, and the index is then rebuilt)
 nodes(id, parent, name, size, hash_type, hash_value, hash, physical_key, meta)
                         one row per file and directory; the root is id 0 and has no row; directories have
                         size NULL; `meta` is the JSON the xattr shows, `hash` too when the manifest's hash
@@ -171,6 +173,7 @@ class _Builder:
         self.path = path
         self.reader = _CountingReader(stream)
         self.published: float | None = getattr(stream, "mtime", None)  # the manifest's LastModified, if known
+        self.manifest_etag: str | None = getattr(stream, "etag", None)
         self.top_hash = top_hash
         self.manifest_url = manifest_url
         self.ordered = ordered
@@ -217,7 +220,8 @@ class _Builder:
                     "stamp": self.stamp,
                     "manifest_bytes": self.reader.count, "entries": self.entries, "directories": self.directories,
                     "header": _json(header), "complete": 1,
-                    **({} if self.published is None else {"published": self.published})}
+                    **({} if self.published is None else {"published": self.published}),
+                    **({} if self.manifest_etag is None else {"manifest_etag": self.manifest_etag})}
             self.db.executemany("INSERT INTO info VALUES (?, ?)", info.items())
             self.db.execute("COMMIT")
             self.db.close()
@@ -389,6 +393,7 @@ class RevisionChange:
     manifest_bytes: int
     entries: int  # the new manifest's entries: what the derived index must count
     published: float  # when the new manifest was written (what its LastModified says, near enough)
+    manifest_etag: str | None  # the new manifest's ETag
 
 
 def derive_index(path: str, parent_path: str, change: RevisionChange, *, top_hash: str,
@@ -425,7 +430,8 @@ def derive_index(path: str, parent_path: str, change: RevisionChange, *, top_has
                            [(key[:-1], _json(meta)) for key, meta in change.dir_meta.items()])
             info = {"format": FORMAT_VERSION, "top_hash": top_hash, "manifest": manifest_url, "stamp": stamp,
                     "manifest_bytes": change.manifest_bytes, "entries": files, "directories": directories,
-                    "header": _json(change.header), "complete": 1, "published": change.published}
+                    "header": _json(change.header), "complete": 1, "published": change.published,
+                    **({} if change.manifest_etag is None else {"manifest_etag": change.manifest_etag})}
             db.executemany("INSERT OR REPLACE INTO info VALUES (?, ?)", info.items())
             db.execute("COMMIT")
         finally:
@@ -555,6 +561,7 @@ class RevisionIndex:
         self.header: dict[str, Any] = json.loads(info["header"])
         published = info.get("published")  # (not in indexes made before it was recorded)
         self.published: float | None = float(published) if isinstance(published, (int, float)) else None
+        self.manifest_etag: str | None = info.get("manifest_etag")  # (the same)
         self._lock = threading.Lock()
 
     def _close_quietly(self) -> None:
@@ -666,13 +673,21 @@ def _modified(path: str, info: dict[str, Any]) -> str | None:
 
 
 def open_or_build(path: str, open_manifest: Callable[[], IO[bytes]], *, top_hash: str, manifest_url: str,
-                  progress: Progress | None = None) -> RevisionIndex:
-    """The index at `path`, built first if it is missing or cannot be trusted."""
+                  progress: Progress | None = None,
+                  manifest_etag: Callable[[], str | None] | None = None) -> RevisionIndex:
+    """The index at `path`, built first if it is missing or cannot be trusted: also when `manifest_etag()`
+    (the manifest's ETag now) is not the one it was built from (an index that recorded none is trusted)."""
     if os.path.exists(path):
         try:
-            return RevisionIndex(path, top_hash=top_hash, manifest_url=manifest_url)
+            index = RevisionIndex(path, top_hash=top_hash, manifest_url=manifest_url)
         except IndexUnusable as exc:
             log.warning("%s: rebuilding it", exc)
+        else:
+            if index.manifest_etag is None or manifest_etag is None or manifest_etag() == index.manifest_etag:
+                return index
+            index.close()
+            log.warning("index %s: the manifest %s was rewritten since (another ETag; physical keys and directory "
+                        "metadata can change without changing the top hash): rebuilding it", path, manifest_url)
     started = time.monotonic()
     try:
         entries = build_index(path, open_manifest, top_hash=top_hash, manifest_url=manifest_url,

@@ -105,14 +105,14 @@ class ListPage:
 class ObjectStream(io.RawIOBase):
     """A streamed object body as a raw binary file: `read` reads up to n bytes; an exception in `errors` is
     raised as `fail(exc)` (a `StorageError`), so readers see the same errors as from the store's methods.
-    `mtime`: the object's modification time (S3's LastModified), when the store said."""
+    `etag` and `mtime`: the object's, as `head` gives them, when the store said."""
 
     def __init__(self, read: Callable[[int], bytes], close: Callable[[], None],
                  fail: Callable[[Exception], StorageError], errors: tuple[type[Exception], ...], *,
-                 mtime: float | None = None) -> None:
+                 etag: str | None = None, mtime: float | None = None) -> None:
         super().__init__()
         self._read, self._close, self._fail, self._errors = read, close, fail, errors
-        self.mtime = mtime
+        self.etag, self.mtime = etag, mtime
 
     def readable(self) -> bool:
         return True

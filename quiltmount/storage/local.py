@@ -113,10 +113,11 @@ class LocalStore(ObjectStore):
     def open_object(self, key: str) -> ObjectStream:
         try:
             file = open(self._path(key), "rb")
-            mtime = os.fstat(file.fileno()).st_mtime
+            st = os.fstat(file.fileno())
         except OSError as exc:
             raise self._fail("get", key, exc) from exc
-        return ObjectStream(file.read, file.close, lambda exc: self._fail("read", key, exc), (OSError,), mtime=mtime)
+        return ObjectStream(file.read, file.close, lambda exc: self._fail("read", key, exc), (OSError,),
+                            etag=_fingerprint(st), mtime=st.st_mtime)
 
     def put_object(self, key: str, data: bytes, *, metadata: Mapping[str, str] | None = None) -> None:
         self._no_metadata(key, metadata)

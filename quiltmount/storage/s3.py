@@ -316,7 +316,8 @@ class S3Store(ObjectStore):
             raise self._fail("get", key, exc) from exc
         body = response["Body"]
         return ObjectStream(body.read, body.close, lambda exc: self._fail("read", key, exc),
-                            (botocore.exceptions.BotoCoreError, OSError), mtime=response["LastModified"].timestamp())
+                            (botocore.exceptions.BotoCoreError, OSError), etag=response["ETag"],
+                            mtime=response["LastModified"].timestamp())
 
     def put_object(self, key: str, data: bytes, *, metadata: Mapping[str, str] | None = None) -> None:
         try:
