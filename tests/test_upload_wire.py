@@ -5,6 +5,7 @@ exactly its bytes, and over plain HTTP the payload is not hashed a second time f
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import random
 import threading
@@ -15,7 +16,8 @@ import pytest
 from botocore.config import Config
 
 from faultproxy import FaultProxy, _Upstream
-from quiltmount.storage.s3 import S3Store
+from quiltmount.errors import StorageError
+from quiltmount.storage.s3 import S3Store, _PartBody
 from quiltmount.units import PART_SIZE
 
 BUCKET = "upload-wire-bucket"
@@ -68,3 +70,19 @@ def test_upload_bodies_carry_their_checksum_and_are_not_hashed_again(proxy: Reco
     s3 = boto3.client("s3", endpoint_url=s3_server.endpoint_url, config=Config(s3={"addressing_style": "path"}))
     assert info.size == size
     assert s3.get_object(Bucket=BUCKET, Key="wire/file.bin")["Body"].read() == data
+
+
+def test_a_part_whose_file_gets_shorter_while_it_is_sent_fails_at_once(tmp_path):
+    """A part streams from its staged file; a truncate meanwhile must fail the part, not leave the request
+    short of its Content-Length (the server would wait for the rest until the read timeout)."""
+    path = tmp_path / "staged"
+    path.write_bytes(random.Random(3).randbytes(1 << 20))
+    with _PartBody.from_filename(str(path), 0, 1 << 20, enable_callbacks=False) as body:
+        assert len(body.read(1000)) == 1000
+        with open(path, "r+b") as file:
+            file.truncate(5000)
+        with pytest.raises(StorageError) as failure:
+            body.read(64 << 10)
+        assert failure.value.errno == errno.EIO
+    with _PartBody.from_filename(str(path), 0, 5000, enable_callbacks=False) as body:
+        assert len(body.read()) == 5000 and body.read(10) == b""  # the whole part, then its end: no error

@@ -206,6 +206,27 @@ def test_names_over_255_bytes_are_refused_as_too_long(s3, bucket, mount):
     assert keys == {"d/", "keep.txt", longest}
 
 
+def test_a_streamed_file_truncated_at_once_leaves_no_upload_behind(s3, bucket, mount):
+    """A file written in order has its parts sent while written; cut short at once (a part still in flight
+    streams from the shorter file), its upload is aborted without waiting for a timeout, and an unmount right
+    after leaves no multipart upload in S3."""
+    mnt = mount(f"s3://{bucket}")
+    data = os.urandom(20 << 20)  # two whole parts go while it is written
+    started = time.monotonic()
+    fd = os.open(mnt / "f.bin", os.O_CREAT | os.O_TRUNC | os.O_WRONLY)
+    try:
+        os.write(fd, data)
+        os.ftruncate(fd, 5 << 20)
+        os.write(fd, b"tail")
+    finally:
+        os.close(fd)
+    assert run_cli("umount", str(mnt)).returncode == 0
+    assert time.monotonic() - started < 30  # not a read timeout (60 s)
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    landed = s3.get_object(Bucket=bucket, Key="f.bin")["Body"].read()
+    assert landed == data[:5 << 20] + bytes(15 << 20) + b"tail"  # (written at the descriptor's offset)
+
+
 def test_writes_under_reserved_names_are_refused(bucket, mount):
     mnt = mount(f"s3://{bucket}")
     for path in (mnt / ".packages" / "x.txt", mnt / ".search" / "query" / "x.txt"):

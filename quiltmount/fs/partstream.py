@@ -38,6 +38,7 @@ class PartStreams:
         self.store = store
         self.staging = staging
         self._streams: dict[str, _Stream] = {}  # staged id -> parts sent while a sequential writer writes
+        self._aborting: set[threading.Thread] = set()  # `_abort_soon`'s, until done: `close` waits for them
         self._lock = threading.Lock()
 
     def start(self, staged: StagedFile, data_path: str, key: str | None = None) -> None:
@@ -120,13 +121,19 @@ class PartStreams:
         return None
 
     def close(self) -> None:
-        """Unmounting: files still open keep their staged bytes, their parts go."""
+        """Unmounting: files still open keep their staged bytes, their parts go, and so do those of streams
+        dropped just before (an upload whose file has landed since is no longer journalled: no later mount
+        would abort it)."""
         with self._lock:
             streams = list(self._streams.values())
             self._streams.clear()
         for stream in streams:
             if stream.parts:
                 self._abort(stream)
+        with self._lock:
+            aborting = list(self._aborting)
+        for thread in aborting:
+            thread.join()
 
     def _abort(self, stream: _Stream) -> None:
         """Abort a stream's upload (waiting for its parts in flight): its file's journal no longer names it (if
@@ -136,5 +143,17 @@ class PartStreams:
 
     def _abort_soon(self, stream: _Stream) -> None:
         """`_abort` in the background."""
-        if stream.parts:
-            threading.Thread(target=self._abort, args=(stream,), name="abort-upload", daemon=True).start()
+        if not stream.parts:
+            return
+
+        def abort() -> None:
+            try:
+                self._abort(stream)
+            finally:
+                with self._lock:
+                    self._aborting.discard(thread)
+
+        thread = threading.Thread(target=abort, name="abort-upload", daemon=True)
+        with self._lock:
+            self._aborting.add(thread)
+        thread.start()

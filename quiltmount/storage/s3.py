@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import errno
 import dataclasses
 import hashlib
 import logging
@@ -424,6 +425,20 @@ class S3Store(ObjectStore):
             client.close()
 
 
+class _PartBody(ReadFileChunk):
+    """A part's bytes, streamed from its staged file, which fail the part at once if the file gets shorter:
+    a truncate while the part is sent would leave the request short of its Content-Length, and the server
+    would wait for the rest until the read timeout (60 s), the part's worker with it."""
+
+    def read(self, amount: int | None = None) -> bytes:
+        left = max(self._size - self._amount_read, 0)
+        wanted = left if amount is None or amount < 0 else min(left, amount)
+        data = super().read(amount)
+        if len(data) < wanted:
+            raise StorageError(f"{self._fileobj.name}: truncated while a part of it was sent", errno.EIO)
+        return data
+
+
 def _sha256_of_range(path: str, start: int, size: int) -> tuple[str, int]:
     """(base64 SHA-256, length) of bytes [start, start+size) of the file, clipped at its end."""
     digest = hashlib.sha256()
@@ -539,7 +554,9 @@ class PartUpload:
         upload_id = self._id()
         start = (number - 1) * self.part_size
         checksum, length = _sha256_of_range(self.path, start, self.part_size)
-        with ReadFileChunk.from_filename(self.path, start, length, enable_callbacks=False) as body:
+        with _PartBody.from_filename(self.path, start, length, enable_callbacks=False) as body:
+            if len(body) != length:
+                raise StorageError(f"{self.path}: truncated before part {number} of it was sent", errno.EIO)
             response = self._upload_client.upload_part(Bucket=self.bucket, Key=self.key, UploadId=upload_id,
                                                         PartNumber=number, Body=body, ContentLength=length,
                                                         ChecksumSHA256=checksum)
