@@ -218,6 +218,8 @@ def test_a_remount_reads_from_disk_without_a_request(s3, new_bucket, mount, own_
     s3.put_object(Bucket=bucket, Key="small.txt", Body=b"small\n")
     first = mount(f"s3://{bucket}")
     assert read_in_order(first / "dir/big.bin") == data and cat(first / "small.txt") == b"small\n"
+    [record] = records(first)
+    assert record["cache"]["disk_misses"] == blocks_in(len(data)) + 1, record["cache"]  # each read from S3
     unmount(first)
     cached = blocks_of(own_disk_cache, "dir/big.bin")
     assert sorted(cached) == list(range(blocks_in(len(data))))
@@ -233,7 +235,7 @@ def test_a_remount_reads_from_disk_without_a_request(s3, new_bucket, mount, own_
     [record] = records(second)
     assert s3_reads(record) == (0, 0), record["requests"]
     assert record["cache"]["disk_enabled"] is True and record["cache"]["disk_dir"] == str(own_disk_cache)
-    assert record["cache"]["disk_hits"] >= blocks_in(len(data)) + 1
+    assert record["cache"]["disk_hits"] >= blocks_in(len(data)) + 1 and record["cache"]["disk_misses"] == 0
     assert record["cache"]["disk_used"] == setting(own_disk_cache, "bytes") > len(data)
 
 

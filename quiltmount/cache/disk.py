@@ -251,10 +251,8 @@ class DiskCache:
         """The block's bytes, checked against their size and checksum; None if not cached (or damaged)."""
         row = self._row(key, block) if self.enabled else None
         data = None if row is None else self._read_checked(key, block, *row)
-        with self._counts:
-            if data is None:
-                self.misses += 1
-            else:
+        if data is not None:  # (a miss is counted when the block, read from the source instead, is `put`)
+            with self._counts:
                 self.hits += 1
                 self._touched[(key, block)] = time.time()
         return data
@@ -324,7 +322,11 @@ class DiskCache:
         `pending`: the block is not served until `mark_checked(key, pending)` says the whole content it is
         part of was checked (a package entry is checked against its hash once read whole; until then its
         bytes are only what one source said, and a wrong source must not spoil the entry for every other)."""
-        if not self.enabled or len(data) > self._capacity:
+        if not self.enabled:
+            return False
+        with self._counts:  # read from the source, not from here: every way blocks are read comes here
+            self.misses += 1
+        if len(data) > self._capacity:
             return False
         deadline = None if wait else time.monotonic() + QUEUE_WAIT
         with self._room:
