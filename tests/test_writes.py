@@ -227,6 +227,21 @@ def test_a_streamed_file_truncated_at_once_leaves_no_upload_behind(s3, bucket, m
     assert landed == data[:5 << 20] + bytes(15 << 20) + b"tail"  # (written at the descriptor's offset)
 
 
+def test_rmdir_of_a_directory_holding_only_keys_no_name_can_show_is_refused(s3, bucket, mount):
+    """`x//y` makes `x` a directory that lists as empty: rmdir cannot empty it, so it says ENOTEMPTY rather
+    than succeed and leave it there (`rm -rf` then reports it)."""
+    s3.put_object(Bucket=bucket, Key="x//y", Body=b"d")
+    s3.put_object(Bucket=bucket, Key="e/", Body=b"")
+    mnt = mount(f"s3://{bucket}")
+    assert os.listdir(mnt / "x") == []
+    with pytest.raises(OSError) as failure:
+        os.rmdir(mnt / "x")
+    assert failure.value.errno == errno.ENOTEMPTY
+    assert (mnt / "x").is_dir()
+    os.rmdir(mnt / "e")  # an empty directory's marker still goes
+    assert sorted(os.listdir(mnt)) == ["x"]
+
+
 def test_writes_under_reserved_names_are_refused(bucket, mount):
     mnt = mount(f"s3://{bucket}")
     for path in (mnt / ".packages" / "x.txt", mnt / ".search" / "query" / "x.txt"):

@@ -304,6 +304,9 @@ class WritableBucketTree(Tree):
         self.bucket.forget_listing(path)
         if self.readdir(path):
             raise StorageError(f"{path}: directory not empty", errno.ENOTEMPTY)
+        hidden = self.bucket.hidden_key(path)
+        if hidden is not None:  # (removing the marker would leave the directory there, rmdir "done")
+            raise StorageError(f"{path}: holds keys no name can show, such as {hidden!r}", errno.ENOTEMPTY)
         self.store.delete_object(self.bucket.key_of(path) + "/")
         self.bucket.forget(path)
 

@@ -67,6 +67,8 @@ class BucketTree(Tree):
         self._negative: TTLCache[str, bool] = TTLCache(negative_cache_size, max(self.negative_ttl, 1e-9),
                                                        timer=clock)
         self._reported_keys: LRUCache[str, bool] = LRUCache(10_000)
+        # Directory -> a key under it its last listing from the store could not show (`hidden_key`).
+        self._hidden: LRUCache[str, str] = LRUCache(1_024)
         self._lock = threading.Lock()
         self._listings_in_progress: SingleFlight[dict[str, Node]] = SingleFlight()
         # Bumped by every local change: a listing or lookup that started before a change is not cached,
@@ -239,6 +241,7 @@ class BucketTree(Tree):
         files: dict[str, Node] = {}
         dirs: dict[str, Node] = {}
         dir_node = self.dir_node()
+        hidden = None
         for page in self.store.list_dir(prefix):
             for obj in page.objects:
                 name = obj.key[len(prefix):]
@@ -247,6 +250,7 @@ class BucketTree(Tree):
                 reason = invalid_name_reason(name)
                 if reason:
                     self._report(obj.key, reason)
+                    hidden = hidden or obj.key
                     continue
                 files[name] = self._file_node(obj)
             for child in page.prefixes:
@@ -254,8 +258,14 @@ class BucketTree(Tree):
                 reason = invalid_name_reason(name)
                 if reason:
                     self._report(child, reason)
+                    hidden = hidden or child
                     continue
                 dirs[name] = dir_node
+        with self._lock:
+            if hidden is None:
+                self._hidden.pop(path, None)
+            else:
+                self._hidden[path] = hidden
         for name in dirs.keys() & files.keys():
             self._report(prefix + name, "an object with the same name as a directory is hidden; the directory wins")
         if path == "":
@@ -265,6 +275,12 @@ class BucketTree(Tree):
                 files.pop(name, None)
         files.update(dirs)
         return dict(sorted(files.items()))
+
+    def hidden_key(self, path: str) -> str | None:
+        """A key (or prefix) under directory `path` that its last listing from the store skipped, as no name
+        can show it (`a//b`, `..`, over 255 bytes): the directory is not empty, though it lists as empty."""
+        with self._lock:
+            return self._hidden.get(path)
 
     def forget_listing(self, path: str) -> None:
         """Drop the cached listing of directory `path` (its next readdir asks the store)."""
