@@ -53,13 +53,20 @@ def non_negative(text: str) -> int:
     return _at_least(text, 0)
 
 
+#: uid_t and gid_t are 32 bits, and (uid_t)-1 = 4294967295 means "no id" to chown(2) and setuid(2).
+MAX_ID = 2**32 - 2
+
+
 def id_number(text: str) -> int:
+    """A user or group id; a larger one would wrap around in the kernel (2**32 shows as 0: root)."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid id {text!r}: must be a number") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"invalid id {text!r}: must be >= 0")
+    if value > MAX_ID:
+        raise argparse.ArgumentTypeError(f"invalid id {text!r}: must be <= {MAX_ID}")
     return value
 
 

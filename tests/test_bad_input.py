@@ -579,6 +579,8 @@ USAGE_ERRORS = {  # exit 2: argparse's usage line, then one error line
     "nothing": ([], "required"),
     "mount-no-mountpoint": (["mount", "s3://b"], "required"),
     "negative-uid": (["mount", "s3://b", "/m", "--uid", "-1"], "must be >= 0"),
+    "uid-minus-one-unsigned": (["mount", "s3://b", "/m", "--uid", "4294967295"], "must be <= 4294967294"),
+    "gid-wrapping-to-root": (["mount", "s3://b", "/m", "--gid", "4294967296"], "must be <= 4294967294"),
     "zero-attempts": (["mount", "s3://b", "/m", "--upload-attempts", "0"], "must be >= 1"),
     "negative-size": (["mount", "s3://b", "/m", "--disk-cache-size", "-5"], "invalid size"),
     "huge-mode": (["mount", "s3://b", "/m", "--dir-mode", "77777"], "invalid mode"),

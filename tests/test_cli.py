@@ -213,3 +213,11 @@ def test_commit_progress_bar(capsys) -> None:
     shown = capsys.readouterr().err
     assert "reading the parent" in shown and "65536 entries" in shown
     assert "uploading" in shown and "1/2 files" in shown and "1.00M/3.00M" in shown
+
+
+def test_the_largest_uid_and_gid_are_accepted():
+    """4294967294 is the last id: one more is (uid_t)-1, "no id" (refused, as above: tests/test_bad_input.py)."""
+    from quiltmount.cli import build_parser
+
+    args = build_parser().parse_args(["mount", "s3://b", "/m", "--uid", "4294967294", "--gid", "4294967294"])
+    assert (args.uid, args.gid) == (4294967294, 4294967294)
