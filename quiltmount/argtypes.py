@@ -8,6 +8,7 @@ import json
 import re
 from typing import Any
 
+from quiltmount.names import split_package_spec
 from quiltmount.units import parse_size, parse_ttl
 
 
@@ -68,6 +69,16 @@ def id_number(text: str) -> int:
     if value > MAX_ID:
         raise argparse.ArgumentTypeError(f"invalid id {text!r}: must be <= {MAX_ID}")
     return value
+
+
+def package_spec(text: str) -> str:
+    """`NS/NAME[@HASH|:TAG]`, with something after its `@` or `:` (the name itself is checked where it is
+    looked up)."""
+    try:
+        split_package_spec(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"invalid package {text!r}: {exc}") from None
+    return text
 
 
 def json_value(text: str) -> Any:

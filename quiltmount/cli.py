@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--api-key-env", metavar="VAR",
                        help="catalog API key for .search from environment variable VAR (default: QUILT_API_KEY "
                             "if set, else the login shared with quilt3)")
-    mount.add_argument("--package", metavar="NS/NAME[@HASH|:TAG]",
+    mount.add_argument("--package", type=argtypes.package_spec, metavar="NS/NAME[@HASH|:TAG]",
                        help="mount one package revision (latest by default) at the root, read-only; its draft "
                             "is MOUNT/.draft (unless --read-only)")
     mount.add_argument("--env-file", metavar="FILE",
@@ -137,8 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("--top-hash", metavar="HASH", help="full hash or a unique prefix of 6+ characters")
     delete.set_defaults(handler=cmd_packages_delete)
     index = package_verbs.add_parser("index", help="build a revision's on-disk index ahead of a mount")
-    index.add_argument("spec", metavar="NAME[@HASH]", help="package name, and a revision's hash or a unique "
-                                                           "prefix of 6+ characters (default: latest)")
+    index.add_argument("spec", type=argtypes.package_spec, metavar="NAME[@HASH]",
+                       help="package name, and a revision's hash or a unique prefix of 6+ characters "
+                            "(default: latest)")
     index.add_argument("--registry", help="registry (default: quilt3's default_local_registry)")
     index.add_argument("--json", action="store_true", help="machine-readable output")
     index.set_defaults(handler=cmd_packages_index)
@@ -249,7 +250,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
 def _with_package(source: Source, package: str | None) -> Source:
     """SOURCE, mounting the package revision of --package if given (in the source URI or with --package,
     not both)."""
-    if not package:
+    if package is None:
         return source
     if source.package:
         raise UserError("give the package either in the source URI or with --package, not both")
@@ -348,7 +349,7 @@ def cmd_packages_index(args: argparse.Namespace) -> int:
 
     from quiltmount.api import index_package
 
-    name, _, top_hash = args.spec.partition("@")
+    name, _, top_hash = args.spec.partition("@")  # a bare '@' is refused by argtypes.package_spec
     progress = tqdm(desc="indexing", unit=" entries", file=sys.stderr) if sys.stderr.isatty() else None
     try:
         result = index_package(name, args.registry, top_hash=top_hash or None,

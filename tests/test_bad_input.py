@@ -593,6 +593,10 @@ USAGE_ERRORS = {  # exit 2: argparse's usage line, then one error line
     "set-empty-key": (["config", "--set", "=v"], "empty key"),
     "search-limit": (["search", "q", "--limit", "0"], "must be >= 1"),
     "unknown-verb": (["frobnicate"], "invalid choice"),
+    "empty-package": (["mount", "s3://b", "/m", "--package", ""], "invalid package ''"),
+    "package-empty-pointer": (["mount", "s3://b", "/m", "--package", "ns/p:"], "nothing after ':'"),
+    "package-empty-hash": (["mount", "s3://b", "/m", "--package", "ns/p@"], "nothing after '@'"),
+    "index-empty-hash": (["packages", "index", "ns/r@"], "nothing after '@'"),
 }
 
 ONE_LINE_ERRORS = {  # exit 1
@@ -600,6 +604,10 @@ ONE_LINE_ERRORS = {  # exit 1
     "quilt-no-package": (["mount", "quilt+s3://b", "{tmp}"], "expected quilt+s3://BUCKET#package="),
     "unsupported-scheme": (["mount", "ftp://host/x", "{tmp}"], "unsupported source"),
     "missing-directory": (["mount", "{tmp}/no/such/dir", "{tmp}"], "source directory does not exist"),
+    "empty-source": (["mount", "", "{tmp}"], "invalid source ''"),  # e.g. an unset variable: not the cwd
+    "file-url-without-path": (["mount", "file://", "{tmp}"], "invalid source 'file://'"),
+    "quilt-empty-pointer": (["mount", "quilt+s3://b#package=ns/p:", "{tmp}"], "nothing after ':'"),
+    "quilt-empty-hash": (["mount", "quilt+s3://b#package=ns/p@", "{tmp}"], "nothing after '@'"),
     "versions-bad-name": (["packages", "versions", "../../etc", "--registry", "{registry}"], "Invalid package name"),
     "versions-three-parts": (["packages", "versions", "a/b/c", "--registry", "{registry}"], "Invalid package name"),
     "list-gs": (["packages", "list", "gs://bucket"], "Invalid registry URL"),
