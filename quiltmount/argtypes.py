@@ -9,6 +9,7 @@ import re
 from typing import Any
 
 from quiltmount.names import split_package_spec
+from quiltmount.storage.endpoint import endpoint_url_problem
 from quiltmount.units import parse_size, parse_ttl
 
 
@@ -78,6 +79,13 @@ def package_spec(text: str) -> str:
         split_package_spec(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"invalid package {text!r}: {exc}") from None
+    return text
+
+
+def endpoint_url(text: str) -> str:
+    problem = endpoint_url_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(f"invalid endpoint URL {text!r}: {problem}")
     return text
 
 

@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (INFO)")
     mount.add_argument("--profile", help="AWS profile for S3 sources")
     mount.add_argument("--region", help="AWS region for S3 sources")
-    mount.add_argument("--endpoint-url", help="S3-compatible endpoint (also AWS_ENDPOINT_URL); path-style")
+    mount.add_argument("--endpoint-url", type=argtypes.endpoint_url,
+                       help="S3-compatible endpoint, http(s)://HOST[:PORT] (also AWS_ENDPOINT_URL); path-style")
     mount.add_argument("--quilt-credentials", action="store_true",
                        help="use the AWS credentials of the Quilt catalog you are logged in to (quiltmount "
                             "login), refreshed before they expire, instead of the AWS default chain")
@@ -210,16 +211,22 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_mount(args: argparse.Namespace) -> int:
     from quiltmount.daemon.launcher import MountOptions, start_background
     from quiltmount.storage import parse_source
+    from quiltmount.storage.endpoint import environment_endpoint_url
 
     if args.env_file:  # into this process's environment, which the daemon inherits: never on its argv
         from quiltmount.envfile import load_env_file
 
         os.environ.update(load_env_file(args.env_file))
     source = parse_source(args.source)  # fail fast on a bad SOURCE, before any process is started
+    if source.scheme == "s3" and args.endpoint_url is None:
+        environment_endpoint_url()  # --endpoint-url was checked by argparse
+    cache_dir = os.path.abspath(args.cache_dir) if args.cache_dir else None
+    if cache_dir is not None:
+        _check_directory_can_be("--cache-dir", cache_dir)
     options = MountOptions(
         source=_with_package(source, args.package),
         mountpoint=os.path.abspath(args.mountpoint), read_only=args.read_only, as_of=args.as_of,
-        cache_dir=os.path.abspath(args.cache_dir) if args.cache_dir else None,
+        cache_dir=cache_dir,
         disk_cache_size=args.disk_cache_size, disk_cache_dir=_cache_root(args),
         memory_cache_size=args.memory_cache_size,
         metadata_ttl=args.metadata_ttl, negative_metadata_ttl=args.negative_metadata_ttl,
@@ -245,6 +252,16 @@ def cmd_mount(args: argparse.Namespace) -> int:
     elif options.disk_cache_size == 0:
         print("disk cache: off (--disk-cache-size 0)")
     return 0
+
+
+def _check_directory_can_be(option: str, path: str) -> None:
+    """`path` is a directory or can be made one: nothing but directories at it and above it.  The daemon
+    creates it, and would fail with an OSError (a traceback in --foreground)."""
+    existing = path
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserError(f"{option} {path}: {existing} is not a directory")
 
 
 def _with_package(source: Source, package: str | None) -> Source:

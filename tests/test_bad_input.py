@@ -597,6 +597,14 @@ USAGE_ERRORS = {  # exit 2: argparse's usage line, then one error line
     "package-empty-pointer": (["mount", "s3://b", "/m", "--package", "ns/p:"], "nothing after ':'"),
     "package-empty-hash": (["mount", "s3://b", "/m", "--package", "ns/p@"], "nothing after '@'"),
     "index-empty-hash": (["packages", "index", "ns/r@"], "nothing after '@'"),
+    "endpoint-not-a-url": (["mount", "s3://b", "/m", "--endpoint-url", "not-a-url"],
+                           "invalid endpoint URL 'not-a-url': expected http://HOST[:PORT] or https://HOST[:PORT]"),
+    "endpoint-unclosed-ipv6": (["mount", "s3://b", "/m", "--endpoint-url", "http://[::1"],
+                               "invalid endpoint URL 'http://[::1': not a URL"),
+    "endpoint-port": (["mount", "s3://b", "/m", "--endpoint-url", "http://host:port"], "invalid port"),
+    "endpoint-no-host": (["mount", "s3://b", "/m", "--endpoint-url", "http://:9000"], "no host"),
+    "endpoint-space": (["mount", "s3://b", "/m", "--endpoint-url", "http://a b:9000"], "invalid host 'a b'"),
+    "endpoint-scheme": (["mount", "s3://b", "/m", "--endpoint-url", "ftp://host"], "expected http://HOST"),
 }
 
 ONE_LINE_ERRORS = {  # exit 1
@@ -648,9 +656,17 @@ MOUNT_ERRORS = {  # these reach the daemon, which reports one line before mounti
     "package-traversal": (["--package", "../../etc"], "invalid package name"),
     "package-bad-hash": (["--package", "good/pkg@zzzzzz"], "not a top hash"),
     "package-unknown-pointer": (["--package", "good/pkg:nosuch"], "has no pointer 'nosuch'"),
-    "cache-dir-is-a-file": (["--cache-dir", "{file}"], "File exists"),
-    "endpoint-not-a-url": (["--endpoint-url", "not a url"], "Invalid endpoint"),
 }
+
+
+@pytest.mark.parametrize("variable", ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"])
+def test_an_endpoint_url_from_the_environment_that_is_not_a_url(clean, variable, tmp_path, monkeypatch):  # noqa: F811
+    """What botocore would take from the environment is checked as --endpoint-url is, naming the variable
+    (`packages list` printed botocore's traceback, `mount` "mount failed: Invalid endpoint")."""
+    monkeypatch.setenv(variable, "not-a-url")
+    needle = f"invalid {variable} 'not-a-url': expected http://HOST[:PORT]"
+    assert_one_line_error(run("mount", "s3://b", str(tmp_path)), needle)
+    assert_one_line_error(run("packages", "list", "s3://b"), needle)
 
 
 def test_mount_errors(q3, s3, scratch_bucket, tmp_path, s3_server):

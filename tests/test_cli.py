@@ -61,6 +61,20 @@ def test_source_errors(tmp_path, endpoint):
     assert not is_mounted(mnt)
 
 
+def test_a_cache_dir_that_is_not_a_directory(tmp_path, bucket, endpoint):
+    """--cache-dir at a file, or under one, is one line naming it before anything starts (it was a traceback
+    with --foreground, "[Errno 17] File exists" without)."""
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    for cache_dir in (a_file, a_file / "under"):
+        for foreground in ((), ("--foreground",)):
+            result = run_cli("mount", *foreground, f"s3://{bucket}", str(mnt), *endpoint, "--cache-dir", str(cache_dir))
+            assert_one_line_error(result, 1, f"--cache-dir {cache_dir}: {a_file} is not a directory")
+    assert not is_mounted(mnt)
+
+
 def test_no_credentials(tmp_path, bucket, endpoint):
     mnt = tmp_path / "m"
     mnt.mkdir()
