@@ -1,14 +1,17 @@
 """The `quiltmount` command: argument parsing, exit codes, tables and --json.  Calls the layers below.
 
-Exit status: 0 success, 1 failure (one line on stderr), 2 usage error.
+Exit status: 0 success, 1 failure (one line on stderr), 2 usage error, 141 stdout's reader went away.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import os
+import select
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +29,9 @@ if TYPE_CHECKING:
     from quiltmount.storage import Source
 
 UMOUNT_WAIT = 600.0
+#: The exit status once stdout's reader went away: as if killed by SIGPIPE (which Python ignores), what a
+#: shell reports for `yes | head -1`.
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -579,11 +585,40 @@ def cmd_cache_clear(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        try:
+            return _run(argv)
+        finally:
+            if sys.stdout is not None:  # None: started with stdout closed
+                sys.stdout.flush()  # what is still buffered: a reader gone shows here, not in warnings at exit
+    except BrokenPipeError as exc:
+        if not _stdout_reader_gone():
+            print(f"quiltmount: error: {exc}", file=sys.stderr)
+            return 1
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the flush at exit succeeds
+        return EXIT_BROKEN_PIPE
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe or socket whose reader went away (`quiltmount status | head -1`), rather
+    than some other pipe breaking."""
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, ValueError, io.UnsupportedOperation):
+        return False
+    poller = select.poll()
+    poller.register(descriptor, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
+    except BrokenPipeError:
+        raise  # main's to judge: stdout's reader may be gone
     except (QuiltmountError, OSError) as exc:  # OSError: e.g. a --log-file or --cache-dir under a file
         print(f"quiltmount: error: {exc}", file=sys.stderr)
         return 1

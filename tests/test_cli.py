@@ -235,3 +235,30 @@ def test_the_largest_uid_and_gid_are_accepted():
 
     args = build_parser().parse_args(["mount", "s3://b", "/m", "--uid", "4294967294", "--gid", "4294967294"])
     assert (args.uid, args.gid) == (4294967294, 4294967294)
+
+
+@pytest.mark.parametrize("buffered", [True, False])
+@pytest.mark.parametrize("argv", [["status"], ["status", "--json"], ["cache", "status"], ["config"],
+                                  ["packages", "list", "{registry}"]])
+def test_a_reader_that_went_away_ends_the_command_quietly(argv, buffered, tmp_path):
+    """`quiltmount status | head -1`: once stdout's reader is gone, the command stops with 141 (as killed by
+    SIGPIPE, which Python ignores) and nothing on stderr.  It printed "[Errno 32] Broken pipe" when the
+    output was written while it ran (PYTHONUNBUFFERED, or 25 KB of it), and Python's "Exception ignored"
+    lines (exit 120) when it was still in the buffer at exit."""
+    registry = tmp_path / "registry"
+    for number in range(600):  # 25 KB of names: written while the command runs, not only at exit
+        package = registry / f".quilt/named_packages/namespace/package-with-a-longish-name-{number}"
+        package.mkdir(parents=True)
+        (package / "latest").write_text("0" * 64)
+    environment = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+    if not buffered:
+        environment["PYTHONUNBUFFERED"] = "1"
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run([sys.executable, "-m", "quiltmount", *(arg.format(registry=registry) for arg in argv)],
+                                stdin=subprocess.DEVNULL, stdout=write_end, stderr=subprocess.PIPE, text=True,
+                                timeout=60, env=environment)
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (141, "")
