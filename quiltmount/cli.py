@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "0750, as s3fs)")
     mount.add_argument("--allow-other", action="store_true",
                        help="let other users use the mount (needs user_allow_other in /etc/fuse.conf unless root)")
-    mount.add_argument("--log-file", help="daemon log (default under $XDG_STATE_HOME/quiltmount/logs/)")
+    mount.add_argument("--log-file", help="daemon log, in an existing directory (default under "
+                                          "$XDG_STATE_HOME/quiltmount/logs/, created if needed)")
     mount.add_argument("--log-level", default="INFO", type=str.upper,
                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (INFO)")
     mount.add_argument("--profile", help="AWS profile for S3 sources")

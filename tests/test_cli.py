@@ -75,6 +75,19 @@ def test_a_cache_dir_that_is_not_a_directory(tmp_path, bucket, endpoint):
     assert not is_mounted(mnt)
 
 
+def test_an_explicit_log_file_needs_its_directory(tmp_path):
+    """--log-file's directory is not created (as root, that made directories anywhere), with or without
+    --foreground; the default log's directory still is (every other mount)."""
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x").write_text("x")  # a mount that fails once its log is set up
+    log_file = tmp_path / "no/such/dir/x.log"
+    for foreground in ((), ("--foreground",)):
+        result = run_cli("mount", *foreground, str(tmp_path), str(full), "--log-file", str(log_file))
+        assert_one_line_error(result, 1, f"--log-file {log_file}: {log_file.parent} does not exist")
+        assert not (tmp_path / "no").exists()
+
+
 def test_no_credentials(tmp_path, bucket, endpoint):
     mnt = tmp_path / "m"
     mnt.mkdir()
