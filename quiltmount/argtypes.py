@@ -8,6 +8,8 @@ import json
 import re
 from typing import Any
 
+from quiltmount.names import split_package_spec
+from quiltmount.storage.endpoint import endpoint_url_problem
 from quiltmount.units import parse_size, parse_ttl
 
 
@@ -53,14 +55,38 @@ def non_negative(text: str) -> int:
     return _at_least(text, 0)
 
 
+#: uid_t and gid_t are 32 bits, and (uid_t)-1 = 4294967295 means "no id" to chown(2) and setuid(2).
+MAX_ID = 2**32 - 2
+
+
 def id_number(text: str) -> int:
+    """A user or group id; a larger one would wrap around in the kernel (2**32 shows as 0: root)."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid id {text!r}: must be a number") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"invalid id {text!r}: must be >= 0")
+    if value > MAX_ID:
+        raise argparse.ArgumentTypeError(f"invalid id {text!r}: must be <= {MAX_ID}")
     return value
+
+
+def package_spec(text: str) -> str:
+    """`NS/NAME[@HASH|:TAG]`, with something after its `@` or `:` (the name itself is checked where it is
+    looked up)."""
+    try:
+        split_package_spec(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"invalid package {text!r}: {exc}") from None
+    return text
+
+
+def endpoint_url(text: str) -> str:
+    problem = endpoint_url_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(f"invalid endpoint URL {text!r}: {problem}")
+    return text
 
 
 def json_value(text: str) -> Any:

@@ -1,14 +1,17 @@
 """The `quiltmount` command: argument parsing, exit codes, tables and --json.  Calls the layers below.
 
-Exit status: 0 success, 1 failure (one line on stderr), 2 usage error.
+Exit status: 0 success, 1 failure (one line on stderr), 2 usage error, 141 stdout's reader went away.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import os
+import select
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +29,9 @@ if TYPE_CHECKING:
     from quiltmount.storage import Source
 
 UMOUNT_WAIT = 600.0
+#: The exit status once stdout's reader went away: as if killed by SIGPIPE (which Python ignores), what a
+#: shell reports for `yes | head -1`.
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,12 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
                             "0750, as s3fs)")
     mount.add_argument("--allow-other", action="store_true",
                        help="let other users use the mount (needs user_allow_other in /etc/fuse.conf unless root)")
-    mount.add_argument("--log-file", help="daemon log (default under $XDG_STATE_HOME/quiltmount/logs/)")
+    mount.add_argument("--log-file", help="daemon log, in an existing directory (default under "
+                                          "$XDG_STATE_HOME/quiltmount/logs/, created if needed)")
     mount.add_argument("--log-level", default="INFO", type=str.upper,
                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (INFO)")
     mount.add_argument("--profile", help="AWS profile for S3 sources")
     mount.add_argument("--region", help="AWS region for S3 sources")
-    mount.add_argument("--endpoint-url", help="S3-compatible endpoint (also AWS_ENDPOINT_URL); path-style")
+    mount.add_argument("--endpoint-url", type=argtypes.endpoint_url,
+                       help="S3-compatible endpoint, http(s)://HOST[:PORT] (also AWS_ENDPOINT_URL); path-style")
     mount.add_argument("--quilt-credentials", action="store_true",
                        help="use the AWS credentials of the Quilt catalog you are logged in to (quiltmount "
                             "login), refreshed before they expire, instead of the AWS default chain")
@@ -91,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--api-key-env", metavar="VAR",
                        help="catalog API key for .search from environment variable VAR (default: QUILT_API_KEY "
                             "if set, else the login shared with quilt3)")
-    mount.add_argument("--package", metavar="NS/NAME[@HASH|:TAG]",
+    mount.add_argument("--package", type=argtypes.package_spec, metavar="NS/NAME[@HASH|:TAG]",
                        help="mount one package revision (latest by default) at the root, read-only; its draft "
                             "is MOUNT/.draft (unless --read-only)")
     mount.add_argument("--env-file", metavar="FILE",
@@ -137,8 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("--top-hash", metavar="HASH", help="full hash or a unique prefix of 6+ characters")
     delete.set_defaults(handler=cmd_packages_delete)
     index = package_verbs.add_parser("index", help="build a revision's on-disk index ahead of a mount")
-    index.add_argument("spec", metavar="NAME[@HASH]", help="package name, and a revision's hash or a unique "
-                                                           "prefix of 6+ characters (default: latest)")
+    index.add_argument("spec", type=argtypes.package_spec, metavar="NAME[@HASH]",
+                       help="package name, and a revision's hash or a unique prefix of 6+ characters "
+                            "(default: latest)")
     index.add_argument("--registry", help="registry (default: quilt3's default_local_registry)")
     index.add_argument("--json", action="store_true", help="machine-readable output")
     index.set_defaults(handler=cmd_packages_index)
@@ -209,16 +218,22 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_mount(args: argparse.Namespace) -> int:
     from quiltmount.daemon.launcher import MountOptions, start_background
     from quiltmount.storage import parse_source
+    from quiltmount.storage.endpoint import environment_endpoint_url
 
     if args.env_file:  # into this process's environment, which the daemon inherits: never on its argv
         from quiltmount.envfile import load_env_file
 
         os.environ.update(load_env_file(args.env_file))
     source = parse_source(args.source)  # fail fast on a bad SOURCE, before any process is started
+    if source.scheme == "s3" and args.endpoint_url is None:
+        environment_endpoint_url()  # --endpoint-url was checked by argparse
+    cache_dir = os.path.abspath(args.cache_dir) if args.cache_dir else None
+    if cache_dir is not None:
+        _check_directory_can_be("--cache-dir", cache_dir)
     options = MountOptions(
         source=_with_package(source, args.package),
         mountpoint=os.path.abspath(args.mountpoint), read_only=args.read_only, as_of=args.as_of,
-        cache_dir=os.path.abspath(args.cache_dir) if args.cache_dir else None,
+        cache_dir=cache_dir,
         disk_cache_size=args.disk_cache_size, disk_cache_dir=_cache_root(args),
         memory_cache_size=args.memory_cache_size,
         metadata_ttl=args.metadata_ttl, negative_metadata_ttl=args.negative_metadata_ttl,
@@ -246,10 +261,20 @@ def cmd_mount(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_directory_can_be(option: str, path: str) -> None:
+    """`path` is a directory or can be made one: nothing but directories at it and above it.  The daemon
+    creates it, and would fail with an OSError (a traceback in --foreground)."""
+    existing = path
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserError(f"{option} {path}: {existing} is not a directory")
+
+
 def _with_package(source: Source, package: str | None) -> Source:
     """SOURCE, mounting the package revision of --package if given (in the source URI or with --package,
     not both)."""
-    if not package:
+    if package is None:
         return source
     if source.package:
         raise UserError("give the package either in the source URI or with --package, not both")
@@ -348,7 +373,7 @@ def cmd_packages_index(args: argparse.Namespace) -> int:
 
     from quiltmount.api import index_package
 
-    name, _, top_hash = args.spec.partition("@")
+    name, _, top_hash = args.spec.partition("@")  # a bare '@' is refused by argtypes.package_spec
     progress = tqdm(desc="indexing", unit=" entries", file=sys.stderr) if sys.stderr.isatty() else None
     try:
         result = index_package(name, args.registry, top_hash=top_hash or None,
@@ -561,11 +586,40 @@ def cmd_cache_clear(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        try:
+            return _run(argv)
+        finally:
+            if sys.stdout is not None:  # None: started with stdout closed
+                sys.stdout.flush()  # what is still buffered: a reader gone shows here, not in warnings at exit
+    except BrokenPipeError as exc:
+        if not _stdout_reader_gone():
+            print(f"quiltmount: error: {exc}", file=sys.stderr)
+            return 1
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the flush at exit succeeds
+        return EXIT_BROKEN_PIPE
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe or socket whose reader went away (`quiltmount status | head -1`), rather
+    than some other pipe breaking."""
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, ValueError, io.UnsupportedOperation):
+        return False
+    poller = select.poll()
+    poller.register(descriptor, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
+    except BrokenPipeError:
+        raise  # main's to judge: stdout's reader may be gone
     except (QuiltmountError, OSError) as exc:  # OSError: e.g. a --log-file or --cache-dir under a file
         print(f"quiltmount: error: {exc}", file=sys.stderr)
         return 1

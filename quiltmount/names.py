@@ -40,3 +40,21 @@ def is_valid_package_name(name: str) -> bool:
 def is_pointer_name(pointer: str) -> bool:
     """Pointer files are named by Unix seconds (ASCII digits) or `latest`."""
     return isinstance(pointer, str) and _POINTER_NAME.fullmatch(pointer) is not None
+
+
+def split_package_spec(spec: str) -> tuple[str, str | None, str | None]:
+    """`ns/name`, `ns/name@HASH` or `ns/name:POINTER` -> (name, hash or None, pointer or None); the name is
+    not checked.  ValueError if `spec` is empty or its `@` or `:` is followed by nothing: read as `latest`,
+    a hash or pointer left out by mistake (an unset shell variable) would mount another revision."""
+    if not spec:
+        raise ValueError("expected NS/NAME[@HASH|:TAG]")
+    name, at, top_hash = spec.partition("@")
+    if at:
+        if not top_hash:
+            raise ValueError("nothing after '@': give a top hash or a prefix of 6+ characters, or leave '@' out "
+                             "for latest")
+        return name, top_hash, None
+    name, colon, pointer = spec.partition(":")
+    if colon and not pointer:
+        raise ValueError("nothing after ':': give a pointer (latest or a timestamp), or leave ':' out for latest")
+    return name, None, pointer or None

@@ -39,7 +39,7 @@ def _friendly(handler: Callable[[argparse.Namespace], int]) -> Callable[[argpars
 
         try:
             return handler(args)
-        except QuiltmountError:
+        except (QuiltmountError, BrokenPipeError):  # BrokenPipeError: cli.main's (stdout's reader may be gone)
             raise
         except ClientError as exc:
             error = exc.response.get("Error", {})

@@ -579,6 +579,8 @@ USAGE_ERRORS = {  # exit 2: argparse's usage line, then one error line
     "nothing": ([], "required"),
     "mount-no-mountpoint": (["mount", "s3://b"], "required"),
     "negative-uid": (["mount", "s3://b", "/m", "--uid", "-1"], "must be >= 0"),
+    "uid-minus-one-unsigned": (["mount", "s3://b", "/m", "--uid", "4294967295"], "must be <= 4294967294"),
+    "gid-wrapping-to-root": (["mount", "s3://b", "/m", "--gid", "4294967296"], "must be <= 4294967294"),
     "zero-attempts": (["mount", "s3://b", "/m", "--upload-attempts", "0"], "must be >= 1"),
     "negative-size": (["mount", "s3://b", "/m", "--disk-cache-size", "-5"], "invalid size"),
     "huge-mode": (["mount", "s3://b", "/m", "--dir-mode", "77777"], "invalid mode"),
@@ -591,6 +593,18 @@ USAGE_ERRORS = {  # exit 2: argparse's usage line, then one error line
     "set-empty-key": (["config", "--set", "=v"], "empty key"),
     "search-limit": (["search", "q", "--limit", "0"], "must be >= 1"),
     "unknown-verb": (["frobnicate"], "invalid choice"),
+    "empty-package": (["mount", "s3://b", "/m", "--package", ""], "invalid package ''"),
+    "package-empty-pointer": (["mount", "s3://b", "/m", "--package", "ns/p:"], "nothing after ':'"),
+    "package-empty-hash": (["mount", "s3://b", "/m", "--package", "ns/p@"], "nothing after '@'"),
+    "index-empty-hash": (["packages", "index", "ns/r@"], "nothing after '@'"),
+    "endpoint-not-a-url": (["mount", "s3://b", "/m", "--endpoint-url", "not-a-url"],
+                           "invalid endpoint URL 'not-a-url': expected http://HOST[:PORT] or https://HOST[:PORT]"),
+    "endpoint-unclosed-ipv6": (["mount", "s3://b", "/m", "--endpoint-url", "http://[::1"],
+                               "invalid endpoint URL 'http://[::1': not a URL"),
+    "endpoint-port": (["mount", "s3://b", "/m", "--endpoint-url", "http://host:port"], "invalid port"),
+    "endpoint-no-host": (["mount", "s3://b", "/m", "--endpoint-url", "http://:9000"], "no host"),
+    "endpoint-space": (["mount", "s3://b", "/m", "--endpoint-url", "http://a b:9000"], "invalid host 'a b'"),
+    "endpoint-scheme": (["mount", "s3://b", "/m", "--endpoint-url", "ftp://host"], "expected http://HOST"),
 }
 
 ONE_LINE_ERRORS = {  # exit 1
@@ -598,6 +612,10 @@ ONE_LINE_ERRORS = {  # exit 1
     "quilt-no-package": (["mount", "quilt+s3://b", "{tmp}"], "expected quilt+s3://BUCKET#package="),
     "unsupported-scheme": (["mount", "ftp://host/x", "{tmp}"], "unsupported source"),
     "missing-directory": (["mount", "{tmp}/no/such/dir", "{tmp}"], "source directory does not exist"),
+    "empty-source": (["mount", "", "{tmp}"], "invalid source ''"),  # e.g. an unset variable: not the cwd
+    "file-url-without-path": (["mount", "file://", "{tmp}"], "invalid source 'file://'"),
+    "quilt-empty-pointer": (["mount", "quilt+s3://b#package=ns/p:", "{tmp}"], "nothing after ':'"),
+    "quilt-empty-hash": (["mount", "quilt+s3://b#package=ns/p@", "{tmp}"], "nothing after '@'"),
     "versions-bad-name": (["packages", "versions", "../../etc", "--registry", "{registry}"], "Invalid package name"),
     "versions-three-parts": (["packages", "versions", "a/b/c", "--registry", "{registry}"], "Invalid package name"),
     "list-gs": (["packages", "list", "gs://bucket"], "Invalid registry URL"),
@@ -608,7 +626,8 @@ ONE_LINE_ERRORS = {  # exit 1
     "delete-traversal-hash": (["packages", "delete", "a/b", "--registry", "{registry}", "--top-hash",
                                "../../../../etc/passwd"], "Found zero matches"),
     "delete-unknown": (["packages", "delete", "a/b", "--registry", "{registry}"], "not found"),
-    "log-file-under-a-file": (["mount", "{tmp}", "{tmp}", "--log-file", "/dev/null/quiltmount.log"], "File exists"),
+    "log-file-under-a-file": (["mount", "{tmp}", "{tmp}", "--log-file", "/dev/null/quiltmount.log"],
+                              "--log-file /dev/null/quiltmount.log: /dev/null is not a directory"),
     "umount-not-mounted": (["umount", "{tmp}"], "not mounted"),
     "search-bad-json": (["search", "{{not json", "--bucket", "b"], "not valid"),
     "revoke-unset-env": (["api-keys", "revoke", "--secret-env", "QUILTMOUNT_TEST_UNSET"], "is not set"),
@@ -638,9 +657,17 @@ MOUNT_ERRORS = {  # these reach the daemon, which reports one line before mounti
     "package-traversal": (["--package", "../../etc"], "invalid package name"),
     "package-bad-hash": (["--package", "good/pkg@zzzzzz"], "not a top hash"),
     "package-unknown-pointer": (["--package", "good/pkg:nosuch"], "has no pointer 'nosuch'"),
-    "cache-dir-is-a-file": (["--cache-dir", "{file}"], "File exists"),
-    "endpoint-not-a-url": (["--endpoint-url", "not a url"], "Invalid endpoint"),
 }
+
+
+@pytest.mark.parametrize("variable", ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"])
+def test_an_endpoint_url_from_the_environment_that_is_not_a_url(clean, variable, tmp_path, monkeypatch):  # noqa: F811
+    """What botocore would take from the environment is checked as --endpoint-url is, naming the variable
+    (`packages list` printed botocore's traceback, `mount` "mount failed: Invalid endpoint")."""
+    monkeypatch.setenv(variable, "not-a-url")
+    needle = f"invalid {variable} 'not-a-url': expected http://HOST[:PORT]"
+    assert_one_line_error(run("mount", "s3://b", str(tmp_path)), needle)
+    assert_one_line_error(run("packages", "list", "s3://b"), needle)
 
 
 def test_mount_errors(q3, s3, scratch_bucket, tmp_path, s3_server):

@@ -61,6 +61,33 @@ def test_source_errors(tmp_path, endpoint):
     assert not is_mounted(mnt)
 
 
+def test_a_cache_dir_that_is_not_a_directory(tmp_path, bucket, endpoint):
+    """--cache-dir at a file, or under one, is one line naming it before anything starts (it was a traceback
+    with --foreground, "[Errno 17] File exists" without)."""
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    for cache_dir in (a_file, a_file / "under"):
+        for foreground in ((), ("--foreground",)):
+            result = run_cli("mount", *foreground, f"s3://{bucket}", str(mnt), *endpoint, "--cache-dir", str(cache_dir))
+            assert_one_line_error(result, 1, f"--cache-dir {cache_dir}: {a_file} is not a directory")
+    assert not is_mounted(mnt)
+
+
+def test_an_explicit_log_file_needs_its_directory(tmp_path):
+    """--log-file's directory is not created (as root, that made directories anywhere), with or without
+    --foreground; the default log's directory still is (every other mount)."""
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x").write_text("x")  # a mount that fails once its log is set up
+    log_file = tmp_path / "no/such/dir/x.log"
+    for foreground in ((), ("--foreground",)):
+        result = run_cli("mount", *foreground, str(tmp_path), str(full), "--log-file", str(log_file))
+        assert_one_line_error(result, 1, f"--log-file {log_file}: {log_file.parent} does not exist")
+        assert not (tmp_path / "no").exists()
+
+
 def test_no_credentials(tmp_path, bucket, endpoint):
     mnt = tmp_path / "m"
     mnt.mkdir()
@@ -213,3 +240,38 @@ def test_commit_progress_bar(capsys) -> None:
     shown = capsys.readouterr().err
     assert "reading the parent" in shown and "65536 entries" in shown
     assert "uploading" in shown and "1/2 files" in shown and "1.00M/3.00M" in shown
+
+
+def test_the_largest_uid_and_gid_are_accepted():
+    """4294967294 is the last id: one more is (uid_t)-1, "no id" (refused, as above: tests/test_bad_input.py)."""
+    from quiltmount.cli import build_parser
+
+    args = build_parser().parse_args(["mount", "s3://b", "/m", "--uid", "4294967294", "--gid", "4294967294"])
+    assert (args.uid, args.gid) == (4294967294, 4294967294)
+
+
+@pytest.mark.parametrize("buffered", [True, False])
+@pytest.mark.parametrize("argv", [["status"], ["status", "--json"], ["cache", "status"], ["config"],
+                                  ["packages", "list", "{registry}"]])
+def test_a_reader_that_went_away_ends_the_command_quietly(argv, buffered, tmp_path):
+    """`quiltmount status | head -1`: once stdout's reader is gone, the command stops with 141 (as killed by
+    SIGPIPE, which Python ignores) and nothing on stderr.  It printed "[Errno 32] Broken pipe" when the
+    output was written while it ran (PYTHONUNBUFFERED, or 25 KB of it), and Python's "Exception ignored"
+    lines (exit 120) when it was still in the buffer at exit."""
+    registry = tmp_path / "registry"
+    for number in range(600):  # 25 KB of names: written while the command runs, not only at exit
+        package = registry / f".quilt/named_packages/namespace/package-with-a-longish-name-{number}"
+        package.mkdir(parents=True)
+        (package / "latest").write_text("0" * 64)
+    environment = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+    if not buffered:
+        environment["PYTHONUNBUFFERED"] = "1"
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run([sys.executable, "-m", "quiltmount", *(arg.format(registry=registry) for arg in argv)],
+                                stdin=subprocess.DEVNULL, stdout=write_end, stderr=subprocess.PIPE, text=True,
+                                timeout=60, env=environment)
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (141, "")

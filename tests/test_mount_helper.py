@@ -67,6 +67,8 @@ def test_every_mount_option_has_an_o_spelling():
 @pytest.mark.parametrize("argv, message", [
     (["s3://b", "/m", "-o", "frobnicate"], "unknown mount option: frobnicate"),
     (["s3://b", "/m", "-o", "metadata-ttl=soon"], "invalid TTL 'soon'"),
+    (["s3://b", "/m", "-o", "uid=4294967296"], "invalid id '4294967296': must be <= 4294967294"),
+    (["s3://b", "/m", "-o", "endpoint-url=not-a-url"], "invalid endpoint URL 'not-a-url'"),
     (["s3://b", "/m", "-o", "metadata-ttl"], "option metadata-ttl needs a value: metadata-ttl=VALUE"),
     (["s3://b", "/m", "-o", "read-only=yes"], "option read-only takes no value"),
     (["s3://b", "/m", "-o", "foreground"], "option foreground: a mount helper returns once mounted"),

@@ -28,7 +28,7 @@ def run_mount(options: MountOptions, ready_fd: int | None = None) -> int:
     stopper = Stopper(options.stop_timeout, signal)
     stopper.install()
     log_file = options.log_path
-    setup_logging(log_file, options.log_level, also_stderr=ready_fd is None)
+    setup_logging(log_file, options.log_level, also_stderr=ready_fd is None, chosen=options.log_file is not None)
     dump_threads_on_sigusr1(log_file)
     bound_malloc()
     try:

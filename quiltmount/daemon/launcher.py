@@ -99,7 +99,7 @@ def start_background(options: MountOptions) -> int:
     its reason if it could not mount."""
     read_fd, write_fd = os.pipe()
     log_file = options.log_path
-    create_log_file(log_file)
+    create_log_file(log_file, chosen=options.log_file is not None)
     with open(log_file, "ab") as stderr_sink:
         process = subprocess.Popen(
             [sys.executable, "-m", "quiltmount.daemon", options.to_json(), str(write_fd)],

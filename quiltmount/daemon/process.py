@@ -10,17 +10,27 @@ import signal
 import sys
 from typing import TextIO
 
+from quiltmount.errors import UserError
+
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8  # glibc mallopt parameters
 
 
-def create_log_file(log_file: str) -> None:
-    """The log names keys and paths: a new log file (and a new log directory) is private to the user."""
-    os.makedirs(os.path.dirname(log_file), mode=0o700, exist_ok=True)
+def create_log_file(log_file: str, *, chosen: bool) -> None:
+    """The log names keys and paths: a new log file (and a new default log directory) is private to the
+    user.  The directory of a log `chosen` with --log-file must exist: creating it would make directories
+    anywhere a typo points (as root, anywhere at all)."""
+    directory = os.path.dirname(log_file)
+    if not chosen:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    elif not os.path.isdir(directory):
+        reason = "is not a directory" if os.path.lexists(directory) else "does not exist"
+        raise UserError(f"--log-file {log_file}: {directory} {reason}")
     os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
 
 
-def setup_logging(log_file: str, level: str, also_stderr: bool) -> None:
-    create_log_file(log_file)
+def setup_logging(log_file: str, level: str, also_stderr: bool, *, chosen: bool) -> None:
+    """Log to `log_file` (`chosen` with --log-file: see `create_log_file`), and to stderr if `also_stderr`."""
+    create_log_file(log_file, chosen=chosen)
     handlers: list[logging.Handler] = [logging.FileHandler(log_file)]
     if also_stderr:
         handlers.append(logging.StreamHandler(sys.stderr))

@@ -34,7 +34,7 @@ from quiltmount.fs.draft import Draft
 from quiltmount.fs.draftrecord import DRAFT_FILE
 from quiltmount.fs.drafttree import DraftTree
 from quiltmount.fs.node import FileHandle, Node, Tree
-from quiltmount.names import invalid_path_reason
+from quiltmount.names import invalid_path_reason, split_package_spec
 from quiltmount.packages.commit import Committed
 from quiltmount.packages.index import (
     ROOT_ID, IndexUnusable, RevisionChange, RevisionIndex, Row, derive_index, index_name, open_or_build,
@@ -361,15 +361,14 @@ class PackagesTree(Tree):
         """`ns/name` (latest), `ns/name@<hash or prefix>` or `ns/name:<pointer>` -> that revision's tree.
         An invalid name, or a package or pointer the registry does not have, is a `UserError`; a revision
         that cannot be opened raises what `revision` raises."""
-        pointer: str | None = None
-        if "@" in spec:
-            name, _, spelled = spec.partition("@")
-        else:
-            name, _, pointer = spec.partition(":")
-            pointer = pointer or LATEST
+        try:
+            name, spelled, pointer = split_package_spec(spec)
+        except ValueError as exc:
+            raise UserError(f"invalid package {spec!r}: {exc}") from None
         if not is_valid_package_name(name):
             raise UserError(f"invalid package name: {name!r} (expected namespace/name)")
-        if pointer is not None:
+        if spelled is None:
+            pointer = pointer or LATEST
             versions = self.versions(name)
             if pointer not in versions:
                 raise UserError(f"package {name} has no pointer {pointer!r}" if versions

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urlparse
 
 from quiltmount.errors import UserError
+from quiltmount.names import split_package_spec
 from quiltmount.storage.base import ListPage, ObjectInfo, ObjectStore
 
 __all__ = ["ListPage", "ObjectInfo", "ObjectStore", "Source", "parse_source"]
@@ -44,6 +45,10 @@ def parse_source(text: str) -> Source:
         fields = dict(item.partition("=")[::2] for item in fragment.split("&") if item)
         if not bucket or "/" in bucket.strip("/") or not fields.get("package") or set(fields) - {"package"}:
             raise UserError(f"invalid source {text!r}: expected quilt+s3://BUCKET#package=NS/NAME[@HASH|:TAG]")
+        try:
+            split_package_spec(fields["package"])
+        except ValueError as exc:
+            raise UserError(f"invalid source {text!r}: {exc}") from None
         return Source("s3", bucket.strip("/"), package=fields["package"])
     if text.startswith("s3://"):
         parsed = urlparse(text)
@@ -63,6 +68,8 @@ def parse_source(text: str) -> Source:
         raise UserError(f"unsupported source {text!r}: use s3://BUCKET[/PREFIX/], file:///DIR or a directory path")
     else:
         path = text
+    if not path:  # os.path.abspath("") is the current directory: an unset variable must not mount it
+        raise UserError(f"invalid source {text!r}: expected s3://BUCKET[/PREFIX/], file:///DIR or a directory path")
     path = os.path.abspath(os.path.expanduser(path))
     if not os.path.isdir(path):
         raise UserError(f"source directory does not exist: {path}")

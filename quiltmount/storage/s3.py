@@ -24,6 +24,7 @@ from quiltmount.errors import AccessDenied, NotFound, ObjectChanged, StorageErro
 from quiltmount.retry import call_with_retries
 from quiltmount.storage.base import (ListPage, ObjectInfo, ObjectStore, ObjectStream, ObjectVersion, UploadStarted,
                                      VersionPage, content_type)
+from quiltmount.storage.endpoint import environment_endpoint_url
 from quiltmount.storage.presigned import PresignedRanges
 from quiltmount.units import PART_SIZE, PART_WORKERS
 
@@ -111,7 +112,7 @@ class S3Store(ObjectStore):
                 session = boto3.Session(profile_name=profile, region_name=region)
             except botocore.exceptions.ProfileNotFound:
                 raise UserError(f"AWS profile not found: {profile}") from None
-        custom_endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        custom_endpoint = endpoint_url or environment_endpoint_url()
         self.endpoint = custom_endpoint or "aws"
 
         silence = timeout or DEFAULT_TIMEOUT
