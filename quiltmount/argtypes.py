@@ -9,6 +9,7 @@ import re
 from typing import Any
 
 from quiltmount.names import split_package_spec
+from quiltmount.posixmeta import MAX_ID
 from quiltmount.storage.endpoint import endpoint_url_problem
 from quiltmount.units import parse_size, parse_ttl
 
@@ -53,10 +54,6 @@ def positive(text: str) -> int:
 
 def non_negative(text: str) -> int:
     return _at_least(text, 0)
-
-
-#: uid_t and gid_t are 32 bits, and (uid_t)-1 = 4294967295 means "no id" to chown(2) and setuid(2).
-MAX_ID = 2**32 - 2
 
 
 def id_number(text: str) -> int:

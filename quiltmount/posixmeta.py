@@ -28,6 +28,9 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote_to_bytes
 
+#: uid_t and gid_t are 32 bits, and (uid_t)-1 = 4294967295 means "no id" to chown(2) and setuid(2).
+MAX_ID = 2**32 - 2
+
 NS = 1_000_000_000
 #: Characters s3fs leaves as they are when it URL-encodes `x-amz-meta-xattr` (urlEncodePath).
 _XATTR_SAFE = "-_.~/"
@@ -148,13 +151,20 @@ def from_headers(headers: Mapping[str, str], default: PosixAttrs) -> PosixAttrs:
         mode |= stat.S_IFMT(default.mode)
         if not stat.S_IMODE(mode) & 0o777:
             mode |= stat.S_IRUSR | (stat.S_IXUSR if stat.S_ISDIR(mode) else 0)
-    uid, gid = _number(headers.get("uid"), base=0), _number(headers.get("gid"), base=0)
+    uid, gid = _id_number(headers.get("uid")), _id_number(headers.get("gid"))
     times = [parse_time(headers.get(name)) for name in ("atime", "mtime", "ctime")]
     atime, mtime, ctime = (default_ns if value is None else value
                            for value, default_ns in zip(times, (default.atime_ns, default.mtime_ns, default.ctime_ns)))
     raw_xattrs = headers.get("xattr")
     return PosixAttrs(mode, default.uid if uid is None else uid, default.gid if gid is None else gid,
                       atime, mtime, ctime, default.xattrs if raw_xattrs is None else decode_xattrs(raw_xattrs))
+
+
+def _id_number(text: str | None) -> int | None:
+    """A uid or gid header; None (the default's) if it is no id at all: negative or beyond uid_t, which the
+    kernel would wrap around (4294967296 would show as 0, root)."""
+    number = _number(text, base=0)
+    return number if number is not None and 0 <= number <= MAX_ID else None
 
 
 def _number(text: str | None, *, base: int) -> int | None:

@@ -52,6 +52,11 @@ def test_the_header_format_is_s3fs():
         PosixAttrs(stat.S_IFREG | 0o640, 12, 34, 3, 7 * 10**9, 5)
     assert from_headers({"mode": "0750"}, default).mode == stat.S_IFREG | 0o750  # strtoll base 0, type added
     assert from_headers({"mode": "0", "uid": "x"}, default) == PosixAttrs(stat.S_IFREG | 0o400, 1, 2, 3, 4, 5)
+    # Ids uid_t cannot hold are no ids (the kernel would wrap 4294967296 around to 0, root): the default's.
+    for bad in ("4294967296", "4294967295", "-1", "99999999999"):
+        assert from_headers({"uid": bad, "gid": bad}, default) == default, bad
+    assert from_headers({"uid": "4294967294", "gid": "0"}, default) == PosixAttrs(default.mode, 4294967294, 0,
+                                                                                3, 4, 5)
 
 
 # -- through a mount --------------------------------------------------------------------------------------
