@@ -237,6 +237,13 @@ def cmd_mount(args: argparse.Namespace) -> int:
     start_background(options)
     record = state.read_record(options.mountpoint) or {}
     print(f"mounted {source.url} at {options.mountpoint} (log: {record.get('log_file', '?')})")
+    stranded = record.get("stranded", [])
+    if stranded:
+        places = [item["kept_at"] for item in stranded]
+        where = f"at {places[0]}" if len(places) == 1 else f"under {os.path.commonpath(places)}"
+        print(f"quiltmount: warning: {len(stranded)} file(s) a stopped daemon left open for writing were not "
+              f"uploaded (their bytes may be incomplete); kept {where} (`quiltmount status` lists them)",
+              file=sys.stderr)
     cache = record.get("cache", {})
     if "disk_limit" in cache:
         print(f"disk cache: {format_size(cache['disk_used'])} of {format_size(cache['disk_limit'])} used "
@@ -270,16 +277,27 @@ def cmd_umount(args: argparse.Namespace) -> int:
         report = _wait_for_daemon(path, int(record.get("pid", 0)), record.get("log_file"))
     else:
         report = state.take_report(path) or {}
-    left = report.get("failed_uploads", []) + report.get("stranded", [])
-    if left:
-        for item in left:
-            print(f"quiltmount: not uploaded: {item['key']} (kept at {item['staged']})"
-                  + (f": {item['error']}" if item.get("error") else ""), file=sys.stderr)
-        print(f"quiltmount: error: unmounted {path}, but {len(left)} file(s) are still staged; "
-              "they will be uploaded by the next mount of the same source", file=sys.stderr)
+    failed, still_open = report.get("failed_uploads", []), report.get("still_open", [])
+    if failed or still_open:
+        for item in failed + still_open:
+            print(f"quiltmount: not uploaded: {item['key']} (kept at {item['staged']}): {item['error']}",
+                  file=sys.stderr)
+        print(f"quiltmount: error: unmounted {path}, but {_what_is_left(failed, still_open, report)}",
+              file=sys.stderr)
         return 1
     print(f"unmounted {path}")
     return 0
+
+
+def _what_is_left(failed: list[dict], still_open: list[dict], report: dict) -> str:
+    """What becomes of the files a daemon left staged, as the end of `umount`'s one-line error."""
+    parts = []
+    if failed:
+        parts.append(f"{len(failed)} file(s) are still staged: the next mount of the same source uploads them")
+    if still_open:
+        parts.append(f"{len(still_open)} file(s) were still open for writing: not uploaded (their bytes may be "
+                     f"incomplete); the next mount of the same source moves them to {report['stranded_dir']}")
+    return "; ".join(parts)
 
 
 def _wait_for_daemon(path: str, pid: int, log_file: str | None) -> dict:

@@ -180,10 +180,13 @@ def _finish_uploads(writes: WritableBucketTree) -> None:
 
 def _report_staged(writes: WritableBucketTree, mountpoint: str, unfinished: bool) -> int:
     """Log every file still staged and leave their list for `umount`; return how many.  `unfinished`: the
-    daemon stops before its uploads are done (--stop-timeout), so those still running are listed too."""
+    daemon stops before its uploads are done (--stop-timeout), so those still running, and files still open
+    for writing, are listed too."""
     stats = writes.stats()
     failed = stats["failed_uploads"] + (writes.unfinished() if unfinished else [])
-    state.write_report(mountpoint, {"failed_uploads": failed, "stranded": stats["stranded"]})
-    for failure in failed:
+    still_open = writes.open_for_writing() if unfinished else []
+    state.write_report(mountpoint, {"failed_uploads": failed, "still_open": still_open,
+                                    "stranded_dir": writes.stranded_dir})
+    for failure in failed + still_open:
         log.error("not uploaded: %s (staged at %s): %s", failure["key"], failure["staged"], failure["error"])
-    return len(failed) + len(stats["stranded"])
+    return len(failed) + len(still_open)
