@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from quiltmount import argtypes, state
 from quiltmount.errors import QuiltmountError, UserError
@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from quiltmount.storage import Source
 
 UMOUNT_WAIT = 600.0
+#: Failed uploads, and files set aside after a crash, that `status` names one per line (of each).
+UPLOAD_LINES = 5
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -505,8 +507,8 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"  requests:  {requests.get('in_flight', 0)} in flight; {_counts(requests.get('totals', {}))}\n"
               f"  kernel:    {sum(record.get('fuse_calls', {}).values())} calls; "
               f"{_counts(record.get('fuse_calls', {}))}\n"
-              f"  open:      {record.get('open_files', 0)} files, RSS {format_size(record.get('rss_bytes', 0))}\n"
-              f"  uploads:   {record.get('pending_uploads', 0)} pending")
+              f"  open:      {record.get('open_files', 0)} files, RSS {format_size(record.get('rss_bytes', 0))}")
+        print("\n".join(upload_lines(record)))
         for index in record.get("indexes", []):
             print(f"  index:     {index['top_hash'][:12]} {index['entries']} entries, "
                   f"{format_size(index['disk_bytes'])} ({index['path']})")
@@ -515,6 +517,24 @@ def cmd_status(args: argparse.Namespace) -> int:
                   f"{draft['files_written']} written, {draft['deleted']} deleted, {draft['renamed']} renamed, "
                   f"{format_size(draft['bytes_staged'])} staged")
     return 0
+
+
+def upload_lines(record: dict[str, Any]) -> list[str]:
+    """The uploads of a mount's status record, for `status`: the counts, then one line per failed upload and
+    per file set aside after a crash, UPLOAD_LINES of each at most (`--json` has them all)."""
+    failed, stranded = record.get("failed_uploads", []), record.get("stranded", [])
+    return [f"  uploads:   {record.get('pending_uploads', 0)} pending, {record.get('uploaded', 0)} done, "
+            f"{record.get('upload_retries', 0)} retries, {len(failed)} failed, {len(stranded)} stranded",
+            *_capped("failed:  ", [f"{item['key']} (staged at {item['staged']}): {item['error']}" for item in failed]),
+            *_capped("stranded:", [f"{item['key']}: not uploaded, kept at {item['kept_at']}" for item in stranded])]
+
+
+def _capped(label: str, items: list[str]) -> list[str]:
+    """`items` as status lines under `label`, UPLOAD_LINES at most, then how many more there are."""
+    lines = [f"  {label}  {item}" for item in items[:UPLOAD_LINES]]
+    if len(items) > UPLOAD_LINES:
+        lines.append(f"  {label}  ... and {len(items) - UPLOAD_LINES} more (`quiltmount status --json` lists them all)")
+    return lines
 
 
 def _counts(counts: dict[str, int]) -> str:

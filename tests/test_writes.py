@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import time
@@ -215,6 +216,10 @@ def test_failed_uploads_are_kept_reported_and_recovered(s3, bucket, s3_server, t
             assert any(f["key"] == "denied-later.txt" and "denied" in f["error"].lower() for f in
                        record["failed_uploads"])
             assert record["upload_retries"] >= 1 and proxy.denied >= 2
+            shown = run_cli("status").stdout
+            assert re.search(r"  uploads:   \d+ pending, 1 done, [1-9]\d* retries, [12] failed, 0 stranded\n", shown)
+            (failed,) = [item for item in record["failed_uploads"] if item["key"] == "denied-later.txt"]
+            assert f"  failed:    denied-later.txt (staged at {failed['staged']}): {failed['error']}\n" in shown
             result = run_cli("umount", str(mnt))
             assert result.returncode == 1
             assert "denied-later.txt" in result.stderr and "still staged" in result.stderr
@@ -342,6 +347,8 @@ def test_a_file_open_when_the_daemon_was_killed_is_set_aside_once_and_never_repo
     assert kept.read_bytes() == b"half of it" and oct(kept.stat().st_mode & 0o777) == oct(0o600)
     assert str(cache / "stranded") in result.stderr and "1 file" in result.stderr
     assert mount_record(mnt)["stranded"] == [{"key": "d/half.txt", "kept_at": str(kept)}]
+    shown = run_cli("status").stdout
+    assert ", 1 stranded" in shown and f"  stranded:  d/half.txt: not uploaded, kept at {kept}\n" in shown
     assert os.listdir(cache / "staging" / "journal") == [] and os.listdir(cache / "staging" / "data") == []
     assert "d/half.txt" not in keys(s3, bucket)
 
