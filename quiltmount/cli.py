@@ -270,36 +270,39 @@ def cmd_umount(args: argparse.Namespace) -> int:
 
     path = os.path.abspath(args.mountpoint)
     record = state.read_record(path)
-    if not is_fuse_mount(path):
-        if record is None or not state.pid_alive(int(record.get("pid", 0))):
-            raise UserError(f"not mounted: {path}")
-    else:
+    if is_fuse_mount(path):
         unmount(path)
+    elif record is None or not state.pid_alive(int(record.get("pid", 0))):
+        # The daemon has exited by itself (a stop signal): what it left staged is in its report, once.
+        report = state.take_report(path) or {}
+        if not (report.get("failed_uploads") or report.get("still_open")):
+            raise UserError(f"not mounted: {path}")
+        return _list_left(f"{path} is not mounted (its daemon has exited)", report)
     if record is not None:
         report = _wait_for_daemon(path, int(record.get("pid", 0)), record.get("log_file"))
     else:
         report = state.take_report(path) or {}
-    failed, still_open = report.get("failed_uploads", []), report.get("still_open", [])
-    if failed or still_open:
-        for item in failed + still_open:
-            print(f"quiltmount: not uploaded: {item['key']} (kept at {item['staged']}): {item['error']}",
-                  file=sys.stderr)
-        print(f"quiltmount: error: unmounted {path}, but {_what_is_left(failed, still_open, report)}",
-              file=sys.stderr)
-        return 1
+    if report.get("failed_uploads") or report.get("still_open"):
+        return _list_left(f"unmounted {path}", report)
     print(f"unmounted {path}")
     return 0
 
 
-def _what_is_left(failed: list[dict], still_open: list[dict], report: dict) -> str:
-    """What becomes of the files a daemon left staged, as the end of `umount`'s one-line error."""
-    parts = []
+def _list_left(done: str, report: dict) -> int:
+    """Print the files a daemon's exit `report` lists as not uploaded, then one line of error: `done` (what
+    became of the mount) and what becomes of them; return the exit status (1)."""
+    failed, still_open = report.get("failed_uploads", []), report.get("still_open", [])
+    for item in failed + still_open:
+        print(f"quiltmount: not uploaded: {item['key']} (kept at {item['staged']}): {item['error']}",
+              file=sys.stderr)
+    fates = []
     if failed:
-        parts.append(f"{len(failed)} file(s) are still staged: the next mount of the same source uploads them")
+        fates.append(f"{len(failed)} file(s) are still staged: the next mount of the same source uploads them")
     if still_open:
-        parts.append(f"{len(still_open)} file(s) were still open for writing: not uploaded (their bytes may be "
+        fates.append(f"{len(still_open)} file(s) were still open for writing: not uploaded (their bytes may be "
                      f"incomplete); the next mount of the same source moves them to {report['stranded_dir']}")
-    return "; ".join(parts)
+    print(f"quiltmount: error: {done}, but {'; '.join(fates)}", file=sys.stderr)
+    return 1
 
 
 def _wait_for_daemon(path: str, pid: int, log_file: str | None) -> dict:
