@@ -411,7 +411,7 @@ def test_a_stop_cut_short_keeps_what_did_not_land_for_the_next_mount(s3, bucket,
             writing.close()
     assert not is_mounted(mnt)
     assert "SIGINT: stopping the mount" in log and "--stop-timeout (1 s) is over" in log
-    assert "not uploaded: a.bin" in log and "upload not finished when the daemon stopped" in log
+    assert "not uploaded: 'a.bin'" in log and "upload not finished when the daemon stopped" in log
     staging = Path(record["cache_dir"]) / "staging"
     staged = {entry.key: staging / "data" / entry.id for entry in read_journal(str(staging))}
     result = run_cli("umount", str(mnt))

@@ -317,7 +317,7 @@ def test_an_upload_of_a_file_open_when_the_daemon_was_killed_is_aborted_by_the_n
     wait_for(lambda: _uploads_in_progress(s3, bucket, "open.bin") == [])
     assert "open.bin" not in keys(s3, bucket)
     log = Path(mount_record(mnt)["log_file"])
-    wait_for(lambda: "aborted the multipart upload of open.bin" in log.read_text())  # logged once S3 answered
+    wait_for(lambda: "aborted the multipart upload of 'open.bin'" in log.read_text())  # logged once S3 answered
     assert "kept at" in log.read_text()
     (kept,) = [item["kept_at"] for item in mount_record(mnt)["stranded"]]
     assert Path(kept).read_bytes() == data[:len(Path(kept).read_bytes())]  # what had reached the daemon

@@ -136,7 +136,7 @@ def _as_of(source: Source, store: ObjectStore, moment: float) -> AsOfStore:
         next(store.list_versions(source.prefix), None)
     except StorageError as exc:
         raise UserError(f"--as-of needs the bucket's object versions: {exc}") from None
-    log.info("showing %s as of %s, read-only", source.url, format_moment(moment))
+    log.info("showing %r as of %s, read-only", source.url, format_moment(moment))
     return AsOfStore(store, moment)
 
 

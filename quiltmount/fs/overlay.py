@@ -160,7 +160,7 @@ class WritableBucketTree(Tree):
                 replaced = self._dirty.get(path)
                 self._dirty[path] = dirty
             if replaced is not None:  # another writer created it meanwhile: the last one opened wins
-                log.warning("%s: opened for writing by two writers at once; the later open wins", path)
+                log.warning("%r: opened for writing by two writers at once; the later open wins", path)
             if node is None or truncate:
                 self._streams.start(staged, dirty.data_path)
         handle = WriteHandle(dirty, self.sync, writable=True, sync_on_close=self.sync_on_close)
@@ -189,7 +189,7 @@ class WritableBucketTree(Tree):
             if dirty.write_error is not None:
                 # The writer was told (ENOSPC, EIO...); uploading what did get staged would put a truncated
                 # object in place of good data.  The path shows the object as it was before.
-                log.error("%s: not uploaded because a write failed (%s); staged bytes discarded",
+                log.error("%r: not uploaded because a write failed (%s); staged bytes discarded",
                           dirty.staged.key, dirty.write_error)
             # Else it was already uploaded by fsync or by a synchronous close, or never changed.
             with self._lock:
@@ -226,7 +226,7 @@ class WritableBucketTree(Tree):
                 self.uploader.wait(dirty.staged)
         except StorageError as exc:  # whatever S3 said, for fsync(2) the data is not durable: EIO
             dirty.modified = True
-            log.error("fsync of %s: upload failed: %s", dirty.staged.key, exc)
+            log.error("fsync of %r: upload failed: %s", dirty.staged.key, exc)
             raise StorageError(f"fsync of {dirty.staged.key}: {exc}", errno.EIO) from None
 
     def _put(self, staged: StagedFile) -> ObjectInfo:

@@ -186,7 +186,7 @@ class StagingArea:
                     found.append(staged)
                     continue
                 if staged.state != SET_ASIDE:
-                    log.error("staging: %s has a journal entry but no data; dropping the entry", staged.key)
+                    log.error("staging: %r has a journal entry but no data; dropping the entry", staged.key)
                 self.remove(staged)
                 continue
             found.append(staged)
@@ -208,7 +208,7 @@ def read_journal(directory: str) -> list[StagedFile]:
             with open(os.path.join(journal, name), encoding="utf-8") as file:
                 found.append(_staged_file(json.load(file)))
         except (OSError, ValueError, TypeError) as exc:
-            log.error("staging: unreadable journal entry %s (%s); left in place", name, exc)
+            log.error("staging: unreadable journal entry %r (%s); left in place", name, exc)
     return found
 
 
@@ -245,10 +245,10 @@ def abort_abandoned_uploads(store: ObjectStore, staging: StagingArea, recovered:
         for staged, key, upload_id in abandoned:
             try:
                 if store.abort_upload(key, upload_id):
-                    log.info("staging: aborted the multipart upload of %s that a previous daemon left unfinished",
+                    log.info("staging: aborted the multipart upload of %r that a previous daemon left unfinished",
                              key)
             except StorageError as exc:
-                log.warning("staging: could not abort the multipart upload %s of %s a previous daemon left "
+                log.warning("staging: could not abort the multipart upload %s of %r a previous daemon left "
                             "unfinished (%s); the next mount tries again", upload_id, key, exc)
                 continue
             staging.forget_upload(staged, upload_id)
