@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from quiltmount import argtypes, state
 from quiltmount.errors import QuiltmountError, UserError
@@ -32,6 +32,8 @@ UMOUNT_WAIT = 600.0
 #: The exit status once stdout's reader went away: as if killed by SIGPIPE (which Python ignores), what a
 #: shell reports for `yes | head -1`.
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+#: Failed uploads, and files set aside after a crash, that `status` names one per line (of each).
+UPLOAD_LINES = 5
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -252,6 +254,13 @@ def cmd_mount(args: argparse.Namespace) -> int:
     start_background(options)
     record = state.read_record(options.mountpoint) or {}
     print(f"mounted {source.url} at {options.mountpoint} (log: {record.get('log_file', '?')})")
+    stranded = record.get("stranded", [])
+    if stranded:
+        places = [item["kept_at"] for item in stranded]
+        where = f"at {places[0]}" if len(places) == 1 else f"under {os.path.commonpath(places)}"
+        print(f"quiltmount: warning: {len(stranded)} file(s) a stopped daemon left open for writing were not "
+              f"uploaded (their bytes may be incomplete); kept {where} (`quiltmount status` lists them)",
+              file=sys.stderr)
     cache = record.get("cache", {})
     if "disk_limit" in cache:
         print(f"disk cache: {format_size(cache['disk_used'])} of {format_size(cache['disk_limit'])} used "
@@ -286,25 +295,39 @@ def cmd_umount(args: argparse.Namespace) -> int:
 
     path = os.path.abspath(args.mountpoint)
     record = state.read_record(path)
-    if not is_fuse_mount(path):
-        if record is None or not state.pid_alive(int(record.get("pid", 0))):
-            raise UserError(f"not mounted: {path}")
-    else:
+    if is_fuse_mount(path):
         unmount(path)
+    elif record is None or not state.pid_alive(int(record.get("pid", 0))):
+        # The daemon has exited by itself (a stop signal): what it left staged is in its report, once.
+        report = state.take_report(path) or {}
+        if not (report.get("failed_uploads") or report.get("still_open")):
+            raise UserError(f"not mounted: {path}")
+        return _list_left(f"{path} is not mounted (its daemon has exited)", report)
     if record is not None:
         report = _wait_for_daemon(path, int(record.get("pid", 0)), record.get("log_file"))
     else:
         report = state.take_report(path) or {}
-    left = report.get("failed_uploads", []) + report.get("stranded", [])
-    if left:
-        for item in left:
-            print(f"quiltmount: not uploaded: {item['key']} (kept at {item['staged']})"
-                  + (f": {item['error']}" if item.get("error") else ""), file=sys.stderr)
-        print(f"quiltmount: error: unmounted {path}, but {len(left)} file(s) are still staged; "
-              "they will be uploaded by the next mount of the same source", file=sys.stderr)
-        return 1
+    if report.get("failed_uploads") or report.get("still_open"):
+        return _list_left(f"unmounted {path}", report)
     print(f"unmounted {path}")
     return 0
+
+
+def _list_left(done: str, report: dict) -> int:
+    """Print the files a daemon's exit `report` lists as not uploaded, then one line of error: `done` (what
+    became of the mount) and what becomes of them; return the exit status (1)."""
+    failed, still_open = report.get("failed_uploads", []), report.get("still_open", [])
+    for item in failed + still_open:
+        print(f"quiltmount: not uploaded: {item['key']} (kept at {item['staged']}): {item['error']}",
+              file=sys.stderr)
+    fates = []
+    if failed:
+        fates.append(f"{len(failed)} file(s) are still staged: the next mount of the same source uploads them")
+    if still_open:
+        fates.append(f"{len(still_open)} file(s) were still open for writing: not uploaded (their bytes may be "
+                     f"incomplete); the next mount of the same source moves them to {report['stranded_dir']}")
+    print(f"quiltmount: error: {done}, but {'; '.join(fates)}", file=sys.stderr)
+    return 1
 
 
 def _wait_for_daemon(path: str, pid: int, log_file: str | None) -> dict:
@@ -512,8 +535,8 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"  requests:  {requests.get('in_flight', 0)} in flight; {_counts(requests.get('totals', {}))}\n"
               f"  kernel:    {sum(record.get('fuse_calls', {}).values())} calls; "
               f"{_counts(record.get('fuse_calls', {}))}\n"
-              f"  open:      {record.get('open_files', 0)} files, RSS {format_size(record.get('rss_bytes', 0))}\n"
-              f"  uploads:   {record.get('pending_uploads', 0)} pending")
+              f"  open:      {record.get('open_files', 0)} files, RSS {format_size(record.get('rss_bytes', 0))}")
+        print("\n".join(upload_lines(record)))
         for index in record.get("indexes", []):
             print(f"  index:     {index['top_hash'][:12]} {index['entries']} entries, "
                   f"{format_size(index['disk_bytes'])} ({index['path']})")
@@ -522,6 +545,24 @@ def cmd_status(args: argparse.Namespace) -> int:
                   f"{draft['files_written']} written, {draft['deleted']} deleted, {draft['renamed']} renamed, "
                   f"{format_size(draft['bytes_staged'])} staged")
     return 0
+
+
+def upload_lines(record: dict[str, Any]) -> list[str]:
+    """The uploads of a mount's status record, for `status`: the counts, then one line per failed upload and
+    per file set aside after a crash, UPLOAD_LINES of each at most (`--json` has them all)."""
+    failed, stranded = record.get("failed_uploads", []), record.get("stranded", [])
+    return [f"  uploads:   {record.get('pending_uploads', 0)} pending, {record.get('uploaded', 0)} done, "
+            f"{record.get('upload_retries', 0)} retries, {len(failed)} failed, {len(stranded)} stranded",
+            *_capped("failed:  ", [f"{item['key']} (staged at {item['staged']}): {item['error']}" for item in failed]),
+            *_capped("stranded:", [f"{item['key']}: not uploaded, kept at {item['kept_at']}" for item in stranded])]
+
+
+def _capped(label: str, items: list[str]) -> list[str]:
+    """`items` as status lines under `label`, UPLOAD_LINES at most, then how many more there are."""
+    lines = [f"  {label}  {item}" for item in items[:UPLOAD_LINES]]
+    if len(items) > UPLOAD_LINES:
+        lines.append(f"  {label}  ... and {len(items) - UPLOAD_LINES} more (`quiltmount status --json` lists them all)")
+    return lines
 
 
 def _counts(counts: dict[str, int]) -> str:

@@ -96,7 +96,7 @@ def prepare_mountpoint(path: str) -> str:
             os.statvfs(path)  # never answered from the kernel's caches: a dead daemon shows here
     except OSError as exc:
         if exc.errno == errno.ENOTCONN:
-            log.warning("%s: stale FUSE mount (transport endpoint is not connected); lazily unmounting it", path)
+            log.warning("%r: stale FUSE mount (transport endpoint is not connected); lazily unmounting it", path)
             unmount(path, lazy=True)
         elif exc.errno == errno.ENOENT:
             raise UserError(f"mountpoint does not exist: {path}") from None

@@ -275,3 +275,21 @@ def test_a_reader_that_went_away_ends_the_command_quietly(argv, buffered, tmp_pa
     finally:
         os.close(write_end)
     assert (result.returncode, result.stderr) == (141, "")
+
+
+def test_status_text_lists_failed_and_stranded_files_up_to_a_cap() -> None:
+    """`status` (text) shows the upload counts, then one line per failed upload and per file set aside after a
+    crash, at most UPLOAD_LINES of each, then how many more `--json` lists."""
+    from quiltmount.cli import UPLOAD_LINES, upload_lines
+
+    record = {"pending_uploads": 2, "uploaded": 7, "upload_retries": 3,
+              "failed_uploads": [{"key": f"f{i}", "staged": f"/s/{i}", "error": "denied"}
+                                 for i in range(UPLOAD_LINES + 2)],
+              "stranded": [{"key": "h.txt", "kept_at": "/c/stranded/T/h.txt"}]}
+    assert upload_lines(record) == [
+        f"  uploads:   2 pending, 7 done, 3 retries, {UPLOAD_LINES + 2} failed, 1 stranded",
+        *[f"  failed:    f{i} (staged at /s/{i}): denied" for i in range(UPLOAD_LINES)],
+        "  failed:    ... and 2 more (`quiltmount status --json` lists them all)",
+        "  stranded:  h.txt: not uploaded, kept at /c/stranded/T/h.txt"]
+    assert upload_lines({"pending_uploads": 0, "uploaded": 0, "upload_retries": 0, "failed_uploads": [],
+                         "stranded": []}) == ["  uploads:   0 pending, 0 done, 0 retries, 0 failed, 0 stranded"]

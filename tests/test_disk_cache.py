@@ -399,7 +399,7 @@ def test_a_damaged_block_on_disk_is_dropped_and_read_again(s3, new_bucket, mount
     assert record["cache"]["disk_hits"] >= 3  # blocks 0, 2 and 5 (read-ahead may load one twice, racing a reader)
     log = Path(record["log_file"]).read_text()
     # (each damaged file once, or twice when the read-ahead and a reader load it at the same time)
-    assert set(re.findall(r"disk cache: (\S+) is damaged", log)) == {str(altered), str(truncated)}
+    assert set(re.findall(r"disk cache: (\S+) is damaged", log)) == {repr(str(altered)), repr(str(truncated))}
     unmount(second)
     again = blocks_of(own_disk_cache, '"f.bin"')
     assert sorted(again) == [0, 1, 2, 3, 4, 5]
@@ -465,7 +465,7 @@ def test_a_full_disk_turns_the_disk_cache_off_and_reads_go_on(s3, new_bucket, sm
     [record] = records(mnt)
     assert record["cache"]["disk_enabled"] is False and record["cache"]["disk_dir"] == str(cache)
     log = Path(record["log_file"]).read_text()
-    assert f"disk cache at {cache} turned off for this mount (the disk is full)" in log
+    assert f"disk cache at {str(cache)!r} turned off for this mount (the disk is full)" in log
     assert "Traceback" not in log
     assert cat(mnt / "b.bin") == objects["b.bin"]  # read and cached in memory only
     [record] = records(mnt)

@@ -415,7 +415,7 @@ def test_a_failed_multipart_copy_reports_its_own_error_when_its_abort_fails_too(
         assert not isinstance(raised.value, AccessDenied) and "UploadPartCopy" in str(raised.value), raised.value
         left = [upload["Key"] for upload in s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])]
         assert left == [target]
-        assert f"could not abort the multipart copy to {target}" in caplog.text
+        assert f"could not abort the multipart copy to {target!r}" in caplog.text
     finally:
         for upload in s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []):
             s3.abort_multipart_upload(Bucket=BUCKET, Key=upload["Key"], UploadId=upload["UploadId"])

@@ -183,7 +183,8 @@ def test_a_writer_reopening_during_the_last_release_keeps_its_bytes(tmp_path):
     root = tmp_path / "root"
     root.mkdir()
     store = LocalStore(str(root))
-    tree = WritableBucketTree(BucketTree(store, metadata_ttl=60), StagingArea(str(tmp_path / "staging")))
+    tree = WritableBucketTree(BucketTree(store, metadata_ttl=60), StagingArea(str(tmp_path / "staging")),
+                              str(tmp_path / "stranded"))
     try:
         first = tree.open_write("f.txt", truncate=True, create=True)
         first.write(b"one", 0)

@@ -4,6 +4,7 @@ SIGINT with the uploads finished, or kept staged for the next mount)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ from mounthelpers import force_unmount, is_mounted, mount_record, run_cli
 from quiltmount import state
 from quiltmount.envfile import load_env_file
 from quiltmount.errors import UserError
+from quiltmount.fs.staging import read_journal
 from quiltmount.helperlink import HELPER_NAME, install_helper, remove_helper
 from quiltmount.mounthelper import (
     HelperError, command_parsers, long_options, parse_invocation, run, split_options, translate,
@@ -393,20 +395,39 @@ def stop_daemon(record: dict, *signals: signal.Signals) -> str:
 
 
 def test_a_stop_cut_short_keeps_what_did_not_land_for_the_next_mount(s3, bucket, tmp_path, proxy, mount):
-    """The background daemon on SIGINT, with uploads that cannot finish: it exits after --stop-timeout (or
-    at a second signal), reports them, and the next mount of the source uploads them."""
+    """The background daemon on SIGINT, with uploads that cannot finish and a file still open for writing: it
+    exits after --stop-timeout (or at a second signal) and reports them; the next `quiltmount umount` of the
+    mountpoint lists them although the daemon is gone, and the next mount of the source uploads the closed
+    ones (the open one is set aside, never uploaded)."""
     stalled = proxy.add(Fault.stall(method="PUT"))
     mnt = mount(f"s3://{bucket}", "--endpoint-url", proxy.endpoint_url, "--stop-timeout", "1")
     files = {"a.bin": os.urandom(1000), "b.bin": os.urandom(2000)}
     for key, data in files.items():
         (mnt / key).write_bytes(data)
     proxy.wait_for_hits(stalled, 2)
-    log = stop_daemon(mount_record(mnt), signal.SIGINT)
+    record = mount_record(mnt)  # (asked before the file is opened: a fork would close a copy of it, a flush)
+    with open(mnt / "open.bin", "wb", buffering=0) as writing:
+        writing.write(b"half")
+        log = stop_daemon(record, signal.SIGINT)
+        with contextlib.suppress(OSError):
+            writing.close()
     assert not is_mounted(mnt)
     assert "SIGINT: stopping the mount" in log and "--stop-timeout (1 s) is over" in log
-    assert "not uploaded: a.bin" in log and "upload not finished when the daemon stopped" in log
-    report = state.take_report(str(mnt))
-    assert sorted(item["key"] for item in report["failed_uploads"]) == sorted(files)
+    assert "not uploaded: 'a.bin'" in log and "upload not finished when the daemon stopped" in log
+    staging = Path(record["cache_dir"]) / "staging"
+    staged = {entry.key: staging / "data" / entry.id for entry in read_journal(str(staging))}
+    result = run_cli("umount", str(mnt))
+    assert result.returncode == 1 and result.stdout == "", result
+    assert sorted(result.stderr.splitlines()) == sorted([
+        *[f"quiltmount: not uploaded: {key} (kept at {staged[key]}): upload not finished when the daemon stopped"
+          for key in files],
+        f"quiltmount: not uploaded: open.bin (kept at {staged['open.bin']}): still open for writing when the "
+        "daemon stopped",
+        f"quiltmount: error: {mnt} is not mounted (its daemon has exited), but 2 file(s) are still staged: the "
+        "next mount of the same source uploads them; 1 file(s) were still open for writing: not uploaded (their "
+        f"bytes may be incomplete); the next mount of the same source moves them to {staging.parent / 'stranded'}"])
+    result = run_cli("umount", str(mnt))  # listed once
+    assert (result.returncode, result.stderr) == (1, f"quiltmount: error: not mounted: {mnt}\n")
     assert [key for key in files if "Contents" in s3.list_objects_v2(Bucket=bucket, Prefix=key)] == []
 
     again = mount(f"s3://{bucket}", "--endpoint-url", proxy.endpoint_url)  # recovers both: still stalled
@@ -422,3 +443,5 @@ def test_a_stop_cut_short_keeps_what_did_not_land_for_the_next_mount(s3, bucket,
             assert time.monotonic() < deadline, f"{key} was not uploaded by the next mount"
             time.sleep(0.1)
         assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == data
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="open.bin")
+    assert (staging.parent / "stranded").is_dir()

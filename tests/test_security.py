@@ -4,10 +4,12 @@ own directories."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import tempfile
@@ -24,6 +26,7 @@ from quiltmount.packages.index import index_name
 from quiltmount.paths import index_dir, mounts_dir
 from test_bad_input import run, scratch_bucket, snapshot  # noqa: F401  (fixture)
 from test_config_auth import clean, quilt3_module, stack  # noqa: F401  (fixtures)
+from test_writes import wait_for
 
 MARK = "s3cr3t-9b7e51"  # in every planted secret, so one search finds them all
 NOBODY = 65534
@@ -234,6 +237,34 @@ def test_names_never_lead_outside_the_mount_or_cache(own_disk_cache, s3, scratch
     assert all(re.fullmatch(r"index\.sqlite(?:-wal|-shm)?|blocks/([0-9a-f]{2})/\1[0-9a-f]{30}", name)
                for name in shared), shared
 
+
+FORGED = "1999-01-01 00:00:00,000 CRITICAL quiltmount: forged"
+
+
+def test_a_newline_in_a_name_cannot_forge_a_log_line(s3, scratch_bucket, mount, s3_server):
+    """Keys and paths are logged quoted, and any line break in a log message is escaped: names holding a
+    newline yield no log line of their own, as their upload is logged (the test server refuses such keys:
+    "not found", an error naming the key too), or their bytes are set aside after a crash, or umount lists
+    them."""
+    bucket = scratch_bucket
+    mnt = mount(f"s3://{bucket}")
+    record = mount_record(mnt)  # (asked before a file is open: a fork would flush it, "closed")
+    log = Path(record["log_file"])
+    (mnt / f"closed\n{FORGED}").write_bytes(b"a")
+    with open(mnt / f"open\n{FORGED}", "wb", buffering=0) as writing:
+        writing.write(b"b")
+        wait_for(lambda: "closed" in log.read_text())
+        os.kill(record["pid"], signal.SIGKILL)
+        wait_for(lambda: not state.pid_alive(record["pid"]))
+        with contextlib.suppress(OSError):
+            writing.close()
+    result = run_cli("mount", f"s3://{bucket}", str(mnt), "--endpoint-url", s3_server.endpoint_url)
+    assert result.returncode == 0, result.stderr
+    run_cli("umount", str(mnt))
+    text = log.read_text()
+    for quoted in (f"'closed\\n{FORGED}'", f"'open\\n{FORGED}' was still open for writing"):
+        assert quoted in text
+    assert not [line for line in text.splitlines() if line.startswith("1999")], text
 
 # ---------------------------------------------------------------------------------------------------------
 # --allow-other

@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import time
@@ -275,6 +276,10 @@ def test_failed_uploads_are_kept_reported_and_recovered(s3, bucket, s3_server, t
             assert any(f["key"] == "denied-later.txt" and "denied" in f["error"].lower() for f in
                        record["failed_uploads"])
             assert record["upload_retries"] >= 1 and proxy.denied >= 2
+            shown = run_cli("status").stdout
+            assert re.search(r"  uploads:   \d+ pending, 1 done, [1-9]\d* retries, [12] failed, 0 stranded\n", shown)
+            (failed,) = [item for item in record["failed_uploads"] if item["key"] == "denied-later.txt"]
+            assert f"  failed:    denied-later.txt (staged at {failed['staged']}): {failed['error']}\n" in shown
             result = run_cli("umount", str(mnt))
             assert result.returncode == 1
             assert "denied-later.txt" in result.stderr and "still staged" in result.stderr
@@ -372,8 +377,51 @@ def test_an_upload_of_a_file_open_when_the_daemon_was_killed_is_aborted_by_the_n
     wait_for(lambda: _uploads_in_progress(s3, bucket, "open.bin") == [])
     assert "open.bin" not in keys(s3, bucket)
     log = Path(mount_record(mnt)["log_file"])
-    wait_for(lambda: "aborted the multipart upload of open.bin" in log.read_text())  # logged once S3 answered
+    wait_for(lambda: "aborted the multipart upload of 'open.bin'" in log.read_text())  # logged once S3 answered
     assert "kept at" in log.read_text()
+    (kept,) = [item["kept_at"] for item in mount_record(mnt)["stranded"]]
+    assert Path(kept).read_bytes() == data[:len(Path(kept).read_bytes())]  # what had reached the daemon
+    wait_for(lambda: not list((Path(kept).parents[2] / "staging" / "journal").iterdir()))  # its entry goes
+
+
+def test_a_file_open_when_the_daemon_was_killed_is_set_aside_once_and_never_reported_as_pending(
+        s3, bucket, mount, s3_server, tmp_path):
+    """kill -9 while a file is open for writing: the next mount does not upload it (its bytes may be
+    incomplete) but moves them out of the staging area to `CACHE/stranded/<time>/<key>`, says so once (mount's
+    output, log, `status`), and drops its journal entry: no `umount` reports it as a pending upload, and the
+    key can be written again through the mount like any other."""
+    cache = tmp_path / "cache"
+    mnt = mount(f"s3://{bucket}", "--cache-dir", str(cache))
+    pid = mount_record(mnt)["pid"]  # asked before the file is opened (a fork would flush it: "closed")
+    (mnt / "d").mkdir()
+    with open(mnt / "d" / "half.txt", "wb", buffering=0) as file:
+        file.write(b"half of it")
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not pid_alive(pid))
+        with contextlib.suppress(OSError):
+            file.close()
+    again = ("mount", f"s3://{bucket}", str(mnt), "--endpoint-url", s3_server.endpoint_url, "--cache-dir", str(cache))
+    result = run_cli(*again)
+    assert result.returncode == 0, result.stderr
+    (kept,) = (cache / "stranded").glob("*/d/half.txt")
+    assert kept.read_bytes() == b"half of it" and oct(kept.stat().st_mode & 0o777) == oct(0o600)
+    assert str(cache / "stranded") in result.stderr and "1 file" in result.stderr
+    assert mount_record(mnt)["stranded"] == [{"key": "d/half.txt", "kept_at": str(kept)}]
+    shown = run_cli("status").stdout
+    assert ", 1 stranded" in shown and f"  stranded:  d/half.txt: not uploaded, kept at {kept}\n" in shown
+    assert os.listdir(cache / "staging" / "journal") == [] and os.listdir(cache / "staging" / "data") == []
+    assert "d/half.txt" not in keys(s3, bucket)
+
+    (mnt / "d" / "half.txt").write_bytes(b"written again, whole")
+    result = run_cli("umount", str(mnt))
+    assert (result.returncode, result.stderr) == (0, "")
+    assert body(s3, bucket, "d/half.txt") == b"written again, whole"
+    result = run_cli(*again)
+    assert result.returncode == 0 and result.stderr == ""
+    assert mount_record(mnt)["stranded"] == []
+    result = run_cli("umount", str(mnt))
+    assert (result.returncode, result.stderr) == (0, "")
+    assert kept.read_bytes() == b"half of it"  # the user's to look at and remove
 
 
 def test_an_upload_of_a_closed_file_cut_by_kill_9_is_aborted_and_sent_again(s3, bucket, mount, s3_server,
@@ -450,6 +498,48 @@ def test_journal_entries_keep_the_older_form_while_a_file_has_one_upload(tmp_pat
         staging.forget_upload(recovered, "id-1")
         back = json.loads(entry.read_text())
         assert set(back) == fields and back["upload"] == ["k.bin", "id-2"]
+    finally:
+        staging.close()
+
+
+def test_set_aside_keeps_every_file_inside_its_directory_and_replaces_nothing(tmp_path):
+    """A set-aside file is named by its key under the directory; one whose name is taken (the same key twice,
+    a key that is a directory of another, or under another) or whose key is no plain relative path is named by
+    its staged id: nothing is replaced and nothing lands outside the directory."""
+    staging = StagingArea(str(tmp_path / "staging"))
+    aside = tmp_path / "stranded" / "T"
+    try:
+        kept = {}
+        for number, key in enumerate(["a/b.txt", "a/b.txt", "a", "a/b.txt/c", "../up.txt", "x/./y", ""]):
+            staged = staging.create(key)
+            Path(staging.data_path(staged)).write_bytes(f"bytes {number}".encode())
+            kept[staged.id] = Path(staging.set_aside(staged, str(aside)))
+        paths = list(kept.values())
+        assert paths[0] == aside / "a" / "b.txt"
+        assert [path.relative_to(aside).parts for path in paths[1:]] == [(id,) for id in list(kept)[1:]]
+        assert [path.read_bytes() for path in paths] == [f"bytes {number}".encode() for number in range(7)]
+        assert staging.recover() == [] and os.listdir(tmp_path / "staging" / "data") == []
+    finally:
+        staging.close()
+
+
+def test_a_set_aside_file_keeps_its_entry_until_its_abandoned_uploads_are_aborted(tmp_path):
+    """A file set aside while its entry names a multipart upload the killed daemon left: the entry stays
+    (`set-aside`, without data) until that upload is aborted, by this mount or, if S3 refused, the next one."""
+    staging = StagingArea(str(tmp_path / "staging"))
+    try:
+        staged = staging.create("k.bin")
+        staging.note_upload(staged, "k.bin", "id-1")
+        kept = staging.set_aside(staged, str(tmp_path / "stranded"))
+        assert Path(kept).read_bytes() == b""
+    finally:
+        staging.close()
+    staging = StagingArea(str(tmp_path / "staging"))  # the next mount: the abort failed
+    try:
+        (recovered,) = staging.recover()
+        assert (recovered.state, recovered.uploads) == ("set-aside", [["k.bin", "id-1"]])
+        staging.forget_upload(recovered, "id-1")  # aborted at last
+        assert staging.recover() == [] and os.listdir(tmp_path / "staging" / "journal") == []
     finally:
         staging.close()
 

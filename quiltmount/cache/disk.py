@@ -209,7 +209,7 @@ class DiskCache:
             db.execute("DELETE FROM reservations")
             db.execute("UPDATE settings SET value = 0 WHERE name = 'bytes'")
         self._unlink(files)
-        log.warning("disk cache at %s was written by an older quiltmount (CRC-32 checks): its %d blocks were "
+        log.warning("disk cache at %r was written by an older quiltmount (CRC-32 checks): its %d blocks were "
                     "removed", self.root, len(files))
 
     def _setting(self, name: str) -> int:
@@ -270,10 +270,10 @@ class DiskCache:
             self._forget(key, block, file)
             return None
         except OSError as exc:
-            log.warning("disk cache: cannot read %s (%s); reading from the source", path, exc)
+            log.warning("disk cache: cannot read %r (%s); reading from the source", path, exc)
             return None
         if len(data) != size or block_checksum(data) != checksum:
-            log.warning("disk cache: %s is damaged (%d bytes of %d, or altered); dropped and read again from "
+            log.warning("disk cache: %r is damaged (%d bytes of %d, or altered); dropped and read again from "
                         "the source", path, len(data), size)
             self._forget(key, block, file)
             return None
@@ -435,7 +435,7 @@ class DiskCache:
                 with contextlib.suppress(OSError):
                     os.unlink(temp)
                 self._direct = False
-                log.info("disk cache at %s: the filesystem refuses O_DIRECT (%s); block files are written through "
+                log.info("disk cache at %r: the filesystem refuses O_DIRECT (%s); block files are written through "
                          "the page cache", self.root, exc)
                 self._create(temp, data, direct=False)
             path = self._path(file)
@@ -494,7 +494,7 @@ class DiskCache:
             raise exc
         if self.enabled:
             self.enabled = False
-            log.warning("disk cache at %s turned off for this mount (%s): blocks are cached in memory only",
+            log.warning("disk cache at %r turned off for this mount (%s): blocks are cached in memory only",
                         self.root, reason)
 
     def _shrink(self, to: int | None, *, reserve: tuple[str, int] | None = None) -> tuple[int, int]:
@@ -708,7 +708,7 @@ class DiskCache:
         if result is not None:
             counts["hashed"] += 1
         if result is False:
-            log.info("disk cache: the cached bytes of %s do not hash to it; removed", key)
+            log.info("disk cache: the cached bytes of %r do not hash to it; removed", key)
             counts["failed"] += 1
             counts["failed_blocks"] += self.evict(key)
 

@@ -93,8 +93,8 @@ def build_layers(source: Source, store: ObjectStore, stores: StoreSet, cache_dir
         return Layers(MountTree(shown_tree, views, versions=versions), None, packages, read_only=True,
                       immutable=False)
     writes = WritableBucketTree(bucket, StagingArea(os.path.join(cache_dir, "staging")),
-                                sync_on_close=options.sync_on_close, upload_attempts=options.upload_attempts,
-                                upload_workers=options.upload_workers)
+                                os.path.join(cache_dir, "stranded"), sync_on_close=options.sync_on_close,
+                                upload_attempts=options.upload_attempts, upload_workers=options.upload_workers)
     writes.recover()
     versions = VersionsTree(writes, store, source.prefix, metadata_ttl=options.metadata_ttl)
     shown_tree = _with_posix(writes, bucket, writes, source, options)
@@ -136,7 +136,7 @@ def _as_of(source: Source, store: ObjectStore, moment: float) -> AsOfStore:
         next(store.list_versions(source.prefix), None)
     except StorageError as exc:
         raise UserError(f"--as-of needs the bucket's object versions: {exc}") from None
-    log.info("showing %s as of %s, read-only", source.url, format_moment(moment))
+    log.info("showing %r as of %s, read-only", source.url, format_moment(moment))
     return AsOfStore(store, moment)
 
 

@@ -28,13 +28,25 @@ def create_log_file(log_file: str, *, chosen: bool) -> None:
     os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
 
 
+class OneLineFormatter(logging.Formatter):
+    """Each message on one line of the log: a line break in it (in a name, or in an error that quotes one)
+    is written escaped, so that no key or file name can forge a log line.  Names are logged quoted (%r)
+    anyway; this also covers error messages that name them.  A traceback after the message keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return super().formatMessage(record).translate(_ESCAPED_LINE_BREAKS)
+
+
+_ESCAPED_LINE_BREAKS = str.maketrans({"\n": "\\n", "\r": "\\r"})
+
+
 def setup_logging(log_file: str, level: str, also_stderr: bool, *, chosen: bool) -> None:
     """Log to `log_file` (`chosen` with --log-file: see `create_log_file`), and to stderr if `also_stderr`."""
     create_log_file(log_file, chosen=chosen)
     handlers: list[logging.Handler] = [logging.FileHandler(log_file)]
     if also_stderr:
         handlers.append(logging.StreamHandler(sys.stderr))
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    formatter = OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = logging.getLogger()
     for handler in handlers:
         handler.setFormatter(formatter)

@@ -104,7 +104,7 @@ def serve(options: MountOptions, log_file: str, signal: ReadySignal, stopper: St
         fuse_options["allow_other"] = True
     if options.noexec:
         fuse_options["noexec"] = True
-    log.info("quiltmount %s mounting %s at %s (log %s)", __version__, source.url, mountpoint, log_file)
+    log.info("quiltmount %s mounting %r at %r (log %r)", __version__, source.url, mountpoint, log_file)
     writes = layers.writes
 
     def report_staged(unfinished: bool) -> int:
@@ -130,7 +130,7 @@ def serve(options: MountOptions, log_file: str, signal: ReadySignal, stopper: St
             disk.close()
         layers.tree.close()
         stores.close()
-    log.info("unmounted %s", mountpoint)
+    log.info("unmounted %r", mountpoint)
     return 1 if left else 0
 
 
@@ -144,7 +144,7 @@ def _open_disk_cache(options: MountOptions) -> DiskCache | None:
     except (OSError, sqlite3.Error) as exc:
         raise UserError(f"cannot use the disk cache at {root}: {exc} (--disk-cache-dir DIR to use another, "
                         "--disk-cache-size 0 for none)") from None
-    log.info("disk cache %s: %d of %d bytes used", root, disk.used, disk.capacity)
+    log.info("disk cache %r: %d of %d bytes used", root, disk.used, disk.capacity)
     return disk
 
 
@@ -165,7 +165,7 @@ def _go_live(status: StatusRecord, operations: MountOperations, signal: ReadySig
     # the collector's reach, so that full collections, which botocore's garbage triggers every few
     # requests, scan only what came since.
     gc.freeze()
-    log.info("mounted %s at %s (cache %s)", status.source_url, mountpoint, status.cache_dir)
+    log.info("mounted %r at %r (cache %r)", status.source_url, mountpoint, status.cache_dir)
     signal.ready(f"mounted {status.source_url} at {mountpoint}")
     status.keep_writing(operations, stop)
 
@@ -180,10 +180,13 @@ def _finish_uploads(writes: WritableBucketTree) -> None:
 
 def _report_staged(writes: WritableBucketTree, mountpoint: str, unfinished: bool) -> int:
     """Log every file still staged and leave their list for `umount`; return how many.  `unfinished`: the
-    daemon stops before its uploads are done (--stop-timeout), so those still running are listed too."""
+    daemon stops before its uploads are done (--stop-timeout), so those still running, and files still open
+    for writing, are listed too."""
     stats = writes.stats()
     failed = stats["failed_uploads"] + (writes.unfinished() if unfinished else [])
-    state.write_report(mountpoint, {"failed_uploads": failed, "stranded": stats["stranded"]})
-    for failure in failed:
-        log.error("not uploaded: %s (staged at %s): %s", failure["key"], failure["staged"], failure["error"])
-    return len(failed) + len(stats["stranded"])
+    still_open = writes.open_for_writing() if unfinished else []
+    state.write_report(mountpoint, {"failed_uploads": failed, "still_open": still_open,
+                                    "stranded_dir": writes.stranded_dir})
+    for failure in failed + still_open:
+        log.error("not uploaded: %r (staged at %r): %s", failure["key"], failure["staged"], failure["error"])
+    return len(failed) + len(still_open)

@@ -91,7 +91,7 @@ class Stopper:
             log.warning("%s before the mount was live: exiting", name)
             self._ready.fail(f"stopped by {name} before the mount was live")
             _exit(1)
-        log.info("%s: stopping the mount at %s; pending uploads get %g s more at most (--stop-timeout)", name,
+        log.info("%s: stopping the mount at %r; pending uploads get %g s more at most (--stop-timeout)", name,
                  mountpoint, self.timeout)
         self._unmount(mountpoint)
         remaining = deadline - time.monotonic()

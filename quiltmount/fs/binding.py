@@ -143,7 +143,7 @@ class KernelCacheTrim(_KernelNotices):
         result = mfusepy._libfuse.fuse_lowlevel_notify_inval_entry(session, FUSE_ROOT_ID, name, len(name))
         if result == 0:
             self.trims += 1
-        log.debug("kernel cache of /%s dropped (%d)", name.decode(errors="replace"), result)
+        log.debug("kernel cache of %r dropped (%d)", "/" + name.decode(errors="replace"), result)
 
 
 class KernelInvalidation(_KernelNotices):

@@ -114,7 +114,7 @@ class DraftTree(Tree):
         try:
             st = os.stat(self.draft.staging.data_path(staged))
         except FileNotFoundError:  # removed behind the daemon's back: shown empty, so that `rm` can drop it
-            log.warning("draft %s: %s: its staged bytes are gone", self.draft.package, path)
+            log.warning("draft %s: %r: its staged bytes are gone", self.draft.package, path)
             return Node(is_dir=False, size=0, mtime=self._dir_node.mtime)
         return Node(is_dir=False, size=st.st_size, mtime=st.st_mtime)
 
@@ -258,7 +258,7 @@ class DraftTree(Tree):
     def _released(self, dirty: DirtyFile) -> None:
         """The last writer closed it: the bytes stay staged (the journal says `closed`) until a commit."""
         if dirty.write_error is not None:
-            log.error("draft %s: %s: a write failed (%s); the staged bytes are kept as they are",
+            log.error("draft %s: %r: a write failed (%s); the staged bytes are kept as they are",
                       self.draft.package, dirty.path, dirty.write_error)
             self.draft.drop_stream(dirty.staged)
         with self._lock:

@@ -107,14 +107,14 @@ class ReadHandle(FileHandle):
         stream.fetcher.cache.forget(stream.identity)
         fresh = _range_if_source_matches(stream.store, stream.obj, verifier, offset, size)
         if fresh is not None and not self._returned_bytes:
-            log.warning("%s: cached bytes did not match the manifest hash; dropped, and read from the source, "
+            log.warning("%r: cached bytes did not match the manifest hash; dropped, and read from the source, "
                         "whose bytes match", where)
             return fresh
         self.corrupt.add(self._source)
         if fresh is None:
-            log.error("%s: content does not match the manifest hash %s; returning EIO", where, verifier.expected)
+            log.error("%r: content does not match the manifest hash %s; returning EIO", where, verifier.expected)
         else:
-            log.error("%s: bytes read earlier came from a cached copy that did not match the manifest hash (dropped; "
+            log.error("%r: bytes read earlier came from a cached copy that did not match the manifest hash (dropped; "
                       "the source's bytes match): EIO for this file until the next mount", where)
         raise self._refuse()
 

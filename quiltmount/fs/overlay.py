@@ -15,6 +15,7 @@ import errno
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 
 from quiltmount.errors import NotFound, StorageError
@@ -22,7 +23,8 @@ from quiltmount.fs.dirty import DirtyFile
 from quiltmount.fs.handles import WriteHandle
 from quiltmount.fs.node import Node, Tree
 from quiltmount.fs.partstream import PartStreams
-from quiltmount.fs.staging import CLOSED, OPEN, StagedFile, StagingArea, abort_abandoned_uploads, copy_in
+from quiltmount.fs.staging import (CLOSED, OPEN, SET_ASIDE, StagedFile, StagingArea, abort_abandoned_uploads,
+                                   copy_in)
 from quiltmount.fs.tree import BucketTree
 from quiltmount.fs.uploads import Uploader
 from quiltmount.posixmeta import NewAttrs, staged_headers
@@ -34,18 +36,21 @@ log = logging.getLogger(__name__)
 class WritableBucketTree(Tree):
     """A bucket tree with staged local files laid over it, and the operations that change the bucket."""
 
-    def __init__(self, bucket: BucketTree, staging: StagingArea, *, sync_on_close: bool = False,
+    def __init__(self, bucket: BucketTree, staging: StagingArea, stranded_dir: str, *, sync_on_close: bool = False,
                  upload_workers: int = 4, upload_attempts: int = 5) -> None:
+        """`stranded_dir`: where `recover` sets aside the files a killed daemon left open for writing."""
         self.bucket = bucket
         self.store = bucket.store
         self.staging = staging
+        self.stranded_dir = stranded_dir
         self.sync_on_close = sync_on_close
         self._streams = PartStreams(self.store, staging)
         self.uploader = Uploader(self.store, staging, workers=upload_workers, attempts=upload_attempts,
                                  on_uploaded=self._uploaded, put=self._put)
         self._dirty: dict[str, DirtyFile] = {}
         self._lock = threading.Lock()  # guards `_dirty`, and the writer count of each of its files
-        self.stranded: list[StagedFile] = []
+        #: Files a killed daemon left open for writing, found by `recover`: (key, where their bytes are now).
+        self.stranded: list[tuple[str, str]] = []
 
     def _dirty_file(self, path: str, staged: StagedFile, *, writers: int = 0, modified: bool = True) -> DirtyFile:
         return DirtyFile(path, staged, self.staging, self._streams, self._lock, self._last_writer_released,
@@ -53,16 +58,22 @@ class WritableBucketTree(Tree):
 
     # -- start-up -----------------------------------------------------------------------------------------
     def recover(self) -> int:
-        """Upload what a previous daemon staged and closed; report files that were still open."""
+        """Upload what a previous daemon staged and closed; set aside the files that were still open for
+        writing (their bytes may be incomplete: never uploaded) in `stranded_dir`/TIME/KEY."""
         queued = 0
         recovered = self.staging.recover()
         abort_abandoned_uploads(self.store, self.staging, recovered)  # before any of them is sent again
+        aside = os.path.join(self.stranded_dir, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
         for staged in recovered:
+            if not os.path.exists(self.staging.data_path(staged)):
+                continue  # set aside already: only its uploads are left to abort
             path = staged.key[len(self.bucket.root_prefix):] if staged.key.startswith(self.bucket.root_prefix) else None
-            if staged.state == OPEN or path is None:
-                log.error("staged file for %s was still open when the daemon stopped: kept at %s, not uploaded",
-                          staged.key, self.staging.data_path(staged))
-                self.stranded.append(staged)
+            if path is None:
+                log.warning("staged file for %r is outside this mount's prefix: left staged for a mount of its "
+                            "own source", staged.key)
+                continue
+            if staged.state in (OPEN, SET_ASIDE):  # (set-aside: a daemon died while moving it)
+                self._set_aside(staged, aside)
                 continue
             self.staging.set_state(staged, CLOSED)
             with self._lock:
@@ -72,6 +83,20 @@ class WritableBucketTree(Tree):
         if queued:
             log.info("recovery: uploading %d staged file(s) left by a previous daemon", queued)
         return queued
+
+    def _set_aside(self, staged: StagedFile, directory: str) -> None:
+        """`staged` was open for writing when its daemon died: out of the staging area with it, once."""
+        try:
+            kept_at = self.staging.set_aside(staged, directory)
+        except OSError as exc:
+            kept_at = self.staging.data_path(staged)
+            log.error("%r was still open for writing when a previous daemon stopped: not uploaded (its bytes may "
+                      "be incomplete); could not move it to %r (%s): kept at %r", staged.key, directory, exc,
+                      kept_at)
+        else:
+            log.error("%r was still open for writing when a previous daemon stopped: not uploaded (its bytes may "
+                      "be incomplete); kept at %r", staged.key, kept_at)
+        self.stranded.append((staged.key, kept_at))
 
     # -- reading the overlay ------------------------------------------------------------------------------
     def _dirty_node(self, dirty: DirtyFile) -> Node:
@@ -135,7 +160,7 @@ class WritableBucketTree(Tree):
                 replaced = self._dirty.get(path)
                 self._dirty[path] = dirty
             if replaced is not None:  # another writer created it meanwhile: the last one opened wins
-                log.warning("%s: opened for writing by two writers at once; the later open wins", path)
+                log.warning("%r: opened for writing by two writers at once; the later open wins", path)
             if node is None or truncate:
                 self._streams.start(staged, dirty.data_path)
         handle = WriteHandle(dirty, self.sync, writable=True, sync_on_close=self.sync_on_close)
@@ -164,7 +189,7 @@ class WritableBucketTree(Tree):
             if dirty.write_error is not None:
                 # The writer was told (ENOSPC, EIO...); uploading what did get staged would put a truncated
                 # object in place of good data.  The path shows the object as it was before.
-                log.error("%s: not uploaded because a write failed (%s); staged bytes discarded",
+                log.error("%r: not uploaded because a write failed (%s); staged bytes discarded",
                           dirty.staged.key, dirty.write_error)
             # Else it was already uploaded by fsync or by a synchronous close, or never changed.
             with self._lock:
@@ -201,7 +226,7 @@ class WritableBucketTree(Tree):
                 self.uploader.wait(dirty.staged)
         except StorageError as exc:  # whatever S3 said, for fsync(2) the data is not durable: EIO
             dirty.modified = True
-            log.error("fsync of %s: upload failed: %s", dirty.staged.key, exc)
+            log.error("fsync of %r: upload failed: %s", dirty.staged.key, exc)
             raise StorageError(f"fsync of {dirty.staged.key}: {exc}", errno.EIO) from None
 
     def _put(self, staged: StagedFile) -> ObjectInfo:
@@ -362,22 +387,26 @@ class WritableBucketTree(Tree):
                 "upload_retries": self.uploader.retries,
                 "failed_uploads": [{"key": staged.key, "error": staged.error,
                                     "staged": self.staging.data_path(staged)} for staged in failures],
-                "stranded": [{"key": staged.key, "staged": self.staging.data_path(staged)}
-                             for staged in self.stranded]}
+                "stranded": [{"key": key, "kept_at": kept_at} for key, kept_at in self.stranded]}
 
     def unfinished(self) -> list[dict]:
-        """Staged files neither uploaded nor reported failed: uploads queued or running, and files still open
-        for writing; what a daemon that stops before its uploads end leaves staged (the next mount uploads
-        the closed ones)."""
+        """Closed files whose upload is queued or running (not reported failed): what a daemon that stops
+        before its uploads end leaves staged; the next mount uploads them."""
         failed = {staged.id for staged in self.uploader.failures()}
-        with self._lock:
-            writing = [dirty.staged for dirty in self._dirty.values() if dirty.writers > 0]
-        left = {staged.id: (staged, "still open for writing") for staged in writing}
-        for staged in self.uploader.unfinished():
-            if staged.id not in failed:
-                left.setdefault(staged.id, (staged, "upload not finished"))
+        writing = {staged.id for staged in self._being_written()}
         return [{"key": staged.key, "staged": self.staging.data_path(staged),
-                 "error": f"{why} when the daemon stopped"} for staged, why in left.values()]
+                 "error": "upload not finished when the daemon stopped"}
+                for staged in self.uploader.unfinished() if staged.id not in failed | writing]
+
+    def open_for_writing(self) -> list[dict]:
+        """Files still open for writing: a daemon that stops now leaves them as a crash would, and the next
+        mount sets them aside in `stranded_dir` (never uploaded)."""
+        return [{"key": staged.key, "staged": self.staging.data_path(staged),
+                 "error": "still open for writing when the daemon stopped"} for staged in self._being_written()]
+
+    def _being_written(self) -> list[StagedFile]:
+        with self._lock:
+            return [dirty.staged for dirty in self._dirty.values() if dirty.writers > 0]
 
     def close(self) -> None:
         self._streams.close()  # files still open at unmount: their staged bytes stay, their parts go

@@ -234,7 +234,7 @@ class BlockFetcher:
         try:
             self._fetch_run(store, obj, ident, first, last)
         except Exception as exc:  # readers waiting for these blocks got the error; later ones fetch them anew
-            log.info("read-ahead of %s blocks %d-%d failed: %s", obj.key, first, last, exc)
+            log.info("read-ahead of %r blocks %d-%d failed: %s", obj.key, first, last, exc)
         finally:
             self._release_budget((last - first + 1) * self.block_size)
 

@@ -1,9 +1,12 @@
 """The staging area: files being written, on local disk, with a journal that survives a crash.
 
 Each staged file is `data/<id>` plus `journal/<id>.json` naming its key and state:
-- `open`: a writer has it open; after a crash its bytes are kept and reported, never uploaded half-written;
+- `open`: a writer has it open; after a crash its bytes are never uploaded half-written: the next mount moves
+  them out of the staging area (`set_aside`);
 - `closed`: complete, waiting for (or in) upload; after a crash the next mount uploads it;
-- `failed`: the upload kept failing; the bytes stay until an upload succeeds or the file is deleted.
+- `failed`: the upload kept failing; the bytes stay until an upload succeeds or the file is deleted;
+- `set-aside`: a file found `open` after a crash, whose bytes a mount is moving (or has moved) out of the
+  staging area (`set_aside`); the entry stays only while it names uploads to abort.
 With `--posix-metadata` the entry also keeps the file's attributes (`meta`, as s3fs headers), which its
 upload carries.  An entry also names each multipart upload of its bytes under way (`upload`; `uploads` when
 there are two), from the moment S3 created it until it completes or is aborted: a daemon killed before
@@ -16,6 +19,7 @@ entry, never a torn one.  The directory and files are private (0700/0600): they 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -27,11 +31,12 @@ from dataclasses import asdict, dataclass, field
 
 from quiltmount.errors import StorageError, UserError
 from quiltmount.files import atomic_file
+from quiltmount.paths import make_private_dir
 from quiltmount.storage.base import ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
 
-OPEN, CLOSED, FAILED = "open", "closed", "failed"
+OPEN, CLOSED, FAILED, SET_ASIDE = "open", "closed", "failed", "set-aside"
 #: Bytes per ranged GET when an object's current bytes are staged for a writer (the most held in memory at
 #: once).  A read size, not the multipart part size (`units.PART_SIZE`), though equal to it.
 COPY_CHUNK = 8 << 20
@@ -88,10 +93,13 @@ class StagingArea:
 
     def _write_entry(self, staged: StagedFile) -> None:
         """`save`, the caller holding the lock."""
-        if not os.path.exists(self.data_path(staged)):
+        if staged.state != SET_ASIDE and not os.path.exists(self.data_path(staged)):
             return
-        with atomic_file(os.path.join(self._journal, staged.id + ".json"), durable=True) as file:
+        with atomic_file(self._entry_path(staged), durable=True) as file:
             file.write(json.dumps(_journal_entry(staged)).encode())
+
+    def _entry_path(self, staged: StagedFile) -> str:
+        return os.path.join(self._journal, staged.id + ".json")
 
     def set_state(self, staged: StagedFile, state: str, error: str | None = None) -> None:
         staged.state, staged.error = state, error
@@ -104,12 +112,16 @@ class StagingArea:
             self._write_entry(staged)
 
     def forget_upload(self, staged: StagedFile, upload_id: str) -> None:
-        """Upload `upload_id` of `staged` is aborted: nothing of it is left to clean up."""
+        """Upload `upload_id` of `staged` is aborted: nothing of it is left to clean up (nor of the file, once
+        set aside with no other upload)."""
         with self._lock:
             kept = [upload for upload in staged.uploads if upload[1] != upload_id]
             if len(kept) != len(staged.uploads):
                 staged.uploads = kept
-                self._write_entry(staged)
+                if staged.state == SET_ASIDE and not kept:
+                    _unlink(self._entry_path(staged))
+                else:
+                    self._write_entry(staged)
 
     def upload_done(self, staged: StagedFile, upload_id: str) -> None:
         """Upload `upload_id` of `staged` completed: nothing of it is left to clean up.  Dropped in memory only,
@@ -120,18 +132,61 @@ class StagingArea:
 
     def remove(self, staged: StagedFile) -> None:
         with self._lock:  # ordered with `save`
-            for path in (os.path.join(self._journal, staged.id + ".json"), self.data_path(staged)):
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
+            for path in (self._entry_path(staged), self.data_path(staged)):
+                _unlink(path)
+
+    def set_aside(self, staged: StagedFile, directory: str) -> str:
+        """Move `staged`'s bytes out of the staging area to `directory`/KEY (`directory`/ID when KEY is not a
+        plain relative path or that name is taken; nothing is replaced) and drop its journal entry, which
+        stays only while it names uploads to abort (`abort_abandoned_uploads` may be at them): the file is
+        never uploaded, and nothing reports it again.  Returns where the bytes are now; OSError leaves them
+        staged as they were.
+
+        For a file a killed daemon left open for writing: its bytes may be incomplete, yet they are the user's.
+        The entry says `set-aside` before the move, so a crash in between leaves an entry that a next mount
+        sets aside again if its bytes are still staged, and otherwise drops once its uploads are aborted."""
+        make_private_dir(directory)
+        parts = [part for part in staged.key.split("/") if part]
+        target = os.path.join(directory, *parts) if parts and not {".", ".."} & set(parts) else None
+        if target is not None:
+            try:
+                os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
+            except (FileExistsError, NotADirectoryError):  # a file of the same name is set aside there already
+                target = None
+        if target is None or os.path.lexists(target):
+            target = os.path.join(directory, staged.id)
+            if os.path.lexists(target):
+                raise FileExistsError(errno.EEXIST, "already set aside", target)
+        with self._lock:
+            was = staged.state
+            staged.state = SET_ASIDE
+            try:
+                self._write_entry(staged)
+                os.rename(self.data_path(staged), target)
+            except OSError:
+                staged.state = was
+                self._write_entry(staged)
+                raise
+            try:
+                _sync_directory(os.path.dirname(target))
+            except OSError as exc:  # moved all the same: only a crash in the next seconds could undo it
+                log.warning("staging: could not sync %r after setting a file aside there (%s)",
+                            os.path.dirname(target), exc)
+            if not staged.uploads:
+                _unlink(self._entry_path(staged))
+        return target
 
     def recover(self) -> list[StagedFile]:
-        """Every staged file a previous daemon left (entries whose data is gone are dropped)."""
+        """Every staged file a previous daemon left (entries whose data is gone are dropped, but those of
+        files set aside that still name uploads to abort)."""
         found = []
         for staged in read_journal(self.directory):
             if not os.path.exists(self.data_path(staged)):
-                log.error("staging: %s has a journal entry but no data; dropping the entry", staged.key)
+                if staged.state == SET_ASIDE and staged.uploads:
+                    found.append(staged)
+                    continue
+                if staged.state != SET_ASIDE:
+                    log.error("staging: %r has a journal entry but no data; dropping the entry", staged.key)
                 self.remove(staged)
                 continue
             found.append(staged)
@@ -153,7 +208,7 @@ def read_journal(directory: str) -> list[StagedFile]:
             with open(os.path.join(journal, name), encoding="utf-8") as file:
                 found.append(_staged_file(json.load(file)))
         except (OSError, ValueError, TypeError) as exc:
-            log.error("staging: unreadable journal entry %s (%s); left in place", name, exc)
+            log.error("staging: unreadable journal entry %r (%s); left in place", name, exc)
     return found
 
 
@@ -190,15 +245,31 @@ def abort_abandoned_uploads(store: ObjectStore, staging: StagingArea, recovered:
         for staged, key, upload_id in abandoned:
             try:
                 if store.abort_upload(key, upload_id):
-                    log.info("staging: aborted the multipart upload of %s that a previous daemon left unfinished",
+                    log.info("staging: aborted the multipart upload of %r that a previous daemon left unfinished",
                              key)
             except StorageError as exc:
-                log.warning("staging: could not abort the multipart upload %s of %s a previous daemon left "
+                log.warning("staging: could not abort the multipart upload %s of %r a previous daemon left "
                             "unfinished (%s); the next mount tries again", upload_id, key, exc)
                 continue
             staging.forget_upload(staged, upload_id)
 
     threading.Thread(target=abort_all, name="abandoned-uploads", daemon=True).start()
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _sync_directory(path: str) -> None:
+    """Make the entries of directory `path` durable (a rename into it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def copy_in(store: ObjectStore, obj: ObjectInfo, data_path: str) -> None:

@@ -100,7 +100,7 @@ class Uploader:
             if self.on_uploaded is None or self.on_uploaded(staged, info):
                 staged.state = UPLOADED
                 self.staging.remove(staged)
-            log.info("uploaded %s", staged.key)
+            log.info("uploaded %r", staged.key)
         except StorageError as exc:
             self._record_failure(staged, upload.tries, exc)
             self._finish(upload)
@@ -125,7 +125,7 @@ class Uploader:
             pause = min(previous.pause * 2 if previous else self.backoff * 2 ** self.attempts, self.MAX_RETRY_PAUSE)
             self._failed[staged.id] = _Failure(staged, pause, time.monotonic() + pause)
             self._lock.notify_all()
-        log.error("upload of %s failed, keeping %s, next try in %.0f s: %s",
+        log.error("upload of %r failed, keeping %r, next try in %.0f s: %s",
                   staged.key, self.staging.data_path(staged), pause, exc)
 
     def _retry_failed(self) -> None:
@@ -151,7 +151,7 @@ class Uploader:
         def before_retry(exc: Exception, attempt: int, pause: float) -> None:
             with self._lock:
                 self.retries += 1
-            log.warning("upload of %s failed (attempt %d of %d), retrying in %.1f s: %s",
+            log.warning("upload of %r failed (attempt %d of %d), retrying in %.1f s: %s",
                         staged.key, attempt, tries, pause, exc)
 
         return call_with_retries(lambda: self._put(staged), attempts=tries, pause=self.backoff,

@@ -98,7 +98,7 @@ class PresignedRanges:
             try:
                 answer = connections.get(target, headers, where)
             except ssl.SSLError as exc:
-                log.debug("presigned GET of %s: %s; asking boto3", key, exc)
+                log.debug("presigned GET of %r: %s; asking boto3", key, exc)
                 return None, 0
             status = answer.status
             if status == 206 and answer.length == end - start:
@@ -110,7 +110,7 @@ class PresignedRanges:
                 break
         with self._lock:
             self._urls.pop((key, version_id), None)  # another region, say: a new URL next time
-        log.debug("presigned GET of %s answered %d; asking boto3", key, status)
+        log.debug("presigned GET of %r answered %d; asking boto3", key, status)
         return None, status
 
     def answered(self) -> None:

@@ -416,7 +416,7 @@ class S3Store(ObjectStore):
             try:
                 self.abort_upload(key, upload_id)
             except StorageError as exc:  # the copy's own error is the one to raise
-                log.warning("could not abort the multipart copy to %s (its upload stays in S3): %s", key, exc)
+                log.warning("could not abort the multipart copy to %r (its upload stays in S3): %s", key, exc)
             raise
 
     def close(self) -> None:
@@ -620,7 +620,7 @@ class PartUpload:
             return None
         if landed.etag != expected or landed.size != size:
             return None
-        log.info("%s: the upload's completion was answered as gone, but the object has its parts: done", self.key)
+        log.info("%r: the upload's completion was answered as gone, but the object has its parts: done", self.key)
         return dataclasses.replace(landed, checksum_sha256=_composite_checksum(parts))
 
     def abort(self) -> bool:
@@ -643,6 +643,6 @@ class PartUpload:
             try:
                 self._abort_upload(self.key, upload_id)  # (False: S3 no longer has it, which is as good)
             except StorageError as exc:
-                log.warning("could not abort the multipart upload of %s: %s", self.key, exc)
+                log.warning("could not abort the multipart upload of %r: %s", self.key, exc)
                 return False
         return True
