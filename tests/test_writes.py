@@ -17,6 +17,7 @@ import pytest
 
 from faultproxy import Fault
 from mounthelpers import fresh_record, mount_record, refuse_links_and_fifos, run_cli
+from quiltmount.errors import UserError
 from quiltmount.fs.staging import StagingArea
 from quiltmount.state import pid_alive
 from test_drafts_more import kill_daemon, proxy  # noqa: F401 (fixture)
@@ -160,6 +161,22 @@ def test_staged_files_survive_kill_9(s3, bucket, mount, s3_server):
     wait_for(lambda: all(key in keys(s3, bucket) for key in payloads), timeout=60)
     assert all(body(s3, bucket, key) == data for key, data in payloads.items())
     assert fresh_record(mnt)["pending_uploads"] == 0
+
+
+def test_a_staging_area_with_files_of_another_store_is_refused(tmp_path):
+    """The journal names keys, not buckets: one --cache-dir given to a second source must not upload the first
+    one's staged files into it.  Once nothing is staged, the area is the new source's."""
+    directory = str(tmp_path / "staging")
+    first = StagingArea(directory, "s3://one")
+    staged = first.create("a/b.txt")
+    first.close()
+    with pytest.raises(UserError, match="not yet uploaded to s3://one, not to s3://two"):
+        StagingArea(directory, "s3://two")
+    again = StagingArea(directory, "s3://one")  # (the refusal let go of the area)
+    again.remove(staged)
+    again.close()
+    StagingArea(directory, "s3://two").close()
+    assert (tmp_path / "staging" / "owner").read_text() == "s3://two"
 
 
 def test_local_directory_writes(tmp_path, mount):

@@ -59,7 +59,10 @@ class StagedFile:
 
 
 class StagingArea:
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, owner: str | None = None) -> None:
+        """`owner`: the store the staged keys are of (`ObjectStore.name`: s3://BUCKET, whatever the endpoint).
+        The area records it, and one holding staged files of another store is refused: its journal names keys,
+        not buckets, so they would be uploaded to the wrong one (one --cache-dir given to two sources)."""
         self.directory = directory
         self._data = os.path.join(directory, "data")
         self._journal = os.path.join(directory, "journal")
@@ -72,7 +75,27 @@ class StagingArea:
         except OSError:
             raise UserError(f"the staging area {directory} is in use by another mount of the same source; "
                             "use another --cache-dir") from None
+        if owner is not None:
+            self._claim(owner)
         self._lock = threading.Lock()
+
+    def _claim(self, owner: str) -> None:
+        """Record `owner` as the store of the staged files, unless the area holds files of another."""
+        path = os.path.join(self.directory, "owner")
+        try:
+            with open(path, encoding="utf-8") as file:
+                recorded = file.read()
+        except FileNotFoundError:
+            recorded = None
+        if recorded == owner:
+            return
+        if recorded is not None and os.listdir(self._journal):
+            self._lock_file.close()
+            raise UserError(f"the staging area {self.directory} holds writes not yet uploaded to {recorded}, not "
+                            f"to {owner}: mount that source with this --cache-dir to upload them, or use another "
+                            "--cache-dir")
+        with atomic_file(path, durable=True) as file:
+            file.write(owner.encode("utf-8"))
 
     def data_path(self, staged: StagedFile) -> str:
         return os.path.join(self._data, staged.id)
