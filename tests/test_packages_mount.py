@@ -191,6 +191,27 @@ def test_rm_deletes_pointers_like_quilt3(q3, pushed, mount, s3):
     assert not (mnt / ".packages/demo").exists() or os.listdir(mnt / ".packages/demo") == []
 
 
+def test_rm_r_of_a_namespace_and_of_packages(q3, pushed, mount, s3):
+    """`rm -r` of a namespace, or of `.packages`, deletes every package in it and succeeds: a namespace whose
+    last package went stays (empty) until its own rmdir, as a package whose last pointer went does."""
+    bucket, revisions = pushed
+    registry = f"s3://{bucket}"
+    latest = dict(q3.list_package_versions("demo/pkg", registry))["latest"]
+    for name in ("demo/other", "team/a", "team/b"):
+        s3.put_object(Bucket=bucket, Key=f".quilt/named_packages/{name}/latest", Body=latest.encode())
+    mnt = mount(registry)
+    removed = subprocess.run(["rm", "-r", str(mnt / ".packages/demo")], capture_output=True, text=True)
+    assert (removed.returncode, removed.stderr) == (0, ""), removed.stderr
+    assert list(q3.list_packages(registry)) == ["team/a", "team/b"]
+    assert os.listdir(mnt / ".packages") == ["team"]
+    removed = subprocess.run(["rm", "-r", str(mnt / ".packages")], capture_output=True, text=True)
+    assert (removed.returncode, removed.stderr) == (0, ""), removed.stderr
+    assert list(q3.list_packages(registry)) == []
+    assert os.listdir(mnt / ".packages") == []  # the view stays, empty
+    keys = {obj["Key"] for obj in s3.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert all(f".quilt/packages/{h}" in keys for h in revisions)  # manifests stay
+
+
 def test_single_package_mounts(q3, pushed, mount):
     bucket, revisions = pushed
     versions = dict(q3.list_package_versions("demo/pkg", registry=f"s3://{bucket}"))

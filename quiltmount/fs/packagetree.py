@@ -219,7 +219,8 @@ class PackagesTree(Tree):
         self.registry = registry
         self.drafts_dir = drafts_dir
         self._drafts: dict[str, DraftTree] = {}  # package -> its open draft
-        self._namespaces: set[str] = set()  # made by mkdir, for `mkdir -p .packages/NS/NEW/draft`
+        # Made by mkdir (for `mkdir -p .packages/NS/NEW/draft`) or where a package was removed: until rmdir.
+        self._namespaces: set[str] = set()
         self.index_dir = index_dir
         self.stores = stores
         self.ttl = metadata_ttl
@@ -752,8 +753,13 @@ class PackagesTree(Tree):
         parts, revision, _ = self._route(path)
         if isinstance(revision, DraftTree) and len(parts) == 3:
             return self._discard_draft(f"{parts[0]}/{parts[1]}", path)
-        if revision is not None or len(parts) not in (1, 2):
+        if revision is not None or len(parts) > 2:
             raise StorageError(f"{path}: read-only", errno.EROFS)
+        if len(parts) == 0:  # `rm -r .packages`: the view itself stays, as every reserved name does
+            if self.readdir(path):
+                raise StorageError(f"{path}: the registry still has packages", errno.ENOTEMPTY)
+            log.info("rmdir of the packages view: it is empty, and stays (a reserved name)")
+            return None
         if len(parts) == 1:
             if self.readdir(path):
                 raise StorageError(f"{path}: namespace is not empty", errno.ENOTEMPTY)
@@ -768,6 +774,9 @@ class PackagesTree(Tree):
             raise StorageError(f"{path}: package has a draft", errno.ENOTEMPTY)
         with self._lock:
             self._emptied.discard(name)
+            # The namespace goes from the registry with its last package, but stays until its own rmdir, which
+            # `rm -r` of the namespace (or of `.packages`) does next and would otherwise fail (ENOENT).
+            self._namespaces.add(parts[0])
             self._packages = None
             self._namespace_packages.clear()
 
