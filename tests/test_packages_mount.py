@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mounthelpers import fresh_record, run_cli
+from mounthelpers import fresh_record, mount_record, run_cli
 from quiltmount.packages import manifest as mf
 from test_registry import q3, quilt3_module  # noqa: F401  (fixtures: quilt3 talking to the test server)
 
@@ -210,6 +210,24 @@ def test_rm_r_of_a_namespace_and_of_packages(q3, pushed, mount, s3):
     assert os.listdir(mnt / ".packages") == []  # the view stays, empty
     keys = {obj["Key"] for obj in s3.list_objects_v2(Bucket=bucket)["Contents"]}
     assert all(f".quilt/packages/{h}" in keys for h in revisions)  # manifests stay
+
+
+def test_rm_r_of_a_package_with_a_pointer_that_names_no_revision(q3, pushed, mount, s3):
+    """A pointer holding no top hash is hidden, but it is still a pointer: quilt3 lists the package. `rm -r`
+    deletes what it sees, as quilt3 would (deleting `latest` copies the greatest remaining pointer, here the
+    bad one, into `latest`), then its rmdir fails with ENOTEMPTY, the pointers left named in the log."""
+    bucket, _ = pushed
+    registry = f"s3://{bucket}"
+    s3.put_object(Bucket=bucket, Key=".quilt/named_packages/demo/pkg/1000000000", Body=b"not a hash")
+    mnt = mount(registry)
+    removed = subprocess.run(["rm", "-r", str(mnt / ".packages/demo/pkg")], capture_output=True, text=True)
+    assert removed.returncode == 1 and "Directory not empty" in removed.stderr, removed.stderr
+    left = dict(q3.list_package_versions("demo/pkg", registry))
+    assert left == {"1000000000": "not a hash", "latest": "not a hash"}
+    assert list(q3.list_packages(registry)) == ["demo/pkg"]
+    assert os.listdir(mnt / ".packages/demo/pkg") == []  # what is left names no revision
+    log = Path(mount_record(mnt)["log_file"]).read_text()
+    assert "pointers that name no revision: '1000000000', 'latest' (ENOTEMPTY)" in log, log[-2000:]
 
 
 def test_single_package_mounts(q3, pushed, mount):

@@ -770,6 +770,10 @@ class PackagesTree(Tree):
         self.lookup(path)
         if self.versions(name) or any(package == name for package, _ in self._pending_links):
             raise StorageError(f"{path}: package still has pointers", errno.ENOTEMPTY)
+        hidden = self.registry.pointer_files(name)  # not listed, but quilt3 lists the package while they are there
+        if hidden:
+            raise StorageError(f"{path}: package still has pointers that name no revision: "
+                               f"{', '.join(map(short_repr, hidden))}", errno.ENOTEMPTY)
         if self._draft(name) is not None:
             raise StorageError(f"{path}: package has a draft", errno.ENOTEMPTY)
         with self._lock:

@@ -163,6 +163,12 @@ class Registry:
             infos = list(self.store.list_keys(package_dir))
         return [(info.key[len(package_dir):], info.size) for info in infos]
 
+    def pointer_files(self, name: str) -> list[str]:
+        """The names of every file in the package's pointer directory, whatever they hold: while there is one,
+        quilt3 lists the package."""
+        validate_package_name(name)
+        return [pointer for pointer, _ in self._pointers(name)]
+
     def _read_listed_pointer(self, name: str, pointer: str, size: int) -> str:
         """The top hash in a pointer seen in a listing of `size` bytes; `InvalidPointer` (without a download)
         when it is too large to be one, `NotFound` if it is gone."""
