@@ -230,6 +230,47 @@ def test_rm_r_of_a_package_with_a_pointer_that_names_no_revision(q3, pushed, mou
     assert "pointers that name no revision: '1000000000', 'latest' (ENOTEMPTY)" in log, log[-2000:]
 
 
+def test_pointers_of_any_name_and_broken_pointers(q3, pushed, mount, s3, s3_server, monkeypatch):
+    """A pointer named other than a timestamp or `latest` (a tag) is a pointer for quilt3: listed by the API,
+    the CLI, the package directory and `user.quilt.pointers`, and mountable as `--package NAME:TAG`.  A pointer
+    that holds no top hash is skipped with a warning, the others listed (quilt3 would hand back its text)."""
+    bucket, revisions = pushed
+    registry = f"s3://{bucket}"
+    versions = dict(q3.list_package_versions("demo/pkg", registry))
+    first = next(h for h in revisions if h != versions["latest"])
+    prefix = ".quilt/named_packages/demo/pkg"
+    s3.put_object(Bucket=bucket, Key=f"{prefix}/mytag", Body=first.encode())
+    s3.put_object(Bucket=bucket, Key=f"{prefix}/draft", Body=first.encode())  # the draft's name in the mount
+    theirs = list(q3.list_package_versions("demo/pkg", registry))
+    assert ("mytag", first) in theirs
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint_url)
+    import quiltmount
+
+    assert list(quiltmount.list_package_versions("demo/pkg", registry)) == theirs
+    listed = run_cli("packages", "versions", "demo/pkg", "--registry", registry, "--json")
+    assert json.loads(listed.stdout) == [{"pointer": p, "top_hash": h} for p, h in theirs]
+
+    mnt = mount(registry)
+    package = mnt / ".packages/demo/pkg"
+    assert sorted(os.listdir(package)) == sorted([*versions, "mytag"])  # `draft` is hidden, and logged
+    assert os.readlink(package / "mytag") == f"@{first}"
+    assert (package / "mytag/data/hello.txt").read_bytes() == revisions[first]["data/hello.txt"]
+    shown = {pointer: top_hash for pointer, top_hash in theirs if pointer != "draft"}
+    assert json.loads(os.getxattr(package, "user.quilt.pointers")) == shown
+    log = Path(mount_record(mnt)["log_file"]).read_text()
+    assert "pointer 'draft' of demo/pkg" in log
+    tagged = mount(registry, "--package", "demo/pkg:mytag")
+    assert (tagged / "data/hello.txt").read_bytes() == revisions[first]["data/hello.txt"]
+
+    s3.put_object(Bucket=bucket, Key=f"{prefix}/1000000000", Body=b"not a hash")
+    with pytest.warns(UserWarning, match="pointer '1000000000' of package demo/pkg .* does not contain a top hash"):
+        assert list(quiltmount.list_package_versions("demo/pkg", registry)) == theirs
+    listed = run_cli("packages", "versions", "demo/pkg", "--registry", registry)
+    assert listed.returncode == 0, listed.stderr
+    assert "mytag" in listed.stdout and "1000000000" not in listed.stdout
+    assert listed.stderr.startswith("quiltmount: warning: ") and "'1000000000'" in listed.stderr
+
+
 def test_single_package_mounts(q3, pushed, mount):
     bucket, revisions = pushed
     versions = dict(q3.list_package_versions("demo/pkg", registry=f"s3://{bucket}"))
