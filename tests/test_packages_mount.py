@@ -314,6 +314,32 @@ def test_local_registry_built_by_quilt3(q3, tmp_path, mount):
     assert (registry / ".quilt/packages" / top).exists()
 
 
+def test_user_meta_is_what_quilt3s_package_meta_returns(q3, tmp_path, mount):
+    """`user.quilt.user_meta` is quilt3's `Package.meta`: the header's `user_meta`, `{}` when the header has
+    none (a package made with `set` alone), `null` when it holds null (`set_dir` and `quilt3 push` without
+    `--meta` write it); so is a draft's, before and after a commit, and a new package's."""
+    src = write_tree(tmp_path / "src", {"a.txt": b"a"})
+    registry = tmp_path / "registry"
+    q3.Package().set_dir(".", str(src)).set_meta({"k": 1}).build("meta/set", registry=registry.as_uri())
+    q3.Package().set("a.txt", str(src / "a.txt")).build("meta/none", registry=registry.as_uri())
+    q3.Package().set_dir(".", str(src)).build("meta/null", registry=registry.as_uri())
+    mnt = mount(str(registry))
+    for name in ("meta/set", "meta/none", "meta/null"):
+        expected = q3.Package.browse(name, registry=registry.as_uri()).meta
+        assert json.loads(os.getxattr(mnt / f".packages/{name}/latest", "user.quilt.user_meta")) == expected, name
+        draft = mnt / f".packages/{name}/draft"
+        draft.mkdir()
+        assert json.loads(os.getxattr(draft, "user.quilt.user_meta")) == expected, name
+    assert [q3.Package.browse(f"meta/{name}", registry=registry.as_uri()).meta for name in ("none", "null")] \
+        == [{}, None]
+    (mnt / ".packages/meta/none/draft/b.txt").write_bytes(b"b")
+    run_cli("packages", "commit", str(mnt / ".packages/meta/none/draft"), "-m", "b").check_returncode()
+    assert json.loads(os.getxattr(mnt / ".packages/meta/none/draft", "user.quilt.user_meta")) == {}
+    new = mnt / ".packages/meta/new/draft"
+    os.makedirs(new)
+    assert json.loads(os.getxattr(new, "user.quilt.user_meta")) == q3.Package().meta == {}
+
+
 def _write_package(store_client, bucket: str, name: str, files: dict[str, tuple[str, str, bytes]]) -> str:
     """A manifest written by quiltmount's own writer: logical key -> (bucket, key, bytes) already in S3."""
     entries = []

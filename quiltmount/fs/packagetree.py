@@ -42,7 +42,7 @@ from quiltmount.packages.commit import Committed
 from quiltmount.packages.index import (
     ROOT_ID, IndexUnusable, RevisionChange, RevisionIndex, Row, derive_index, index_name, open_or_build,
 )
-from quiltmount.packages.manifest import ManifestError, is_top_hash, parse_physical_key, short_repr
+from quiltmount.packages.manifest import ManifestError, is_top_hash, package_meta, parse_physical_key, short_repr
 from quiltmount.packages.registry import LATEST, InvalidPointer, Registry, is_pointer_name, is_valid_package_name
 from quiltmount.paths import make_private_dir
 from quiltmount.posixmeta import NewAttrs
@@ -188,7 +188,7 @@ class RevisionTree(Tree):
             message = header.get("message")
             return {"user.quilt.top_hash": self.top_hash.encode(),
                     "user.quilt.message": b"" if message is None else str(message).encode("utf-8"),
-                    "user.quilt.user_meta": _json(header.get("user_meta"))}
+                    "user.quilt.user_meta": _json(package_meta(header))}
         _, row, _ = self._find(path)
         if row.is_dir:
             meta = self._query(lambda: self.index.dir_meta(path))
