@@ -8,6 +8,7 @@ of quilt3's config, as in quilt3.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterator
 
 from quiltmount import api_keys  # noqa: F401  (quilt3.api_keys)
@@ -20,7 +21,7 @@ from quiltmount.prefetchctl import prefetch  # noqa: F401
 from quiltmount.errors import QuiltException  # noqa: F401
 from quiltmount.quiltconfig import config, default_local_registry  # noqa: F401
 from quiltmount.packages.index import index_name, open_or_build
-from quiltmount.packages.registry import Registry, registry_from_url
+from quiltmount.packages.registry import InvalidPointer, Registry, registry_from_url
 from quiltmount.paths import index_dir, make_private_dir
 from quiltmount.catalog_search import search  # noqa: F401
 
@@ -35,8 +36,14 @@ def list_packages(registry: str | None = None) -> Iterator[str]:
 
 
 def list_package_versions(name: str, registry: str | None = None) -> Iterator[tuple[str, str]]:
-    """`(pointer, top_hash)` for every pointer of package `name`, `latest` included."""
-    return iter(_registry(registry).list_package_versions(name))
+    """`(pointer, top_hash)` for every pointer of package `name`, `latest` included, whatever its name.
+
+    A pointer that holds no top hash is skipped with a `UserWarning` and the others are listed: quilt3 would
+    return its text as a hash, which nothing can open (and fail the whole listing if it is not UTF-8)."""
+    def skip(exc: InvalidPointer) -> None:
+        warnings.warn(f"skipping {exc}", UserWarning, stacklevel=3)
+
+    return iter(_registry(registry).list_package_versions(name, on_invalid=skip))
 
 
 def delete_package(name: str, registry: str | None = None, top_hash: str | None = None) -> None:

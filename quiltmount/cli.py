@@ -14,6 +14,7 @@ import select
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -374,7 +375,11 @@ def cmd_packages_list(args: argparse.Namespace) -> int:
 def cmd_packages_versions(args: argparse.Namespace) -> int:
     from quiltmount.api import list_package_versions
 
-    pairs = list(list_package_versions(args.name, args.registry))
+    with warnings.catch_warnings(record=True) as skipped:  # pointers that hold no top hash
+        warnings.simplefilter("always")
+        pairs = list(list_package_versions(args.name, args.registry))
+    for warning in skipped:
+        print(f"quiltmount: warning: {warning.message}", file=sys.stderr)
     if args.json:
         print(json.dumps([{"pointer": pointer, "top_hash": top_hash} for pointer, top_hash in pairs]))
     else:

@@ -29,7 +29,11 @@ def invalid_path_reason(path: str) -> str | None:
 
 
 _PACKAGE_NAME = re.compile(r"[\w-]+/[\w-]+")  # Unicode \w, like quilt3's PACKAGE_NAME_FORMAT
-_POINTER_NAME = re.compile(r"[0-9]+|latest")
+_TIMESTAMP = re.compile(r"[0-9]+")
+LATEST = "latest"
+#: In a package's directory of a mount, `@<hash>` names a revision and `draft` the package's draft.
+REVISION_PREFIX = "@"
+PACKAGE_DRAFT = "draft"
 
 
 def is_valid_package_name(name: str) -> bool:
@@ -38,8 +42,29 @@ def is_valid_package_name(name: str) -> bool:
 
 
 def is_pointer_name(pointer: str) -> bool:
-    """Pointer files are named by Unix seconds (ASCII digits) or `latest`."""
-    return isinstance(pointer, str) and _POINTER_NAME.fullmatch(pointer) is not None
+    """A file in a package's pointer directory: quilt3 lists every one as a pointer, whatever its name
+    (`latest`, the Unix seconds its push writes, or a tag another tool wrote).  Not empty, `.`, `..`, nor with
+    a `/` (a key below a subdirectory) or a NUL byte."""
+    return (isinstance(pointer, str) and pointer not in ("", ".", "..") and "/" not in pointer
+            and "\0" not in pointer)
+
+
+def is_timestamp_pointer(pointer: str) -> bool:
+    """A pointer named by Unix seconds (ASCII digits), as quilt3's push names them."""
+    return _TIMESTAMP.fullmatch(pointer) is not None
+
+
+def is_settable_pointer_name(pointer: str) -> bool:
+    """The pointers quilt3 writes (push: Unix seconds and `latest`; rollback: `latest`), the only ones
+    quiltmount writes."""
+    return isinstance(pointer, str) and (pointer == LATEST or is_timestamp_pointer(pointer))
+
+
+def is_shown_pointer_name(pointer: str) -> bool:
+    """A pointer a mount can show in its package's directory: a valid entry name that names neither a
+    revision (`@...`) nor the draft."""
+    return (is_pointer_name(pointer) and invalid_name_reason(pointer) is None and pointer != PACKAGE_DRAFT
+            and not pointer.startswith(REVISION_PREFIX))
 
 
 def split_package_spec(spec: str) -> tuple[str, str | None, str | None]:
@@ -56,5 +81,6 @@ def split_package_spec(spec: str) -> tuple[str, str | None, str | None]:
         return name, top_hash, None
     name, colon, pointer = spec.partition(":")
     if colon and not pointer:
-        raise ValueError("nothing after ':': give a pointer (latest or a timestamp), or leave ':' out for latest")
+        raise ValueError("nothing after ':': give a pointer (latest, a timestamp or a tag), or leave ':' out "
+                         "for latest")
     return name, None, pointer or None

@@ -16,7 +16,7 @@ import pytest
 
 import quiltmount
 
-from mounthelpers import fresh_record, refuse_links_and_fifos, run_cli
+from mounthelpers import fresh_record, mount_record, refuse_links_and_fifos, run_cli
 from test_packages_mount import write_tree
 from test_registry import q3, quilt3_module  # noqa: F401  (fixtures: quilt3 talking to the test server)
 
@@ -246,6 +246,29 @@ def test_drafts_in_a_single_package_mount(q3, local_package, mount, tmp_path: Pa
     read_only = mount(str(registry), "--package", "demo/pkg", "--read-only")
     result = sh(f"mkdir {read_only}/.draft")
     assert result.returncode != 0 and "Read-only file system" in result.stderr, result.stderr
+
+
+def test_a_package_holding_the_draft_name_in_a_single_package_mount(q3, mount, tmp_path: Path) -> None:
+    """`.draft` at the root of a writable single-package mount is the mount's: a package's own top-level
+    `.draft/` is hidden from the listing (logged), as a bucket's `.packages` is, so `find` and `tar` of the
+    mount work; the draft still holds it (a commit keeps it), and a read-only mount, which has no draft,
+    shows it."""
+    src = write_tree(tmp_path / "src", {"a.txt": b"a", ".draft/x.txt": b"x"})
+    registry = tmp_path / "registry"
+    q3.Package().set_dir(".", str(src)).build("demo/own", registry=registry.as_uri(), message="m")
+    mnt = mount(str(registry), "--package", "demo/own")
+    assert sorted(os.listdir(mnt)) == ["a.txt"]
+    found = sh(f"find {mnt}")
+    assert found.returncode == 0 and found.stdout.split() == [str(mnt), str(mnt / "a.txt")], found.stderr
+    assert sh(f"tar -cf {tmp_path / 'all.tar'} -C {mnt} .").returncode == 0
+    log = Path(mount_record(mnt)["log_file"]).read_text()
+    assert "'.draft' at the root of the mounted tree is hidden: the mount reserves that name" in log, log[-2000:]
+    assert run_cli("packages", "draft", "demo/own", str(mnt)).returncode == 0
+    assert sorted(os.listdir(mnt / ".draft")) == [".draft", "a.txt"]
+    assert (mnt / ".draft/.draft/x.txt").read_bytes() == b"x"
+    read_only = mount(str(registry), "--package", "demo/own", "--read-only")
+    assert sorted(os.listdir(read_only)) == [".draft", "a.txt"]
+    assert (read_only / ".draft/x.txt").read_bytes() == b"x"
 
 
 def test_directories_of_a_draft_and_their_metadata(q3, mount, tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mounthelpers import fresh_record, run_cli
+from mounthelpers import fresh_record, mount_record, run_cli
 from quiltmount.packages import manifest as mf
 from test_registry import q3, quilt3_module  # noqa: F401  (fixtures: quilt3 talking to the test server)
 
@@ -212,6 +212,86 @@ def test_rm_deletes_pointers_like_quilt3(q3, pushed, mount, s3):
     assert not (mnt / ".packages/demo").exists() or os.listdir(mnt / ".packages/demo") == []
 
 
+def test_rm_r_of_a_namespace_and_of_packages(q3, pushed, mount, s3):
+    """`rm -r` of a namespace, or of `.packages`, deletes every package in it and succeeds: a namespace whose
+    last package went stays (empty) until its own rmdir, as a package whose last pointer went does."""
+    bucket, revisions = pushed
+    registry = f"s3://{bucket}"
+    latest = dict(q3.list_package_versions("demo/pkg", registry))["latest"]
+    for name in ("demo/other", "team/a", "team/b"):
+        s3.put_object(Bucket=bucket, Key=f".quilt/named_packages/{name}/latest", Body=latest.encode())
+    mnt = mount(registry)
+    removed = subprocess.run(["rm", "-r", str(mnt / ".packages/demo")], capture_output=True, text=True)
+    assert (removed.returncode, removed.stderr) == (0, ""), removed.stderr
+    assert list(q3.list_packages(registry)) == ["team/a", "team/b"]
+    assert os.listdir(mnt / ".packages") == ["team"]
+    removed = subprocess.run(["rm", "-r", str(mnt / ".packages")], capture_output=True, text=True)
+    assert (removed.returncode, removed.stderr) == (0, ""), removed.stderr
+    assert list(q3.list_packages(registry)) == []
+    assert os.listdir(mnt / ".packages") == []  # the view stays, empty
+    keys = {obj["Key"] for obj in s3.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert all(f".quilt/packages/{h}" in keys for h in revisions)  # manifests stay
+
+
+def test_rm_r_of_a_package_with_a_pointer_that_names_no_revision(q3, pushed, mount, s3):
+    """A pointer holding no top hash is hidden, but it is still a pointer: quilt3 lists the package. `rm -r`
+    deletes what it sees, as quilt3 would (deleting `latest` copies the greatest remaining pointer, here the
+    bad one, into `latest`), then its rmdir fails with ENOTEMPTY, the pointers left named in the log."""
+    bucket, _ = pushed
+    registry = f"s3://{bucket}"
+    s3.put_object(Bucket=bucket, Key=".quilt/named_packages/demo/pkg/1000000000", Body=b"not a hash")
+    mnt = mount(registry)
+    removed = subprocess.run(["rm", "-r", str(mnt / ".packages/demo/pkg")], capture_output=True, text=True)
+    assert removed.returncode == 1 and "Directory not empty" in removed.stderr, removed.stderr
+    left = dict(q3.list_package_versions("demo/pkg", registry))
+    assert left == {"1000000000": "not a hash", "latest": "not a hash"}
+    assert list(q3.list_packages(registry)) == ["demo/pkg"]
+    assert os.listdir(mnt / ".packages/demo/pkg") == []  # what is left names no revision
+    log = Path(mount_record(mnt)["log_file"]).read_text()
+    assert "pointers that name no revision: '1000000000', 'latest' (ENOTEMPTY)" in log, log[-2000:]
+
+
+def test_pointers_of_any_name_and_broken_pointers(q3, pushed, mount, s3, s3_server, monkeypatch):
+    """A pointer named other than a timestamp or `latest` (a tag) is a pointer for quilt3: listed by the API,
+    the CLI, the package directory and `user.quilt.pointers`, and mountable as `--package NAME:TAG`.  A pointer
+    that holds no top hash is skipped with a warning, the others listed (quilt3 would hand back its text)."""
+    bucket, revisions = pushed
+    registry = f"s3://{bucket}"
+    versions = dict(q3.list_package_versions("demo/pkg", registry))
+    first = next(h for h in revisions if h != versions["latest"])
+    prefix = ".quilt/named_packages/demo/pkg"
+    s3.put_object(Bucket=bucket, Key=f"{prefix}/mytag", Body=first.encode())
+    s3.put_object(Bucket=bucket, Key=f"{prefix}/draft", Body=first.encode())  # the draft's name in the mount
+    theirs = list(q3.list_package_versions("demo/pkg", registry))
+    assert ("mytag", first) in theirs
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint_url)
+    import quiltmount
+
+    assert list(quiltmount.list_package_versions("demo/pkg", registry)) == theirs
+    listed = run_cli("packages", "versions", "demo/pkg", "--registry", registry, "--json")
+    assert json.loads(listed.stdout) == [{"pointer": p, "top_hash": h} for p, h in theirs]
+
+    mnt = mount(registry)
+    package = mnt / ".packages/demo/pkg"
+    assert sorted(os.listdir(package)) == sorted([*versions, "mytag"])  # `draft` is hidden, and logged
+    assert os.readlink(package / "mytag") == f"@{first}"
+    assert (package / "mytag/data/hello.txt").read_bytes() == revisions[first]["data/hello.txt"]
+    shown = {pointer: top_hash for pointer, top_hash in theirs if pointer != "draft"}
+    assert json.loads(os.getxattr(package, "user.quilt.pointers")) == shown
+    log = Path(mount_record(mnt)["log_file"]).read_text()
+    assert "pointer 'draft' of demo/pkg" in log
+    tagged = mount(registry, "--package", "demo/pkg:mytag")
+    assert (tagged / "data/hello.txt").read_bytes() == revisions[first]["data/hello.txt"]
+
+    s3.put_object(Bucket=bucket, Key=f"{prefix}/1000000000", Body=b"not a hash")
+    with pytest.warns(UserWarning, match="pointer '1000000000' of package demo/pkg .* does not contain a top hash"):
+        assert list(quiltmount.list_package_versions("demo/pkg", registry)) == theirs
+    listed = run_cli("packages", "versions", "demo/pkg", "--registry", registry)
+    assert listed.returncode == 0, listed.stderr
+    assert "mytag" in listed.stdout and "1000000000" not in listed.stdout
+    assert listed.stderr.startswith("quiltmount: warning: ") and "'1000000000'" in listed.stderr
+
+
 def test_single_package_mounts(q3, pushed, mount):
     bucket, revisions = pushed
     versions = dict(q3.list_package_versions("demo/pkg", registry=f"s3://{bucket}"))
@@ -253,6 +333,32 @@ def test_local_registry_built_by_quilt3(q3, tmp_path, mount):
     subprocess.run(["rm", str(mnt / ".packages/team/local/latest")], check=True)
     assert list(q3.list_packages(registry.as_uri())) == []
     assert (registry / ".quilt/packages" / top).exists()
+
+
+def test_user_meta_is_what_quilt3s_package_meta_returns(q3, tmp_path, mount):
+    """`user.quilt.user_meta` is quilt3's `Package.meta`: the header's `user_meta`, `{}` when the header has
+    none (a package made with `set` alone), `null` when it holds null (`set_dir` and `quilt3 push` without
+    `--meta` write it); so is a draft's, before and after a commit, and a new package's."""
+    src = write_tree(tmp_path / "src", {"a.txt": b"a"})
+    registry = tmp_path / "registry"
+    q3.Package().set_dir(".", str(src)).set_meta({"k": 1}).build("meta/set", registry=registry.as_uri())
+    q3.Package().set("a.txt", str(src / "a.txt")).build("meta/none", registry=registry.as_uri())
+    q3.Package().set_dir(".", str(src)).build("meta/null", registry=registry.as_uri())
+    mnt = mount(str(registry))
+    for name in ("meta/set", "meta/none", "meta/null"):
+        expected = q3.Package.browse(name, registry=registry.as_uri()).meta
+        assert json.loads(os.getxattr(mnt / f".packages/{name}/latest", "user.quilt.user_meta")) == expected, name
+        draft = mnt / f".packages/{name}/draft"
+        draft.mkdir()
+        assert json.loads(os.getxattr(draft, "user.quilt.user_meta")) == expected, name
+    assert [q3.Package.browse(f"meta/{name}", registry=registry.as_uri()).meta for name in ("none", "null")] \
+        == [{}, None]
+    (mnt / ".packages/meta/none/draft/b.txt").write_bytes(b"b")
+    run_cli("packages", "commit", str(mnt / ".packages/meta/none/draft"), "-m", "b").check_returncode()
+    assert json.loads(os.getxattr(mnt / ".packages/meta/none/draft", "user.quilt.user_meta")) == {}
+    new = mnt / ".packages/meta/new/draft"
+    os.makedirs(new)
+    assert json.loads(os.getxattr(new, "user.quilt.user_meta")) == q3.Package().meta == {}
 
 
 def _write_package(store_client, bucket: str, name: str, files: dict[str, tuple[str, str, bytes]]) -> str:

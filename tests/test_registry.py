@@ -268,6 +268,33 @@ def test_pointer_content_validation(q3, s3_server, s3, pushed: str) -> None:
     assert s3.get_object(Bucket=bucket, Key=key.format("latest"))["Body"].read() == b"tag"
 
 
+def test_pointers_of_any_name_are_listed_and_read_as_quilt3(q3, s3_server, s3, pushed: str,
+                                                            tmp_path: Path) -> None:
+    """A pointer is any file in the package's directory: quilt3 lists `mytag` as it lists timestamps, so
+    quiltmount lists, reads and deletes it too; it writes only timestamps and `latest`, as quilt3 does."""
+    bucket = _clone(s3, pushed)
+    registry = _registry(s3_server, bucket)
+    for tag, top_hash in (("mytag", FIRST), ("v1.0", SECOND), ("Zoë's", SECOND)):
+        s3.put_object(Bucket=bucket, Key=f".quilt/named_packages/demo/pkg/{tag}", Body=top_hash.encode())
+    versions = registry.list_package_versions("demo/pkg")
+    assert versions == list(q3.list_package_versions("demo/pkg", registry=f"s3://{bucket}"))
+    assert ("mytag", FIRST) in versions and ("Zoë's", SECOND) in versions
+    assert registry.read_pointer("demo/pkg", "v1.0") == SECOND
+    registry.delete_pointer("demo/pkg", "v1.0")
+    assert ("v1.0", SECOND) not in registry.list_package_versions("demo/pkg")
+    with pytest.raises(RegistryError, match="Invalid pointer name"):
+        registry.set_pointer("demo/pkg", "mytag", FIRST)
+    for bad in ("..", "a/b", "", "x\0"):
+        with pytest.raises(RegistryError, match="Invalid pointer name"):
+            registry.read_pointer("demo/pkg", bad)
+    local = tmp_path / "local"
+    _make_revisions(q3, _source_dir(tmp_path / "src"), local.as_uri(), push=False)
+    (local / ".quilt/named_packages/demo/pkg/mytag").write_text(FIRST)
+    ours = registry_from_url(local.as_uri()).list_package_versions("demo/pkg")
+    assert ours == sorted(q3.list_package_versions("demo/pkg", registry=local.as_uri()))
+    assert ("mytag", FIRST) in ours
+
+
 def test_set_and_delete_pointer(q3, s3_server, s3, pushed: str) -> None:
     bucket = _clone(s3, pushed)
     registry = _registry(s3_server, bucket)

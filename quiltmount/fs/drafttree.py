@@ -192,8 +192,8 @@ class DraftTree(Tree):
         """The parent's header `user_meta`, kept: a commit knows it already, and the new revision then need not
         be read (indexed whole) just to show it."""
         top_hash = self.draft.parent
-        if top_hash is None:
-            return None
+        if top_hash is None:  # a new package, whose header will have none: quilt3's Package().meta
+            return {}
         known = self._parent_user_meta
         if known is not None and known[0] == top_hash:
             return known[1]

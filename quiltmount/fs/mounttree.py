@@ -4,6 +4,7 @@ reserved names."""
 from __future__ import annotations
 
 import errno
+import logging
 from typing import Protocol
 
 from quiltmount.errors import NotFound, StorageError
@@ -11,6 +12,8 @@ from quiltmount.fs.node import Node, Tree
 from quiltmount.fs.tree import RESERVED_ROOT_NAMES
 from quiltmount.fs.versions import VersionsTree, versions_path
 from quiltmount.posixmeta import AttrChange, NewAttrs
+
+log = logging.getLogger(__name__)
 
 
 class MountControl(Protocol):
@@ -50,7 +53,9 @@ class MountTree(Tree):
     package's) to their views, bucket paths through a `.versions` directory to `versions` (when given), and
     everything else to the bucket.
 
-    The reserved names answer lookups but are never listed, so `find`, `du` and `rsync` see only the bucket.
+    The reserved names answer lookups but are never listed, so `find`, `du` and `rsync` see only the bucket;
+    an entry of the root's own tree under a reserved name (a package's `.draft/`) is hidden, with a log line:
+    a lookup of that name reaches the view, so listing it would show what cannot be opened.
     A `control` (set by `with_control`) answers its extended attributes on every path.
     """
 
@@ -61,6 +66,7 @@ class MountTree(Tree):
         self.views = {name: views.get(name) or _Reserved() for name in reserved}
         self.versions = versions
         self.control: MountControl | None = None
+        self._reported_hidden: set[str] = set()
 
     def _route(self, path: str) -> tuple[Tree, str]:
         first, _, rest = path.partition("/")
@@ -84,7 +90,18 @@ class MountTree(Tree):
         entries = tree.readdir(inner)
         if tree is self.bucket and self.versions is not None:
             self.versions.hide(inner, entries)
+        if path == "":
+            self._hide_reserved(entries)
         return entries
+
+    def _hide_reserved(self, entries: dict[str, Node]) -> None:
+        """Drop the root's entries named as a view, logged once per name (a race may log it twice)."""
+        for name in self.views.keys() & entries.keys():
+            del entries[name]
+            if name not in self._reported_hidden:
+                self._reported_hidden.add(name)
+                log.warning("%r at the root of the mounted tree is hidden: the mount reserves that name for its "
+                            "own view (a single-package mount: its draft; --read-only has none)", name)
 
     def holds_objects(self, path: str) -> bool:
         return self._route(path)[0] is self.bucket

@@ -34,12 +34,15 @@ from quiltmount.fs.draft import Draft
 from quiltmount.fs.draftrecord import DRAFT_FILE
 from quiltmount.fs.drafttree import DraftTree
 from quiltmount.fs.node import FileHandle, Node, Tree
-from quiltmount.names import invalid_path_reason, split_package_spec
+from quiltmount.names import (
+    PACKAGE_DRAFT, REVISION_PREFIX, invalid_path_reason, is_settable_pointer_name, is_shown_pointer_name,
+    is_timestamp_pointer, split_package_spec,
+)
 from quiltmount.packages.commit import Committed
 from quiltmount.packages.index import (
     ROOT_ID, IndexUnusable, RevisionChange, RevisionIndex, Row, derive_index, index_name, open_or_build,
 )
-from quiltmount.packages.manifest import ManifestError, is_top_hash, parse_physical_key, short_repr
+from quiltmount.packages.manifest import ManifestError, is_top_hash, package_meta, parse_physical_key, short_repr
 from quiltmount.packages.registry import LATEST, InvalidPointer, Registry, is_pointer_name, is_valid_package_name
 from quiltmount.paths import make_private_dir
 from quiltmount.posixmeta import NewAttrs
@@ -48,9 +51,8 @@ from quiltmount.storage.stores import StoreSet
 
 log = logging.getLogger(__name__)
 
-REVISION_PREFIX = "@"
-#: A package's draft: not a pointer name (those are timestamps and `latest`), so it never collides with one.
-DRAFT = "draft"
+#: A package's draft; a pointer of that name (quilt3 writes none) is not shown.
+DRAFT = PACKAGE_DRAFT
 MIN_HASH_PREFIX = 6
 #: Seconds between two progress lines while a revision is indexed.
 PROGRESS_INTERVAL = 2.0
@@ -70,8 +72,14 @@ def _json(value: object) -> bytes:
 
 
 def _pointer_order(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """Pointer name -> top hash, timestamps ascending (numerically: shorter first), then `latest`."""
-    return dict(sorted(pairs, key=lambda pair: (pair[0] == LATEST, len(pair[0]), pair[0])))
+    """Pointer name -> top hash: timestamps ascending (numerically: shorter first), other names (tags) sorted,
+    then `latest`."""
+    def key(pair: tuple[str, str]) -> tuple[bool, bool, int, str]:
+        pointer = pair[0]
+        timestamp = is_timestamp_pointer(pointer)
+        return pointer == LATEST, not timestamp, len(pointer) if timestamp else 0, pointer
+
+    return dict(sorted(pairs, key=key))
 
 
 class RevisionTree(Tree):
@@ -180,7 +188,7 @@ class RevisionTree(Tree):
             message = header.get("message")
             return {"user.quilt.top_hash": self.top_hash.encode(),
                     "user.quilt.message": b"" if message is None else str(message).encode("utf-8"),
-                    "user.quilt.user_meta": _json(header.get("user_meta"))}
+                    "user.quilt.user_meta": _json(package_meta(header))}
         _, row, _ = self._find(path)
         if row.is_dir:
             meta = self._query(lambda: self.index.dir_meta(path))
@@ -219,7 +227,8 @@ class PackagesTree(Tree):
         self.registry = registry
         self.drafts_dir = drafts_dir
         self._drafts: dict[str, DraftTree] = {}  # package -> its open draft
-        self._namespaces: set[str] = set()  # made by mkdir, for `mkdir -p .packages/NS/NEW/draft`
+        # Made by mkdir (for `mkdir -p .packages/NS/NEW/draft`) or where a package was removed: until rmdir.
+        self._namespaces: set[str] = set()
         self.index_dir = index_dir
         self.stores = stores
         self.ttl = metadata_ttl
@@ -275,19 +284,30 @@ class PackagesTree(Tree):
         return reason is None
 
     def versions(self, name: str) -> dict[str, str]:
-        """Pointer name -> top hash, timestamps ascending then `latest`.  Pointers that do not hold a top hash
-        are left out (and logged): the package's other revisions stay reachable."""
+        """Pointer name -> top hash, timestamps ascending, tags, then `latest`.  Pointers that do not hold a top
+        hash, or whose name the package's directory cannot show, are left out (and logged): the package's other
+        revisions stay reachable."""
         with self._lock:
             cached = self._versions.get(name)
             if cached is not None and self._fresh(cached[1]):
                 return cached[0]
         pairs = self.registry.list_package_versions(name, on_invalid=lambda exc: self._report(f"skipping {exc}"))
         pairs = [(pointer, top_hash) for pointer, top_hash in pairs
-                 if self._showable(f"pointer {short_repr(pointer)} of {name}", pointer)]
+                 if self._showable(f"pointer {short_repr(pointer)} of {name}", pointer)
+                 and self._shown_pointer(name, pointer)]
         ordered = _pointer_order(pairs)
         with self._lock:
             self._versions[name] = (ordered, self._clock() + self.ttl)
         return ordered
+
+    def _shown_pointer(self, name: str, pointer: str) -> bool:
+        """False (and a log line) for a pointer named as what the package's directory shows in its place."""
+        if is_shown_pointer_name(pointer):
+            return True
+        meaning = "is its draft" if pointer == DRAFT else "names a revision"
+        self._report(f"skipping pointer {short_repr(pointer)} of {name} in {self.registry.url}: in the package's "
+                     f"directory, that name {meaning}")
+        return False
 
     def _pointer(self, name: str, pointer: str) -> str | None:
         """What one pointer names: from the listed pointers if they are fresh, else with one read (listing them
@@ -369,11 +389,11 @@ class PackagesTree(Tree):
             raise UserError(f"invalid package name: {name!r} (expected namespace/name)")
         if spelled is None:
             pointer = pointer or LATEST
-            versions = self.versions(name)
-            if pointer not in versions:
-                raise UserError(f"package {name} has no pointer {pointer!r}" if versions
+            top_hash = self._pointer(name, pointer)
+            if top_hash is None:
+                raise UserError(f"package {name} has no pointer {pointer!r}" if self.registry.pointer_files(name)
                                 else f"package not found: {name} in {self.registry.url}")
-            spelled = versions[pointer]
+            spelled = top_hash
         return self.revision(name, spelled)
 
     def _cached_revision(self, top_hash: str) -> RevisionTree | None:
@@ -595,8 +615,7 @@ class PackagesTree(Tree):
             with self._lock:
                 target = self._pending_links.get((name, parts[2]))
             if target is None:  # one read of a pointer file, where listing the package's would read them all
-                target = (self._pointer(name, parts[2]) if is_pointer_name(parts[2])
-                          else self.versions(name).get(parts[2]))
+                target = self._pointer(name, parts[2])
             if target is not None:
                 return self._link_node(parts[2], target)
         raise NotFound(path)
@@ -605,7 +624,7 @@ class PackagesTree(Tree):
         """A pointer as a symlink; a timestamp pointer's mtime is its name (quilt3 names it by the push's
         time), so `ls -lt` orders revisions by when they were pushed."""
         target = REVISION_PREFIX + top_hash
-        pushed = int(pointer) if pointer.isdigit() and len(pointer) <= MAX_TIMESTAMP_DIGITS else None
+        pushed = int(pointer) if is_timestamp_pointer(pointer) and len(pointer) <= MAX_TIMESTAMP_DIGITS else None
         return Node(is_dir=False, size=len(target), mtime=self.started if pushed is None else pushed, target=target)
 
     def readdir(self, path: str) -> dict[str, Node]:
@@ -752,8 +771,13 @@ class PackagesTree(Tree):
         parts, revision, _ = self._route(path)
         if isinstance(revision, DraftTree) and len(parts) == 3:
             return self._discard_draft(f"{parts[0]}/{parts[1]}", path)
-        if revision is not None or len(parts) not in (1, 2):
+        if revision is not None or len(parts) > 2:
             raise StorageError(f"{path}: read-only", errno.EROFS)
+        if len(parts) == 0:  # `rm -r .packages`: the view itself stays, as every reserved name does
+            if self.readdir(path):
+                raise StorageError(f"{path}: the registry still has packages", errno.ENOTEMPTY)
+            log.info("rmdir of the packages view: it is empty, and stays (a reserved name)")
+            return None
         if len(parts) == 1:
             if self.readdir(path):
                 raise StorageError(f"{path}: namespace is not empty", errno.ENOTEMPTY)
@@ -764,10 +788,17 @@ class PackagesTree(Tree):
         self.lookup(path)
         if self.versions(name) or any(package == name for package, _ in self._pending_links):
             raise StorageError(f"{path}: package still has pointers", errno.ENOTEMPTY)
+        hidden = self.registry.pointer_files(name)  # not listed, but quilt3 lists the package while they are there
+        if hidden:
+            raise StorageError(f"{path}: package still has pointers that name no revision: "
+                               f"{', '.join(map(short_repr, hidden))}", errno.ENOTEMPTY)
         if self._draft(name) is not None:
             raise StorageError(f"{path}: package has a draft", errno.ENOTEMPTY)
         with self._lock:
             self._emptied.discard(name)
+            # The namespace goes from the registry with its last package, but stays until its own rmdir, which
+            # `rm -r` of the namespace (or of `.packages`) does next and would otherwise fail (ENOENT).
+            self._namespaces.add(parts[0])
             self._packages = None
             self._namespace_packages.clear()
 
@@ -784,7 +815,7 @@ class PackagesTree(Tree):
             top_hash = self.revision(name, target[1:]).top_hash  # the manifest must exist and be valid
         except NotFound:
             raise StorageError(f"{path}: no revision {target}", errno.EINVAL) from None
-        if is_pointer_name(pointer):
+        if is_settable_pointer_name(pointer):
             self._set_pointer(name, pointer, top_hash)
         else:  # `ln -sfn` makes a temporary link, then renames it over the pointer
             with self._lock:
@@ -798,7 +829,7 @@ class PackagesTree(Tree):
             return inside[0].rename(inside[1], inside_new[1])
         name, pointer = self._pointer_path(old)
         new_name, new_pointer = self._pointer_path(new)
-        if new_name != name or not is_pointer_name(new_pointer):
+        if new_name != name or not is_settable_pointer_name(new_pointer):
             raise StorageError(f"{new}: a pointer must be named 'latest' or by Unix seconds", errno.EINVAL)
         with self._lock:
             top_hash = self._pending_links.pop((name, pointer), None)

@@ -32,8 +32,7 @@ from cachetools import LRUCache
 from quiltmount.errors import NotFound, QuiltmountError, StorageError
 from quiltmount.fs.node import MemoryFile, Node, PathIndex, Tree
 from quiltmount.fs.tree import RESERVED_ROOT_NAMES
-from quiltmount.names import invalid_path_reason
-from quiltmount.packages.registry import is_pointer_name, is_valid_package_name
+from quiltmount.names import invalid_path_reason, is_shown_pointer_name, is_valid_package_name
 from quiltmount.singleflight import SingleFlight
 
 log = logging.getLogger(__name__)
@@ -188,7 +187,7 @@ class SearchTree(Tree):
             return path
         if index == f"{self.bucket}_packages" and isinstance(source.get("ptr_name"), str):
             name, tag = source["ptr_name"], source.get("ptr_tag")
-            if is_valid_package_name(name) and isinstance(tag, str) and is_pointer_name(tag):
+            if is_valid_package_name(name) and isinstance(tag, str) and is_shown_pointer_name(tag):
                 return f"{PACKAGES_DIR}/{name}/{tag}"
         return None  # manifests, entries, other buckets: only in .hits.json
 

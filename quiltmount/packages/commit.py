@@ -47,8 +47,8 @@ from quiltmount.keep import KEEP
 from quiltmount.packages.manifest import (
     CHECKSUM_CHUNK_SIZE, SHA2_256_CHUNKED, DirMeta, Entry, ManifestError, PhysicalKey, checksum_chunk_size,
     dir_meta_records, encode_record, entry_hash_part, entry_record, format_physical_key, header_hash_part,
-    header_record, iter_manifest, logical_key_problem, make_hasher, parse_physical_key, short_repr,
-    tree_order, tree_sort_key,
+    header_record, iter_manifest, logical_key_problem, make_hasher, package_meta, parse_physical_key,
+    short_repr, tree_order, tree_sort_key,
 )
 from quiltmount.packages.index import RevisionChange
 from quiltmount.packages.registry import LATEST, Registry, RegistryError, validate_package_name
@@ -134,7 +134,7 @@ class Committed:
     pointer: str | None  # the new timestamp pointer; None when `dedupe` found the revision already latest
     entries: int  # file entries of the new revision
     reused: int  # new files found already in place, not sent again
-    user_meta: Any = None  # the new revision's header `user_meta`
+    user_meta: Any = None  # the new revision's `user_meta`, as quilt3's Package.meta gives it
     #: What changed of the parent (None for a new package): the new revision's index can be made from the
     #: parent's (`index.derive_index`).
     change: RevisionChange | None = None
@@ -174,7 +174,7 @@ def commit_revision(registry: Registry, name: str, parent: str | None, changes: 
         top_hash, entries = _write_manifest_file(manifest_path, header, scan.kept_dir_meta(), spill_path,
                                                  new_entries)
         if dedupe and top_hash == latest:
-            return Committed(top_hash, None, entries, reused, header.get("user_meta"))
+            return Committed(top_hash, None, entries, reused, package_meta(header))
         if not force:  # again just before writing, as quilt3 does: the window for a lost update is the writes'
             _check_conflict(_latest(registry, name), parent)
         written = registry.store.put_file(registry.manifest_key(top_hash), manifest_path)
@@ -184,7 +184,7 @@ def commit_revision(registry: Registry, name: str, parent: str | None, changes: 
     pointer = str(int(clock()))
     registry.set_pointer(name, pointer, top_hash)
     registry.set_pointer(name, LATEST, top_hash)
-    return Committed(top_hash, pointer, entries, reused, header.get("user_meta"), change)
+    return Committed(top_hash, pointer, entries, reused, package_meta(header), change)
 
 
 def _check_changes(changes: Changes) -> None:

@@ -30,7 +30,8 @@ __all__ = [
     "ManifestError", "PhysicalKey", "PhysicalKeyError", "Sha256Hasher", "Sha2256ChunkedHasher", "checksum_chunk_size",
     "compute_top_hash", "crc64nvme", "dir_meta_records", "encode_record", "entry_record", "format_physical_key",
     "hash_bytes", "header_record", "is_top_hash", "iter_manifest",
-    "logical_key_problem", "make_hasher", "normalize_physical_key", "parse_manifest", "parse_physical_key",
+    "logical_key_problem", "make_hasher", "normalize_physical_key", "package_meta", "parse_manifest",
+    "parse_physical_key",
     "short_repr", "entry_hash_part", "header_hash_part", "top_hash_parts", "tree_order", "tree_sort_key",
     "write_manifest",
 ]
@@ -419,6 +420,12 @@ class Manifest:
     @property
     def user_meta(self) -> Any:
         return self.header.get("user_meta")
+
+
+def package_meta(header: dict[str, Any]) -> Any:
+    """What quilt3's `Package.meta` gives for a revision with this header: its `user_meta`, `{}` when the header
+    has none (a package made without `set_dir` or `set_meta`); a null `user_meta` stays null."""
+    return header.get("user_meta", {})
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -15,9 +15,10 @@ Deliberate differences from quilt3 (all about input quilt3 never writes itself):
 * `list_packages` skips names that are not valid package names (quilt3 yields e.g. `''` or `a/b/c` for
   stray objects, names it then refuses everywhere else); local registries are listed in sorted order, not
   `os.listdir` order;
-* `list_package_versions` skips pointer files whose names are neither digits nor `latest`, and raises
-  `InvalidPointer` for a pointer whose content is not a top hash (quilt3 returns the content as is), or
-  that is larger than `MAX_POINTER_SIZE` (never downloaded);
+* `list_package_versions` skips S3 pointer keys below a subdirectory of the package's (`ns/name/sub/x`, which
+  quilt3 lists as a pointer `sub/x` and as a package `ns/name/sub`), and raises `InvalidPointer` for a
+  pointer whose content is not a top hash (quilt3 returns the content as is, or fails the whole listing when
+  it is not UTF-8), or that is larger than `MAX_POINTER_SIZE` (never downloaded);
 * pointer contents are stripped of whitespace on local registries too (quilt3 strips only on S3);
 * a full-length hash given to `resolve_hash` must be 64 lowercase hex digits (quilt3 uses it unchecked,
   which would let `../` into a key); only 64-hex names under `.quilt/packages/` count as manifests;
@@ -31,7 +32,7 @@ from collections.abc import Callable
 from typing import IO
 
 from quiltmount.errors import NotFound, UserError
-from quiltmount.names import is_pointer_name, is_valid_package_name
+from quiltmount.names import LATEST, is_pointer_name, is_settable_pointer_name, is_valid_package_name
 from quiltmount.packages.manifest import (
     Manifest, ManifestError, PhysicalKey, PhysicalKeyError, format_physical_key, is_top_hash, parse_manifest,
     parse_physical_key,
@@ -40,10 +41,9 @@ from quiltmount.storage.base import ObjectStore
 
 __all__ = [
     "LATEST", "MAX_POINTER_SIZE", "InvalidPointer", "Registry", "RegistryError", "is_pointer_name",
-    "is_valid_package_name", "registry_from_url", "validate_package_name", "validate_pointer_name",
+    "is_settable_pointer_name", "is_valid_package_name", "registry_from_url", "validate_package_name",
+    "validate_pointer_name",
 ]
-
-LATEST = "latest"
 
 _MIN_PREFIX = 6
 #: A pointer holds 64 hex digits (quilt3 writes no newline); a larger pointer file is refused without reading it.
@@ -63,9 +63,12 @@ def validate_package_name(name: str) -> None:
         raise RegistryError(f"Invalid package name: {name}.")
 
 
-def validate_pointer_name(pointer: str) -> None:
-    if not is_pointer_name(pointer):
+def validate_pointer_name(pointer: str, *, settable: bool = False) -> None:
+    """Any pointer file's name (to read or delete one); `settable`: one quiltmount may write."""
+    if settable and not is_settable_pointer_name(pointer):
         raise RegistryError(f"Invalid pointer name: {pointer!r} (expected Unix seconds or 'latest').")
+    if not is_pointer_name(pointer):
+        raise RegistryError(f"Invalid pointer name: {pointer!r}.")
 
 
 def _find_method(store: ObjectStore, name: str) -> Callable[..., object] | None:
@@ -162,6 +165,12 @@ class Registry:
         else:
             infos = list(self.store.list_keys(package_dir))
         return [(info.key[len(package_dir):], info.size) for info in infos]
+
+    def pointer_files(self, name: str) -> list[str]:
+        """The names of every file in the package's pointer directory, whatever they hold: while there is one,
+        quilt3 lists the package."""
+        validate_package_name(name)
+        return [pointer for pointer, _ in self._pointers(name)]
 
     def _read_listed_pointer(self, name: str, pointer: str, size: int) -> str:
         """The top hash in a pointer seen in a listing of `size` bytes; `InvalidPointer` (without a download)
@@ -265,7 +274,7 @@ class Registry:
     def set_pointer(self, name: str, pointer: str, top_hash: str) -> None:
         """Write a pointer: exactly the 64 hex characters, no newline (quilt3 reads `latest` verbatim)."""
         validate_package_name(name)
-        validate_pointer_name(pointer)
+        validate_pointer_name(pointer, settable=True)
         if not is_top_hash(top_hash):
             raise RegistryError(f"Invalid hash: {top_hash!r}")
         self.store.put_object(self.pointer_key(name, pointer), top_hash.encode("ascii"))
