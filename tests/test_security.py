@@ -226,7 +226,8 @@ def test_names_never_lead_outside_the_mount_or_cache(own_disk_cache, s3, scratch
     assert snapshot(tmp_path, skip=("cache", "mnt1", "disk-cache")) == outside
     written = {item["Key"] for item in s3.list_objects_v2(Bucket=bucket)["Contents"]}
     assert written == set(HOSTILE_KEYS) | set(WRITTEN_NAMES)
-    patterns = {"manifests": r"[0-9a-f]{64}", "staging": r"lock|(data/[0-9a-f]{32})|(journal/[0-9a-f]{32}\.json)"}
+    patterns = {"manifests": r"[0-9a-f]{64}",
+                "staging": r"lock|owner|(data/[0-9a-f]{32})|(journal/[0-9a-f]{32}\.json)"}
     for path in cache.rglob("*"):
         if path.is_file():
             top, _, rest = str(path.relative_to(cache)).partition("/")
