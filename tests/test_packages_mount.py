@@ -290,6 +290,12 @@ def test_pointers_of_any_name_and_broken_pointers(q3, pushed, mount, s3, s3_serv
     assert listed.returncode == 0, listed.stderr
     assert "mytag" in listed.stdout and "1000000000" not in listed.stdout
     assert listed.stderr.startswith("quiltmount: warning: ") and "'1000000000'" in listed.stderr
+    unused = mnt.parent / "unused"
+    unused.mkdir()
+    refused = run_cli("mount", registry, str(unused), "--endpoint-url", s3_server.endpoint_url,
+                      "--package", "demo/pkg:1000000000")
+    assert refused.returncode == 1 and "pointer '1000000000' of package demo/pkg holds no top hash" in \
+        refused.stderr, refused.stderr
 
 
 def test_single_package_mounts(q3, pushed, mount):

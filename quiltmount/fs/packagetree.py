@@ -391,7 +391,10 @@ class PackagesTree(Tree):
             pointer = pointer or LATEST
             top_hash = self._pointer(name, pointer)
             if top_hash is None:
-                raise UserError(f"package {name} has no pointer {pointer!r}" if self.registry.pointer_files(name)
+                pointers = self.registry.pointer_files(name)
+                if pointer in pointers:
+                    raise UserError(f"pointer {pointer!r} of package {name} holds no top hash")
+                raise UserError(f"package {name} has no pointer {pointer!r}" if pointers
                                 else f"package not found: {name} in {self.registry.url}")
             spelled = top_hash
         return self.revision(name, spelled)
