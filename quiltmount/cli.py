@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from quiltmount import argtypes, state
 from quiltmount.errors import QuiltmountError, UserError
+from quiltmount.names import one_line
 from quiltmount.paths import disk_cache_dir
 from quiltmount.units import format_size, parse_size
 from quiltmount.version import __version__
@@ -319,7 +320,7 @@ def _list_left(done: str, report: dict) -> int:
     became of the mount) and what becomes of them; return the exit status (1)."""
     failed, still_open = report.get("failed_uploads", []), report.get("still_open", [])
     for item in failed + still_open:
-        print(f"quiltmount: not uploaded: {item['key']} (kept at {item['staged']}): {item['error']}",
+        print(one_line(f"quiltmount: not uploaded: {item['key']} (kept at {item['staged']}): {item['error']}"),
               file=sys.stderr)
     fates = []
     if failed:
@@ -564,7 +565,7 @@ def upload_lines(record: dict[str, Any]) -> list[str]:
 
 def _capped(label: str, items: list[str]) -> list[str]:
     """`items` as status lines under `label`, UPLOAD_LINES at most, then how many more there are."""
-    lines = [f"  {label}  {item}" for item in items[:UPLOAD_LINES]]
+    lines = [one_line(f"  {label}  {item}") for item in items[:UPLOAD_LINES]]
     if len(items) > UPLOAD_LINES:
         lines.append(f"  {label}  ... and {len(items) - UPLOAD_LINES} more (`quiltmount status --json` lists them all)")
     return lines

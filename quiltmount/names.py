@@ -1,6 +1,6 @@
 """Which names a directory entry can have: the kernel's rules, shared by the file system views and the
-package index (which leaves out, at build time, the entries a mount could never show); and which names a
-package and its pointers can have (quilt3's rules)."""
+package index (which leaves out, at build time, the entries a mount could never show); which names a
+package and its pointers can have (quilt3's rules); and how a text naming them is printed on one line."""
 
 from __future__ import annotations
 
@@ -8,6 +8,13 @@ import re
 
 #: NAME_MAX: the kernel rejects a whole directory listing when one name in it is longer.
 MAX_NAME_BYTES = 255
+_ESCAPED_LINE_BREAKS = str.maketrans({"\n": "\\n", "\r": "\\r"})
+
+
+def one_line(text: str) -> str:
+    """`text` with its line breaks escaped: a key may hold a newline, which must not forge a line of a log
+    or of a command's report."""
+    return text.translate(_ESCAPED_LINE_BREAKS)
 
 
 def invalid_name_reason(name: str) -> str | None:

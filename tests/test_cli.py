@@ -293,3 +293,5 @@ def test_status_text_lists_failed_and_stranded_files_up_to_a_cap() -> None:
         "  stranded:  h.txt: not uploaded, kept at /c/stranded/T/h.txt"]
     assert upload_lines({"pending_uploads": 0, "uploaded": 0, "upload_retries": 0, "failed_uploads": [],
                          "stranded": []}) == ["  uploads:   0 pending, 0 done, 0 retries, 0 failed, 0 stranded"]
+    forged = upload_lines({"failed_uploads": [], "stranded": [{"key": "a\n  failed:    b", "kept_at": "/c/a\nb"}]})
+    assert forged[1:] == ["  stranded:  a\\n  failed:    b: not uploaded, kept at /c/a\\nb"]  # a name is one line

@@ -11,6 +11,7 @@ import sys
 from typing import TextIO
 
 from quiltmount.errors import UserError
+from quiltmount.names import one_line
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8  # glibc mallopt parameters
 
@@ -34,10 +35,7 @@ class OneLineFormatter(logging.Formatter):
     anyway; this also covers error messages that name them.  A traceback after the message keeps its lines."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        return super().formatMessage(record).translate(_ESCAPED_LINE_BREAKS)
-
-
-_ESCAPED_LINE_BREAKS = str.maketrans({"\n": "\\n", "\r": "\\r"})
+        return one_line(super().formatMessage(record))
 
 
 def setup_logging(log_file: str, level: str, also_stderr: bool, *, chosen: bool) -> None:
