@@ -313,7 +313,7 @@ def test_single_package_mounts(q3, pushed, mount):
     assert (old / "data/hello.txt").read_bytes() == b"hello world\n"
     assert not (old / "new.txt").exists()
     pointer = next(p for p, h in versions.items() if h == first)
-    tagged = mount(f"quilt+s3://{bucket}#package=demo/pkg:{pointer}")
+    tagged = mount(f"quilt+s3://{bucket}#package=demo/pkg:{pointer}&catalog=catalog.example.com")  # as copied
     assert sorted(os.listdir(tagged)) == sorted(os.listdir(old))
     unused = old.parent / "unused"
     unused.mkdir()

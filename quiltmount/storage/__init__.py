@@ -43,8 +43,13 @@ def parse_source(text: str) -> Source:
     if text.startswith("quilt+s3://"):
         bucket, _, fragment = text[len("quilt+s3://"):].partition("#")
         fields = dict(item.partition("=")[::2] for item in fragment.split("&") if item)
-        if not bucket or "/" in bucket.strip("/") or not fields.get("package") or set(fields) - {"package"}:
-            raise UserError(f"invalid source {text!r}: expected quilt+s3://BUCKET#package=NS/NAME[@HASH|:TAG]")
+        if fields.get("path"):  # (the catalog's "copy URI" of a file or directory inside a package)
+            raise UserError(f"invalid source {text!r}: path= (a file or directory inside the package) cannot be "
+                            f"mounted: mount the package and open {fields['path']} in it")
+        # catalog= names the catalog that showed the URI: nothing to mount.
+        if not bucket or "/" in bucket.strip("/") or not fields.get("package") or set(fields) - {"package", "catalog"}:
+            raise UserError(f"invalid source {text!r}: expected quilt+s3://BUCKET#package=NS/NAME[@HASH|:TAG]"
+                            "[&catalog=HOST]")
         try:
             split_package_spec(fields["package"])
         except ValueError as exc:
