@@ -66,7 +66,7 @@ def index_package(name: str, registry: str | None = None, top_hash: str | None =
     path = os.path.join(index_dir(), index_name(reg.url, full_hash))
     index = open_or_build(path, lambda: reg.open_manifest(full_hash), top_hash=full_hash,
                           manifest_url=reg.manifest_url(full_hash), progress=progress,
-                          manifest_etag=lambda: reg.store.head(reg.manifest_key(full_hash)).etag)
+                          manifest_etag=lambda: reg.manifest_etag(full_hash))
     try:
         return {"name": name, "top_hash": full_hash, "entries": index.entries, "path": path,
                 "disk_bytes": index.disk_bytes}

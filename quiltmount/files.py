@@ -1,4 +1,5 @@
-"""Replacing a file so that readers see the old bytes or the new ones, never half of either."""
+"""Replacing a file so that readers see the old bytes or the new ones, never half of either; removing one that
+may be gone already."""
 
 from __future__ import annotations
 
@@ -26,9 +27,14 @@ def atomic_file(path: str, *, mode: int = 0o600, durable: bool = False) -> Itera
         os.chmod(temporary, mode)
         os.replace(temporary, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
+        remove_file(temporary)
         raise
+
+
+def remove_file(path: str) -> None:
+    """Remove the file at `path`; one already gone is no error."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def file_mode() -> int:

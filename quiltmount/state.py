@@ -8,7 +8,7 @@ import select
 import time
 from typing import Any
 
-from quiltmount.files import atomic_file
+from quiltmount.files import atomic_file, remove_file
 from quiltmount.paths import mounts_dir, slug
 
 
@@ -47,10 +47,7 @@ def take_report(mountpoint: str) -> dict[str, Any] | None:
 
 
 def remove_record(mountpoint: str) -> None:
-    try:
-        os.unlink(record_path(mountpoint))
-    except FileNotFoundError:
-        pass
+    remove_file(record_path(mountpoint))
 
 
 def read_record(mountpoint: str) -> dict[str, Any] | None:

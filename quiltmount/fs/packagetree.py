@@ -430,14 +430,14 @@ class PackagesTree(Tree):
     def _open_index(self, top_hash: str) -> RevisionIndex:
         make_private_dir(self.index_dir)
         path = os.path.join(self.index_dir, index_name(self.registry.url, top_hash))
-        manifest_url, manifest_key = self.registry.manifest_url(top_hash), self.registry.manifest_key(top_hash)
+        manifest_url = self.registry.manifest_url(top_hash)
         with self._lock:
             change = self._changes.pop(top_hash, None)
         if change is not None and not os.path.exists(path):
             self._derive_index(path, top_hash, manifest_url, change)
         return open_or_build(path, lambda: self.registry.open_manifest(top_hash), top_hash=top_hash,
                              manifest_url=manifest_url, progress=_ProgressLog(top_hash),
-                             manifest_etag=lambda: self.registry.store.head(manifest_key).etag)
+                             manifest_etag=lambda: self.registry.manifest_etag(top_hash))
 
     def _derive_index(self, path: str, top_hash: str, manifest_url: str, change: RevisionChange) -> None:
         """Make the index at `path` of revision `top_hash`, which this mount committed, from its parent's, if

@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 from quiltmount.errors import StorageError, UserError
-from quiltmount.files import atomic_file
+from quiltmount.files import atomic_file, remove_file
 from quiltmount.paths import make_private_dir
 from quiltmount.storage.base import ObjectInfo, ObjectStore
 
@@ -142,7 +142,7 @@ class StagingArea:
             if len(kept) != len(staged.uploads):
                 staged.uploads = kept
                 if staged.state == SET_ASIDE and not kept:
-                    _unlink(self._entry_path(staged))
+                    remove_file(self._entry_path(staged))
                 else:
                     self._write_entry(staged)
 
@@ -156,7 +156,7 @@ class StagingArea:
     def remove(self, staged: StagedFile) -> None:
         with self._lock:  # ordered with `save`
             for path in (self._entry_path(staged), self.data_path(staged)):
-                _unlink(path)
+                remove_file(path)
 
     def set_aside(self, staged: StagedFile, directory: str) -> str:
         """Move `staged`'s bytes out of the staging area to `directory`/KEY (`directory`/ID when KEY is not a
@@ -196,7 +196,7 @@ class StagingArea:
                 log.warning("staging: could not sync %r after setting a file aside there (%s)",
                             os.path.dirname(target), exc)
             if not staged.uploads:
-                _unlink(self._entry_path(staged))
+                remove_file(self._entry_path(staged))
         return target
 
     def recover(self) -> list[StagedFile]:
@@ -277,13 +277,6 @@ def abort_abandoned_uploads(store: ObjectStore, staging: StagingArea, recovered:
             staging.forget_upload(staged, upload_id)
 
     threading.Thread(target=abort_all, name="abandoned-uploads", daemon=True).start()
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def _sync_directory(path: str) -> None:

@@ -48,6 +48,7 @@ from typing import IO, Any
 
 from cachetools import LRUCache
 
+from quiltmount.files import remove_file
 from quiltmount.names import invalid_path_reason
 from quiltmount.packages.manifest import (
     DirMeta, Entry, ManifestError, entry_hash_part, header_hash_part, iter_manifest, normalize_physical_key, short_repr,
@@ -216,12 +217,9 @@ class _Builder:
             if computed != self.top_hash:
                 raise ManifestError(f"{self.manifest_url}: content hashes to {computed}, not to its name "
                                     f"{self.top_hash}")
-            info = {"format": FORMAT_VERSION, "top_hash": self.top_hash, "manifest": self.manifest_url,
-                    "stamp": self.stamp,
-                    "manifest_bytes": self.reader.count, "entries": self.entries, "directories": self.directories,
-                    "header": _json(header), "complete": 1,
-                    **({} if self.published is None else {"published": self.published}),
-                    **({} if self.manifest_etag is None else {"manifest_etag": self.manifest_etag})}
+            info = _info(self.top_hash, self.manifest_url, self.stamp, manifest_bytes=self.reader.count,
+                         entries=self.entries, directories=self.directories, header=header,
+                         published=self.published, manifest_etag=self.manifest_etag)
             self.db.executemany("INSERT INTO info VALUES (?, ?)", info.items())
             self.db.execute("COMMIT")
             self.db.close()
@@ -360,13 +358,26 @@ def build_index(path: str, open_manifest: Callable[[], IO[bytes]], *, top_hash: 
             _install(temporary, path, builder.stamp)
         except _Unordered:
             log.info("manifest %s is not in tree order: hashing it in a second pass", manifest_url)
-            _remove(temporary)
+            remove_file(temporary)
             continue
         except BaseException:
-            _remove(temporary)
+            remove_file(temporary)
             raise
         return entries
     raise AssertionError("unreachable")
+
+
+def _info(top_hash: str, manifest_url: str, stamp: int, *, manifest_bytes: int, entries: int, directories: int,
+          header: dict[str, Any], published: float | None, manifest_etag: str | None) -> dict[str, Any]:
+    """The `info` rows of a finished index (`published` and `manifest_etag` only when known)."""
+    info = {"format": FORMAT_VERSION, "top_hash": top_hash, "manifest": manifest_url, "stamp": stamp,
+            "manifest_bytes": manifest_bytes, "entries": entries, "directories": directories,
+            "header": _json(header), "complete": 1}
+    if published is not None:
+        info["published"] = published
+    if manifest_etag is not None:
+        info["manifest_etag"] = manifest_etag
+    return info
 
 
 def _install(temporary: str, path: str, stamp: int) -> None:
@@ -393,7 +404,7 @@ class RevisionChange:
     manifest_bytes: int
     entries: int  # the new manifest's entries: what the derived index must count
     published: float  # when the new manifest was written (what its LastModified says, near enough)
-    manifest_etag: str | None  # the new manifest's ETag
+    manifest_etag: str  # the new manifest's ETag
 
 
 def derive_index(path: str, parent_path: str, change: RevisionChange, *, top_hash: str,
@@ -428,18 +439,18 @@ def derive_index(path: str, parent_path: str, change: RevisionChange, *, top_has
             db.execute("DELETE FROM dir_meta")
             db.executemany("INSERT INTO dir_meta VALUES (?, ?)",
                            [(key[:-1], _json(meta)) for key, meta in change.dir_meta.items()])
-            info = {"format": FORMAT_VERSION, "top_hash": top_hash, "manifest": manifest_url, "stamp": stamp,
-                    "manifest_bytes": change.manifest_bytes, "entries": files, "directories": directories,
-                    "header": _json(change.header), "complete": 1, "published": change.published,
-                    **({} if change.manifest_etag is None else {"manifest_etag": change.manifest_etag})}
-            db.executemany("INSERT OR REPLACE INTO info VALUES (?, ?)", info.items())
+            info = _info(top_hash, manifest_url, stamp, manifest_bytes=change.manifest_bytes, entries=files,
+                         directories=directories, header=change.header, published=change.published,
+                         manifest_etag=change.manifest_etag)
+            db.execute("DELETE FROM info")  # the parent's, copied with the rest
+            db.executemany("INSERT INTO info VALUES (?, ?)", info.items())
             db.execute("COMMIT")
         finally:
             db.close()
         _install(temporary, path, stamp)
         return files
     except BaseException:
-        _remove(temporary)
+        remove_file(temporary)
         raise
 
 
@@ -522,13 +533,6 @@ def _return_freed_memory() -> None:
     try:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
-        pass
-
-
-def _remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
         pass
 
 
@@ -616,7 +620,7 @@ class RevisionIndex:
 
     def discard(self) -> None:
         """Delete the index file (it was found corrupt): the next open builds it again."""
-        _remove(self.path)
+        remove_file(self.path)
 
     def close(self) -> None:
         with self._lock:

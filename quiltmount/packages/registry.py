@@ -118,6 +118,11 @@ class Registry:
     def manifest_key(self, top_hash: str) -> str:
         return f"{self._manifests_root}{top_hash}"
 
+    def manifest_etag(self, top_hash: str) -> str:
+        """The ETag of the manifest named `top_hash` as the registry holds it now (one HEAD): the top hash
+        leaves physical keys out, so a manifest can be rewritten under its name.  `NotFound` if it is gone."""
+        return self.store.head(self.manifest_key(top_hash)).etag
+
     def manifest_url(self, top_hash: str) -> str:
         """The manifest's URL as quilt3 spells it (also the name of quilt3's manifest cache file)."""
         if self.url.startswith("s3://"):
