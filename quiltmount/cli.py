@@ -258,11 +258,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     print(f"mounted {source.url} at {options.mountpoint} (log: {record.get('log_file', '?')})")
     stranded = record.get("stranded", [])
     if stranded:
-        places = [item["kept_at"] for item in stranded]
-        where = f"at {places[0]}" if len(places) == 1 else f"under {os.path.commonpath(places)}"
-        print(f"quiltmount: warning: {len(stranded)} file(s) a stopped daemon left open for writing were not "
-              f"uploaded (their bytes may be incomplete); kept {where} (`quiltmount status` lists them)",
-              file=sys.stderr)
+        print(stranded_warning(stranded), file=sys.stderr)
     cache = record.get("cache", {})
     if "disk_limit" in cache:
         print(f"disk cache: {format_size(cache['disk_used'])} of {format_size(cache['disk_limit'])} used "
@@ -551,6 +547,14 @@ def cmd_status(args: argparse.Namespace) -> int:
                   f"{draft['files_written']} written, {draft['deleted']} deleted, {draft['renamed']} renamed, "
                   f"{format_size(draft['bytes_staged'])} staged")
     return 0
+
+
+def stranded_warning(stranded: list[dict[str, str]]) -> str:
+    """What `mount` says of the files a stopped daemon left open for writing, which it set aside: one line."""
+    places = [item["kept_at"] for item in stranded]
+    where = f"at {places[0]}" if len(places) == 1 else f"under {os.path.commonpath(places)}"
+    return one_line(f"quiltmount: warning: {len(stranded)} file(s) a stopped daemon left open for writing were "
+                    f"not uploaded (their bytes may be incomplete); kept {where} (`quiltmount status` lists them)")
 
 
 def upload_lines(record: dict[str, Any]) -> list[str]:

@@ -46,6 +46,19 @@ def take_report(mountpoint: str) -> dict[str, Any] | None:
     return report
 
 
+def discard_report(mountpoint: str, stranded_dir: str) -> None:
+    """Drop the exit report of the mount's last daemon if it was about the staging area whose files go to
+    `stranded_dir`: a new daemon that recovered that area (uploads retried, files left open set aside)
+    supersedes it."""
+    try:
+        with open(report_path(mountpoint), encoding="utf-8") as file:
+            report = json.load(file)
+    except (OSError, ValueError):
+        return
+    if report.get("stranded_dir") == stranded_dir:
+        remove_file(report_path(mountpoint))
+
+
 def remove_record(mountpoint: str) -> None:
     remove_file(record_path(mountpoint))
 

@@ -20,7 +20,9 @@ Run (as root, with /dev/fuse and fusermount3; from the project's virtualenv)::
 Without ``--endpoint-url`` it starts the project's moto test server (``tests/s3server.py``,
 class ``S3TestServer``, with the ranged-GET fix) in a child process, so that the server does not
 share this process's GIL with the boto3 baselines; ``--in-process-server`` runs it in this process
-instead.  AWS credentials default to moto's dummy ones (``testing``/``testing``, us-east-1).
+instead; ``--server-keeps-memory`` starts it with its objects in memory and its freed memory kept for reuse
+(``SERVER_KEEPS_MEMORY``: its CPU then no longer depends on what the client did with memory just before, on
+VMs where new memory is dear).  AWS credentials default to moto's dummy ones (``testing``/``testing``, us-east-1).
 
 What it measures, each against a baseline taken in the same run (MB = 10^6 bytes).  Measurements 1, 3, 4,
 9, 13, 14 and 15 run ``--rounds`` times (3), baseline then mount in each round; the table gives the medians (the
@@ -356,6 +358,17 @@ def import_from_tests(name: str) -> ModuleType:
     return importlib.import_module(name)
 
 
+#: The test server's environment with --server-keeps-memory.  On VMs whose host takes back the memory a guest
+#: frees (free page reporting), a page used for the first time costs the guest far more than a page used
+#: again (here 1.4-1.8 s per GiB against 0.2 s), and moto takes ~1 GiB of new memory per 256 MiB uploaded
+#: (parts and the assembled object in temporary files, buffers from mmap).  That cost lands on the server's
+#: CPU, shared with the client on the same cores, and depends on what any process freed just before.  With
+#: objects in memory and glibc keeping what it frees (one arena, no mmap, no trimming), the server reuses its
+#: own pages, and its CPU no longer depends on the client's memory history (README, measurement 14).
+SERVER_KEEPS_MEMORY = {"MOTO_S3_DEFAULT_KEY_BUFFER_SIZE": str(1 << 30), "MALLOC_ARENA_MAX": "1",
+                       "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
+
+
 @contextlib.contextmanager
 def s3_endpoint(args: argparse.Namespace) -> Iterator[tuple[str, int | None]]:
     """Yield (endpoint URL, server pid if it is our child): the given server or an S3TestServer."""
@@ -367,8 +380,9 @@ def s3_endpoint(args: argparse.Namespace) -> Iterator[tuple[str, int | None]]:
             yield server.endpoint_url, None
         return
     # tests/s3server.py runs S3TestServer and prints its endpoint URL as the first line.
+    environment = {**os.environ, **(SERVER_KEEPS_MEMORY if args.server_keeps_memory else {})}
     process = subprocess.Popen([sys.executable, str(TESTS_DIR / "s3server.py")], stdout=subprocess.PIPE,
-                               stdin=subprocess.DEVNULL, text=True)
+                               stdin=subprocess.DEVNULL, text=True, env=environment)
     try:
         assert process.stdout is not None
         endpoint = process.stdout.readline().strip()
@@ -2942,6 +2956,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--endpoint-url", help="use this S3 server instead of starting tests/s3server.py")
     parser.add_argument("--in-process-server", action="store_true",
                         help="run S3TestServer in this process (shares the GIL with the boto3 baselines)")
+    parser.add_argument("--server-keeps-memory", action="store_true",
+                        help="start the test server with its objects in memory and its freed memory kept for "
+                             "reuse (see SERVER_KEEPS_MEMORY)")
     parser.add_argument("--bucket", default="quiltmount-bench")
     parser.add_argument("--size-mib", type=int, help="size of the big object (default 512, 64 with --quick)")
     parser.add_argument("--small-files", type=int, help="number of 1 KiB objects (default 5000, 500 with --quick)")
@@ -3004,6 +3021,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = sorted(set(args.only) - set(STEP_NAMES))
     if unknown:
         parser.error(f"unknown measurement(s) {', '.join(unknown)}; choose from {', '.join(STEP_NAMES)}")
+    if args.server_keeps_memory and (args.endpoint_url or args.in_process_server):
+        parser.error("--server-keeps-memory sets up the server the bench starts in a process of its own")
     return args
 
 

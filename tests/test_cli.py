@@ -295,3 +295,15 @@ def test_status_text_lists_failed_and_stranded_files_up_to_a_cap() -> None:
                          "stranded": []}) == ["  uploads:   0 pending, 0 done, 0 retries, 0 failed, 0 stranded"]
     forged = upload_lines({"failed_uploads": [], "stranded": [{"key": "a\n  failed:    b", "kept_at": "/c/a\nb"}]})
     assert forged[1:] == ["  stranded:  a\\n  failed:    b: not uploaded, kept at /c/a\\nb"]  # a name is one line
+
+
+def test_mount_warns_of_stranded_files_in_one_line() -> None:
+    """`mount`'s warning names where the set-aside files are, on one line even if a key holds a newline."""
+    from quiltmount.cli import stranded_warning
+
+    one = stranded_warning([{"key": "a\nb", "kept_at": "/c/stranded/T/a\nb"}])
+    assert one == ("quiltmount: warning: 1 file(s) a stopped daemon left open for writing were not uploaded (their "
+                   "bytes may be incomplete); kept at /c/stranded/T/a\\nb (`quiltmount status` lists them)")
+    two = stranded_warning([{"key": "d/x", "kept_at": "/c/stranded/T/d/x"},
+                            {"key": "d/y\r", "kept_at": "/c/stranded/T/d/y\r"}])
+    assert "2 file(s)" in two and "kept under /c/stranded/T/d (" in two and "\n" not in two

@@ -19,6 +19,7 @@ from faultproxy import Fault
 from mounthelpers import fresh_record, mount_record, refuse_links_and_fifos, run_cli
 from quiltmount.errors import UserError
 from quiltmount.fs.staging import StagingArea
+from quiltmount import state
 from quiltmount.state import pid_alive
 from test_drafts_more import kill_daemon, proxy  # noqa: F401 (fixture)
 
@@ -399,6 +400,21 @@ def test_an_upload_of_a_file_open_when_the_daemon_was_killed_is_aborted_by_the_n
     (kept,) = [item["kept_at"] for item in mount_record(mnt)["stranded"]]
     assert Path(kept).read_bytes() == data[:len(Path(kept).read_bytes())]  # what had reached the daemon
     wait_for(lambda: not list((Path(kept).parents[2] / "staging" / "journal").iterdir()))  # its entry goes
+
+
+def test_a_new_mount_drops_the_exit_report_its_recovery_supersedes(bucket, mount, tmp_path):
+    """A daemon that exits on a signal leaves `umount` a report of what it did not upload.  The next mount of
+    the same staging area recovers those files (uploads them, sets aside those left open), so the report is
+    dropped then: otherwise a later `umount` after a crash of the new daemon would list them again.  A report
+    about another staging area stays."""
+    cache = tmp_path / "cache"
+    left = {"failed_uploads": [{"key": "k", "staged": "/s/k", "error": "denied"}], "still_open": []}
+    state.write_report(str(tmp_path / "mnt1"), {**left, "stranded_dir": str(cache / "stranded")})
+    state.write_report(str(tmp_path / "mnt2"), {**left, "stranded_dir": str(tmp_path / "elsewhere")})
+    assert mount(f"s3://{bucket}", "--cache-dir", str(cache)) == tmp_path / "mnt1"
+    assert not os.path.exists(state.report_path(str(tmp_path / "mnt1")))
+    assert mount(f"s3://{bucket}", "--cache-dir", str(tmp_path / "cache2")) == tmp_path / "mnt2"
+    assert os.path.exists(state.report_path(str(tmp_path / "mnt2")))
 
 
 def test_a_file_open_when_the_daemon_was_killed_is_set_aside_once_and_never_reported_as_pending(

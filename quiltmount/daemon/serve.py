@@ -59,6 +59,8 @@ def serve(options: MountOptions, log_file: str, signal: ReadySignal, stopper: St
     make_private_dir(cache_dir)
     with signal.working():
         layers = build_layers(source, store, stores, cache_dir, options)
+    if layers.writes is not None:
+        state.discard_report(mountpoint, layers.writes.stranded_dir)
     disk = _open_disk_cache(options)
     # A quarter of the memory budget for read-ahead in flight, the rest for cached blocks.
     prefetch_budget = max(options.memory_cache_size // 4, 8 << 20)
