@@ -253,6 +253,37 @@ def test_an_open_file_keeps_its_version_and_the_next_open_reads_the_new_one(s3, 
     assert cat(mnt / "big.bin") == b"B" * (3 << 20)  # at once, not once the listing expires
 
 
+def test_an_open_file_never_gets_the_pages_another_open_reads_of_a_newer_version(s3, bucket, mount):
+    """The kernel keeps one page cache per file, whichever descriptor filled it: an open of the new version
+    while one of the old version is still open must not put the new bytes where the old descriptor reads
+    (that open bypasses the kernel's cache instead).  The old descriptor gets its own version or EIO."""
+    size = 6 << 20
+    old, new = random.Random(1).randbytes(size), random.Random(2).randbytes(size)
+    s3.put_object(Bucket=bucket, Key="x.bin", Body=old)
+    mnt = mount(f"s3://{bucket}", "--metadata-ttl", "1")
+    first = os.open(mnt / "x.bin", os.O_RDONLY)
+    try:
+        assert os.pread(first, 1 << 20, 0) == old[:1 << 20]
+        s3.put_object(Bucket=bucket, Key="x.bin", Body=new)
+        time.sleep(2.2)  # the name expires: the next open finds the new version
+        second = os.open(mnt / "x.bin", os.O_RDONLY)
+        try:
+            assert os.pread(second, size, 0) == new
+            for offset in range(1 << 20, size, 1 << 20):
+                try:
+                    later = os.pread(first, 1 << 20, offset)
+                except OSError as exc:
+                    assert exc.errno == errno.EIO
+                    continue
+                assert later == old[offset:offset + (1 << 20)], f"bytes of the new version at {offset}"
+            assert os.pread(second, 1 << 20, 2 << 20) == new[2 << 20:3 << 20]
+        finally:
+            os.close(second)
+    finally:
+        os.close(first)
+    assert cat(mnt / "x.bin") == new and cat(mnt / "x.bin") == new
+
+
 def test_an_object_deleted_elsewhere_is_gone_at_the_next_open(s3, bucket, mount):
     s3.put_object(Bucket=bucket, Key="gone.txt", Body=b"soon gone")
     mnt = mount(f"s3://{bucket}")

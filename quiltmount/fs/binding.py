@@ -234,6 +234,14 @@ class FUSE(mfusepy.FUSE):
             notices.stop()
         return super().destroy(private_data)
 
+    def open(self, path: bytes, fip) -> int:
+        """mfusepy's open; a handle the operations want read past the kernel's page cache gets `direct_io`."""
+        result = super().open(path, fip)
+        fi = fip.contents
+        if self.operations.bypasses_kernel_cache(fi.fh):
+            fi.direct_io = 1
+        return result
+
     def getattr_fuse_3(self, path: bytes, buf, fip):
         if self._trim is not None and path is not None:
             self._trim.handed(path, 1)

@@ -24,6 +24,7 @@ import errno
 import logging
 import os
 import threading
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
@@ -69,6 +70,7 @@ class ReadHandle(FileHandle):
         self._source = (stream.store.name, stream.obj.key, stream.obj.version_id)
         self._returned_bytes = False
         self._on_changed = on_changed
+        self.on_release: Callable[[], None] | None = None  # told when the handle's last descriptor closes
         self._lock = threading.Lock()
 
     def _refuse(self) -> ObjectChanged:
@@ -117,6 +119,10 @@ class ReadHandle(FileHandle):
             log.error("%r: bytes read earlier came from a cached copy that did not match the manifest hash (dropped; "
                       "the source's bytes match): EIO for this file until the next mount", where)
         raise self._refuse()
+
+    def release(self) -> None:
+        if self.on_release is not None:
+            self.on_release()
 
     def attributes(self) -> Node:
         """What was opened, even if the name now points at something else."""
@@ -263,6 +269,7 @@ class FileOpener:
         self.corrupt = CorruptObjects()
         self._hashing = ThreadPoolExecutor(max_workers=hash_workers, thread_name_prefix="hash")
         self._opened = _OpenedObjects(kernel)
+        self._open_readers: dict[str, Counter[str]] = {}  # path -> ETags of its read handles open, counted
         self._opened_lock = threading.Lock()
 
     def open(self, path: str, flags: int) -> FileHandle:
@@ -281,18 +288,41 @@ class FileOpener:
                 handle.load_first_block()
             except ObjectChanged as changed:
                 handle = self._reopen(path, handle.stream.obj, changed)
-            self._opening(path, handle.stream.obj)
+            self._opening(path, handle)
         return handle
 
-    def _opening(self, path: str, obj: ObjectInfo) -> None:
-        """`path` opens as `obj`: if it last opened as another object, the kernel drops the pages it may keep
-        of that one (before the open returns: it decides on them just after)."""
+    def _opening(self, path: str, handle: ReadHandle) -> None:
+        """`path` opens as `handle`'s object.  The kernel keeps one page cache per file, which every descriptor
+        of it reads: while handles of another object of the path are open (it was replaced meanwhile), this
+        one is read past that cache, so that neither gets the other's bytes.  Otherwise, if the path last
+        opened as another object, the kernel drops the pages it may keep of that one (before the open
+        returns: it decides on them just after)."""
+        etag = handle.stream.obj.etag
         with self._opened_lock:
-            before = self._opened.get(path)
-            self._opened[path] = obj.etag
-        if before is not None and before != obj.etag and self.kernel is not None:
+            open_etags = self._open_readers.setdefault(path, Counter())
+            others_open = any(other != etag for other in open_etags)
+            open_etags[etag] += 1
+            before = None if others_open else self._opened.get(path)
+            if not others_open:
+                self._opened[path] = etag
+        handle.on_release = lambda: self._released(path, etag)
+        if others_open:
+            log.info("%r opens as a newer object while the one it replaced is still open: read past the kernel's "
+                     "cache", path)
+            handle.kernel_cached = False
+        elif before is not None and before != etag and self.kernel is not None:
             log.debug("%r opens as another object than last time: the kernel's pages of it dropped", path)
             self.kernel.invalidate(path)
+
+    def _released(self, path: str, etag: str) -> None:
+        """A handle `_opening` counted is closed."""
+        with self._opened_lock:
+            open_etags = self._open_readers[path]
+            open_etags[etag] -= 1
+            if open_etags[etag] == 0:
+                del open_etags[etag]
+            if not open_etags:
+                del self._open_readers[path]
 
     def _read_handle(self, path: str, node: Node) -> ReadHandle:
         if node.is_dir or node.obj is None or node.store is None:

@@ -83,6 +83,10 @@ class FileHandle:
     The defaults describe a read-only handle whose attributes are those of its path.
     """
 
+    #: False: the kernel reads this handle's bytes from it every time, past its page cache of the file (which
+    #: descriptors of other handles may read from).
+    kernel_cached = True
+
     def read(self, offset: int, size: int) -> bytes:
         raise NotImplementedError
 

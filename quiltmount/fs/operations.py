@@ -256,6 +256,11 @@ class MountOperations(Operations):
     def fsync(self, path: str, datasync: int, fh: int) -> None:
         self._handle(fh).fsync()
 
+    def bypasses_kernel_cache(self, fh: int) -> bool:
+        """Whether the kernel must read handle `fh` past its page cache (the binding's open asks)."""
+        handle = self._handles.get(fh)
+        return handle is not None and not handle.kernel_cached
+
     @_translate
     def release(self, path: str, fh: int) -> None:
         with self._lock:
