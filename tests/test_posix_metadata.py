@@ -59,6 +59,24 @@ def test_the_header_format_is_s3fs():
                                                                                 3, 4, 5)
 
 
+def test_a_mode_no_file_can_have_is_the_defaults():
+    """Negative, over 16 bits, or of a file type that does not exist: the kernel would refuse the entry (EIO)."""
+    default = PosixAttrs(stat.S_IFREG | 0o644, 1, 2, 3, 4, 5)
+    for bad in ("-1", "4294967296", str(2**70), str(0o170644), str(0o110644)):
+        assert from_headers({"mode": bad}, default).mode == default.mode, bad
+    for good in (str(stat.S_IFSOCK | 0o755), str(stat.S_IFBLK | 0o600), str(0o177777 & ~0o170000 | stat.S_IFDIR)):
+        assert from_headers({"mode": good}, default).mode == int(good), good
+
+
+def test_times_s3fs_would_not_use_are_the_defaults():
+    """s3fs uses a time only when it is after the epoch (else LastModified); one past 2262 no kernel can show."""
+    default = PosixAttrs(stat.S_IFREG | 0o644, 1, 2, 3 * 10**9, 4 * 10**9, 5 * 10**9)
+    for bad in ("0", "-5", "0.5", "99999999999999999999", "9223372037"):
+        assert from_headers({"atime": bad, "mtime": bad, "ctime": bad}, default) == default, bad
+    assert from_headers({"mtime": "1"}, default).mtime_ns == 10**9
+    assert from_headers({"mtime": "9223372036"}, default).mtime_ns == 9223372036 * 10**9
+
+
 # -- through a mount --------------------------------------------------------------------------------------
 def test_attributes_symlinks_fifos_and_xattrs_are_kept_across_a_remount(s3, bucket, mount, s3_server):
     mnt = mount(f"s3://{bucket}", POSIX, "--metadata-ttl", "0")  # no kernel cache: stat shows what is kept
@@ -106,6 +124,28 @@ def test_attributes_symlinks_fifos_and_xattrs_are_kept_across_a_remount(s3, buck
     os.chmod(plain / "f.txt", 0o600)  # accepted, not kept
     assert stat.S_IMODE(os.stat(plain / "f.txt").st_mode) == 0o640
     assert meta(s3, bucket, "f.txt")["mode"] == str(stat.S_IFREG | 0o640)
+
+
+def test_an_object_with_a_bad_mode_shows_the_defaults_and_its_directory_lists(s3, bucket, mount):
+    s3.put_object(Bucket=bucket, Key="d/good.txt", Body=b"ok")
+    for name, mode in (("neg", "-1"), ("wide", "4294967296"), ("typeless", str(0o170644))):
+        s3.put_object(Bucket=bucket, Key=f"d/{name}", Body=b"x", Metadata={"mode": mode})
+    mnt = mount(f"s3://{bucket}", POSIX)
+    listing = subprocess.run(["ls", "-l", str(mnt / "d")], capture_output=True, text=True)
+    assert listing.returncode == 0, listing.stderr
+    for name in ("neg", "wide", "typeless"):
+        st = os.stat(mnt / "d" / name)
+        assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o640, name
+        assert (mnt / "d" / name).read_bytes() == b"x"
+
+
+def test_directory_content_types_s3fs_reads_are_directories(s3, bucket, mount):
+    """s3fs leaves out the Content-Type's parameters, and takes Nextcloud's `httpd/unix-directory` too."""
+    for key, content_type in (("charset", "application/x-directory; charset=UTF-8"),
+                              ("nextcloud", "httpd/unix-directory"), ("plain", "text/plain")):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"", ContentType=content_type)
+    mnt = mount(f"s3://{bucket}", POSIX)
+    assert (mnt / "charset").is_dir() and (mnt / "nextcloud").is_dir() and (mnt / "plain").is_file()
 
 
 def test_changing_an_uploaded_object_copies_it_onto_itself(s3, bucket, mount):

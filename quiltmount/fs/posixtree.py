@@ -35,7 +35,7 @@ from quiltmount.fs.overlay import WritableBucketTree
 from quiltmount.fs.tree import BucketTree
 from quiltmount.posixmeta import (NS, AttrChange, NewAttrs, PosixAttrs, changed, created, format_time, from_headers,
                                   merged_headers, to_headers)
-from quiltmount.storage.base import DIRECTORY_CONTENT_TYPE
+from quiltmount.storage.base import is_directory_type
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class PosixTree(Tree):
             changes = self._changes
         info, headers = self.store.head_metadata(self.bucket.key_of(path))
         default = self._file_default(info.mtime)
-        if info.size == 0 and info.content_type == DIRECTORY_CONTENT_TYPE:  # s3fs's legacy `dir` object
+        if info.size == 0 and is_directory_type(info.content_type):  # s3fs's legacy `dir` object
             default = dataclasses.replace(default, mode=stat.S_IFDIR | self.defaults.dir_mode)
         attrs = from_headers(headers, default)
         self._remember(changes, lambda: self._objects.__setitem__(path, (info.etag, attrs)))
