@@ -131,3 +131,16 @@ def test_a_legacy_dir_object_is_a_directory_until_changed(s3, bucket, mount):
     os.rmdir(mnt / "old")
     os.rmdir(mnt / "old2")  # never changed: the object itself goes
     assert "Contents" not in s3.list_objects_v2(Bucket=bucket)
+
+
+def test_renaming_a_directory_keeps_a_legacy_dir_object_in_it_a_directory(s3, bucket, mount):
+    """The copy of a legacy `dir` object keeps its Content-Type, by which alone it is a directory (a renamed
+    file gets its new name's)."""
+    s3.put_object(Bucket=bucket, Key="d/olddir", Body=b"", ContentType="application/x-directory")
+    s3.put_object(Bucket=bucket, Key="d/f.txt", Body=b"x", ContentType="application/x-test")
+    mnt = mount(f"s3://{bucket}", "--posix-metadata", "--metadata-ttl", "0")
+    assert (mnt / "d" / "olddir").is_dir()
+    os.rename(mnt / "d", mnt / "e")
+    assert s3.head_object(Bucket=bucket, Key="e/olddir")["ContentType"] == "application/x-directory"
+    assert s3.head_object(Bucket=bucket, Key="e/f.txt")["ContentType"] == "text/plain"
+    assert (mnt / "e" / "olddir").is_dir() and (mnt / "e" / "f.txt").read_bytes() == b"x"
