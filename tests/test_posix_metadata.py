@@ -148,6 +148,31 @@ def test_directory_content_types_s3fs_reads_are_directories(s3, bucket, mount):
     assert (mnt / "charset").is_dir() and (mnt / "nextcloud").is_dir() and (mnt / "plain").is_file()
 
 
+def test_a_rewritten_file_keeps_other_clients_metadata(s3, bucket, mount):
+    """Appending, overwriting or truncating through the mount sends back the object's other headers, as s3fs
+    does; so does a change of attributes while the new bytes are still staged."""
+    kept = {"mode": str(stat.S_IFREG | 0o644), "uid": "0", "gid": "0", "mtime": "1000000000", "custom": "keepme"}
+    for name in ("append", "overwrite", "truncate", "o_append", "chmod"):
+        s3.put_object(Bucket=bucket, Key=name, Body=b"line1\n", Metadata=kept)
+    mnt = mount(f"s3://{bucket}", POSIX)
+    with open(mnt / "append", "a") as file:
+        file.write("line2\n")
+    (mnt / "overwrite").write_bytes(b"new\n")
+    os.truncate(mnt / "truncate", 2)
+    fd = os.open(mnt / "o_append", os.O_WRONLY | os.O_APPEND)
+    os.write(fd, b"more\n")
+    os.close(fd)
+    with open(mnt / "chmod", "a") as file:
+        file.write("line2\n")
+        os.chmod(mnt / "chmod", 0o600)  # while staged (open)
+    expected = {"append": b"line1\nline2\n", "overwrite": b"new\n", "truncate": b"li", "o_append": b"line1\nmore\n",
+                "chmod": b"line1\nline2\n"}
+    for name, data in expected.items():
+        wait_for(lambda: body(s3, bucket, name) == data)
+        assert meta(s3, bucket, name)["custom"] == "keepme", name
+    assert meta(s3, bucket, "chmod")["mode"] == str(stat.S_IFREG | 0o600)
+
+
 def test_changing_an_uploaded_object_copies_it_onto_itself(s3, bucket, mount):
     data = os.urandom(3 << 20)
     s3.put_object(Bucket=bucket, Key="big.bin", Body=data, ContentType="application/x-test")

@@ -270,18 +270,29 @@ class PosixTree(Tree):
         sets its mode and owner)."""
         writes = self._writable(path)
         try:
-            attrs = self.lookup(path).attrs
+            node: Node | None = self.lookup(path)
         except NotFound:
-            attrs = None
+            node = None
             if create:
                 self._prepare_parent(path)
-        if attrs is None:
-            now = time.time_ns()
-            attrs = created(NewAttrs(stat.S_IFREG | self.defaults.file_mode, self.defaults.uid,
-                                     self.defaults.gid), now)
-        handle = writes.open_write(path, truncate=truncate, create=create, meta=to_headers(attrs))
+        handle = writes.open_write(path, truncate=truncate, create=create, meta=self._rewrite_headers(path, node))
         self._changed_here(path)
         return handle
+
+    def _rewrite_headers(self, path: str, node: Node | None) -> dict[str, str]:
+        """The metadata the upload of a file written at `path` (now `node`) starts from: the attributes of the
+        object it replaces, with the rest of that object's user metadata (other clients' headers) as a HEAD
+        finds it, as s3fs sends back at upload the headers it loaded at open; a new file's attributes."""
+        if node is None or node.attrs is None:
+            return to_headers(created(NewAttrs(stat.S_IFREG | self.defaults.file_mode, self.defaults.uid,
+                                               self.defaults.gid), time.time_ns()))
+        if node.obj is None:  # staged: its staged file keeps the metadata it has
+            return to_headers(node.attrs)
+        try:
+            headers = self.store.head_metadata(self.bucket.key_of(path))[1]
+        except NotFound:  # deleted meanwhile: nothing else to keep
+            headers = {}
+        return {**headers, **to_headers(node.attrs)}
 
     def created(self, path: str, new: NewAttrs) -> None:
         now = time.time_ns()
@@ -311,8 +322,15 @@ class PosixTree(Tree):
         if dirty is None:
             return False
         default = self._default(Node(is_dir=False, mtime=time.time()))
-        carried = writes.change_staged(
-            dirty, lambda meta: to_headers(change(default if meta is None else from_headers(meta, default))), mtime_ns)
+
+        def changed_headers(meta: dict[str, str] | None) -> dict[str, str]:
+            """The staged file's metadata after the change, its other headers kept."""
+            if meta is None:
+                return to_headers(change(default))
+            before = from_headers(meta, default)
+            return merged_headers(meta, before, change(before))
+
+        carried = writes.change_staged(dirty, changed_headers, mtime_ns)
         self._changed_here(path)
         return carried
 
