@@ -41,6 +41,9 @@ MAX_MODE = 0o177777
 MAX_TIME_NS = 2**63 - 1
 #: Characters s3fs leaves as they are when it URL-encodes `x-amz-meta-xattr` (urlEncodePath).
 _XATTR_SAFE = "-_.~/"
+#: Characters no extended attribute's name can hold in `x-amz-meta-xattr`: s3fs writes names as they are
+#: (raw_build_xattrs) and splits the value at commas and strips double quotes when reading it (parse_xattrs).
+XATTR_NAME_UNSTORABLE = ',"'
 
 
 @dataclass(frozen=True)

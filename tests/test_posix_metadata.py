@@ -173,6 +173,20 @@ def test_a_rewritten_file_keeps_other_clients_metadata(s3, bucket, mount):
     assert meta(s3, bucket, "chmod")["mode"] == str(stat.S_IFREG | 0o600)
 
 
+def test_an_xattr_name_s3fs_cannot_store_is_refused(s3, bucket, mount):
+    """s3fs writes names as they are and splits its header at commas: such a name would vanish at the next
+    read of the object's metadata, so it is refused instead."""
+    s3.put_object(Bucket=bucket, Key="f.txt", Body=b"x")
+    mnt = mount(f"s3://{bucket}", POSIX, "--metadata-ttl", "0")
+    os.setxattr(mnt / "f.txt", "user.keep", b"1")
+    for name in ("user.a,b", 'user.q"uote'):
+        with pytest.raises(OSError) as refused:
+            os.setxattr(mnt / "f.txt", name, b"v")
+        assert refused.value.errno == errno.EINVAL, name
+    assert os.listxattr(mnt / "f.txt") == ["user.keep"]
+    assert decode_xattrs(meta(s3, bucket, "f.txt")["xattr"]) == {"user.keep": b"1"}
+
+
 def test_changing_an_uploaded_object_copies_it_onto_itself(s3, bucket, mount):
     data = os.urandom(3 << 20)
     s3.put_object(Bucket=bucket, Key="big.bin", Body=data, ContentType="application/x-test")

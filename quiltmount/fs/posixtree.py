@@ -33,8 +33,8 @@ from quiltmount.errors import NotFound, StorageError
 from quiltmount.fs.node import FileHandle, Node, Tree
 from quiltmount.fs.overlay import WritableBucketTree
 from quiltmount.fs.tree import BucketTree
-from quiltmount.posixmeta import (NS, AttrChange, NewAttrs, PosixAttrs, changed, created, format_time, from_headers,
-                                  merged_headers, to_headers)
+from quiltmount.posixmeta import (NS, XATTR_NAME_UNSTORABLE, AttrChange, NewAttrs, PosixAttrs, changed, created,
+                                  format_time, from_headers, merged_headers, to_headers)
 from quiltmount.storage.base import is_directory_type
 
 log = logging.getLogger(__name__)
@@ -412,9 +412,13 @@ class PosixTree(Tree):
             log.warning("%r changed, but the times of its directory were not updated: %s", path, exc)
 
     def set_xattr(self, path: str, name: str, value: bytes) -> None:
-        """ENOTSUP in the kernel's namespaces (cp -p then carries on without the POSIX ACL it tried)."""
+        """ENOTSUP in the kernel's namespaces (cp -p then carries on without the POSIX ACL it tried); EINVAL for
+        a name s3fs's format cannot hold (it would be lost at the next read of the object's metadata)."""
         if name.startswith(KERNEL_XATTR_NAMESPACES):
             raise StorageError(f"{path}: {name.partition('.')[0]}.* extended attributes are not kept", errno.ENOTSUP)
+        if any(char in name for char in XATTR_NAME_UNSTORABLE):
+            raise StorageError(f"{path}: extended attribute name {name!r} cannot be kept in s3fs's format "
+                               "(no ',' or '\"')", errno.EINVAL)
         self.change_attributes(path, AttrChange(set_xattr=(name, value)))
 
     def remove_xattr(self, path: str, name: str) -> None:
