@@ -32,8 +32,18 @@ from urllib.parse import quote, unquote_to_bytes
 MAX_ID = 2**32 - 2
 
 NS = 1_000_000_000
+#: The file types a mode may say (`S_IFMT` bits); 0 (none) takes the default's.  The kernel refuses any other.
+FILE_TYPES = frozenset({0, stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR,
+                        stat.S_IFBLK})
+#: The largest `st_mode` (16 bits: file type and permissions).
+MAX_MODE = 0o177777
+#: The latest time shown, in nanoseconds: the kernel's and FUSE's times are signed 64-bit nanoseconds (2262).
+MAX_TIME_NS = 2**63 - 1
 #: Characters s3fs leaves as they are when it URL-encodes `x-amz-meta-xattr` (urlEncodePath).
 _XATTR_SAFE = "-_.~/"
+#: Characters no extended attribute's name can hold in `x-amz-meta-xattr`: s3fs writes names as they are
+#: (raw_build_xattrs) and splits the value at commas and strips double quotes when reading it (parse_xattrs).
+XATTR_NAME_UNSTORABLE = ',"'
 
 
 @dataclass(frozen=True)
@@ -143,8 +153,9 @@ def from_headers(headers: Mapping[str, str], default: PosixAttrs) -> PosixAttrs:
     """The attributes `headers` describe; what they lack or garble comes from `default`.
 
     A mode without file type bits takes `default`'s (an object is a regular file, a marker a directory), and
-    a mode without any permission bit gets read permission for its owner, as s3fs does."""
-    mode = _number(headers.get("mode"), base=0)
+    a mode without any permission bit gets read permission for its owner, as s3fs does.  Times s3fs would not
+    use (0 or before, as it uses only times after the epoch) or that no file can have take `default`'s."""
+    mode = _mode_number(headers.get("mode"))
     if mode is None:
         mode = default.mode
     elif not stat.S_IFMT(mode):
@@ -152,7 +163,7 @@ def from_headers(headers: Mapping[str, str], default: PosixAttrs) -> PosixAttrs:
         if not stat.S_IMODE(mode) & 0o777:
             mode |= stat.S_IRUSR | (stat.S_IXUSR if stat.S_ISDIR(mode) else 0)
     uid, gid = _id_number(headers.get("uid")), _id_number(headers.get("gid"))
-    times = [parse_time(headers.get(name)) for name in ("atime", "mtime", "ctime")]
+    times = [_file_time(headers.get(name)) for name in ("atime", "mtime", "ctime")]
     atime, mtime, ctime = (default_ns if value is None else value
                            for value, default_ns in zip(times, (default.atime_ns, default.mtime_ns, default.ctime_ns)))
     raw_xattrs = headers.get("xattr")
@@ -165,6 +176,22 @@ def _id_number(text: str | None) -> int | None:
     kernel would wrap around (4294967296 would show as 0, root)."""
     number = _number(text, base=0)
     return number if number is not None and 0 <= number <= MAX_ID else None
+
+
+def _mode_number(text: str | None) -> int | None:
+    """A mode header; None (the default's) if it is no mode: negative, over 16 bits, or of a file type that
+    does not exist (the kernel would refuse the whole entry, EIO)."""
+    number = _number(text, base=0)
+    if number is None or not 0 <= number <= MAX_MODE or stat.S_IFMT(number) not in FILE_TYPES:
+        return None
+    return number
+
+
+def _file_time(text: str | None) -> int | None:
+    """A time header; None (the default's) if s3fs would not use it (not after the epoch) or it is past what
+    the kernel can show."""
+    ns = parse_time(text)
+    return ns if ns is not None and NS <= ns <= MAX_TIME_NS else None
 
 
 def _number(text: str | None, *, base: int) -> int | None:

@@ -59,6 +59,24 @@ def test_the_header_format_is_s3fs():
                                                                                 3, 4, 5)
 
 
+def test_a_mode_no_file_can_have_is_the_defaults():
+    """Negative, over 16 bits, or of a file type that does not exist: the kernel would refuse the entry (EIO)."""
+    default = PosixAttrs(stat.S_IFREG | 0o644, 1, 2, 3, 4, 5)
+    for bad in ("-1", "4294967296", str(2**70), str(0o170644), str(0o110644)):
+        assert from_headers({"mode": bad}, default).mode == default.mode, bad
+    for good in (str(stat.S_IFSOCK | 0o755), str(stat.S_IFBLK | 0o600), str(0o177777 & ~0o170000 | stat.S_IFDIR)):
+        assert from_headers({"mode": good}, default).mode == int(good), good
+
+
+def test_times_s3fs_would_not_use_are_the_defaults():
+    """s3fs uses a time only when it is after the epoch (else LastModified); one past 2262 no kernel can show."""
+    default = PosixAttrs(stat.S_IFREG | 0o644, 1, 2, 3 * 10**9, 4 * 10**9, 5 * 10**9)
+    for bad in ("0", "-5", "0.5", "99999999999999999999", "9223372037"):
+        assert from_headers({"atime": bad, "mtime": bad, "ctime": bad}, default) == default, bad
+    assert from_headers({"mtime": "1"}, default).mtime_ns == 10**9
+    assert from_headers({"mtime": "9223372036"}, default).mtime_ns == 9223372036 * 10**9
+
+
 # -- through a mount --------------------------------------------------------------------------------------
 def test_attributes_symlinks_fifos_and_xattrs_are_kept_across_a_remount(s3, bucket, mount, s3_server):
     mnt = mount(f"s3://{bucket}", POSIX, "--metadata-ttl", "0")  # no kernel cache: stat shows what is kept
@@ -106,6 +124,67 @@ def test_attributes_symlinks_fifos_and_xattrs_are_kept_across_a_remount(s3, buck
     os.chmod(plain / "f.txt", 0o600)  # accepted, not kept
     assert stat.S_IMODE(os.stat(plain / "f.txt").st_mode) == 0o640
     assert meta(s3, bucket, "f.txt")["mode"] == str(stat.S_IFREG | 0o640)
+
+
+def test_an_object_with_a_bad_mode_shows_the_defaults_and_its_directory_lists(s3, bucket, mount):
+    s3.put_object(Bucket=bucket, Key="d/good.txt", Body=b"ok")
+    for name, mode in (("neg", "-1"), ("wide", "4294967296"), ("typeless", str(0o170644))):
+        s3.put_object(Bucket=bucket, Key=f"d/{name}", Body=b"x", Metadata={"mode": mode})
+    mnt = mount(f"s3://{bucket}", POSIX)
+    listing = subprocess.run(["ls", "-l", str(mnt / "d")], capture_output=True, text=True)
+    assert listing.returncode == 0, listing.stderr
+    for name in ("neg", "wide", "typeless"):
+        st = os.stat(mnt / "d" / name)
+        assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o640, name
+        assert (mnt / "d" / name).read_bytes() == b"x"
+
+
+def test_directory_content_types_s3fs_reads_are_directories(s3, bucket, mount):
+    """s3fs leaves out the Content-Type's parameters, and takes Nextcloud's `httpd/unix-directory` too."""
+    for key, content_type in (("charset", "application/x-directory; charset=UTF-8"),
+                              ("nextcloud", "httpd/unix-directory"), ("plain", "text/plain")):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"", ContentType=content_type)
+    mnt = mount(f"s3://{bucket}", POSIX)
+    assert (mnt / "charset").is_dir() and (mnt / "nextcloud").is_dir() and (mnt / "plain").is_file()
+
+
+def test_a_rewritten_file_keeps_other_clients_metadata(s3, bucket, mount):
+    """Appending, overwriting or truncating through the mount sends back the object's other headers, as s3fs
+    does; so does a change of attributes while the new bytes are still staged."""
+    kept = {"mode": str(stat.S_IFREG | 0o644), "uid": "0", "gid": "0", "mtime": "1000000000", "custom": "keepme"}
+    for name in ("append", "overwrite", "truncate", "o_append", "chmod"):
+        s3.put_object(Bucket=bucket, Key=name, Body=b"line1\n", Metadata=kept)
+    mnt = mount(f"s3://{bucket}", POSIX)
+    with open(mnt / "append", "a") as file:
+        file.write("line2\n")
+    (mnt / "overwrite").write_bytes(b"new\n")
+    os.truncate(mnt / "truncate", 2)
+    fd = os.open(mnt / "o_append", os.O_WRONLY | os.O_APPEND)
+    os.write(fd, b"more\n")
+    os.close(fd)
+    with open(mnt / "chmod", "a") as file:
+        file.write("line2\n")
+        os.chmod(mnt / "chmod", 0o600)  # while staged (open)
+    expected = {"append": b"line1\nline2\n", "overwrite": b"new\n", "truncate": b"li", "o_append": b"line1\nmore\n",
+                "chmod": b"line1\nline2\n"}
+    for name, data in expected.items():
+        wait_for(lambda: body(s3, bucket, name) == data)
+        assert meta(s3, bucket, name)["custom"] == "keepme", name
+    assert meta(s3, bucket, "chmod")["mode"] == str(stat.S_IFREG | 0o600)
+
+
+def test_an_xattr_name_s3fs_cannot_store_is_refused(s3, bucket, mount):
+    """s3fs writes names as they are and splits its header at commas: such a name would vanish at the next
+    read of the object's metadata, so it is refused instead."""
+    s3.put_object(Bucket=bucket, Key="f.txt", Body=b"x")
+    mnt = mount(f"s3://{bucket}", POSIX, "--metadata-ttl", "0")
+    os.setxattr(mnt / "f.txt", "user.keep", b"1")
+    for name in ("user.a,b", 'user.q"uote'):
+        with pytest.raises(OSError) as refused:
+            os.setxattr(mnt / "f.txt", name, b"v")
+        assert refused.value.errno == errno.EINVAL, name
+    assert os.listxattr(mnt / "f.txt") == ["user.keep"]
+    assert decode_xattrs(meta(s3, bucket, "f.txt")["xattr"]) == {"user.keep": b"1"}
 
 
 def test_changing_an_uploaded_object_copies_it_onto_itself(s3, bucket, mount):

@@ -11,6 +11,7 @@ import pytest
 
 from quiltmount.posixmeta import AttrChange, PosixAttrs, changed, from_headers, merged_headers
 from quiltmount.storage.base import content_type
+from test_writes import keys, wait_for
 
 
 def test_content_type_is_guessed_from_the_name_as_s3fs_does():
@@ -131,3 +132,55 @@ def test_a_legacy_dir_object_is_a_directory_until_changed(s3, bucket, mount):
     os.rmdir(mnt / "old")
     os.rmdir(mnt / "old2")  # never changed: the object itself goes
     assert "Contents" not in s3.list_objects_v2(Bucket=bucket)
+
+
+def test_renaming_a_directory_keeps_a_legacy_dir_object_in_it_a_directory(s3, bucket, mount):
+    """The copy of a legacy `dir` object keeps its Content-Type, by which alone it is a directory (a renamed
+    file gets its new name's)."""
+    s3.put_object(Bucket=bucket, Key="d/olddir", Body=b"", ContentType="application/x-directory")
+    s3.put_object(Bucket=bucket, Key="d/f.txt", Body=b"x", ContentType="application/x-test")
+    mnt = mount(f"s3://{bucket}", "--posix-metadata", "--metadata-ttl", "0")
+    assert (mnt / "d" / "olddir").is_dir()
+    os.rename(mnt / "d", mnt / "e")
+    assert s3.head_object(Bucket=bucket, Key="e/olddir")["ContentType"] == "application/x-directory"
+    assert s3.head_object(Bucket=bucket, Key="e/f.txt")["ContentType"] == "text/plain"
+    assert (mnt / "e" / "olddir").is_dir() and (mnt / "e" / "f.txt").read_bytes() == b"x"
+
+
+def test_a_legacy_dir_object_is_renamed_whole(s3, bucket, mount):
+    """mv of a legacy `dir` object leaves no `dir` behind: its `dir/` marker, with its mode, moves; a directory
+    moved onto an empty one replaces it."""
+    for key in ("old", "empty"):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"", ContentType="application/x-directory",
+                      Metadata={"mode": str(stat.S_IFDIR | 0o705)})
+    s3.put_object(Bucket=bucket, Key="d/f.txt", Body=b"x")
+    mnt = mount(f"s3://{bucket}", "--posix-metadata")
+    assert (mnt / "old").is_dir() and (mnt / "empty").is_dir()
+    os.rename(mnt / "old", mnt / "new")
+    os.rename(mnt / "d", mnt / "empty")
+    assert sorted(obj["Key"] for obj in s3.list_objects_v2(Bucket=bucket)["Contents"]) == \
+        ["empty/", "empty/f.txt", "new/"]
+    assert s3.head_object(Bucket=bucket, Key="new/")["Metadata"]["mode"] == str(stat.S_IFDIR | 0o705)
+    assert sorted(os.listdir(mnt)) == ["empty", "new"] and stat.S_IMODE(os.stat(mnt / "new").st_mode) == 0o705
+
+
+def test_entries_are_created_in_a_legacy_dir_object(s3, bucket, mount):
+    """A file, directory, symlink, FIFO or moved file in a legacy `dir` object: it is first replaced by its
+    `dir/` marker (its attributes kept), which keys under it would otherwise hide."""
+    s3.put_object(Bucket=bucket, Key="old", Body=b"", ContentType="application/x-directory",
+                  Metadata={"mode": str(stat.S_IFDIR | 0o755), "uid": "7"})
+    s3.put_object(Bucket=bucket, Key="plain.txt", Body=b"plain")
+    mnt = mount(f"s3://{bucket}", "--posix-metadata")
+    assert (mnt / "old").is_dir()
+    (mnt / "old" / "new.txt").write_bytes(b"new")
+    os.mkdir(mnt / "old" / "sub")
+    os.symlink("new.txt", mnt / "old" / "link")
+    os.mkfifo(mnt / "old" / "fifo")
+    os.rename(mnt / "plain.txt", mnt / "old" / "plain.txt")
+    assert sorted(os.listdir(mnt / "old")) == ["fifo", "link", "new.txt", "plain.txt", "sub"]
+    assert (mnt / "old" / "new.txt").read_bytes() == b"new" and os.readlink(mnt / "old" / "link") == "new.txt"
+    wait_for(lambda: "old/new.txt" in keys(s3, bucket))
+    assert "old" not in keys(s3, bucket) and os.stat(mnt / "old").st_uid == 7
+    assert stat.S_IMODE(os.stat(mnt / "old").st_mode) == 0o755
+    marker = s3.head_object(Bucket=bucket, Key="old/")["Metadata"]
+    assert (marker["mode"], marker["uid"]) == (str(stat.S_IFDIR | 0o755), "7")

@@ -204,8 +204,8 @@ def test_catalog_down_and_local_directories(stack, s3, bucket, mount, tmp_path):
 
 
 def test_which_hits_become_links():
-    """Placement rules, on the tree alone: the mount's prefix, reserved and impossible names, directories
-    winning over links, and documents that name no object or pointer of this bucket."""
+    """Placement rules, on the tree alone: the mount's prefix, reserved (`.versions` anywhere) and impossible
+    names, directories winning over links, and documents that name no object or pointer of this bucket."""
     from quiltmount.fs.searchtree import SearchTree
 
     def hit(index: str, **source: object) -> dict:
@@ -214,6 +214,7 @@ def test_which_hits_become_links():
     hits = [hit("b", key="p/a"), hit("b", key="p/a/b"), hit("b", key="p/x.csv", delete_marker=True),
             hit("b", key="elsewhere/y"), hit("b", key="p/.packages/z"), hit("b", key="p/" + "n" * 300),
             hit("b", key="p/.hits.json"), hit("b", key="p/c//d"), hit("other", key="p/e"),
+            hit("b", key="p/vv/.versions/zebra.txt"), hit("b", key="p/.versions/yak.txt"),  # hidden, as in the bucket
             hit("b_packages", ptr_name="ns/pkg", ptr_tag="latest"), hit("b_packages", ptr_name="bad", ptr_tag="1"),
             hit("b_packages", ptr_name="ns/pkg", ptr_tag="../x"), hit("b_packages", mnfst_hash="f" * 64),
             hit("b_packages", entry_lk="a.csv", mnfst_hash="f" * 64), "not a hit"]

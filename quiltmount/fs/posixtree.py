@@ -33,9 +33,9 @@ from quiltmount.errors import NotFound, StorageError
 from quiltmount.fs.node import FileHandle, Node, Tree
 from quiltmount.fs.overlay import WritableBucketTree
 from quiltmount.fs.tree import BucketTree
-from quiltmount.posixmeta import (NS, AttrChange, NewAttrs, PosixAttrs, changed, created, format_time, from_headers,
-                                  merged_headers, to_headers)
-from quiltmount.storage.base import DIRECTORY_CONTENT_TYPE
+from quiltmount.posixmeta import (NS, XATTR_NAME_UNSTORABLE, AttrChange, NewAttrs, PosixAttrs, changed, created,
+                                  format_time, from_headers, merged_headers, to_headers)
+from quiltmount.storage.base import is_directory_type
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class PosixTree(Tree):
             changes = self._changes
         info, headers = self.store.head_metadata(self.bucket.key_of(path))
         default = self._file_default(info.mtime)
-        if info.size == 0 and info.content_type == DIRECTORY_CONTENT_TYPE:  # s3fs's legacy `dir` object
+        if info.size == 0 and is_directory_type(info.content_type):  # s3fs's legacy `dir` object
             default = dataclasses.replace(default, mode=stat.S_IFDIR | self.defaults.dir_mode)
         attrs = from_headers(headers, default)
         self._remember(changes, lambda: self._objects.__setitem__(path, (info.etag, attrs)))
@@ -270,16 +270,29 @@ class PosixTree(Tree):
         sets its mode and owner)."""
         writes = self._writable(path)
         try:
-            attrs = self.lookup(path).attrs
+            node: Node | None = self.lookup(path)
         except NotFound:
-            attrs = None
-        if attrs is None:
-            now = time.time_ns()
-            attrs = created(NewAttrs(stat.S_IFREG | self.defaults.file_mode, self.defaults.uid,
-                                     self.defaults.gid), now)
-        handle = writes.open_write(path, truncate=truncate, create=create, meta=to_headers(attrs))
+            node = None
+            if create:
+                self._prepare_parent(path)
+        handle = writes.open_write(path, truncate=truncate, create=create, meta=self._rewrite_headers(path, node))
         self._changed_here(path)
         return handle
+
+    def _rewrite_headers(self, path: str, node: Node | None) -> dict[str, str]:
+        """The metadata the upload of a file written at `path` (now `node`) starts from: the attributes of the
+        object it replaces, with the rest of that object's user metadata (other clients' headers) as a HEAD
+        finds it, as s3fs sends back at upload the headers it loaded at open; a new file's attributes."""
+        if node is None or node.attrs is None:
+            return to_headers(created(NewAttrs(stat.S_IFREG | self.defaults.file_mode, self.defaults.uid,
+                                               self.defaults.gid), time.time_ns()))
+        if node.obj is None:  # staged: its staged file keeps the metadata it has
+            return to_headers(node.attrs)
+        try:
+            headers = self.store.head_metadata(self.bucket.key_of(path))[1]
+        except NotFound:  # deleted meanwhile: nothing else to keep
+            headers = {}
+        return {**headers, **to_headers(node.attrs)}
 
     def created(self, path: str, new: NewAttrs) -> None:
         now = time.time_ns()
@@ -291,11 +304,10 @@ class PosixTree(Tree):
         node = self.lookup(path)
         now = time.time_ns()
         if node.is_dir:
-            legacy = self._legacy_dir(path)
-            self._change_dir(path, lambda attrs: changed(attrs, change, now), change.written(),
-                             node.attrs if legacy else None)
-            if legacy:  # replaced by its `dir/` marker, as s3fs replaces it
-                self._drop_legacy_dir(path)
+            if self._legacy_dir(path):
+                self._replace_legacy_dir(path, node, lambda attrs: changed(attrs, change, now), change.written())
+            else:
+                self._change_dir(path, lambda attrs: changed(attrs, change, now), change.written())
             return
         if node.obj is None and self._change_staged(path, lambda attrs: changed(attrs, change, now),
                                                     mtime_ns=change.mtime_ns):
@@ -310,8 +322,15 @@ class PosixTree(Tree):
         if dirty is None:
             return False
         default = self._default(Node(is_dir=False, mtime=time.time()))
-        carried = writes.change_staged(
-            dirty, lambda meta: to_headers(change(default if meta is None else from_headers(meta, default))), mtime_ns)
+
+        def changed_headers(meta: dict[str, str] | None) -> dict[str, str]:
+            """The staged file's metadata after the change, its other headers kept."""
+            if meta is None:
+                return to_headers(change(default))
+            before = from_headers(meta, default)
+            return merged_headers(meta, before, change(before))
+
+        carried = writes.change_staged(dirty, changed_headers, mtime_ns)
         self._changed_here(path)
         return carried
 
@@ -332,6 +351,27 @@ class PosixTree(Tree):
         """Whether directory `path` is an object `dir` (zero bytes, Content-Type application/x-directory, as
         s3fs before 1.63 and s3sync made them) rather than a prefix."""
         return not self.inner.lookup(path).is_dir
+
+    def _replace_legacy_dir(self, path: str, node: Node, change: Callable[[PosixAttrs], PosixAttrs] = lambda a: a,
+                            written: set[str] | None = None) -> None:
+        """Replace legacy `dir` object `path` (looked up as `node`) by a `dir/` marker with its attributes after
+        `change`, then delete it, as s3fs replaces one on any change."""
+        self._change_dir(path, change, written or set(), node.attrs)
+        self._drop_legacy_dir(path)
+
+    def _prepare_parent(self, path: str) -> None:
+        """Before creating `path`: a legacy `dir` object as its directory is first replaced by a `dir/` marker
+        (its attributes kept): keys under a `dir` object would hide it (the directory wins), and a creation
+        changes its directory's times, which s3fs writes by replacing it too."""
+        parent = path.rpartition("/")[0]
+        if not parent:
+            return
+        try:
+            node = self.lookup(parent)
+        except NotFound:
+            return  # the creation answers ENOENT
+        if node.is_dir and self._legacy_dir(parent):
+            self._replace_legacy_dir(parent, node)
 
     def _drop_legacy_dir(self, path: str) -> None:
         self.store.delete_object(self.bucket.key_of(path))
@@ -372,9 +412,13 @@ class PosixTree(Tree):
             log.warning("%r changed, but the times of its directory were not updated: %s", path, exc)
 
     def set_xattr(self, path: str, name: str, value: bytes) -> None:
-        """ENOTSUP in the kernel's namespaces (cp -p then carries on without the POSIX ACL it tried)."""
+        """ENOTSUP in the kernel's namespaces (cp -p then carries on without the POSIX ACL it tried); EINVAL for
+        a name s3fs's format cannot hold (it would be lost at the next read of the object's metadata)."""
         if name.startswith(KERNEL_XATTR_NAMESPACES):
             raise StorageError(f"{path}: {name.partition('.')[0]}.* extended attributes are not kept", errno.ENOTSUP)
+        if any(char in name for char in XATTR_NAME_UNSTORABLE):
+            raise StorageError(f"{path}: extended attribute name {name!r} cannot be kept in s3fs's format "
+                               "(no ',' or '\"')", errno.EINVAL)
         self.change_attributes(path, AttrChange(set_xattr=(name, value)))
 
     def remove_xattr(self, path: str, name: str) -> None:
@@ -386,7 +430,9 @@ class PosixTree(Tree):
         now = time.time_ns()
         attrs = created(NewAttrs(stat.S_IFDIR | stat.S_IMODE(new.mode), new.uid, new.gid), now)
         headers = to_headers(attrs)
-        self._writable(path).mkdir(path, metadata=headers)
+        writes = self._writable(path)
+        self._prepare_parent(path)
+        writes.mkdir(path, metadata=headers)
         self._changed_here(path)
         with self._lock:
             self._dirs[path] = (attrs, headers)
@@ -404,6 +450,7 @@ class PosixTree(Tree):
     def _put_new(self, path: str, body: bytes, new: NewAttrs) -> None:
         writes = self._writable(path)
         writes.check_absent(path)
+        self._prepare_parent(path)
         writes.check_parent_dir(path)
         now = time.time_ns()
         self.store.put_object(self.bucket.key_of(path), body, metadata=to_headers(created(new, now)))
@@ -436,6 +483,7 @@ class PosixTree(Tree):
         writes = self._writable(old)
         node = self.lookup(old)
         now = time.time_ns()
+        self._prepare_parent(new)
         if node.is_dir:
             self._rename_dir(writes, old, new, now)
         elif node.obj is None or node.attrs is None:  # staged: its file goes to the new key with its attributes
@@ -460,15 +508,9 @@ class PosixTree(Tree):
             raise StorageError(f"{old} -> {new}: a directory cannot be moved into itself", errno.EINVAL)
         if writes.staged_under(old):
             raise StorageError(f"{old}: has files not uploaded yet: not renamed in place", errno.EXDEV)
-        try:
-            target = self.lookup(new)
-        except NotFound:
-            writes.check_parent_dir(new)
-        else:
-            if not target.is_dir:
-                raise StorageError(f"{new}: not a directory", errno.ENOTDIR)
-            if self.inner.readdir(new):
-                raise StorageError(f"{new}: directory not empty", errno.ENOTEMPTY)
+        legacy_target = self._check_dir_rename_target(writes, new)
+        if self._legacy_dir(old):  # its `dir/` marker is what moves
+            self._replace_legacy_dir(old, self.lookup(old))
         old_prefix, new_prefix = self.bucket.key_of(old) + "/", self.bucket.key_of(new) + "/"
         attrs, headers = self._dir_entry(old)
         marked = dict(headers or to_headers(attrs), ctime=format_time(now))
@@ -477,6 +519,8 @@ class PosixTree(Tree):
         self.store.put_object(new_prefix, b"", metadata=marked)  # over an empty target's marker, if any
         for key in [*children, old_prefix]:
             self.store.delete_object(key)
+        if legacy_target:  # replaced by the marker, which would hide it
+            self._drop_legacy_dir(new)
         moved = [key[len(old_prefix):] for key in children]
         for path in [old, new, *(f"{old}/{rest.rstrip('/')}" for rest in moved),
                      *(f"{new}/{rest.rstrip('/')}" for rest in moved)]:
@@ -484,6 +528,21 @@ class PosixTree(Tree):
         self._changed_here(old, new, *(f"{old}/{rest.rstrip('/')}" for rest in moved))
         with self._lock:
             self._dirs[new] = (from_headers(marked, attrs), marked)
+
+    def _check_dir_rename_target(self, writes: WritableBucketTree, new: str) -> bool:
+        """Before renaming a directory to `new`: ENOTDIR onto a file, ENOTEMPTY onto a non-empty directory.
+        Whether `new` is a legacy `dir` object (empty, as keys under it would hide it), which the rename
+        replaces."""
+        try:
+            target = self.lookup(new)
+        except NotFound:
+            writes.check_parent_dir(new)
+            return False
+        if not target.is_dir:
+            raise StorageError(f"{new}: not a directory", errno.ENOTDIR)
+        if self.inner.readdir(new):
+            raise StorageError(f"{new}: directory not empty", errno.ENOTEMPTY)
+        return self._legacy_dir(new)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -32,6 +32,7 @@ from cachetools import LRUCache
 from quiltmount.errors import NotFound, QuiltmountError, StorageError
 from quiltmount.fs.node import MemoryFile, Node, PathIndex, Tree
 from quiltmount.fs.tree import RESERVED_ROOT_NAMES
+from quiltmount.fs.versions import versions_path
 from quiltmount.names import invalid_path_reason, is_shown_pointer_name, is_valid_package_name
 from quiltmount.singleflight import SingleFlight
 
@@ -182,8 +183,8 @@ class SearchTree(Tree):
             if not key.startswith(self.key_prefix) or key == self.key_prefix:
                 return None
             path = key[len(self.key_prefix):]
-            if path.split("/", 1)[0] in RESERVED_ROOT_NAMES:
-                return None
+            if path.split("/", 1)[0] in RESERVED_ROOT_NAMES or versions_path(path) is not None:
+                return None  # a key the mount hides (a link would lead into a view): only in .hits.json
             return path
         if index == f"{self.bucket}_packages" and isinstance(source.get("ptr_name"), str):
             name, tag = source["ptr_name"], source.get("ptr_tag")

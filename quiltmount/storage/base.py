@@ -22,6 +22,13 @@ from quiltmount.errors import NotFound, StorageError
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 #: The Content-Type of a directory marker (`dir/`), as s3fs gives its own.
 DIRECTORY_CONTENT_TYPE = "application/x-directory"
+#: The Content-Types s3fs reads as a directory's (Nextcloud gives its directories `httpd/unix-directory`).
+DIRECTORY_CONTENT_TYPES = frozenset({DIRECTORY_CONTENT_TYPE, "httpd/unix-directory"})
+
+
+def is_directory_type(content_type: str | None) -> bool:
+    """Whether `content_type` is a directory's, its parameters (`; charset=UTF-8`) left out, as s3fs reads it."""
+    return (content_type or "").partition(";")[0].strip() in DIRECTORY_CONTENT_TYPES
 
 
 def content_type(key: str) -> str:

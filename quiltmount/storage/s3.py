@@ -23,7 +23,7 @@ from s3transfer.utils import ReadFileChunk
 from quiltmount.errors import AccessDenied, NotFound, ObjectChanged, StorageError, UserError
 from quiltmount.retry import call_with_retries
 from quiltmount.storage.base import (ListPage, ObjectInfo, ObjectStore, ObjectStream, ObjectVersion, UploadStarted,
-                                     VersionPage, content_type)
+                                     VersionPage, content_type, is_directory_type)
 from quiltmount.storage.endpoint import environment_endpoint_url
 from quiltmount.storage.presigned import PresignedRanges
 from quiltmount.units import PART_SIZE, PART_WORKERS
@@ -376,8 +376,7 @@ class S3Store(ObjectStore):
         try:
             response = self._head_response(source_key)
             source = _head_info(source_key, response)
-            replace = {"ContentType": (response.get("ContentType") or "binary/octet-stream") if key == source_key
-                       else content_type(key),
+            replace = {"ContentType": _copy_content_type(source, key),
                        "Metadata": dict(_user_metadata(response) if metadata is None else metadata)}
             if source.size <= self.max_single_copy:
                 # The copy's SHA-256 checksum computed anew: the source's may be a multipart upload's, which
@@ -463,6 +462,13 @@ def _head_info(key: str, response: dict) -> ObjectInfo:
     return ObjectInfo(key, int(response["ContentLength"]), response["LastModified"].timestamp(),
                       response["ETag"], None if version in (None, "null") else version,
                       checksum_sha256=response.get("ChecksumSHA256"), content_type=response.get("ContentType"))
+
+
+def _copy_content_type(source: ObjectInfo, key: str) -> str:
+    """The Content-Type of `source`'s copy to `key`: its own onto itself, and a directory's wherever it goes (a
+    legacy `dir` object is a directory only by it); else its new name's, as s3fs gives a renamed file."""
+    kept = source.content_type or "binary/octet-stream"
+    return kept if key == source.key or is_directory_type(kept) else content_type(key)
 
 
 def _user_metadata(response: dict) -> dict[str, str]:
