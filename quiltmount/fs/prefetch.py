@@ -438,8 +438,12 @@ class Prefetcher:
             job.file_done(obj.size, cached=True, progressed=obj.size)
             return
         job.progressed(cached_bytes)
-        file = _File(path, store, obj, ident, missing, node.expected_hash)
         per_part = self.blocks_per_part
+        if len(blocks) > per_part and ident.origin is None and node.expected_hash:
+            # Its blocks wait on disk for its hash, tagged with the ETag its parts are read under (one HEAD).
+            obj = store.pinned(obj)
+            ident = object_identity(store, obj)
+        file = _File(path, store, obj, ident, missing, node.expected_hash)
         if len(blocks) <= per_part:  # one GET: the whole file to verify it first, else what is missing
             file.check_whole = file.expected_hash is not None
             spans = [(0, len(blocks) - 1) if file.check_whole else (min(missing), max(missing))]
@@ -540,7 +544,7 @@ class Prefetcher:
         assert disk is not None
         bs = self.block_size
         ident = file.ident
-        pending = ident.name if ident.checked_on_disk and not file.check_whole else None
+        pending = ident.origin if ident.checked_on_disk and not file.check_whole else None
         for index in range(first, last + 1):
             if index not in file.missing:
                 continue
