@@ -147,6 +147,22 @@ def test_a_large_entry_overwritten_in_s3_is_not_served_after_its_prefetch_failed
         disk.close()
 
 
+def test_a_file_larger_than_the_disk_caps_fails_alone_with_the_reason(s3, bucket, mount, own_disk_cache):
+    """A cache whose cap is below one block (a new cache's default on a nearly full disk: a tenth of the free
+    space) cannot take a file's 1 MiB blocks: that file fails, saying so, and the others are prefetched."""
+    DiskCache(str(own_disk_cache), 512 * 1024).close()  # the cap the mount keeps
+    s3.put_object(Bucket=bucket, Key="big.bin", Body=b"b" * (3 << 20))
+    s3.put_object(Bucket=bucket, Key="small.txt", Body=b"small")
+    mnt = mount(f"s3://{bucket}", "--read-only")
+    result = run_cli("prefetch", str(mnt / "big.bin"), str(mnt / "small.txt"), "--json")
+    assert result.returncode == 1, result
+    summary = json.loads(result.stdout)
+    assert (summary["files"], summary["fetched"], summary["errors"]) == (2, 1, 1) and not summary.get("error")
+    assert "larger than the disk cache's cap (512 KiB; quiltmount mount --disk-cache-size SIZE sets it)" in (
+        summary["failures"][0]["error"])
+    assert "disk is full" not in result.stderr and "Traceback" not in result.stderr
+
+
 def test_one_line_errors_and_malformed_requests(s3, bucket, mount, tmp_path):
     s3.put_object(Bucket=bucket, Key="a.txt", Body=b"a")
     off = mount(f"s3://{bucket}", "--disk-cache-size", "0", "--read-only")

@@ -49,6 +49,7 @@ from quiltmount.cache.keys import Identity, object_identity
 from quiltmount.errors import StorageError
 from quiltmount.fs.node import Node, Tree
 from quiltmount.storage.base import ObjectInfo, ObjectStore
+from quiltmount.units import format_size
 
 if TYPE_CHECKING:  # the command line imports the names below, and starts fast without these
     from quiltmount.fs.blockcache import BlockCache
@@ -551,11 +552,22 @@ class Prefetcher:
             offset = (index - first) * bs
             block = data if offset == 0 and len(data) <= bs else data[offset:offset + bs]
             if not disk.put(ident.disk_key, index, block, ident.source, wait=True, pending=pending):
-                with job.lock:
-                    if job.fatal is None:
-                        job.fatal = ("the disk cache stopped taking blocks (the disk is full, or it failed: see the "
-                                     "daemon's log)")
-                raise StorageError("not cached: the disk cache stopped taking blocks")
+                raise self._not_taken(job, len(block))
+
+    def _not_taken(self, job: PrefetchJob, size: int) -> StorageError:
+        """The error of a block of `size` bytes the disk cache did not take: one larger than the cache's whole
+        cap fails its file only; otherwise the disk tier was turned off (full, or failed), which stops the job."""
+        disk = self.disk
+        assert disk is not None
+        capacity = disk.capacity
+        if disk.enabled and size > capacity:
+            return StorageError(f"not cached: its blocks ({format_size(size)}) are larger than the disk cache's cap "
+                                f"({format_size(capacity)}; quiltmount mount --disk-cache-size SIZE sets it)")
+        with job.lock:
+            if job.fatal is None:
+                job.fatal = ("the disk cache stopped taking blocks (the disk is full, or it failed: see the "
+                             "daemon's log)")
+        return StorageError("not cached: the disk cache stopped taking blocks")
 
     def _task_done(self, job: PrefetchJob, file: _File, tasks: int) -> None:
         """`tasks` GETs of `file` are over; after its last one, the file is done (and its hash checked)."""
