@@ -11,7 +11,7 @@ from typing import Any
 from quiltmount.names import split_package_spec
 from quiltmount.posixmeta import MAX_ID
 from quiltmount.storage.endpoint import endpoint_url_problem
-from quiltmount.units import parse_size, parse_ttl
+from quiltmount.units import BLOCK_SIZE, MIN_MEMORY_BUDGET, format_size, parse_size, parse_ttl
 
 
 def size(text: str) -> int:
@@ -19,6 +19,24 @@ def size(text: str) -> int:
         return parse_size(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def memory_budget(text: str) -> int:
+    """`--memory-cache-size`: at least MIN_MEMORY_BUDGET (below it read-ahead alone would take it all)."""
+    value = size(text)
+    if value < MIN_MEMORY_BUDGET:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}: must be at least {format_size(MIN_MEMORY_BUDGET)} "
+                                         "(8 MiB of read-ahead in flight, and as much for cached blocks)")
+    return value
+
+
+def disk_cap(text: str) -> int:
+    """`--disk-cache-size`: 0 (off) or at least one block (a smaller cap could hold no block of 1 MiB)."""
+    value = size(text)
+    if 0 < value < BLOCK_SIZE:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}: must be 0 (no disk cache) or at least "
+                                         f"{format_size(BLOCK_SIZE)} (one block)")
+    return value
 
 
 def ttl(text: str) -> float:

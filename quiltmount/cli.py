@@ -60,14 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="tries per upload, with exponential backoff from 0.5 s, before it is reported failed (5)")
     mount.add_argument("--cache-dir", help="cache directory (default: stable per source under "
                                            "$XDG_CACHE_HOME/quiltmount/)")
-    mount.add_argument("--disk-cache-size", type=argtypes.size, metavar="SIZE",
+    mount.add_argument("--disk-cache-size", type=argtypes.disk_cap, metavar="SIZE",
                        help="cap of the disk cache shared by every mount, kept for the next ones (a new cache: the "
                             "smaller of 10G and 10%% of the free space); 0 turns it off for this mount")
     mount.add_argument("--disk-cache-dir", metavar="DIR",
                        help="where the shared disk cache is (default: $QUILTMOUNT_DISK_CACHE_DIR, else "
                             "$XDG_CACHE_HOME/quiltmount/blocks)")
-    mount.add_argument("--memory-cache-size", type=argtypes.size, default=parse_size("512M"), metavar="SIZE",
-                       help="memory budget for cached blocks and read-ahead (default 512M)")
+    mount.add_argument("--memory-cache-size", type=argtypes.memory_budget, default=parse_size("512M"),
+                       metavar="SIZE",
+                       help="memory budget for cached blocks and read-ahead (default 512M, at least 16M)")
     mount.add_argument("--metadata-ttl", type=argtypes.ttl, default=10.0, metavar="SECONDS|indefinite",
                        help="how long listings and attributes are trusted (default 10)")
     mount.add_argument("--negative-metadata-ttl", type=argtypes.ttl, metavar="SECONDS|indefinite",

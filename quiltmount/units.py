@@ -13,6 +13,9 @@ PART_SIZE = 8 << 20
 MAX_PARTS = 10_000
 #: The blocks the caches hold (memory and disk): block i of an object is its bytes [i, i + 1) x this size.
 BLOCK_SIZE = 1 << 20
+#: The smallest `--memory-cache-size`: read-ahead keeps at least one 8 MiB part in flight (its GETs are whole
+#: parts), and as much again is left for cached blocks.
+MIN_MEMORY_BUDGET = 16 << 20
 #: Parts in flight at once for all the uploads (and server-side copies) to one bucket, by default.
 PART_WORKERS = 8
 

@@ -572,6 +572,54 @@ def test_a_wrong_source_does_not_spoil_a_good_copy_with_the_same_hash(s3, new_bu
     assert_consistent(own_disk_cache)
 
 
+def served_rows(root: Path, key: str) -> dict[int, int]:
+    """block -> checksum of the blocks of `key` the cache serves (checked: not pending)."""
+    with index(root) as db:
+        return dict(db.execute("SELECT block, checksum FROM blocks WHERE key = ? AND pending IS NULL", (key,)))
+
+
+@pytest.mark.parametrize("wrong_bytes_read", ["after a check of the right ones", "before a check of the right ones"])
+def test_an_unversioned_entry_overwritten_in_s3_never_has_wrong_bytes_served(s3, new_bucket, mount, own_disk_cache,
+                                                                             wrong_bytes_read):
+    """A package entry of an unversioned bucket is read from a key another client can overwrite.  Blocks read
+    while the key held other bytes than the manifest's are never served from the disk cache, whether the
+    same mount checked the entry whole before (its blocks then had one origin for every version) or checks it
+    whole after the key is right again (the wrong blocks pending on disk had that same origin)."""
+    registry, good_registry = new_bucket(), new_bucket()
+    right, wrong = payload(50, 3 * MiB + 50), payload(51, 3 * MiB + 50)
+    url = f"s3://{registry}/u/f.bin"
+    # Three revisions of the same physical key: each path is a file the kernel holds no pages of.
+    revisions = [put_package(s3, registry, f"team/r{number}", {"f.bin": (url, right)}) for number in range(3)]
+    good = put_package(s3, good_registry, "team/g", {"f.bin": (f"s3://{good_registry}/g/f.bin", right)})
+    filler = payload(52, 9 * MiB)
+    s3.put_object(Bucket=registry, Key="filler.bin", Body=filler)
+    mnt = mount(f"s3://{registry}", "--memory-cache-size", "16M")
+    entries = [mnt / f".packages/team/r{number}/@{top_hash}/f.bin" for number, top_hash in enumerate(revisions)]
+
+    def overwrite(data: bytes) -> None:
+        s3.put_object(Bucket=registry, Key="u/f.bin", Body=data)
+        assert read_in_order(mnt / "filler.bin") == filler  # the entry's blocks leave the mount's memory
+
+    if wrong_bytes_read == "after a check of the right ones":
+        assert read_in_order(entries[0]) == right
+        assert run_cli("cache", "clear").returncode == 0
+        overwrite(wrong)
+        assert read_in_order(entries[1], limit=2 * MiB)[:MiB] == wrong[:MiB]
+    else:
+        overwrite(wrong)
+        assert read_in_order(entries[1], limit=2 * MiB)[:MiB] == wrong[:MiB]
+        overwrite(right)
+        assert read_in_order(entries[2]) == right
+    unmount(mnt)
+    served = served_rows(own_disk_cache, hash_key(right))
+    assert served == {block: checksum(right[block * BLOCK:(block + 1) * BLOCK]) for block in served}
+
+    other = mount(f"s3://{good_registry}")
+    assert read_or_errno(other / f".packages/team/g/@{good}/f.bin") == right
+    unmount(other)
+    assert_consistent(own_disk_cache)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # A mount costs the same whatever is cached
 
@@ -709,6 +757,29 @@ def test_a_cache_of_the_older_format_is_emptied_once_and_then_used(tmp_path, cap
         assert_consistent(root)
     finally:
         again.close()
+
+
+def test_a_cache_whose_checked_entries_may_hold_wrong_bytes_is_emptied_once(tmp_path, caplog):
+    """A cache of format 2 marked a package entry's pending blocks checked under an origin that did not pin
+    their bytes: its checked blocks cannot be trusted, so the first open by this version removes them."""
+    root = tmp_path / "cache"
+    old = DiskCache(str(root), capacity=64 * MiB)
+    try:
+        old.put("hash:SHA256:" + "0" * 64, 0, b"maybe another version's bytes", "s3://b", wait=True)
+        old.flush()
+    finally:
+        old.close()
+    with index(root) as db:
+        db.execute("PRAGMA user_version = 2")
+    with caplog.at_level("WARNING", logger="quiltmount.cache.disk"):
+        cache = DiskCache(str(root))
+    try:
+        assert "older quiltmount (format 2, " in caplog.text and "its 1 blocks were removed" in caplog.text
+        assert cache.get("hash:SHA256:" + "0" * 64, 0) is None and cache.used == 0
+        assert cache.capacity == 64 * MiB
+    finally:
+        cache.close()
+    assert_consistent(root)
 
 
 @pytest.mark.parametrize("refuses_direct", [False, True])

@@ -244,7 +244,8 @@ def test_the_disk_cache_keeps_its_cap_and_backs_the_memory_tier(tmp_path):
         disk.flush()
         assert cache.get((durable, 0)).tobytes() == b"a" * 1500
         assert disk.get("local", 0) is None  # no disk key: never on disk
-        entry = Identity("at-one-place", "s3://b", disk_key="hash:sha2-256-chunked:y", checked_on_disk=True)
+        entry = Identity("at-one-place", "s3://b", disk_key="hash:sha2-256-chunked:y", checked_on_disk=True,
+                         origin="at-one-place")
         cache.put((entry, 0), Block(b"d" * 100))
         disk.flush()
         assert disk.get("hash:sha2-256-chunked:y", 0) is None  # written, but not served before the check

@@ -4,6 +4,7 @@ one-line errors for paths outside mounts and mounts without a disk cache."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -125,6 +126,43 @@ def test_a_revision_is_verified_and_read_by_a_new_mount_without_requests(s3, buc
     assert "prefetched 42 files (20.0 MiB) in " in screen and ": 0 fetched, 42 already cached" in screen
 
 
+def test_a_large_entry_overwritten_in_s3_is_not_served_after_its_prefetch_failed(s3, bucket, mount, own_disk_cache):
+    """A large entry of an unversioned bucket prefetched whole and right, then overwritten in S3 with other bytes:
+    prefetched again, it fails its hash, and none of the bytes it fetched is served, though this daemon
+    checked the entry's blocks before (under the same key, from the same place)."""
+    right, wrong = random.Random(70).randbytes(9 * 1024 * 1024 + 5), random.Random(71).randbytes(9 * 1024 * 1024 + 5)
+    _write_package(s3, bucket, "team/h", {"mid.bin": right}, set())
+    mnt = mount(f"s3://{bucket}", "--read-only")
+    entry = mnt / ".packages/team/h/latest/mid.bin"
+    assert _prefetch_json(entry)["fetched"] == 1
+    s3.put_object(Bucket=bucket, Key="raw/mid.bin", Body=wrong)
+    assert run_cli("cache", "clear").returncode == 0
+    again = run_cli("prefetch", str(entry))
+    assert again.returncode == 1 and "does not match the manifest hash" in again.stderr, again
+    disk = DiskCache(str(own_disk_cache))
+    try:
+        name = "hash:sha2-256-chunked:" + mf.hash_bytes("sha2-256-chunked", right)
+        assert [block for block in range(10) if disk.contains(name, block)] == []
+    finally:
+        disk.close()
+
+
+def test_a_file_larger_than_the_disk_caps_fails_alone_with_the_reason(s3, bucket, mount, own_disk_cache):
+    """A cache whose cap is below one block (a new cache's default on a nearly full disk: a tenth of the free
+    space) cannot take a file's 1 MiB blocks: that file fails, saying so, and the others are prefetched."""
+    DiskCache(str(own_disk_cache), 512 * 1024).close()  # the cap the mount keeps
+    s3.put_object(Bucket=bucket, Key="big.bin", Body=b"b" * (3 << 20))
+    s3.put_object(Bucket=bucket, Key="small.txt", Body=b"small")
+    mnt = mount(f"s3://{bucket}", "--read-only")
+    result = run_cli("prefetch", str(mnt / "big.bin"), str(mnt / "small.txt"), "--json")
+    assert result.returncode == 1, result
+    summary = json.loads(result.stdout)
+    assert (summary["files"], summary["fetched"], summary["errors"]) == (2, 1, 1) and not summary.get("error")
+    assert "larger than the disk cache's cap (512 KiB; quiltmount mount --disk-cache-size SIZE sets it)" in (
+        summary["failures"][0]["error"])
+    assert "disk is full" not in result.stderr and "Traceback" not in result.stderr
+
+
 def test_one_line_errors_and_malformed_requests(s3, bucket, mount, tmp_path):
     s3.put_object(Bucket=bucket, Key="a.txt", Body=b"a")
     off = mount(f"s3://{bucket}", "--disk-cache-size", "0", "--read-only")
@@ -161,6 +199,9 @@ class _SlowStore:
     def __init__(self, objects: dict[str, bytes], gate: threading.Event | None = None) -> None:
         self.objects, self.gate, self.requests = objects, gate, 0
         self._rng = random.Random(3)
+
+    def pinned(self, obj: ObjectInfo) -> ObjectInfo:
+        return dataclasses.replace(obj, etag='"stub"')
 
     def get_range(self, obj, start: int, end: int) -> bytes:
         self.requests += 1

@@ -100,9 +100,11 @@ CREATE TRIGGER IF NOT EXISTS blocks_removed AFTER DELETE ON blocks
 """
 
 
-#: The index's format (`PRAGMA user_version`).  0: before checksums were XXH3-64 (CRC-32 then): such a cache is
-#: emptied when first opened by this version, its blocks could not be checked.
-FORMAT = 2
+#: The index's format (`PRAGMA user_version`).  A cache of an older one is emptied when first opened by this
+#: version: 0, before checksums were XXH3-64 (CRC-32 then), its blocks could not be checked; 2, before a pending
+#: block's origin pinned the bytes it was read from (an unversioned bucket's package entry had one origin for
+#: all its versions), some of its checked blocks may hold bytes that never matched their hash.
+FORMAT = 3
 
 
 def block_checksum(data: Bytes) -> int:
@@ -198,10 +200,11 @@ class DiskCache:
             self._writer.execute("COMMIT")
 
     def _upgrade(self) -> None:
-        """Empty a cache an older format of the index describes (its rows' checksums are another kind): its
+        """Empty a cache an older format of the index describes (its rows cannot be trusted: `FORMAT`): its
         block files are removed, and the schema is then created afresh."""
         with self._writing() as db:
-            if db.execute("PRAGMA user_version").fetchone()[0] >= FORMAT or not db.execute(
+            old_format = db.execute("PRAGMA user_version").fetchone()[0]
+            if old_format >= FORMAT or not db.execute(
                     "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'blocks'").fetchone():
                 return
             files = [file for (file,) in db.execute("SELECT file FROM blocks")]
@@ -209,8 +212,8 @@ class DiskCache:
             db.execute("DELETE FROM reservations")
             db.execute("UPDATE settings SET value = 0 WHERE name = 'bytes'")
         self._unlink(files)
-        log.warning("disk cache at %r was written by an older quiltmount (CRC-32 checks): its %d blocks were "
-                    "removed", self.root, len(files))
+        log.warning("disk cache at %r was written by an older quiltmount (format %d, now %d): its %d blocks were "
+                    "removed", self.root, old_format, FORMAT, len(files))
 
     def _setting(self, name: str) -> int:
         with self._reader_lock:
@@ -383,8 +386,8 @@ class DiskCache:
             with self._reader_lock:
                 row = self._reader.execute("SELECT pending FROM blocks WHERE key = ? AND block = ?",
                                            (key, block)).fetchone()
-            if row is None or (row[0] is not None and pending is None):
-                wanted.append(item)  # (else cached already: a checked copy, or another unchecked one)
+            if row is None or (row[0] is not None and row[0] != pending):
+                wanted.append(item)  # (else cached already: a checked copy, or an unchecked one of this origin)
         if not wanted or not self.enabled:
             return
         writer = f"{os.getpid()}:{threading.get_ident()}"
@@ -410,7 +413,7 @@ class DiskCache:
                         if pending is not None and (key, pending) in self._checked:
                             pending = None
                     replaced += db.execute("DELETE FROM blocks WHERE key = ? AND block = ? AND pending IS NOT NULL "
-                                           "AND ? IS NULL RETURNING file", (key, block, pending)).fetchall()
+                                           "AND pending IS NOT ? RETURNING file", (key, block, pending)).fetchall()
                     if not db.execute("INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                                       (key, block, file, len(data), checksum, source, time.time(),
                                        pending)).rowcount:
@@ -418,7 +421,8 @@ class DiskCache:
         except sqlite3.Error as exc:
             self._write_failed(exc)
             unused, replaced = [item[-1] for item in written], []
-        self._unlink(unused + [old for (old,) in replaced])  # (replaced: unchecked copies, a checked one came)
+        # (replaced: unchecked copies of another origin, a checked copy or one of another origin came)
+        self._unlink(unused + [old for (old,) in replaced])
         self._shrink(None)
 
     def _write_file(self, data: Bytes) -> str | None:

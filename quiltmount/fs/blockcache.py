@@ -132,14 +132,22 @@ class BlockCache:
     def put(self, key: BlockKey, data: Block) -> None:
         self._store(key, data)
         identity, index = key
-        if self.disk is not None and identity.disk_key is not None:
+        if self.disk is not None and identity.written_to_disk:
+            assert identity.disk_key is not None
             self.disk.put(identity.disk_key, index, data.memoryview(), identity.source,
-                          pending=identity.name if identity.checked_on_disk else None)
+                          pending=identity.origin if identity.checked_on_disk else None)
 
     def checked(self, identity: Identity) -> None:
-        """The whole of `identity` was read and matched its content hash: its blocks on disk may be served."""
-        if self.disk is not None and identity.disk_key is not None and identity.checked_on_disk:
-            self.disk.mark_checked(identity.disk_key, identity.name)
+        """The whole of `identity` was read and matched its content hash: its blocks on disk that came from the
+        same bytes (its origin) may be served."""
+        if self.disk is not None and identity.disk_key is not None and identity.origin is not None:
+            self.disk.mark_checked(identity.disk_key, identity.origin)
+
+    def lacks_origin(self, identity: Identity, last: int) -> bool:
+        """Whether blocks 0..last of `identity`, a package entry that nothing pins, would be read from the
+        source and not be written to the disk cache for want of an origin: some of them are not on disk."""
+        return (identity.checked_on_disk and identity.origin is None and identity.disk_key is not None
+                and self.disk is not None and self.disk.enabled and len(self.on_disk(identity, 0, last)) <= last)
 
     def forget(self, identity: Identity) -> None:
         """Drop every block of `identity` from memory and disk (bytes that failed their content check)."""

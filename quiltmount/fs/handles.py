@@ -31,6 +31,7 @@ from typing import Protocol
 
 from cachetools import LRUCache
 
+from quiltmount.cache.keys import object_identity
 from quiltmount.errors import NotFound, ObjectChanged, StorageError
 from quiltmount.fs.dirty import DirtyFile
 from quiltmount.fs.node import FileHandle, Node, Tree
@@ -329,9 +330,22 @@ class FileOpener:
             raise StorageError(f"{path}: is a directory", errno.EISDIR)
         verifier = (HashVerifier(*node.expected_hash, node.size, self._hashing) if node.expected_hash
                     else None)
-        stream = ReadStream(self.fetcher, node.store, node.obj, max_window=self.max_read_window)
+        obj = self._pinned_if_caching(node.store, node.obj)
+        stream = ReadStream(self.fetcher, node.store, obj, max_window=self.max_read_window)
         return ReadHandle(stream, verifier, self.corrupt,
                           on_changed=(lambda: self._changed_while_open(path)) if _replaceable(node) else None)
+
+    def _pinned_if_caching(self, store: ObjectStore, obj: ObjectInfo) -> ObjectInfo:
+        """`obj` pinned to the ETag its key has now (one HEAD) if it is a package entry that nothing pins (an
+        unversioned bucket's) and blocks of it will be fetched for the disk cache: those blocks are tagged with
+        the exact bytes they come from, and the reads cannot mix two versions.  Left unpinned if the key holds
+        no object (the read then fails as it would)."""
+        if not self.fetcher.cache.lacks_origin(object_identity(store, obj), self.fetcher.last_block(obj)):
+            return obj
+        try:
+            return store.pinned(obj)
+        except NotFound:
+            return obj
 
     def _reopen(self, path: str, opened: ObjectInfo, changed: ObjectChanged) -> ReadHandle:
         """`path`'s object is no longer `opened` (the open's first GET said so): a handle on the one the store

@@ -49,6 +49,7 @@ from quiltmount.cache.keys import Identity, object_identity
 from quiltmount.errors import StorageError
 from quiltmount.fs.node import Node, Tree
 from quiltmount.storage.base import ObjectInfo, ObjectStore
+from quiltmount.units import format_size
 
 if TYPE_CHECKING:  # the command line imports the names below, and starts fast without these
     from quiltmount.fs.blockcache import BlockCache
@@ -438,8 +439,12 @@ class Prefetcher:
             job.file_done(obj.size, cached=True, progressed=obj.size)
             return
         job.progressed(cached_bytes)
-        file = _File(path, store, obj, ident, missing, node.expected_hash)
         per_part = self.blocks_per_part
+        if len(blocks) > per_part and ident.origin is None and node.expected_hash:
+            # Its blocks wait on disk for its hash, tagged with the ETag its parts are read under (one HEAD).
+            obj = store.pinned(obj)
+            ident = object_identity(store, obj)
+        file = _File(path, store, obj, ident, missing, node.expected_hash)
         if len(blocks) <= per_part:  # one GET: the whole file to verify it first, else what is missing
             file.check_whole = file.expected_hash is not None
             spans = [(0, len(blocks) - 1) if file.check_whole else (min(missing), max(missing))]
@@ -540,18 +545,29 @@ class Prefetcher:
         assert disk is not None
         bs = self.block_size
         ident = file.ident
-        pending = ident.name if ident.checked_on_disk and not file.check_whole else None
+        pending = ident.origin if ident.checked_on_disk and not file.check_whole else None
         for index in range(first, last + 1):
             if index not in file.missing:
                 continue
             offset = (index - first) * bs
             block = data if offset == 0 and len(data) <= bs else data[offset:offset + bs]
             if not disk.put(ident.disk_key, index, block, ident.source, wait=True, pending=pending):
-                with job.lock:
-                    if job.fatal is None:
-                        job.fatal = ("the disk cache stopped taking blocks (the disk is full, or it failed: see the "
-                                     "daemon's log)")
-                raise StorageError("not cached: the disk cache stopped taking blocks")
+                raise self._not_taken(job, len(block))
+
+    def _not_taken(self, job: PrefetchJob, size: int) -> StorageError:
+        """The error of a block of `size` bytes the disk cache did not take: one larger than the cache's whole
+        cap fails its file only; otherwise the disk tier was turned off (full, or failed), which stops the job."""
+        disk = self.disk
+        assert disk is not None
+        capacity = disk.capacity
+        if disk.enabled and size > capacity:
+            return StorageError(f"not cached: its blocks ({format_size(size)}) are larger than the disk cache's cap "
+                                f"({format_size(capacity)}; quiltmount mount --disk-cache-size SIZE sets it)")
+        with job.lock:
+            if job.fatal is None:
+                job.fatal = ("the disk cache stopped taking blocks (the disk is full, or it failed: see the "
+                             "daemon's log)")
+        return StorageError("not cached: the disk cache stopped taking blocks")
 
     def _task_done(self, job: PrefetchJob, file: _File, tasks: int) -> None:
         """`tasks` GETs of `file` are over; after its last one, the file is done (and its hash checked)."""

@@ -7,6 +7,7 @@ mix bytes of two versions: a backend raises `ObjectChanged` instead.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import io
 import mimetypes
@@ -193,6 +194,14 @@ class ObjectStore(ABC):
         """The object at `key` and its user metadata (names lowercase, without `x-amz-meta-`), in one
         request; raise `NotFound` if there is none.  The default, for a store that keeps none: no metadata."""
         return self.head(key), {}
+
+    def pinned(self, obj: ObjectInfo) -> ObjectInfo:
+        """`obj` with its reads pinned: itself if a versionId or an ETag pins it already (a package entry of an
+        unversioned bucket has neither), else with the ETag its key has now (a HEAD); raise `NotFound` if the
+        key holds no object."""
+        if obj.version_id or obj.etag:
+            return obj
+        return dataclasses.replace(obj, etag=self.head(obj.key).etag)
 
     @abstractmethod
     def prefix_exists(self, prefix: str) -> bool:
