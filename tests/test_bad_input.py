@@ -512,7 +512,16 @@ CATALOG_ANSWERS = {
                           "create", "Invalid API key"),
     "create-errors-strings": ("graphql", answer({"data": {"apiKeyCreate": {"__typename": "InvalidInput",
                                                                            "errors": [SECRET]}}}),
-                              "create", "not a list of objects"),
+                              "create", "not a list of input errors"),
+    "create-error-message-number": ("graphql", answer({"data": {"apiKeyCreate": {"__typename": "InvalidInput",
+                                                                                 "errors": [{"path": None, "message": 5,
+                                                                                             "name": SECRET}]}}}),
+                                    "create", "not a list of input errors"),
+    "revoke-not-ok": ("graphql", answer({"data": {"apiKeyRevoke": {"__typename": "OperationError",
+                                                                   "message": SECRET}}}),
+                      "revoke", "Unexpected apiKeyRevoke result: 'OperationError', not 'Ok'"),
+    "revoke-no-typename": ("graphql", answer({"data": {"apiKeyRevoke": {}}}), "revoke",
+                           "Unexpected apiKeyRevoke result: 'None', not 'Ok'"),
     "search-html": ("search", answer(HTML, mimetype="text/html"), "search", "did not answer with JSON"),
     "search-hits-list": ("search", answer({"hits": []}), "search", "no hits.hits list"),
     "search-hit-string": ("search", answer({"hits": {"hits": [SECRET]}}), "search", "a hit is not an object"),
@@ -541,6 +550,8 @@ def _trigger(what: str, stack_double) -> tuple[Callable[[], Any], list[str], str
         return api_keys.list, ["api-keys", "list"], ""
     if what == "create":
         return lambda: api_keys.create("new"), ["api-keys", "create", "new"], ""
+    if what == "revoke":
+        return lambda: api_keys.revoke(id="k1"), ["api-keys", "revoke", "--id", "k1"], ""
     if what == "search":
         return lambda: catalog.search_api("x", index="b"), ["search", "x", "--bucket", "b"], ""
     if what == "login":
@@ -554,7 +565,7 @@ def test_catalog_answers_with_the_wrong_shape(stack, case, monkeypatch):  # noqa
     endpoint, view, what, needle = CATALOG_ANSWERS[case]
     monkeypatch.setattr("webbrowser.open", lambda url: False)
     quiltconfig.config(stack.url)
-    if what in ("list", "create", "search"):
+    if what in ("list", "create", "revoke", "search"):
         auth.login_with_token(stack.issue_refresh_token())
     monkeypatch.setitem(stack.app.view_functions, endpoint, view)
     call, argv, stdin = _trigger(what, stack)
