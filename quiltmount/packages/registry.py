@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import IO
+from typing import IO, Any
 
 from quiltmount.errors import NotFound, UserError
 from quiltmount.names import LATEST, is_pointer_name, is_settable_pointer_name, is_valid_package_name
@@ -40,7 +40,8 @@ from quiltmount.packages.manifest import (
 from quiltmount.storage.base import ObjectStore
 
 __all__ = [
-    "LATEST", "MAX_POINTER_SIZE", "InvalidPointer", "Registry", "RegistryError", "is_pointer_name",
+    "LATEST", "MAX_POINTER_SIZE", "InvalidPointer", "Registry", "RegistryError", "default_store_factory",
+    "is_pointer_name",
     "is_settable_pointer_name", "is_valid_package_name", "registry_from_url", "validate_package_name",
     "validate_pointer_name",
 ]
@@ -385,11 +386,12 @@ class Registry:
 StoreFactory = Callable[[str, str], ObjectStore]
 
 
-def _default_store_factory(scheme: str, location: str) -> ObjectStore:
+def default_store_factory(scheme: str, location: str, *, session: Any = None) -> ObjectStore:
+    """An `S3Store` on `session` (a boto3 session; None: the default credential chain), or a `LocalStore`."""
     if scheme == "s3":
         from quiltmount.storage.s3 import S3Store
 
-        return S3Store(location)
+        return S3Store(location, session=session)
     from quiltmount.storage.local import LocalStore
 
     return LocalStore(location)
@@ -401,7 +403,7 @@ def registry_from_url(url: str, *, store_factory: StoreFactory | None = None) ->
     `store_factory(scheme, location)` builds the store: `("s3", bucket)` or `("file", absolute_dir)`; the
     default makes an `S3Store` (default credentials and endpoint) or a `LocalStore`.
     """
-    factory = store_factory or _default_store_factory
+    factory = store_factory or default_store_factory
     if "://" not in url:
         url = format_physical_key(PhysicalKey("file", None, os.path.realpath(os.path.expanduser(url))))
     try:
