@@ -465,6 +465,8 @@ BROKEN_CREDENTIALS = {
     "not-strings": json.dumps({"access_key": 1, "secret_key": SECRET, "token": None, "expiry_time": 5}).encode(),
     "bad-expiry": json.dumps({"access_key": "a", "secret_key": SECRET, "token": "t",
                               "expiry_time": "the day after tomorrow"}).encode(),
+    "naive-expiry": json.dumps({"access_key": "a", "secret_key": SECRET, "token": "t",
+                                "expiry_time": "2999-01-01T00:00:00"}).encode(),  # quilt3: a TypeError at first use
 }
 
 
@@ -475,6 +477,7 @@ def test_broken_credentials_json(clean, case):  # noqa: F811
     with pytest.raises(QuiltException, match="credentials.json") as failure:
         auth.get_boto3_session()
     assert SECRET not in str(failure.value) and "\n" not in str(failure.value)
+    assert_one_line_error(run("bucket", "ls", "s3://b"), "credentials.json")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -539,6 +542,9 @@ CATALOG_ANSWERS = {
     "credentials-bad-expiry": ("get_credentials", answer({"AccessKeyId": "a", "SecretAccessKey": SECRET,
                                                           "SessionToken": "t", "Expiration": "never"}),
                                "login", "not a set of AWS credentials"),
+    "credentials-naive-expiry": ("get_credentials", answer({"AccessKeyId": "a", "SecretAccessKey": SECRET,
+                                                            "SessionToken": "t", "Expiration": "2999-01-01T00:00:00"}),
+                                 "login", "not a set of AWS credentials: the expiry time has no time zone"),
     "config-html": ("config_json", answer(HTML, mimetype="text/html"), "config", "not a Quilt catalog configuration"),
     "config-array": ("config_json", answer([1]), "config", "not a Quilt catalog configuration"),
 }
