@@ -547,6 +547,10 @@ CATALOG_ANSWERS = {
                                  "login", "not a set of AWS credentials: the expiry time has no time zone"),
     "config-html": ("config_json", answer(HTML, mimetype="text/html"), "config", "not a Quilt catalog configuration"),
     "config-array": ("config_json", answer([1]), "config", "not a Quilt catalog configuration"),
+    "config-url-number": ("config_json", answer({"registryUrl": "http://127.0.0.1:9", "docs_url": 5}), "config",
+                          "/config.json: Invalid URL -- Requires a string: 5"),
+    "config-navigator-url-number": ("config_json", answer({"navigator_url": 5}), "config",
+                                    "/config.json: Expected a string for config key 'navigator_url'"),
 }
 
 
