@@ -586,6 +586,43 @@ def test_catalog_answers_with_the_wrong_shape(stack, case, monkeypatch):  # noqa
     assert_one_line_error(run(*argv, stdin=stdin), needle)
 
 
+def test_what_the_catalog_sends_is_printed_on_one_line(stack, monkeypatch):  # noqa: F811
+    """A catalog's message, key name or search hit holding a line break cannot forge a line of output (README:
+    errors are one line); hits are printed whatever their values' types, as quilt3 returns them as they come."""
+    quiltconfig.config(stack.url)
+    auth.login_with_token(stack.issue_refresh_token())
+    monkeypatch.setitem(stack.app.view_functions, "graphql",
+                        answer({"message": "denied\nquiltmount: error: forged"}, 403))
+    assert_one_line_error(run("api-keys", "list"), "denied\\nquiltmount: error: forged")
+    monkeypatch.setitem(stack.app.view_functions, "graphql",
+                        answer({"data": {"me": {"apiKeys": [dict(KEY, name="n\nforged")]}}}))
+    listed = run("api-keys", "list")
+    assert listed[0] == 0 and len(listed[1].splitlines()) == 1 and "n\\nforged" in listed[1], listed
+    hits = [{"_index": None, "_id": "x", "_source": {"ptr_name": "a/b", "ptr_tag": "latest"}},
+            {"_index": 5, "_id": "y", "_source": {"key": "k\rforged"}},
+            {"_index": "b", "_id": "z\nforged", "_source": {}}]
+    monkeypatch.setitem(stack.app.view_functions, "search", answer({"hits": {"hits": hits}}))
+    assert run("search", "x") == (0, ": a/b:latest\ns3://5/k\\rforged\nb: z\\nforged\n", "")
+
+
+def test_s3_keys_and_messages_are_printed_on_one_line(clean, s3, scratch_bucket, monkeypatch, s3_server):  # noqa: F811
+    """A key holding a line break, given or listed, and botocore's multi-line messages stay on one line."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint_url)
+    bucket = f"s3://{scratch_bucket}"
+    assert_one_line_error(run("bucket", "fetch", bucket, "no\nsuch", "/nonexistent"), "not found: no\\nsuch")
+    assert_one_line_error(run("bucket", "rm", bucket, "no\nsuch"), "not found: no\\nsuch")
+    assert_one_line_error(run("bucket", "ls", "s3://bad_name!"), "Parameter validation failed:\\nInvalid bucket")
+    s3.put_object(Bucket=scratch_bucket, Key="a\rb", Body=b"x")  # (the test server refuses keys holding \n)
+    assert run("bucket", "ls", bucket) == (0, f"{1:>12}  a\\rb\n", "")
+
+
+def test_pointer_names_are_printed_on_one_line(registry_dir):
+    package = Path(registry_dir, ".quilt/named_packages/a/b")
+    package.mkdir(parents=True)
+    (package / "tag\nforged").write_text("f" * 64)
+    assert run("packages", "versions", "a/b", "--registry", registry_dir) == (0, f"tag\\nforged  {'f' * 64}\n", "")
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Bad command-line arguments
 
