@@ -392,6 +392,21 @@ def test_local_delete_unknown_package(q3, local_registry: Path) -> None:
     assert registry.list_packages() == ["demo/pkg", "demo/pkg-c"]
 
 
+def test_package_functions_raise_quilt_exception_where_quilt3_does(q3, local_registry: Path) -> None:
+    import quiltmount
+
+    url = local_registry.as_uri()
+    for call in (lambda module: list(module.list_package_versions("bad-name", url)),
+                 lambda module: module.delete_package("bad-name", url),
+                 lambda module: module.delete_package("demo/pkg", url, top_hash="abc"),
+                 lambda module: module.delete_package("other/x", url, top_hash=SECOND)):
+        with pytest.raises(q3.util.QuiltException) as theirs:
+            call(q3)
+        with pytest.raises(quiltmount.QuiltException) as ours:
+            call(quiltmount)
+        assert str(ours.value) == ours.value.message == str(theirs.value)
+
+
 def test_local_pointer_roundtrip(q3, local_registry: Path) -> None:
     registry = registry_from_url(local_registry.as_uri())
     registry.set_pointer("new/pkg", "latest", SECOND)

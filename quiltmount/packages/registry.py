@@ -31,7 +31,7 @@ import os
 from collections.abc import Callable
 from typing import IO, Any
 
-from quiltmount.errors import NotFound, UserError
+from quiltmount.errors import NotFound, QuiltException, UserError
 from quiltmount.names import LATEST, is_pointer_name, is_settable_pointer_name, is_valid_package_name
 from quiltmount.packages.manifest import (
     Manifest, ManifestError, PhysicalKey, PhysicalKeyError, format_physical_key, is_top_hash, parse_manifest,
@@ -51,8 +51,9 @@ _MIN_PREFIX = 6
 MAX_POINTER_SIZE = 1024
 
 
-class RegistryError(UserError):
-    """A registry operation quilt3 would refuse (`QuiltException`), with quilt3's message."""
+class RegistryError(UserError, QuiltException):
+    """A registry operation quilt3 refuses with a `QuiltException`, with quilt3's message: a `QuiltException`
+    for the quilt3-compatible API, a `UserError` (one line) for the command line."""
 
 
 class InvalidPointer(RegistryError):
