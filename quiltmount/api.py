@@ -38,8 +38,8 @@ def _registry(registry: str | None) -> Registry:
 
 
 def list_packages(registry: str | None = None) -> Iterator[str]:
-    """Names (`namespace/name`) of the packages in `registry`."""
-    return iter(_registry(registry).list_packages())
+    """Names (`namespace/name`) of the packages in `registry`, listed as they are consumed (like quilt3's)."""
+    return _registry(registry).iter_packages()
 
 
 def list_package_versions(name: str, registry: str | None = None) -> Iterator[tuple[str, str]]:

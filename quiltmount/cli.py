@@ -364,8 +364,12 @@ def cmd_install_mount_helper(args: argparse.Namespace) -> int:
 def cmd_packages_list(args: argparse.Namespace) -> int:
     from quiltmount.api import list_packages
 
-    names = list(list_packages(args.registry))
-    print(json.dumps(names) if args.json else "\n".join(names))
+    names = list_packages(args.registry)
+    if args.json:
+        print(json.dumps(list(names)))
+    else:
+        for name in names:
+            print(name)
     return 0
 
 

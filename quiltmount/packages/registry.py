@@ -28,7 +28,7 @@ Deliberate differences from quilt3 (all about input quilt3 never writes itself):
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 from quiltmount.errors import NotFound, QuiltException, UserError
@@ -143,16 +143,21 @@ class Registry:
                 if is_valid_package_name(name := prefix[len(self._pointers_root):-1])]
 
     def list_packages(self) -> list[str]:
-        """Names of the packages that have pointer files (`quilt3.list_packages`).
+        """Names of the packages that have pointer files (`quilt3.list_packages`), in `iter_packages` order."""
+        return list(self.iter_packages())
+
+    def iter_packages(self) -> Iterator[str]:
+        """The names `list_packages` gives, yielded as the listing goes, as quilt3's generator does.
 
         S3: one recursive listing of `named_packages/`, in key order (`a/b-c` before `a/b`, since `-` < `/`).
         Local: namespace and package directories, sorted (quilt3 uses `os.listdir` order); a package
         directory without pointers is listed, as quilt3 does.
         """
         if self.is_local:
-            return [name for page in self.store.list_dir(self._pointers_root) for prefix in page.prefixes
-                    for name in self.packages_in(prefix[len(self._pointers_root):-1])]
-        names: list[str] = []
+            for page in self.store.list_dir(self._pointers_root):
+                for prefix in page.prefixes:
+                    yield from self.packages_in(prefix[len(self._pointers_root):-1])
+            return
         previous = None
         for info in self.store.list_keys(self._pointers_root):
             name = info.key[len(self._pointers_root):].rpartition("/")[0]
@@ -160,8 +165,7 @@ class Registry:
             # skipped without becoming `previous`, so `a/b/1, a/b/x/y, a/b/latest` still yields `a/b` once.
             if name != previous and is_valid_package_name(name):
                 previous = name
-                names.append(name)
-        return names
+                yield name
 
     def _pointers(self, name: str) -> list[tuple[str, int]]:
         """(name, size) of every pointer file of a package, valid names or not, in listing order (S3:
