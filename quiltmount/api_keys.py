@@ -222,9 +222,28 @@ def get(id: str) -> APIKey | None:
     return APIKey.from_graphql(me["apiKey"])
 
 
+def _whole_number(value: Any, name: str) -> int:
+    """`value` as quilt3's pydantic model takes an `int`: an int, or a float or text holding a whole number
+    (`"5"`, `5.0`); ValueError otherwise."""
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise ValueError(f"{name} must be a whole number, not {value!r}")
+
+
 def create(name: str, expires_in_days: int = 90) -> tuple[APIKey, str]:
     """Create an API key; returns `(APIKey, secret)` -- the secret is shown only once."""
-    data = graphql(CREATE_DOCUMENT, "apiKeyCreate", {"input": {"name": name, "expiresInDays": expires_in_days}})
+    days = _whole_number(expires_in_days, "expires_in_days")
+    data = graphql(CREATE_DOCUMENT, "apiKeyCreate", {"input": {"name": name, "expiresInDays": days}})
     result = _handle_errors(data.get("apiKeyCreate"), "apiKeyCreate result", "APIKeyCreated")
     if not isinstance(result.get("secret"), str):
         raise InvalidCatalogResponse("Unexpected apiKeyCreate result: APIKeyCreated without a secret")

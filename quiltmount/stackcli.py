@@ -85,9 +85,10 @@ def add_stack_commands(commands: argparse._SubParsersAction) -> None:
                                  description="Without arguments print the catalog URL; with URL autoconfigure "
                                              "from URL/config.json (\"\" resets to defaults); with --set set "
                                              "values.")
-    config.add_argument("url", nargs="?", metavar="URL")
-    config.add_argument("--set", nargs="+", type=_key_value, metavar="KEY=VALUE", dest="values",
-                        help="set config values (stored as strings)")
+    url_or_values = config.add_mutually_exclusive_group()
+    url_or_values.add_argument("url", nargs="?", metavar="URL")
+    url_or_values.add_argument("--set", nargs="+", type=_key_value, metavar="KEY=VALUE", dest="values",
+                               help="set config values (stored as strings)")
     config.add_argument("--json", action="store_true", help="print the whole configuration as JSON")
     config.set_defaults(handler=cmd_config)
 
@@ -166,8 +167,6 @@ def add_stack_commands(commands: argparse._SubParsersAction) -> None:
 def cmd_config(args: argparse.Namespace) -> int:
     from quiltmount.quiltconfig import config
 
-    if args.url is not None and args.values:
-        raise UserError("use either URL or --set, not both")
     if args.values:
         result = config(**dict(args.values))
     elif args.url is not None:

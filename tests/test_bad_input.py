@@ -649,6 +649,8 @@ USAGE_ERRORS = {  # exit 2: argparse's usage line, then one error line
     "revoke-both": (["api-keys", "revoke", "--id", "1", "--secret-env", "X"], "not allowed with"),
     "set-without-equals": (["config", "--set", "novalue"], "expected KEY=VALUE"),
     "set-empty-key": (["config", "--set", "=v"], "empty key"),
+    "config-url-and-set": (["config", "http://x.example", "--set", "a=b"], "--set: not allowed with argument URL"),
+    "config-reset-and-set": (["config", "", "--set", "a=b"], "--set: not allowed with argument URL"),
     "search-limit": (["search", "q", "--limit", "0"], "must be >= 1"),
     "unknown-verb": (["frobnicate"], "invalid choice"),
     "empty-package": (["mount", "s3://b", "/m", "--package", ""], "invalid package ''"),

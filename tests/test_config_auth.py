@@ -399,6 +399,23 @@ def test_api_keys_same_requests_and_results_as_quilt3(stack):
         api_keys.revoke(id="gone")
 
 
+def test_api_key_expiry_days_are_taken_as_quilt3_takes_them(stack):
+    import quilt3.api_keys as q3k
+
+    qconfig.config(stack.url)
+    auth.login_with_token(stack.issue_refresh_token())
+    for number, days in enumerate(("5", 5.0, " 7 ")):
+        api_keys.create(f"ours-{number}", expires_in_days=days)
+        ours = json.loads(stack.requests[-1]["body"])["variables"]["input"]["expiresInDays"]
+        q3k.create(f"theirs-{number}", expires_in_days=days)
+        assert ours == json.loads(stack.requests[-1]["body"])["variables"]["input"]["expiresInDays"] == int(days)
+    for bad in ("soon", 5.5, None):
+        with pytest.raises(ValueError):
+            q3k.create("bad", expires_in_days=bad)
+        with pytest.raises(ValueError, match="^expires_in_days must be a whole number"):
+            api_keys.create("bad", expires_in_days=bad)
+
+
 # -- search and boto3 session --------------------------------------------------------------------------------
 
 def test_search_same_as_quilt3(stack, s3, bucket):
