@@ -41,9 +41,8 @@ from quiltmount.storage.base import ObjectStore
 
 __all__ = [
     "LATEST", "MAX_POINTER_SIZE", "InvalidPointer", "Registry", "RegistryError", "default_store_factory",
-    "is_pointer_name",
-    "is_settable_pointer_name", "is_valid_package_name", "registry_from_url", "validate_package_name",
-    "validate_pointer_name",
+    "is_pointer_name", "is_settable_pointer_name", "is_valid_package_name", "registry_from_url",
+    "validate_package_name", "validate_pointer_name",
 ]
 
 _MIN_PREFIX = 6
