@@ -21,18 +21,25 @@ from quiltmount.prefetchctl import prefetch  # noqa: F401
 from quiltmount.errors import QuiltException  # noqa: F401
 from quiltmount.quiltconfig import config, default_local_registry  # noqa: F401
 from quiltmount.packages.index import index_name, open_or_build
-from quiltmount.packages.registry import InvalidPointer, Registry, registry_from_url
+from quiltmount.packages.registry import InvalidPointer, Registry, default_store_factory, registry_from_url
 from quiltmount.paths import index_dir, make_private_dir
+from quiltmount.storage.base import ObjectStore
 from quiltmount.catalog_search import search  # noqa: F401
 
 
+def _store(scheme: str, location: str) -> ObjectStore:
+    """The store of a registry, reached as quilt3 reaches it: S3 through `get_boto3_session()`, so with the
+    catalog login's AWS credentials if there are any, else with the default credential chain."""
+    return default_store_factory(scheme, location, session=get_boto3_session() if scheme == "s3" else None)
+
+
 def _registry(registry: str | None) -> Registry:
-    return registry_from_url(registry or default_local_registry())
+    return registry_from_url(registry or default_local_registry(), store_factory=_store)
 
 
 def list_packages(registry: str | None = None) -> Iterator[str]:
-    """Names (`namespace/name`) of the packages in `registry`."""
-    return iter(_registry(registry).list_packages())
+    """Names (`namespace/name`) of the packages in `registry`, listed as they are consumed (like quilt3's)."""
+    return _registry(registry).iter_packages()
 
 
 def list_package_versions(name: str, registry: str | None = None) -> Iterator[tuple[str, str]]:

@@ -170,17 +170,31 @@ def _object(value: Any, what: str) -> dict[str, Any] | None:
     return value
 
 
-def _handle_errors(result: Any, what: str) -> dict[str, Any]:
+def _is_input_error(error: Any) -> bool:
+    """An `InputError` as the schema types it: `message` and `name` strings, `path` a string or null (quilt3's
+    pydantic model refuses anything else)."""
+    return (isinstance(error, dict) and isinstance(error.get("message", ""), str)
+            and isinstance(error.get("name", ""), str) and isinstance(error.get("path"), (str, type(None))))
+
+
+def _handle_errors(result: Any, what: str, success: str) -> dict[str, Any]:
+    """The mutation's result if its `__typename` is `success`; `APIKeyError` for an `InvalidInput`, and
+    `InvalidCatalogResponse` for anything else, as quilt3 refuses a result that is neither (spec 3.3): a
+    revocation the catalog did not confirm must not pass for one."""
     result = _object(result, what)
     if result is None:
         raise InvalidCatalogResponse(f"Invalid {what} in the catalog's answer: null")
-    if result.get("__typename") == "InvalidInput":
+    typename = result.get("__typename")
+    if typename == "InvalidInput":
         errors = result.get("errors") or []
-        if not isinstance(errors, builtins.list) or not all(isinstance(e, dict) for e in errors):
-            raise InvalidCatalogResponse(f"Invalid {what} in the catalog's answer: 'errors' is not a list of objects")
+        if not isinstance(errors, builtins.list) or not all(map(_is_input_error, errors)):
+            raise InvalidCatalogResponse(f"Invalid {what} in the catalog's answer: 'errors' is not a list of input "
+                                         "errors (objects with string messages and names)")
         raise APIKeyError(InvalidInput(errors=[
             InvalidInputSelectionErrors(path=e.get("path"), message=e.get("message", ""), name=e.get("name", ""),
                                         context=e.get("context")) for e in errors]))
+    if typename != success:
+        raise InvalidCatalogResponse(f"Unexpected {what}: {str(typename)[:80]!r}, not {success!r}")
     return result
 
 
@@ -208,13 +222,31 @@ def get(id: str) -> APIKey | None:
     return APIKey.from_graphql(me["apiKey"])
 
 
+def _whole_number(value: Any, name: str) -> int:
+    """`value` as quilt3's pydantic model takes an `int`: an int, or a float or text holding a whole number
+    (`"5"`, `5.0`); ValueError otherwise."""
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise ValueError(f"{name} must be a whole number, not {value!r}")
+
+
 def create(name: str, expires_in_days: int = 90) -> tuple[APIKey, str]:
     """Create an API key; returns `(APIKey, secret)` -- the secret is shown only once."""
-    data = graphql(CREATE_DOCUMENT, "apiKeyCreate", {"input": {"name": name, "expiresInDays": expires_in_days}})
-    result = _handle_errors(data.get("apiKeyCreate"), "apiKeyCreate result")
-    if result.get("__typename") != "APIKeyCreated" or not isinstance(result.get("secret"), str):
-        raise InvalidCatalogResponse(f"Unexpected apiKeyCreate result: {str(result.get('__typename'))[:80]!r} "
-                                     "without a secret")
+    days = _whole_number(expires_in_days, "expires_in_days")
+    data = graphql(CREATE_DOCUMENT, "apiKeyCreate", {"input": {"name": name, "expiresInDays": days}})
+    result = _handle_errors(data.get("apiKeyCreate"), "apiKeyCreate result", "APIKeyCreated")
+    if not isinstance(result.get("secret"), str):
+        raise InvalidCatalogResponse("Unexpected apiKeyCreate result: APIKeyCreated without a secret")
     return APIKey.from_graphql(result.get("apiKey")), result["secret"]
 
 
@@ -223,7 +255,7 @@ def revoke(id: str | None = None, secret: str | None = None) -> None:
     if id is None and secret is None:
         raise ValueError("Must provide either id or secret")
     data = graphql(REVOKE_DOCUMENT, "apiKeyRevoke", {"id": id, "secret": secret})
-    _handle_errors(data.get("apiKeyRevoke"), "apiKeyRevoke result")
+    _handle_errors(data.get("apiKeyRevoke"), "apiKeyRevoke result", "Ok")
 
 
 __all__ = ["APIKey", "APIKeyError", "APIKeyStatus", "create", "get", "list", "revoke"]

@@ -251,17 +251,21 @@ def clear_api_key() -> None:
 _CREDENTIAL_FIELDS = ("access_key", "secret_key", "token", "expiry_time")
 
 
-def _are_credentials(value: Any) -> bool:
-    """True for credentials.json's shape: four strings, `expiry_time` a timestamp botocore can parse."""
+def _credentials_problem(value: Any) -> str | None:
+    """Why `value` is not credentials.json's shape, or None: four strings, `expiry_time` a time botocore can
+    parse, with a time zone (botocore compares it with an aware "now": a naive time is a TypeError there, in
+    quilt3 too)."""
     from dateutil.parser import parse  # what botocore's refreshable credentials parse the expiry with
 
     if not isinstance(value, dict) or not all(isinstance(value.get(key), str) for key in _CREDENTIAL_FIELDS):
-        return False
+        return "a field is missing or not a string"
     try:
-        parse(value["expiry_time"])
+        expiry = parse(value["expiry_time"])
     except (ValueError, OverflowError):
-        return False
-    return True
+        return "the expiry time is not a time"
+    if expiry.tzinfo is None:
+        return "the expiry time has no time zone"
+    return None
 
 
 def get_credentials() -> dict[str, Any]:
@@ -272,9 +276,10 @@ def get_credentials() -> dict[str, Any]:
                   "token": creds["SessionToken"], "expiry_time": creds["Expiration"]}
     except (KeyError, TypeError):
         result = None
-    if not _are_credentials(result):  # never quote the answer: it holds secrets
+    problem = _credentials_problem(result)
+    if problem:  # never quote the answer: it holds secrets
         raise catalog.InvalidCatalogResponse(
-            "The catalog's /api/auth/get_credentials answer is not a set of AWS credentials")
+            f"The catalog's /api/auth/get_credentials answer is not a set of AWS credentials: {problem}")
     save_credentials(result)
     return result
 
@@ -306,9 +311,10 @@ def get_boto3_session(*, fallback: bool = True):
         if fallback:
             return boto3.Session()
         raise QuiltException("No Quilt credentials found.")
-    if not _are_credentials(credentials):
+    problem = _credentials_problem(credentials)
+    if problem:
         raise QuiltException(f"{credentials_path()} does not hold AWS credentials (access_key, secret_key, token, "
-                             "expiry_time): run `quiltmount login` (or `quilt3 login`) again.")
+                             f"expiry_time): {problem}; run `quiltmount login` (or `quilt3 login`) again.")
     return boto3.Session(botocore_session=_botocore_session(credentials), region_name=get_from_config("region"))
 
 

@@ -365,8 +365,12 @@ def cmd_install_mount_helper(args: argparse.Namespace) -> int:
 def cmd_packages_list(args: argparse.Namespace) -> int:
     from quiltmount.api import list_packages
 
-    names = list(list_packages(args.registry))
-    print(json.dumps(names) if args.json else "\n".join(names))
+    names = list_packages(args.registry)
+    if args.json:
+        print(json.dumps(list(names)))
+    else:
+        for name in names:
+            print(name)
     return 0
 
 
@@ -382,7 +386,7 @@ def cmd_packages_versions(args: argparse.Namespace) -> int:
         print(json.dumps([{"pointer": pointer, "top_hash": top_hash} for pointer, top_hash in pairs]))
     else:
         for pointer, top_hash in pairs:
-            print(f"{pointer:<12} {top_hash}")
+            print(f"{one_line(pointer):<12} {top_hash}")
     return 0
 
 
@@ -673,7 +677,7 @@ def _run(argv: Sequence[str] | None) -> int:
     except BrokenPipeError:
         raise  # main's to judge: stdout's reader may be gone
     except (QuiltmountError, OSError) as exc:  # OSError: e.g. a --log-file or --cache-dir under a file
-        print(f"quiltmount: error: {exc}", file=sys.stderr)
+        print(one_line(f"quiltmount: error: {exc}"), file=sys.stderr)  # a key or a catalog's message may hold \n
         return 1
     except KeyboardInterrupt:
         print("quiltmount: interrupted", file=sys.stderr)

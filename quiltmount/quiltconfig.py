@@ -1,9 +1,11 @@
 """quilt3's configuration file (`config.yml` in quilt3's data directory), shared with the quilt3 client.
 
-`config()` follows quilt3's `quilt3.config()` (spec section 1.4) with one deliberate difference: without
+`config()` follows quilt3's `quilt3.config()` (spec section 1.4) with two deliberate differences: without
 arguments and without a config.yml it returns the defaults and makes no network call (quilt3 autoconfigures
-against open.quiltdata.com).  The file is written exactly as quilt3 writes it (`yaml.dump` of a plain dict:
-sorted keys, PyYAML defaults), so either client can read what the other wrote.
+against open.quiltdata.com); and it returns the values as stored, where quilt3 validates them again (and
+fails on a stored value it would refuse to set: validation is for setting values, spec section 1.3).  The
+file is written exactly as quilt3 writes it (`yaml.dump` of a plain dict: sorted keys, PyYAML defaults), so
+either client can read what the other wrote.
 """
 
 from __future__ import annotations
@@ -50,8 +52,11 @@ def template() -> dict[str, Any]:
     }
 
 
-def validate_url(url: str) -> None:
-    """A URL must have at least a scheme and a host (quilt3's `validate_url`)."""
+def validate_url(url: Any) -> None:
+    """A URL must be a string with at least a scheme and a host (quilt3's `validate_url`, which fails with an
+    AttributeError on a number)."""
+    if not isinstance(url, str):
+        raise QuiltException(f"Invalid URL -- Requires a string: {url!r}")
     parsed = urlparse(url)
     if not all((parsed.scheme, parsed.netloc)):
         raise QuiltException(f"Invalid URL -- Requires at least scheme and host: {url}")
@@ -76,6 +81,15 @@ class QuiltConfig(OrderedDict):
         if isinstance(key, str) and key.endswith("_url") and value:
             validate_url(value)
         super().__setitem__(key, value)
+
+    @classmethod
+    def as_stored(cls, filepath: str | Path, values: dict[str, Any]) -> QuiltConfig:
+        """`values` as they are, unvalidated: validation applies when values are set, not when they are read
+        (spec 1.3), so that a value that would be refused still shows, and can be set right."""
+        stored = cls(filepath)
+        for key, value in values.items():
+            OrderedDict.__setitem__(stored, key, value)
+        return stored
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} at {str(self.filepath)!r} {json.dumps(self, indent=4)}>"
@@ -156,7 +170,10 @@ def configure_from_url(catalog_url: str) -> dict[str, Any]:
         fetched = None
     if not isinstance(fetched, dict):
         raise QuiltException(f"{config_url} is not a Quilt catalog configuration (expected a JSON object)")
-    new_config = QuiltConfig("", fetched)
+    try:
+        new_config = QuiltConfig("", fetched)
+    except (QuiltException, ValueError) as exc:  # a value quilt3 would refuse to set, or a non-string URL
+        raise QuiltException(f"{config_url}: {exc}") from None
     if not new_config.get("navigator_url"):
         new_config["navigator_url"] = catalog_url
     values = template()
@@ -192,7 +209,7 @@ def config(*catalog_url: str, **config_values: Any) -> QuiltConfig:
         write_config(values)
     else:
         values = load_config()
-    return QuiltConfig(config_path(), values)
+    return QuiltConfig.as_stored(config_path(), values)
 
 
 def _registry_setting(key: str) -> str | None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from quiltmount import argtypes
 from quiltmount.errors import QuiltmountError, UserError
+from quiltmount.names import one_line
 
 
 
@@ -84,9 +85,10 @@ def add_stack_commands(commands: argparse._SubParsersAction) -> None:
                                  description="Without arguments print the catalog URL; with URL autoconfigure "
                                              "from URL/config.json (\"\" resets to defaults); with --set set "
                                              "values.")
-    config.add_argument("url", nargs="?", metavar="URL")
-    config.add_argument("--set", nargs="+", type=_key_value, metavar="KEY=VALUE", dest="values",
-                        help="set config values (stored as strings)")
+    url_or_values = config.add_mutually_exclusive_group()
+    url_or_values.add_argument("url", nargs="?", metavar="URL")
+    url_or_values.add_argument("--set", nargs="+", type=_key_value, metavar="KEY=VALUE", dest="values",
+                               help="set config values (stored as strings)")
     config.add_argument("--json", action="store_true", help="print the whole configuration as JSON")
     config.set_defaults(handler=cmd_config)
 
@@ -165,8 +167,6 @@ def add_stack_commands(commands: argparse._SubParsersAction) -> None:
 def cmd_config(args: argparse.Namespace) -> int:
     from quiltmount.quiltconfig import config
 
-    if args.url is not None and args.values:
-        raise UserError("use either URL or --set, not both")
     if args.values:
         result = config(**dict(args.values))
     elif args.url is not None:
@@ -221,9 +221,9 @@ def cmd_whoami(args: argparse.Namespace) -> int:
 
 
 def _key_row(key: Any) -> str:
-    return (f"{key.id}  {key.name}  {key.fingerprint}  {key.status}  "
-            f"expires {key.expires_at.isoformat()}  last used "
-            f"{key.last_used_at.isoformat() if key.last_used_at else 'never'}")
+    return one_line(f"{key.id}  {key.name}  {key.fingerprint}  {key.status}  "
+                    f"expires {key.expires_at.isoformat()}  last used "
+                    f"{key.last_used_at.isoformat() if key.last_used_at else 'never'}")
 
 
 def cmd_api_keys_list(args: argparse.Namespace) -> int:
@@ -300,15 +300,22 @@ def cmd_search(args: argparse.Namespace) -> int:
         _print_json(hits)
         return 0
     for hit in hits:
-        source = hit.get("_source", {})
-        index = hit.get("_index", "")
-        if "key" in source:
-            print(f"s3://{index}/{source['key']}")
-        elif "ptr_name" in source:
-            print(f"{index.removesuffix('_packages')}: {source['ptr_name']}:{source.get('ptr_tag')}")
-        else:
-            print(f"{index}: {hit.get('_id')}")
+        print(_hit_line(hit))
     return 0
+
+
+def _hit_line(hit: dict[str, Any]) -> str:
+    """A search hit as one line: the object's URI, the package's pointer, or the index and id.  The catalog's
+    values are printed whatever their type (quilt3 returns hits as they come), line breaks escaped."""
+    source = hit.get("_source", {})
+    index = str(hit.get("_index") or "")
+    if "key" in source:
+        line = f"s3://{index}/{source['key']}"
+    elif "ptr_name" in source:
+        line = f"{index.removesuffix('_packages')}: {source['ptr_name']}:{source.get('ptr_tag')}"
+    else:
+        line = f"{index}: {hit.get('_id')}"
+    return one_line(line)
 
 
 def cmd_bucket_ls(args: argparse.Namespace) -> int:
@@ -321,7 +328,7 @@ def cmd_bucket_ls(args: argparse.Namespace) -> int:
                      for i in items])
     else:
         for item in items:
-            print(f"{item.get('Size', 0):>12}  {item['Key']}")
+            print(one_line(f"{item.get('Size', 0):>12}  {item['Key']}"))
     return 0
 
 

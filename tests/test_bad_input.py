@@ -465,6 +465,8 @@ BROKEN_CREDENTIALS = {
     "not-strings": json.dumps({"access_key": 1, "secret_key": SECRET, "token": None, "expiry_time": 5}).encode(),
     "bad-expiry": json.dumps({"access_key": "a", "secret_key": SECRET, "token": "t",
                               "expiry_time": "the day after tomorrow"}).encode(),
+    "naive-expiry": json.dumps({"access_key": "a", "secret_key": SECRET, "token": "t",
+                                "expiry_time": "2999-01-01T00:00:00"}).encode(),  # quilt3: a TypeError at first use
 }
 
 
@@ -475,6 +477,7 @@ def test_broken_credentials_json(clean, case):  # noqa: F811
     with pytest.raises(QuiltException, match="credentials.json") as failure:
         auth.get_boto3_session()
     assert SECRET not in str(failure.value) and "\n" not in str(failure.value)
+    assert_one_line_error(run("bucket", "ls", "s3://b"), "credentials.json")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -512,7 +515,16 @@ CATALOG_ANSWERS = {
                           "create", "Invalid API key"),
     "create-errors-strings": ("graphql", answer({"data": {"apiKeyCreate": {"__typename": "InvalidInput",
                                                                            "errors": [SECRET]}}}),
-                              "create", "not a list of objects"),
+                              "create", "not a list of input errors"),
+    "create-error-message-number": ("graphql", answer({"data": {"apiKeyCreate": {"__typename": "InvalidInput",
+                                                                                 "errors": [{"path": None, "message": 5,
+                                                                                             "name": SECRET}]}}}),
+                                    "create", "not a list of input errors"),
+    "revoke-not-ok": ("graphql", answer({"data": {"apiKeyRevoke": {"__typename": "OperationError",
+                                                                   "message": SECRET}}}),
+                      "revoke", "Unexpected apiKeyRevoke result: 'OperationError', not 'Ok'"),
+    "revoke-no-typename": ("graphql", answer({"data": {"apiKeyRevoke": {}}}), "revoke",
+                           "Unexpected apiKeyRevoke result: 'None', not 'Ok'"),
     "search-html": ("search", answer(HTML, mimetype="text/html"), "search", "did not answer with JSON"),
     "search-hits-list": ("search", answer({"hits": []}), "search", "no hits.hits list"),
     "search-hit-string": ("search", answer({"hits": {"hits": [SECRET]}}), "search", "a hit is not an object"),
@@ -530,8 +542,15 @@ CATALOG_ANSWERS = {
     "credentials-bad-expiry": ("get_credentials", answer({"AccessKeyId": "a", "SecretAccessKey": SECRET,
                                                           "SessionToken": "t", "Expiration": "never"}),
                                "login", "not a set of AWS credentials"),
+    "credentials-naive-expiry": ("get_credentials", answer({"AccessKeyId": "a", "SecretAccessKey": SECRET,
+                                                            "SessionToken": "t", "Expiration": "2999-01-01T00:00:00"}),
+                                 "login", "not a set of AWS credentials: the expiry time has no time zone"),
     "config-html": ("config_json", answer(HTML, mimetype="text/html"), "config", "not a Quilt catalog configuration"),
     "config-array": ("config_json", answer([1]), "config", "not a Quilt catalog configuration"),
+    "config-url-number": ("config_json", answer({"registryUrl": "http://127.0.0.1:9", "docs_url": 5}), "config",
+                          "/config.json: Invalid URL -- Requires a string: 5"),
+    "config-navigator-url-number": ("config_json", answer({"navigator_url": 5}), "config",
+                                    "/config.json: Expected a string for config key 'navigator_url'"),
 }
 
 
@@ -541,6 +560,8 @@ def _trigger(what: str, stack_double) -> tuple[Callable[[], Any], list[str], str
         return api_keys.list, ["api-keys", "list"], ""
     if what == "create":
         return lambda: api_keys.create("new"), ["api-keys", "create", "new"], ""
+    if what == "revoke":
+        return lambda: api_keys.revoke(id="k1"), ["api-keys", "revoke", "--id", "k1"], ""
     if what == "search":
         return lambda: catalog.search_api("x", index="b"), ["search", "x", "--bucket", "b"], ""
     if what == "login":
@@ -554,7 +575,7 @@ def test_catalog_answers_with_the_wrong_shape(stack, case, monkeypatch):  # noqa
     endpoint, view, what, needle = CATALOG_ANSWERS[case]
     monkeypatch.setattr("webbrowser.open", lambda url: False)
     quiltconfig.config(stack.url)
-    if what in ("list", "create", "search"):
+    if what in ("list", "create", "revoke", "search"):
         auth.login_with_token(stack.issue_refresh_token())
     monkeypatch.setitem(stack.app.view_functions, endpoint, view)
     call, argv, stdin = _trigger(what, stack)
@@ -563,6 +584,43 @@ def test_catalog_answers_with_the_wrong_shape(stack, case, monkeypatch):  # noqa
     message = str(failure.value)
     assert needle in message and SECRET not in message and "\n" not in message, message
     assert_one_line_error(run(*argv, stdin=stdin), needle)
+
+
+def test_what_the_catalog_sends_is_printed_on_one_line(stack, monkeypatch):  # noqa: F811
+    """A catalog's message, key name or search hit holding a line break cannot forge a line of output (README:
+    errors are one line); hits are printed whatever their values' types, as quilt3 returns them as they come."""
+    quiltconfig.config(stack.url)
+    auth.login_with_token(stack.issue_refresh_token())
+    monkeypatch.setitem(stack.app.view_functions, "graphql",
+                        answer({"message": "denied\nquiltmount: error: forged"}, 403))
+    assert_one_line_error(run("api-keys", "list"), "denied\\nquiltmount: error: forged")
+    monkeypatch.setitem(stack.app.view_functions, "graphql",
+                        answer({"data": {"me": {"apiKeys": [dict(KEY, name="n\nforged")]}}}))
+    listed = run("api-keys", "list")
+    assert listed[0] == 0 and len(listed[1].splitlines()) == 1 and "n\\nforged" in listed[1], listed
+    hits = [{"_index": None, "_id": "x", "_source": {"ptr_name": "a/b", "ptr_tag": "latest"}},
+            {"_index": 5, "_id": "y", "_source": {"key": "k\rforged"}},
+            {"_index": "b", "_id": "z\nforged", "_source": {}}]
+    monkeypatch.setitem(stack.app.view_functions, "search", answer({"hits": {"hits": hits}}))
+    assert run("search", "x") == (0, ": a/b:latest\ns3://5/k\\rforged\nb: z\\nforged\n", "")
+
+
+def test_s3_keys_and_messages_are_printed_on_one_line(clean, s3, scratch_bucket, monkeypatch, s3_server):  # noqa: F811
+    """A key holding a line break, given or listed, and botocore's multi-line messages stay on one line."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint_url)
+    bucket = f"s3://{scratch_bucket}"
+    assert_one_line_error(run("bucket", "fetch", bucket, "no\nsuch", "/nonexistent"), "not found: no\\nsuch")
+    assert_one_line_error(run("bucket", "rm", bucket, "no\nsuch"), "not found: no\\nsuch")
+    assert_one_line_error(run("bucket", "ls", "s3://bad_name!"), "Parameter validation failed:\\nInvalid bucket")
+    s3.put_object(Bucket=scratch_bucket, Key="a\rb", Body=b"x")  # (the test server refuses keys holding \n)
+    assert run("bucket", "ls", bucket) == (0, f"{1:>12}  a\\rb\n", "")
+
+
+def test_pointer_names_are_printed_on_one_line(registry_dir):
+    package = Path(registry_dir, ".quilt/named_packages/a/b")
+    package.mkdir(parents=True)
+    (package / "tag\nforged").write_text("f" * 64)
+    assert run("packages", "versions", "a/b", "--registry", registry_dir) == (0, f"tag\\nforged  {'f' * 64}\n", "")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -595,6 +653,8 @@ USAGE_ERRORS = {  # exit 2: argparse's usage line, then one error line
     "revoke-both": (["api-keys", "revoke", "--id", "1", "--secret-env", "X"], "not allowed with"),
     "set-without-equals": (["config", "--set", "novalue"], "expected KEY=VALUE"),
     "set-empty-key": (["config", "--set", "=v"], "empty key"),
+    "config-url-and-set": (["config", "http://x.example", "--set", "a=b"], "--set: not allowed with argument URL"),
+    "config-reset-and-set": (["config", "", "--set", "a=b"], "--set: not allowed with argument URL"),
     "search-limit": (["search", "q", "--limit", "0"], "must be >= 1"),
     "unknown-verb": (["frobnicate"], "invalid choice"),
     "empty-package": (["mount", "s3://b", "/m", "--package", ""], "invalid package ''"),

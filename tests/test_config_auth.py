@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import os
 import stat
 import subprocess
@@ -131,6 +132,23 @@ def test_argument_errors_match_quilt3(clean):
         with pytest.raises(QuiltException) as ours:
             qconfig.config(*args, **kwargs)
         assert str(ours.value) == str(theirs.value)
+
+
+def test_stored_values_show_unvalidated_like_quilt3_cli(clean):
+    """Validation is for setting values (spec 1.3): values config.yml holds that could not be set still show,
+    as `quilt3 config` prints them, and other keys can be set beside them."""
+    qconfig.config_path().parent.mkdir(parents=True, exist_ok=True)
+    qconfig.config_path().write_text("navigator_url: 'ftp:/x'\nfoo_url: 5\n")
+    ours = subprocess.run([sys.executable, "-m", "quiltmount", "config"], capture_output=True, text=True)
+    theirs = subprocess.run([os.path.join(os.path.dirname(sys.executable), "quilt3"), "config"],
+                            capture_output=True, text=True)
+    assert (ours.returncode, ours.stdout) == (theirs.returncode, theirs.stdout) == (0, "ftp:/x\n"), ours.stderr
+    shown = subprocess.run([sys.executable, "-m", "quiltmount", "config", "--json"], capture_output=True, text=True)
+    assert shown.returncode == 0 and json.loads(shown.stdout)["foo_url"] == 5, shown.stderr
+    assert qconfig.config(region="eu-west-1")["foo_url"] == 5
+    assert qconfig.config()["navigator_url"] == "ftp:/x"
+    with pytest.raises(QuiltException, match="^Invalid URL -- Requires a string: 5$"):
+        qconfig.config(foo_url=5)
 
 
 def test_registry_url_key_not_validated(clean):
@@ -381,6 +399,23 @@ def test_api_keys_same_requests_and_results_as_quilt3(stack):
         api_keys.revoke(id="gone")
 
 
+def test_api_key_expiry_days_are_taken_as_quilt3_takes_them(stack):
+    import quilt3.api_keys as q3k
+
+    qconfig.config(stack.url)
+    auth.login_with_token(stack.issue_refresh_token())
+    for number, days in enumerate(("5", 5.0, " 7 ")):
+        api_keys.create(f"ours-{number}", expires_in_days=days)
+        ours = json.loads(stack.requests[-1]["body"])["variables"]["input"]["expiresInDays"]
+        q3k.create(f"theirs-{number}", expires_in_days=days)
+        assert ours == json.loads(stack.requests[-1]["body"])["variables"]["input"]["expiresInDays"] == int(days)
+    for bad in ("soon", 5.5, None):
+        with pytest.raises(ValueError):
+            q3k.create("bad", expires_in_days=bad)
+        with pytest.raises(ValueError, match="^expires_in_days must be a whole number"):
+            api_keys.create("bad", expires_in_days=bad)
+
+
 # -- search and boto3 session --------------------------------------------------------------------------------
 
 def test_search_same_as_quilt3(stack, s3, bucket):
@@ -441,8 +476,6 @@ def _cli(*argv):
 
 
 def test_cli_verbs(stack, capsys, monkeypatch):
-    import json
-
     assert _cli("config", stack.url) == 0
     assert _cli("config") == 0
     assert capsys.readouterr().out.splitlines()[-1] == stack.url

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+import types
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from mounthelpers import run_cli
 from quiltmount.errors import NotFound
 from quiltmount.packages import manifest as mf
 from quiltmount.packages.registry import (
@@ -390,6 +394,37 @@ def test_local_delete_unknown_package(q3, local_registry: Path) -> None:
     registry.delete_package("other/x")
     assert not (local_registry / ".quilt/named_packages/other").exists()
     assert registry.list_packages() == ["demo/pkg", "demo/pkg-c"]
+
+
+def test_package_functions_raise_quilt_exception_where_quilt3_does(q3, local_registry: Path) -> None:
+    import quiltmount
+
+    url = local_registry.as_uri()
+    for call in (lambda module: list(module.list_package_versions("bad-name", url)),
+                 lambda module: module.delete_package("bad-name", url),
+                 lambda module: module.delete_package("demo/pkg", url, top_hash="abc"),
+                 lambda module: module.delete_package("other/x", url, top_hash=SECOND)):
+        with pytest.raises(q3.util.QuiltException) as theirs:
+            call(q3)
+        with pytest.raises(quiltmount.QuiltException) as ours:
+            call(quiltmount)
+        assert str(ours.value) == ours.value.message == str(theirs.value)
+
+
+def test_list_packages_lists_as_consumed_and_prints_nothing_for_none(q3, local_registry: Path,
+                                                                    tmp_path: Path) -> None:
+    import quiltmount
+
+    url = local_registry.as_uri()
+    ours, theirs = quiltmount.list_packages(url), q3.list_packages(url)
+    assert isinstance(ours, types.GeneratorType) and isinstance(theirs, types.GeneratorType)
+    assert list(ours) == sorted(theirs)
+    (tmp_path / "empty").mkdir()
+    ours_cli = run_cli("packages", "list", str(tmp_path / "empty"))
+    theirs_cli = subprocess.run([os.path.join(os.path.dirname(sys.executable), "quilt3"), "list-packages",
+                                 str(tmp_path / "empty")], capture_output=True, text=True)
+    assert (ours_cli.returncode, ours_cli.stdout) == (theirs_cli.returncode, theirs_cli.stdout) == (0, ""), \
+        ours_cli.stderr
 
 
 def test_local_pointer_roundtrip(q3, local_registry: Path) -> None:

@@ -1,5 +1,6 @@
 """`mount --quilt-credentials`: S3 requests use the AWS credentials of the Quilt catalog the user is logged in
-to, refreshed from the catalog (the test double) while reads and uploads go on."""
+to, refreshed from the catalog (the test double) while reads and uploads go on.  The package functions use them
+as quilt3's do, without an option."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import subprocess
 import time
 
 from mounthelpers import run_cli
+import quiltmount
 from quiltmount import auth, quiltconfig
 from test_config_auth import clean, quilt3_module, stack  # noqa: F401  (fixtures: quilt3 state, catalog double)
 from test_writes import body, wait_for
@@ -44,3 +46,23 @@ def test_quilt_credentials_need_a_login(clean, bucket, tmp_path, s3_server):
                      s3_server.endpoint_url)
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "quiltmount login" in result.stderr, result.stderr
+
+
+def test_package_functions_use_the_catalog_logins_credentials(stack, quilt3_module, s3, bucket, monkeypatch,
+                                                               s3_server):
+    """As quilt3's: logged in to the catalog, with no AWS credentials of one's own, the package functions (CLI
+    and Python) reach an S3 registry with the catalog's credentials (`get_boto3_session()`)."""
+    quiltconfig.config(stack.url)
+    auth.login_with_token(stack.issue_refresh_token())
+    top_hash = "a" * 64
+    s3.put_object(Bucket=bucket, Key=".quilt/named_packages/ns/pkg/latest", Body=top_hash.encode())
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint_url)
+    for variable in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(variable)
+    registry = f"s3://{bucket}"
+    listed = run_cli("packages", "list", registry)
+    assert (listed.returncode, listed.stdout) == (0, "ns/pkg\n"), listed.stderr
+    versions = list(quiltmount.list_package_versions("ns/pkg", registry))
+    assert versions == list(quilt3_module.list_package_versions("ns/pkg", registry)) == [("latest", top_hash)]
+    quiltmount.delete_package("ns/pkg", registry)
+    assert list(quiltmount.list_packages(registry)) == []

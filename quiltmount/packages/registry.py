@@ -28,10 +28,10 @@ Deliberate differences from quilt3 (all about input quilt3 never writes itself):
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from typing import IO
+from collections.abc import Callable, Iterator
+from typing import IO, Any
 
-from quiltmount.errors import NotFound, UserError
+from quiltmount.errors import NotFound, QuiltException, UserError
 from quiltmount.names import LATEST, is_pointer_name, is_settable_pointer_name, is_valid_package_name
 from quiltmount.packages.manifest import (
     Manifest, ManifestError, PhysicalKey, PhysicalKeyError, format_physical_key, is_top_hash, parse_manifest,
@@ -40,9 +40,9 @@ from quiltmount.packages.manifest import (
 from quiltmount.storage.base import ObjectStore
 
 __all__ = [
-    "LATEST", "MAX_POINTER_SIZE", "InvalidPointer", "Registry", "RegistryError", "is_pointer_name",
-    "is_settable_pointer_name", "is_valid_package_name", "registry_from_url", "validate_package_name",
-    "validate_pointer_name",
+    "LATEST", "MAX_POINTER_SIZE", "InvalidPointer", "Registry", "RegistryError", "default_store_factory",
+    "is_pointer_name", "is_settable_pointer_name", "is_valid_package_name", "registry_from_url",
+    "validate_package_name", "validate_pointer_name",
 ]
 
 _MIN_PREFIX = 6
@@ -50,8 +50,9 @@ _MIN_PREFIX = 6
 MAX_POINTER_SIZE = 1024
 
 
-class RegistryError(UserError):
-    """A registry operation quilt3 would refuse (`QuiltException`), with quilt3's message."""
+class RegistryError(UserError, QuiltException):
+    """A registry operation quilt3 refuses with a `QuiltException`, with quilt3's message: a `QuiltException`
+    for the quilt3-compatible API, a `UserError` (one line) for the command line."""
 
 
 class InvalidPointer(RegistryError):
@@ -141,16 +142,21 @@ class Registry:
                 if is_valid_package_name(name := prefix[len(self._pointers_root):-1])]
 
     def list_packages(self) -> list[str]:
-        """Names of the packages that have pointer files (`quilt3.list_packages`).
+        """Names of the packages that have pointer files (`quilt3.list_packages`), in `iter_packages` order."""
+        return list(self.iter_packages())
+
+    def iter_packages(self) -> Iterator[str]:
+        """The names `list_packages` gives, yielded as the listing goes, as quilt3's generator does.
 
         S3: one recursive listing of `named_packages/`, in key order (`a/b-c` before `a/b`, since `-` < `/`).
         Local: namespace and package directories, sorted (quilt3 uses `os.listdir` order); a package
         directory without pointers is listed, as quilt3 does.
         """
         if self.is_local:
-            return [name for page in self.store.list_dir(self._pointers_root) for prefix in page.prefixes
-                    for name in self.packages_in(prefix[len(self._pointers_root):-1])]
-        names: list[str] = []
+            for page in self.store.list_dir(self._pointers_root):
+                for prefix in page.prefixes:
+                    yield from self.packages_in(prefix[len(self._pointers_root):-1])
+            return
         previous = None
         for info in self.store.list_keys(self._pointers_root):
             name = info.key[len(self._pointers_root):].rpartition("/")[0]
@@ -158,8 +164,7 @@ class Registry:
             # skipped without becoming `previous`, so `a/b/1, a/b/x/y, a/b/latest` still yields `a/b` once.
             if name != previous and is_valid_package_name(name):
                 previous = name
-                names.append(name)
-        return names
+                yield name
 
     def _pointers(self, name: str) -> list[tuple[str, int]]:
         """(name, size) of every pointer file of a package, valid names or not, in listing order (S3:
@@ -385,11 +390,12 @@ class Registry:
 StoreFactory = Callable[[str, str], ObjectStore]
 
 
-def _default_store_factory(scheme: str, location: str) -> ObjectStore:
+def default_store_factory(scheme: str, location: str, *, session: Any = None) -> ObjectStore:
+    """An `S3Store` on `session` (a boto3 session; None: the default credential chain), or a `LocalStore`."""
     if scheme == "s3":
         from quiltmount.storage.s3 import S3Store
 
-        return S3Store(location)
+        return S3Store(location, session=session)
     from quiltmount.storage.local import LocalStore
 
     return LocalStore(location)
@@ -401,7 +407,7 @@ def registry_from_url(url: str, *, store_factory: StoreFactory | None = None) ->
     `store_factory(scheme, location)` builds the store: `("s3", bucket)` or `("file", absolute_dir)`; the
     default makes an `S3Store` (default credentials and endpoint) or a `LocalStore`.
     """
-    factory = store_factory or _default_store_factory
+    factory = store_factory or default_store_factory
     if "://" not in url:
         url = format_physical_key(PhysicalKey("file", None, os.path.realpath(os.path.expanduser(url))))
     try:
