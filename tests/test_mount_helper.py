@@ -71,6 +71,9 @@ def test_every_mount_option_has_an_o_spelling():
     (["s3://b", "/m", "-o", "metadata-ttl=soon"], "invalid TTL 'soon'"),
     (["s3://b", "/m", "-o", "uid=4294967296"], "invalid id '4294967296': must be <= 4294967294"),
     (["s3://b", "/m", "-o", "endpoint-url=not-a-url"], "invalid endpoint URL 'not-a-url'"),
+    (["s3://b", "/m", "-o", "env-file="], "argument --env-file: must not be empty"),  # was: mounted without it
+    (["s3://b", "/m", "-o", "as-of=99999999999999999999"], "out of range (years 1-9999)"),  # was: exit 32
+    (["s3://b", "/m", "-o", "region=bad region"], "invalid region 'bad region'"),
     (["s3://b", "/m", "-o", "metadata-ttl"], "option metadata-ttl needs a value: metadata-ttl=VALUE"),
     (["s3://b", "/m", "-o", "read-only=yes"], "option read-only takes no value"),
     (["s3://b", "/m", "-o", "foreground"], "option foreground: a mount helper returns once mounted"),
