@@ -155,7 +155,7 @@ def _go_live(status: StatusRecord, operations: MountOperations, signal: ReadySig
     second until `stop`."""
     mountpoint = status.mountpoint
     deadline = time.monotonic() + READY_TIMEOUT
-    while mountpoint not in mp.mounted_filesystems():
+    while not mp.is_fuse_mount(mountpoint):  # (another file system may be under it: systemd's autofs)
         if time.monotonic() > deadline:
             signal.fail("the kernel did not show the mount in time")
             return
