@@ -235,7 +235,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if cache_dir is not None:
         _check_directory_can_be("--cache-dir", cache_dir)
     options = MountOptions(
-        source=_with_package(source, args.package),
+        source=_with_package(source, args.package), source_argument=args.source,
         mountpoint=os.path.abspath(args.mountpoint), read_only=args.read_only, as_of=args.as_of,
         cache_dir=cache_dir,
         disk_cache_size=args.disk_cache_size, disk_cache_dir=_cache_root(args),

@@ -308,6 +308,48 @@ def test_an_fstab_line_with_credentials_from_an_env_file(sbin_helper, s3, bucket
     umount8(mnt)
 
 
+def kernel_source(mountpoint: Path) -> str:
+    """The source the kernel shows for the mount at `mountpoint` (mountinfo's escapes undone)."""
+    with open("/proc/self/mountinfo", encoding="utf-8") as file:
+        for line in file:
+            fields = line.split()
+            if fields[4] == str(mountpoint):
+                source = line.split(" - ")[1].split()[1]
+                return source.encode().decode("unicode_escape")
+    raise AssertionError(f"{mountpoint} is not mounted")
+
+
+def test_mount_a_skips_the_lines_already_mounted(sbin_helper, s3, bucket, s3_server, tmp_path, mountpoints):
+    """libmount takes an fstab line as mounted when the kernel shows its source at its mountpoint: the mount's
+    name is SOURCE as given (it was `quiltmount:s3://...`, so a second `mount -a` mounted again: "already
+    mounted", exit 32)."""
+    s3.put_object(Bucket=bucket, Key="dir/a.txt", Body=b"a")
+    mnt = new_mountpoint(tmp_path, mountpoints, "a1")
+    fstab = tmp_path / "fstab"
+    fstab.write_text(f"s3://{bucket}/dir/ {mnt} fuse.quiltmount _netdev,nofail,read-only,"
+                     f"endpoint-url={s3_server.endpoint_url} 0 0\n")
+    first = mount8("-a", "-T", str(fstab))
+    assert (first.returncode, first.stderr) == (0, "")
+    pid = mount_record(mnt)["pid"]
+    again = mount8("-a", "-T", str(fstab))
+    assert (again.returncode, again.stderr) == (0, "")
+    assert mount_record(mnt)["pid"] == pid and (mnt / "a.txt").read_bytes() == b"a"
+    assert kernel_source(mnt) == f"s3://{bucket}/dir/"
+    umount8(mnt)
+
+
+def test_the_mount_is_named_by_its_source_as_given(tmp_path, mountpoints):
+    """Commas and backslashes would be taken apart by libfuse's option list, spaces escaped by the kernel's
+    table: the name comes back as given."""
+    source = tmp_path / "data, v2\\raw dir"
+    source.mkdir()
+    mnt = new_mountpoint(tmp_path, mountpoints, "mnt")
+    result = run_cli("mount", str(source) + "/", str(mnt))
+    assert result.returncode == 0, result.stderr
+    assert kernel_source(mnt) == f"{source}/"
+    assert run_cli("umount", str(mnt)).returncode == 0
+
+
 # -- the daemon under systemd: readiness, stop signals ------------------------------------------------------
 def test_notify_sends_one_datagram_where_notify_socket_says(tmp_path, monkeypatch):
     from quiltmount.daemon.notify import notify
