@@ -351,6 +351,36 @@ def test_the_mount_is_named_by_its_source_as_given(tmp_path, mountpoints):
 
 
 # -- the daemon under systemd: readiness, stop signals ------------------------------------------------------
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_service_settings(key: str) -> list[str]:
+    """The values of `key=` in the README's `quiltmount-data.service` unit."""
+    text = README.read_text(encoding="utf-8")
+    unit = text.split("`/etc/systemd/system/quiltmount-data.service`:", 1)[1].split("```ini\n", 1)[1]
+    return [line.split("=", 1)[1] for line in unit.split("```", 1)[0].splitlines() if line.startswith(f"{key}=")]
+
+
+def test_the_readme_service_restarts_after_a_crash(s3, bucket, s3_server, tmp_path, mount):
+    """After a crash, systemd restarts the README's service (Restart=on-failure) by running its ExecStartPre=
+    lines again: the mountpoint is stale ("Transport endpoint is not connected") until quiltmount's own mount
+    cleans it, so a step before it must not fail the restart (its `mkdir -p` did, and the service stayed
+    down).  A command after `-` may fail (systemd's rule)."""
+    s3.put_object(Bucket=bucket, Key="f.txt", Body=b"f")
+    mnt = mount(f"s3://{bucket}")
+    os.kill(mount_record(mnt)["pid"], signal.SIGKILL)
+    time.sleep(0.3)
+    commands = readme_service_settings("ExecStartPre")
+    assert commands, "the README's service has no ExecStartPre= any more: drop this test's first half"
+    for command in commands:
+        argv = command.lstrip("-").replace("/mnt/data", str(mnt)).split()
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)
+        assert result.returncode == 0 or command.startswith("-"), (command, result.stderr)
+    result = run_cli("mount", f"s3://{bucket}", str(mnt), "--endpoint-url", s3_server.endpoint_url)
+    assert result.returncode == 0, result.stderr
+    assert (mnt / "f.txt").read_bytes() == b"f"
+
+
 def test_notify_sends_one_datagram_where_notify_socket_says(tmp_path, monkeypatch):
     from quiltmount.daemon.notify import notify
 
