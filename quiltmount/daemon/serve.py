@@ -57,7 +57,7 @@ def serve(options: MountOptions, log_file: str, signal: ReadySignal, stopper: St
     store = stores.bucket(source.location) if source.scheme == "s3" else stores.directory(source.location)
     store.check_access()
 
-    cache_dir = options.cache_dir or default_cache_dir(source.url)
+    cache_dir = options.cache_dir or default_cache_dir(source.url, store.endpoint_url)
     make_private_dir(cache_dir)
     with signal.working():
         layers = build_layers(source, store, stores, cache_dir, options)
