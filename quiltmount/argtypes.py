@@ -10,7 +10,7 @@ from typing import Any
 
 from quiltmount.names import split_package_spec
 from quiltmount.posixmeta import MAX_ID
-from quiltmount.storage.endpoint import endpoint_url_problem
+from quiltmount.storage.endpoint import endpoint_url_problem, region_problem
 from quiltmount.units import BLOCK_SIZE, MIN_MEMORY_BUDGET, format_size, parse_size, parse_ttl
 
 
@@ -56,13 +56,20 @@ def mode(text: str) -> int:
     return value
 
 
-def _at_least(text: str, least: int) -> int:
+#: The longest `--stop-timeout`: a year.  A longer wait is the same in practice, and one beyond what
+#: sigtimedwait(2) takes (about 292 years) crashed the daemon's stop-signal thread.
+MAX_STOP_TIMEOUT = 365 * 24 * 3600
+
+
+def _at_least(text: str, least: int, most: int | None = None) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
     if value < least:
         raise argparse.ArgumentTypeError(f"invalid number {text!r}: must be >= {least}")
+    if most is not None and value > most:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}: must be <= {most}")
     return value
 
 
@@ -72,6 +79,17 @@ def positive(text: str) -> int:
 
 def non_negative(text: str) -> int:
     return _at_least(text, 0)
+
+
+def stop_timeout(text: str) -> int:
+    return _at_least(text, 0, MAX_STOP_TIMEOUT)
+
+
+def not_empty(text: str) -> str:
+    """A file or variable name: an empty one would be taken as none given, silently."""
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
 
 
 def id_number(text: str) -> int:
@@ -104,6 +122,13 @@ def endpoint_url(text: str) -> str:
     return text
 
 
+def region(text: str) -> str:
+    problem = region_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(f"invalid region {text!r}: {problem}")
+    return text
+
+
 def json_value(text: str) -> Any:
     try:
         return json.loads(text)
@@ -113,9 +138,9 @@ def json_value(text: str) -> Any:
 
 def timestamp(text: str) -> float:
     """A moment as Unix seconds: from ISO 8601 with a time zone (`2026-12-07T03:15:00Z`, `...+01:00`, or basic
-    `20261207T031500Z`), or Unix seconds (digits)."""
+    `20261207T031500Z`), or Unix seconds (digits) of a time in years 1-9999."""
     if re.fullmatch(r"[0-9]+(\.[0-9]+)?", text):
-        return float(text)
+        return _representable(text, float(text))
     try:
         moment = datetime.datetime.fromisoformat(text)
     except ValueError:
@@ -125,3 +150,12 @@ def timestamp(text: str) -> float:
         raise argparse.ArgumentTypeError(f"invalid time {text!r}: give its time zone, e.g. 2026-12-07T03:15:00Z "
                                          "or 2026-12-07T04:15:00+01:00")
     return moment.timestamp()
+
+
+def _representable(text: str, seconds: float) -> float:
+    """`seconds` if it names a date (years 1-9999), which the daemon's log and version checks can show."""
+    try:
+        datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+    except (OverflowError, ValueError, OSError):
+        raise argparse.ArgumentTypeError(f"invalid time {text!r}: out of range (years 1-9999)") from None
+    return seconds

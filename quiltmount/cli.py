@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--log-level", default="INFO", type=str.upper,
                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (INFO)")
     mount.add_argument("--profile", help="AWS profile for S3 sources")
-    mount.add_argument("--region", help="AWS region for S3 sources")
+    mount.add_argument("--region", type=argtypes.region, help="AWS region for S3 sources")
     mount.add_argument("--endpoint-url", type=argtypes.endpoint_url,
                        help="S3-compatible endpoint, http(s)://HOST[:PORT] (also AWS_ENDPOINT_URL); path-style")
     mount.add_argument("--quilt-credentials", action="store_true",
@@ -101,16 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--kernel-cache-entries", type=argtypes.non_negative, default=65_536, metavar="N",
                        help="entries the kernel may cache under one top-level name before they are dropped "
                             "(bounds the daemon's memory; 0: never drop; 65536)")
-    mount.add_argument("--api-key-env", metavar="VAR",
+    mount.add_argument("--api-key-env", type=argtypes.not_empty, metavar="VAR",
                        help="catalog API key for .search from environment variable VAR (default: QUILT_API_KEY "
                             "if set, else the login shared with quilt3)")
     mount.add_argument("--package", type=argtypes.package_spec, metavar="NS/NAME[@HASH|:TAG]",
                        help="mount one package revision (latest by default) at the root, read-only; its draft "
                             "is MOUNT/.draft (unless --read-only)")
-    mount.add_argument("--env-file", metavar="FILE",
+    mount.add_argument("--env-file", type=argtypes.not_empty, metavar="FILE",
                        help="load KEY=VALUE lines (# comments, optional 'export ', quotes stripped) into the "
                             "environment first, over what is set: credentials for mounts at boot (fstab, systemd)")
-    mount.add_argument("--stop-timeout", type=argtypes.non_negative, default=60, metavar="SECONDS",
+    mount.add_argument("--stop-timeout", type=argtypes.stop_timeout, default=60, metavar="SECONDS",
                        help="after SIGTERM, SIGINT or SIGHUP, how long pending uploads may still take before the "
                             "daemon exits, leaving the rest staged for the next mount (60; below systemd's "
                             "TimeoutStopSec, 90 by default)")
@@ -236,7 +236,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if cache_dir is not None:
         _check_directory_can_be("--cache-dir", cache_dir)
     options = MountOptions(
-        source=_with_package(source, args.package),
+        source=_with_package(source, args.package), source_argument=args.source,
         mountpoint=os.path.abspath(args.mountpoint), read_only=args.read_only, as_of=args.as_of,
         cache_dir=cache_dir,
         disk_cache_size=args.disk_cache_size, disk_cache_dir=_cache_root(args),

@@ -86,9 +86,15 @@ def check_environment() -> None:
     fusermount_command()
 
 
+#: The file system systemd (`x-systemd.automount`, `.automount` units) and automount(8) keep at a mountpoint,
+#: to mount the real one on top at first access.
+AUTOFS = "autofs"
+
+
 def prepare_mountpoint(path: str) -> str:
-    """Validate `path` as an empty directory that is not mounted; clean a stale FUSE mount left by a dead
-    daemon.  Returns the absolute path."""
+    """Validate `path` as an empty directory without a FUSE mount on it; clean a stale FUSE mount left by a
+    dead daemon.  Another file system there is mounted over, as libfuse does: systemd's autofs trigger above
+    all.  Returns the absolute path."""
     path = os.path.abspath(path)
     try:
         os.stat(path)
@@ -104,8 +110,11 @@ def prepare_mountpoint(path: str) -> str:
             raise UserError(f"cannot use mountpoint {path}: {exc.strerror}") from None
     if not os.path.isdir(path):
         raise UserError(f"mountpoint is not a directory: {path}")
-    if path in mounted_filesystems():
+    covering = mounted_filesystems().get(path)
+    if covering is not None and covering.startswith("fuse"):
         raise UserError(f"already mounted: {path}")
+    if covering == AUTOFS:  # empty by nature, and listing it would wait for this very mount
+        return path
     try:
         if os.listdir(path):
             raise UserError(f"mountpoint is not empty: {path}")

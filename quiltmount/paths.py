@@ -40,9 +40,14 @@ def _legacy_slug(text: str, length: int = 40) -> str:
     return f"{re.sub(r'[^A-Za-z0-9._-]+', '_', text).strip('_')[-length:] or 'root'}-{_digest(text)}"
 
 
-def default_cache_dir(source_url: str) -> str:
-    """Stable per source, so a remount finds what a previous daemon of the same source left.  A directory
-    under the old name is renamed to the new one: it may hold staged writes a crash left to upload."""
+def default_cache_dir(source_url: str, endpoint_url: str | None = None) -> str:
+    """Stable per source, so a remount finds what a previous daemon of the same source left; and per
+    S3-compatible endpoint (`endpoint_url`), whose bucket names are not AWS's: staged writes left for a bucket
+    of one server must never be uploaded to its namesake on another.  (AWS's keep the name they had before
+    endpoints were told apart, so that their staged writes are still found.)  A directory under the old name is
+    renamed to the new one: it may hold staged writes a crash left to upload."""
+    if endpoint_url:
+        return os.path.join(cache_root(), slug(f"{endpoint_url} {source_url}"))
     path = os.path.join(cache_root(), slug(source_url))
     legacy = os.path.join(cache_root(), _legacy_slug(source_url))
     if legacy != path and os.path.isdir(legacy) and not os.path.lexists(path):

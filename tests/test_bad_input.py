@@ -669,6 +669,18 @@ USAGE_ERRORS = {  # exit 2: argparse's usage line, then one error line
     "endpoint-no-host": (["mount", "s3://b", "/m", "--endpoint-url", "http://:9000"], "no host"),
     "endpoint-space": (["mount", "s3://b", "/m", "--endpoint-url", "http://a b:9000"], "invalid host 'a b'"),
     "endpoint-scheme": (["mount", "s3://b", "/m", "--endpoint-url", "ftp://host"], "expected http://HOST"),
+    # each of these reached the daemon: a traceback with --foreground, "mount failed" (exit 32 from mount(8)) else
+    "as-of-past-time-t": (["mount", "s3://b", "/m", "--as-of", "99999999999999999999"],
+                          "invalid time '99999999999999999999': out of range (years 1-9999)"),
+    "as-of-past-year-9999": (["mount", "s3://b", "/m", "--as-of", "253402300800"], "out of range"),
+    "region-with-space": (["mount", "s3://b", "/m", "--region", "bad region"],
+                          "invalid region 'bad region': expected a name such as us-east-1"),
+    "region-empty": (["mount", "s3://b", "/m", "--region", ""], "invalid region ''"),
+    "stop-timeout-past-sigtimedwait": (["mount", "s3://b", "/m", "--stop-timeout", "10000000000"],
+                                       "must be <= 31536000"),
+    # these were taken as not given: the mount went ahead without the credentials file, or the key
+    "env-file-empty": (["mount", "s3://b", "/m", "--env-file", ""], "argument --env-file: must not be empty"),
+    "api-key-env-empty": (["mount", "s3://b", "/m", "--api-key-env", ""], "argument --api-key-env: must not be empty"),
 }
 
 ONE_LINE_ERRORS = {  # exit 1

@@ -46,6 +46,41 @@ def test_already_mounted(tmp_path, bucket, mount, endpoint):
     assert_one_line_error(run_cli("mount", f"s3://{bucket}", str(mnt), *endpoint), 1, "already mounted")
 
 
+def _top_file_system(path) -> str:
+    """The type of the file system mounted last at `path` (the one its users see)."""
+    with open("/proc/self/mountinfo", encoding="utf-8") as file:
+        types = [line.split(" - ")[1].split()[0] for line in file if line.split()[4] == str(path)]
+    return types[-1] if types else ""
+
+
+def test_a_mountpoint_with_another_file_system_on_it(tmp_path, s3, bucket, endpoint):
+    """systemd's x-systemd.automount (and an `.automount` unit) keeps an autofs mount at the mountpoint and
+    mounts the real one on top of it at first access: the mount goes over another file system, as libfuse's
+    do, and only a FUSE mount there is "already mounted" (any mount was, so automounting could never work).
+    A tmpfs stands in for autofs, which this kernel lacks."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    s3.put_object(Bucket=bucket, Key="a.txt", Body=b"on top")
+    mnt = tmp_path / "auto"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "systemd-1", str(mnt)], check=True)
+    try:
+        result = run_cli("mount", f"s3://{bucket}", str(mnt), *endpoint)
+        try:
+            assert result.returncode == 0, result.stderr
+            assert _top_file_system(mnt) == "fuse.quiltmount" and (mnt / "a.txt").read_bytes() == b"on top"
+            assert_one_line_error(run_cli("mount", f"s3://{bucket}", str(mnt), *endpoint), 1, "already mounted")
+            assert run_cli("umount", str(mnt)).returncode == 0
+        finally:
+            if _top_file_system(mnt) != "tmpfs":  # (its fusermount -uz would unmount the tmpfs too)
+                force_unmount(mnt)
+        assert _top_file_system(mnt) == "tmpfs"  # left as it was
+        (mnt / "x").write_text("x")
+        assert_one_line_error(run_cli("mount", f"s3://{bucket}", str(mnt), *endpoint), 1, "not empty")
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
 def test_source_errors(tmp_path, endpoint):
     mnt = tmp_path / "m"
     mnt.mkdir()

@@ -71,6 +71,9 @@ def test_every_mount_option_has_an_o_spelling():
     (["s3://b", "/m", "-o", "metadata-ttl=soon"], "invalid TTL 'soon'"),
     (["s3://b", "/m", "-o", "uid=4294967296"], "invalid id '4294967296': must be <= 4294967294"),
     (["s3://b", "/m", "-o", "endpoint-url=not-a-url"], "invalid endpoint URL 'not-a-url'"),
+    (["s3://b", "/m", "-o", "env-file="], "argument --env-file: must not be empty"),  # was: mounted without it
+    (["s3://b", "/m", "-o", "as-of=99999999999999999999"], "out of range (years 1-9999)"),  # was: exit 32
+    (["s3://b", "/m", "-o", "region=bad region"], "invalid region 'bad region'"),
     (["s3://b", "/m", "-o", "metadata-ttl"], "option metadata-ttl needs a value: metadata-ttl=VALUE"),
     (["s3://b", "/m", "-o", "read-only=yes"], "option read-only takes no value"),
     (["s3://b", "/m", "-o", "foreground"], "option foreground: a mount helper returns once mounted"),
@@ -305,7 +308,79 @@ def test_an_fstab_line_with_credentials_from_an_env_file(sbin_helper, s3, bucket
     umount8(mnt)
 
 
+def kernel_source(mountpoint: Path) -> str:
+    """The source the kernel shows for the mount at `mountpoint` (mountinfo's escapes undone)."""
+    with open("/proc/self/mountinfo", encoding="utf-8") as file:
+        for line in file:
+            fields = line.split()
+            if fields[4] == str(mountpoint):
+                source = line.split(" - ")[1].split()[1]
+                return source.encode().decode("unicode_escape")
+    raise AssertionError(f"{mountpoint} is not mounted")
+
+
+def test_mount_a_skips_the_lines_already_mounted(sbin_helper, s3, bucket, s3_server, tmp_path, mountpoints):
+    """libmount takes an fstab line as mounted when the kernel shows its source at its mountpoint: the mount's
+    name is SOURCE as given (it was `quiltmount:s3://...`, so a second `mount -a` mounted again: "already
+    mounted", exit 32)."""
+    s3.put_object(Bucket=bucket, Key="dir/a.txt", Body=b"a")
+    mnt = new_mountpoint(tmp_path, mountpoints, "a1")
+    fstab = tmp_path / "fstab"
+    fstab.write_text(f"s3://{bucket}/dir/ {mnt} fuse.quiltmount _netdev,nofail,read-only,"
+                     f"endpoint-url={s3_server.endpoint_url} 0 0\n")
+    first = mount8("-a", "-T", str(fstab))
+    assert (first.returncode, first.stderr) == (0, "")
+    pid = mount_record(mnt)["pid"]
+    again = mount8("-a", "-T", str(fstab))
+    assert (again.returncode, again.stderr) == (0, "")
+    assert mount_record(mnt)["pid"] == pid and (mnt / "a.txt").read_bytes() == b"a"
+    assert kernel_source(mnt) == f"s3://{bucket}/dir/"
+    umount8(mnt)
+
+
+def test_the_mount_is_named_by_its_source_as_given(tmp_path, mountpoints):
+    """Commas and backslashes would be taken apart by libfuse's option list, spaces escaped by the kernel's
+    table: the name comes back as given."""
+    source = tmp_path / "data, v2\\raw dir"
+    source.mkdir()
+    mnt = new_mountpoint(tmp_path, mountpoints, "mnt")
+    result = run_cli("mount", str(source) + "/", str(mnt))
+    assert result.returncode == 0, result.stderr
+    assert kernel_source(mnt) == f"{source}/"
+    assert run_cli("umount", str(mnt)).returncode == 0
+
+
 # -- the daemon under systemd: readiness, stop signals ------------------------------------------------------
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_service_settings(key: str) -> list[str]:
+    """The values of `key=` in the README's `quiltmount-data.service` unit."""
+    text = README.read_text(encoding="utf-8")
+    unit = text.split("`/etc/systemd/system/quiltmount-data.service`:", 1)[1].split("```ini\n", 1)[1]
+    return [line.split("=", 1)[1] for line in unit.split("```", 1)[0].splitlines() if line.startswith(f"{key}=")]
+
+
+def test_the_readme_service_restarts_after_a_crash(s3, bucket, s3_server, tmp_path, mount):
+    """After a crash, systemd restarts the README's service (Restart=on-failure) by running its ExecStartPre=
+    lines again: the mountpoint is stale ("Transport endpoint is not connected") until quiltmount's own mount
+    cleans it, so a step before it must not fail the restart (its `mkdir -p` did, and the service stayed
+    down).  A command after `-` may fail (systemd's rule)."""
+    s3.put_object(Bucket=bucket, Key="f.txt", Body=b"f")
+    mnt = mount(f"s3://{bucket}")
+    os.kill(mount_record(mnt)["pid"], signal.SIGKILL)
+    time.sleep(0.3)
+    commands = readme_service_settings("ExecStartPre")
+    assert commands, "the README's service has no ExecStartPre= any more: drop this test's first half"
+    for command in commands:
+        argv = command.lstrip("-").replace("/mnt/data", str(mnt)).split()
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)
+        assert result.returncode == 0 or command.startswith("-"), (command, result.stderr)
+    result = run_cli("mount", f"s3://{bucket}", str(mnt), "--endpoint-url", s3_server.endpoint_url)
+    assert result.returncode == 0, result.stderr
+    assert (mnt / "f.txt").read_bytes() == b"f"
+
+
 def test_notify_sends_one_datagram_where_notify_socket_says(tmp_path, monkeypatch):
     from quiltmount.daemon.notify import notify
 

@@ -91,6 +91,8 @@ def test_versions_of_a_file(s3, history, mount):
     _erofs(os.mkdir, directory / "sub")
     _erofs(os.rename, version, mnt / "d" / "restored.txt")
     _erofs(os.rename, mnt / "top.txt", directory / "top.txt")
+    _erofs(os.link, mnt / "top.txt", directory / "linked.txt")  # (was EXDEV, as between the bucket and a view)
+    _erofs(os.link, version, mnt / "d" / "linked.txt")
     with pytest.raises(FileNotFoundError):
         os.listdir(mnt / "d" / ".versions" / "never-written.txt")
     with pytest.raises(FileNotFoundError):

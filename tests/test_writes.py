@@ -10,9 +10,12 @@ import random
 import re
 import signal
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import pytest
 
 from faultproxy import Fault
@@ -162,6 +165,65 @@ def test_staged_files_survive_kill_9(s3, bucket, mount, s3_server):
     wait_for(lambda: all(key in keys(s3, bucket) for key in payloads), timeout=60)
     assert all(body(s3, bucket, key) == data for key, data in payloads.items())
     assert fresh_record(mnt)["pending_uploads"] == 0
+
+
+@contextlib.contextmanager
+def s3_server_of_its_own() -> Iterator[str]:
+    """Another S3 server, in a process of its own (moto's buckets are shared by the servers of one process);
+    its endpoint URL."""
+    server = subprocess.Popen([sys.executable, str(Path(__file__).parent / "s3server.py")], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)
+    try:
+        yield server.stdout.readline().strip()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_staged_files_go_only_to_the_endpoint_they_were_written_for(s3, bucket, mount, proxy):  # noqa: F811
+    """Two S3 servers may each have a bucket of the same name: what a killed daemon left staged for one is
+    uploaded by the next mount of that one only.  The default cache directory of a custom endpoint's source is
+    its own (it was per s3://BUCKET/PREFIX: the other server's mount uploaded the file), and one --cache-dir
+    given to both is refused while it holds the first one's files."""
+    with s3_server_of_its_own() as other_endpoint:
+        other = boto3.client("s3", endpoint_url=other_endpoint)
+        other.create_bucket(Bucket=bucket)
+        mnt = mount(f"s3://{bucket}", "--endpoint-url", proxy.endpoint_url)
+        cache_dir = mount_record(mnt)["cache_dir"]
+        held = proxy.add(Fault.stall(method="PUT", path=f"/{bucket}/for-the-first-only.bin$"))
+        (mnt / "for-the-first-only.bin").write_bytes(b"first")
+        proxy.wait_for_hits(held)
+        os.kill(mount_record(mnt)["pid"], signal.SIGKILL)
+        time.sleep(0.3)
+        proxy.clear()
+        for options in ((), ("--cache-dir", cache_dir)):
+            result = run_cli("mount", f"s3://{bucket}", str(mnt), "--endpoint-url", other_endpoint,
+                             *options)
+            if options:
+                assert result.returncode == 1 and "not yet uploaded to" in result.stderr, result.stderr
+                continue
+            assert result.returncode == 0, result.stderr
+            assert mount_record(mnt)["cache_dir"] != cache_dir
+            time.sleep(2)  # (recovery uploads within seconds of mounting)
+            unmount(mnt)
+        assert keys(other, bucket) == set()
+        result = run_cli("mount", f"s3://{bucket}", str(mnt), "--endpoint-url", proxy.endpoint_url)
+        assert result.returncode == 0, result.stderr
+        wait_for(lambda: keys(s3, bucket) == {"for-the-first-only.bin"})
+        assert keys(other, bucket) == set()
+
+
+def test_a_staging_area_recorded_without_its_endpoint_keeps_its_bucket(tmp_path):
+    """An owner record from before records named the endpoint (`s3://BUCKET`) is taken as the bucket's on
+    any endpoint, as it was, and then names the endpoint of the mount that took it."""
+    directory = str(tmp_path / "staging")
+    legacy = StagingArea(directory, "s3://one")
+    legacy.create("a.txt")
+    legacy.close()
+    StagingArea(directory, "aws s3://one", former_owner="s3://one").close()
+    assert (tmp_path / "staging" / "owner").read_text() == "aws s3://one"
+    with pytest.raises(UserError, match="not yet uploaded to aws s3://one, not to http://h:9000 s3://one"):
+        StagingArea(directory, "http://h:9000 s3://one", former_owner="s3://one")
 
 
 def test_a_staging_area_with_files_of_another_store_is_refused(tmp_path):

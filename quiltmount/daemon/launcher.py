@@ -43,6 +43,9 @@ class MountOptions:
 
     source: Source  # parsed once, by the command; the package of --package already in it
     mountpoint: str
+    #: SOURCE exactly as given: the mount's name in the kernel's table, which mount(8) and systemd compare with
+    #: an fstab line's to tell whether it is mounted ("": `source.url`).
+    source_argument: str = ""
     read_only: bool = False
     as_of: float | None = None  # --as-of, in Unix seconds: the bucket as it was then, read-only
     cache_dir: str | None = None

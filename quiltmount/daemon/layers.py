@@ -92,7 +92,8 @@ def build_layers(source: Source, store: ObjectStore, stores: StoreSet, cache_dir
         shown_tree = _with_posix(bucket, bucket, None, source, options)
         return Layers(MountTree(shown_tree, views, versions=versions), None, packages, read_only=True,
                       immutable=False)
-    writes = WritableBucketTree(bucket, StagingArea(os.path.join(cache_dir, "staging"), store.name),
+    writes = WritableBucketTree(bucket, StagingArea(os.path.join(cache_dir, "staging"), store.cache_name,
+                                                                 former_owner=store.name),
                                 os.path.join(cache_dir, "stranded"), sync_on_close=options.sync_on_close,
                                 upload_attempts=options.upload_attempts, upload_workers=options.upload_workers)
     writes.recover()

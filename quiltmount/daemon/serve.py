@@ -42,7 +42,9 @@ def serve(options: MountOptions, log_file: str, signal: ReadySignal, stopper: St
     READY once the mount is live.  Returns the exit status: 0, or 1 if files are left staged; what the user
     can fix raises `UserError`."""
     os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
-    from quiltmount.fs.binding import FUSE, CallCounts, KernelCacheTrim, KernelInvalidation  # loads libfuse
+    from quiltmount.fs.binding import (  # loads libfuse
+        FUSE, CallCounts, KernelCacheTrim, KernelInvalidation, escape_option_value,
+    )
     from quiltmount.fs.operations import AttrPolicy, MountOperations
 
     mp.check_environment()
@@ -55,7 +57,7 @@ def serve(options: MountOptions, log_file: str, signal: ReadySignal, stopper: St
     store = stores.bucket(source.location) if source.scheme == "s3" else stores.directory(source.location)
     store.check_access()
 
-    cache_dir = options.cache_dir or default_cache_dir(source.url)
+    cache_dir = options.cache_dir or default_cache_dir(source.url, store.endpoint_url)
     make_private_dir(cache_dir)
     with signal.working():
         layers = build_layers(source, store, stores, cache_dir, options)
@@ -96,7 +98,8 @@ def serve(options: MountOptions, log_file: str, signal: ReadySignal, stopper: St
                        hash_workers=options.hash_workers, kernel=invalidation)
     operations = MountOperations(tree, files, attrs, on_init=after_init)
     fuse_options: dict[str, Any] = {
-        "fsname": f"quiltmount:{source.url}", "subtype": "quiltmount", "default_permissions": True,
+        "fsname": escape_option_value(options.source_argument or source.url), "subtype": "quiltmount",
+        "default_permissions": True,
         # The kernel keeps no "not found" of a bucket mount: it would add its timeout to the negative TTL.
         "attr_timeout": kernel_ttl, "entry_timeout": kernel_ttl,
         "negative_timeout": kernel_ttl if layers.immutable else 0.0,
@@ -155,7 +158,7 @@ def _go_live(status: StatusRecord, operations: MountOperations, signal: ReadySig
     second until `stop`."""
     mountpoint = status.mountpoint
     deadline = time.monotonic() + READY_TIMEOUT
-    while mountpoint not in mp.mounted_filesystems():
+    while not mp.is_fuse_mount(mountpoint):  # (another file system may be under it: systemd's autofs)
         if time.monotonic() > deadline:
             signal.fail("the kernel did not show the mount in time")
             return

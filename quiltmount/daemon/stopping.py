@@ -110,7 +110,7 @@ class Stopper:
         before the kernel shows the mount: wait for it as long as going live would."""
         deadline = time.monotonic() + READY_TIMEOUT
         while not self._loop_ended.is_set() and time.monotonic() < deadline:
-            if mountpoint in mp.mounted_filesystems():
+            if mp.is_fuse_mount(mountpoint):
                 try:
                     mp.unmount(mountpoint, lazy=True)
                 except UserError as exc:  # e.g. unmounted from outside meanwhile: the loop ends anyway

@@ -188,6 +188,12 @@ def _libfuse_path(path: str) -> bytes:
     return ("/" + path).encode("utf-8", "surrogateescape")
 
 
+def escape_option_value(value: str) -> str:
+    """`value` as libfuse's `-o` list holds it: a comma would end the option, a backslash escape the next
+    character."""
+    return value.replace("\\", "\\\\").replace(",", "\\,")
+
+
 class CallCounts:
     """How many times the kernel called each operation (`status` shows them: `ls -l` of N files should
     cost a readdir or two, not N lookups)."""

@@ -131,7 +131,7 @@ class MountTree(Tree):
         tree, inner = self._route(path)
         target_tree, target_inner = self._route(target)
         if tree is not target_tree:
-            raise StorageError(f"{path} -> {target}: cannot link between the bucket and a view", errno.EXDEV)
+            self._refuse_between(path, target, (tree, target_tree), "link")
         tree.link(inner, target_inner)
 
     def make_node(self, path: str, new: NewAttrs) -> None:
@@ -142,10 +142,15 @@ class MountTree(Tree):
         old_tree, old_inner = self._route(old)
         new_tree, new_inner = self._route(new)
         if old_tree is not new_tree:
-            if self.versions is not None and self.versions in (old_tree, new_tree):
-                raise StorageError(f"{old} -> {new}: object versions are read-only", errno.EROFS)
-            raise StorageError(f"{old} -> {new}: cannot move between the bucket and a view", errno.EXDEV)
+            self._refuse_between(old, new, (old_tree, new_tree), "move")
         old_tree.rename(old_inner, new_inner)
+
+    def _refuse_between(self, one: str, other: str, trees: tuple[Tree, Tree], verb: str) -> None:
+        """A link or rename across two of the mount's trees: EROFS when one is `.versions` (read-only, as every
+        change there), else EXDEV."""
+        if self.versions is not None and self.versions in trees:
+            raise StorageError(f"{one} -> {other}: object versions are read-only", errno.EROFS)
+        raise StorageError(f"{one} -> {other}: cannot {verb} between the bucket and a view", errno.EXDEV)
 
     def open_write(self, path: str, *, truncate: bool, create: bool):
         tree, inner = self._route(path)

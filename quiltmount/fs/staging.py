@@ -59,10 +59,12 @@ class StagedFile:
 
 
 class StagingArea:
-    def __init__(self, directory: str, owner: str | None = None) -> None:
-        """`owner`: the store the staged keys are of (`ObjectStore.name`: s3://BUCKET, whatever the endpoint).
-        The area records it, and one holding staged files of another store is refused: its journal names keys,
-        not buckets, so they would be uploaded to the wrong one (one --cache-dir given to two sources)."""
+    def __init__(self, directory: str, owner: str | None = None, former_owner: str | None = None) -> None:
+        """`owner`: the store the staged keys are of (`ObjectStore.cache_name`: its endpoint and bucket).  The
+        area records it, and one holding staged files of another store is refused: its journal names keys, not
+        buckets, so they would be uploaded to the wrong one (one --cache-dir given to two sources, or to one
+        bucket name on two endpoints).  `former_owner`: the same store as areas recorded it before they named
+        the endpoint (`ObjectStore.name`): such a record is taken as this store's, as it was then."""
         self.directory = directory
         self._data = os.path.join(directory, "data")
         self._journal = os.path.join(directory, "journal")
@@ -76,10 +78,10 @@ class StagingArea:
             raise UserError(f"the staging area {directory} is in use by another mount of the same source; "
                             "use another --cache-dir") from None
         if owner is not None:
-            self._claim(owner)
+            self._claim(owner, former_owner)
         self._lock = threading.Lock()
 
-    def _claim(self, owner: str) -> None:
+    def _claim(self, owner: str, former_owner: str | None) -> None:
         """Record `owner` as the store of the staged files, unless the area holds files of another."""
         path = os.path.join(self.directory, "owner")
         try:
@@ -89,7 +91,7 @@ class StagingArea:
             recorded = None
         if recorded == owner:
             return
-        if recorded is not None and os.listdir(self._journal):
+        if recorded not in (None, former_owner) and os.listdir(self._journal):
             self._lock_file.close()
             raise UserError(f"the staging area {self.directory} holds writes not yet uploaded to {recorded}, not "
                             f"to {owner}: mount that source with this --cache-dir to upload them, or use another "

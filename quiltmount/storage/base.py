@@ -171,6 +171,9 @@ class ObjectStore(ABC):
     name: str
     #: Remote: its bytes are worth keeping in the disk cache (a local directory's are not).
     remote: bool = True
+    #: The S3-compatible endpoint the store is reached at (`--endpoint-url`, `AWS_ENDPOINT_URL`); None for AWS
+    #: and local directories.
+    endpoint_url: str | None = None
 
     @property
     def cache_name(self) -> str:

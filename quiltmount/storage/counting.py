@@ -32,6 +32,7 @@ class CountingStore(ObjectStore):
         self.inner = inner
         self.name = inner.name
         self.remote = inner.remote
+        self.endpoint_url = inner.endpoint_url
         self.stats = stats or RequestStats()
 
     @property

@@ -1,5 +1,6 @@
-"""S3 endpoint URLs (`--endpoint-url`, `AWS_ENDPOINT_URL`), checked before botocore sees them: it fails on a
-bad one with a bare "Invalid endpoint" ValueError, or with urllib's traceback."""
+"""S3 endpoint URLs (`--endpoint-url`, `AWS_ENDPOINT_URL`) and regions (`--region`), checked before botocore
+sees them: it fails on a bad URL with a bare "Invalid endpoint" ValueError, or with urllib's traceback, and on
+a bad region with its own traceback (or, for an empty one, at the first request, in the signer)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from quiltmount.errors import UserError
 ENVIRONMENT = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 #: A DNS name or an IPv4 address, as botocore accepts hosts (IPv6 hosts are checked by urlsplit).
 _HOST = re.compile(r"((?!-)[A-Za-z0-9-]{1,63}(?<!-)\.)*(?!-)[A-Za-z0-9-]{1,63}(?<!-)\.?")
+#: A region name as botocore accepts it (`botocore.utils.validate_region_name`: a host label, not all digits),
+#: and not empty.
+_REGION = re.compile(r"(?![0-9]+$)(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 
 def endpoint_url_problem(url: str) -> str | None:
@@ -33,6 +37,13 @@ def endpoint_url_problem(url: str) -> str | None:
         return "no host"
     if ":" not in parts.hostname and not _HOST.fullmatch(parts.hostname):
         return f"invalid host {parts.hostname!r}"
+    return None
+
+
+def region_problem(region: str) -> str | None:
+    """Why `region` cannot be an AWS region name, or None."""
+    if not _REGION.fullmatch(region):
+        return "expected a name such as us-east-1 (letters, digits and hyphens)"
     return None
 
 

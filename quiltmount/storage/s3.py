@@ -113,7 +113,7 @@ class S3Store(ObjectStore):
             except botocore.exceptions.ProfileNotFound:
                 raise UserError(f"AWS profile not found: {profile}") from None
         custom_endpoint = endpoint_url or environment_endpoint_url()
-        self.endpoint = custom_endpoint or "aws"
+        self.endpoint_url = custom_endpoint
 
         silence = timeout or DEFAULT_TIMEOUT
 
@@ -152,7 +152,7 @@ class S3Store(ObjectStore):
 
     @property
     def cache_name(self) -> str:
-        return f"{self.endpoint} {self.name}"
+        return f"{self.endpoint_url or 'aws'} {self.name}"
 
     def check_access(self) -> None:
         try:
