@@ -511,7 +511,7 @@ def test_a_stop_cut_short_keeps_what_did_not_land_for_the_next_mount(s3, bucket,
     assert "a second stop signal: not waiting for the uploads any longer" in log and not is_mounted(again)
 
     proxy.remove(stalled)
-    mount(f"s3://{bucket}")  # the same source: the same staging area, recovered
+    mount(f"s3://{bucket}", "--endpoint-url", proxy.endpoint_url)  # the same source: the same staging area
     deadline = time.monotonic() + 30
     for key, data in files.items():
         while "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix=key):

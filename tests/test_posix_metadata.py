@@ -294,7 +294,8 @@ def test_attributes_of_a_staged_file_survive_kill_9(s3, bucket, s3_server, tmp_p
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     try:
-        deny = lambda method, path: method in ("PUT", "POST") and "/staged" in path  # noqa: E731
+        denying = True
+        deny = lambda method, path: denying and method in ("PUT", "POST") and "/staged" in path  # noqa: E731
         with FaultProxy(s3_server.endpoint_url, deny) as proxy:
             result = run_cli("mount", f"s3://{bucket}", str(mnt), "--endpoint-url", proxy.endpoint_url, POSIX,
                              "--upload-attempts", "1")
@@ -306,9 +307,12 @@ def test_attributes_of_a_staged_file_survive_kill_9(s3, bucket, s3_server, tmp_p
             os.utime(mnt / "staged.txt", ns=(T0 * 10**9, T0 * 10**9 + 7))
             os.setxattr(mnt / "staged.txt", "user.k", b"kept")
             os.kill(int(mount_record(mnt)["pid"]), signal.SIGKILL)
-        result = run_cli("mount", f"s3://{bucket}", str(mnt), "--endpoint-url", s3_server.endpoint_url, POSIX)
-        assert result.returncode == 0, result.stderr
-        wait_for(lambda: "staged.txt" in keys(s3, bucket))
+            denying = False
+            # (the same endpoint: another one's staged files are not this one's)
+            result = run_cli("mount", f"s3://{bucket}", str(mnt), "--endpoint-url", proxy.endpoint_url, POSIX)
+            assert result.returncode == 0, result.stderr
+            wait_for(lambda: "staged.txt" in keys(s3, bucket))
+            force_unmount(mnt)  # (before the proxy goes)
         headers = meta(s3, bucket, "staged.txt")
         assert (headers["mode"], headers["uid"], headers["gid"]) == (str(stat.S_IFREG | 0o604), "21", "22")
         assert headers["mtime"] == "1000000000.000000007" and decode_xattrs(headers["xattr"]) == {"user.k": b"kept"}

@@ -337,7 +337,8 @@ def test_failed_uploads_are_kept_reported_and_recovered(s3, bucket, s3_server, t
 
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    deny = lambda method, path: method == "PUT" and "/denied-" in path  # noqa: E731
+    denying = True
+    deny = lambda method, path: denying and method == "PUT" and "/denied-" in path  # noqa: E731
     try:
         with FaultProxy(s3_server.endpoint_url, deny) as proxy:
             result = run_cli("mount", f"s3://{bucket}", str(mnt), "--endpoint-url", proxy.endpoint_url,
@@ -365,12 +366,14 @@ def test_failed_uploads_are_kept_reported_and_recovered(s3, bucket, s3_server, t
             assert "denied-later.txt" in result.stderr and "still staged" in result.stderr
             assert "denied-later.txt" not in keys(s3, bucket)  # nothing partial or empty became visible
             assert body(s3, bucket, "allowed.txt") == b"fine"
-        # The next mount of the same source, now allowed to write, uploads what was kept.
-        result = run_cli("mount", f"s3://{bucket}", str(mnt), "--endpoint-url", s3_server.endpoint_url)
-        assert result.returncode == 0, result.stderr
-        wait_for(lambda: {"denied-later.txt", "denied-sync.txt"} <= keys(s3, bucket))
-        assert body(s3, bucket, "denied-later.txt") == b"also precious"
-        assert body(s3, bucket, "denied-sync.txt") == b"precious"
+            # The next mount of the same source (endpoint included), now allowed to write, uploads what was kept.
+            denying = False
+            result = run_cli("mount", f"s3://{bucket}", str(mnt), "--endpoint-url", proxy.endpoint_url)
+            assert result.returncode == 0, result.stderr
+            wait_for(lambda: {"denied-later.txt", "denied-sync.txt"} <= keys(s3, bucket))
+            assert body(s3, bucket, "denied-later.txt") == b"also precious"
+            assert body(s3, bucket, "denied-sync.txt") == b"precious"
+            force_unmount(mnt)  # (before the proxy goes)
     finally:
         force_unmount(mnt)
 
@@ -519,7 +522,7 @@ def test_a_file_open_when_the_daemon_was_killed_is_set_aside_once_and_never_repo
     assert kept.read_bytes() == b"half of it"  # the user's to look at and remove
 
 
-def test_an_upload_of_a_closed_file_cut_by_kill_9_is_aborted_and_sent_again(s3, bucket, mount, s3_server,
+def test_an_upload_of_a_closed_file_cut_by_kill_9_is_aborted_and_sent_again(s3, bucket, mount,
                                                                             proxy):  # noqa: F811
     """A closed 20 MiB file (not written in order: sent whole after close) whose multipart upload is under way
     when the daemon is killed: the next mount aborts that upload and sends the file again, whole."""
@@ -535,14 +538,14 @@ def test_an_upload_of_a_closed_file_cut_by_kill_9_is_aborted_and_sent_again(s3, 
     assert _uploads_in_progress(s3, bucket, "late.bin") == [0]
     kill_daemon(mnt)
     proxy.remove(held)
-    result = run_cli("mount", f"s3://{bucket}", str(mnt), "--endpoint-url", s3_server.endpoint_url)
+    result = run_cli("mount", f"s3://{bucket}", str(mnt), "--endpoint-url", proxy.endpoint_url)  # (the same endpoint)
     assert result.returncode == 0, result.stderr
     wait_for(lambda: "late.bin" in keys(s3, bucket))
     assert body(s3, bucket, "late.bin") == data
     wait_for(lambda: _uploads_in_progress(s3, bucket, "late.bin") == [])
 
 
-def test_both_uploads_a_killed_daemon_left_of_one_file_are_aborted_by_the_next_mount(s3, bucket, mount, s3_server,
+def test_both_uploads_a_killed_daemon_left_of_one_file_are_aborted_by_the_next_mount(s3, bucket, mount,
                                                                                       proxy):  # noqa: F811
     """A file written in order has two parts in S3 when it is rewritten at its start: its stream is dropped,
     and the abort of that upload is held; closed, it is sent whole, and that upload's parts are held.  kill -9
@@ -565,7 +568,7 @@ def test_both_uploads_a_killed_daemon_left_of_one_file_are_aborted_by_the_next_m
     assert sorted(_uploads_in_progress(s3, bucket, key)) == [0, 2]
     kill_daemon(mnt)
     proxy.clear()
-    result = run_cli("mount", f"s3://{bucket}", str(mnt), "--endpoint-url", s3_server.endpoint_url)
+    result = run_cli("mount", f"s3://{bucket}", str(mnt), "--endpoint-url", proxy.endpoint_url)  # (the same endpoint)
     assert result.returncode == 0, result.stderr
     wait_for(lambda: key in keys(s3, bucket))
     assert body(s3, bucket, key) == data

@@ -32,7 +32,6 @@ class AsOfStore(ObjectStore):
         self.moment = moment
         self.name = inner.name
         self.remote = inner.remote
-        self.endpoint_url = inner.endpoint_url
 
     @property
     def cache_name(self) -> str:
