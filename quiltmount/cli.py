@@ -493,7 +493,7 @@ def cmd_packages_diff(args: argparse.Namespace) -> int:
         print(json.dumps([{"change": change, "key": key} for change, key in changes]))
     else:
         for change, key in changes:
-            print(f"{change}  {key}")
+            print(one_line(f"{change}  {key}"))
     return 0
 
 
@@ -510,7 +510,7 @@ def cmd_prefetch(args: argparse.Namespace) -> int:
     if warning:
         print(f"quiltmount: warning: {warning}", file=sys.stderr)
     for failure in summary["failures"]:
-        print(f"quiltmount: error: {failure['path']}: {failure['error']}", file=sys.stderr)
+        print(one_line(f"quiltmount: error: {failure['path']}: {failure['error']}"), file=sys.stderr)
     if summary["errors"] > len(summary["failures"]):
         print(f"quiltmount: error: ... {summary['errors'] - len(summary['failures'])} more (the daemon's log has "
               "them all)", file=sys.stderr)

@@ -328,3 +328,18 @@ def test_a_commit_follows_the_registrys_workflow(q3, local_package, mount) -> No
     assert run_cli("packages", "commit", str(draft), "-m", "with a message").returncode == 0
     pkg = q3.Package.browse("demo/pkg", registry=registry.as_uri())
     assert pkg._workflow["id"] == "alpha" and pkg["a.txt"].get_bytes() == b"a"
+
+
+def test_diff_prints_a_key_with_a_line_break_on_one_line(q3, local_package, mount) -> None:
+    """A file name may hold a newline: `packages diff` prints every change on one line (escaped), as the rest
+    of the command line does, so that a key cannot forge another change."""
+    registry, _ = local_package
+    mnt = mount(str(registry))
+    draft = mnt / ".packages/demo/pkg/draft"
+    draft.mkdir()
+    (draft / "a\nD  README.md").write_bytes(b"forged")
+    shown = run_cli("packages", "diff", str(draft))
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines() == ["A  a\\nD  README.md"]
+    assert json.loads(run_cli("packages", "diff", str(draft), "--json").stdout) == [
+        {"change": "A", "key": "a\nD  README.md"}]
