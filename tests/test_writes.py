@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -393,6 +394,69 @@ def test_staging_disk_full_gives_enospc_and_uploads_nothing(s3, bucket, mount, t
         assert body(s3, bucket, "small.txt") == b"fits"
     finally:
         subprocess.run(["umount", "-l", str(cache)], check=False)
+
+
+def test_two_writers_opening_an_object_at_once_both_keep_their_writes(s3, bucket, mount):
+    """Opens for writing of one object at the same time share one staged file (the object's bytes are copied
+    in once): with a staged copy each, the later open's replaced the other's and its writes were lost."""
+    size = 30 << 20  # the copy-in at open takes a while: the other open comes meanwhile
+    s3.put_object(Bucket=bucket, Key="shared.bin", Body=b"." * size)
+    mnt = mount(f"s3://{bucket}")
+    path = mnt / "shared.bin"
+    assert path.stat().st_size == size
+    barrier = threading.Barrier(2)
+
+    def write(offset: int, data: bytes) -> None:
+        barrier.wait()
+        descriptor = os.open(path, os.O_WRONLY)
+        try:
+            os.pwrite(descriptor, data, offset)
+        finally:
+            os.close(descriptor)
+
+    writers = [threading.Thread(target=write, args=(0, b"AAAA")), threading.Thread(target=write, args=(100, b"BBBB"))]
+    for thread in writers:
+        thread.start()
+    for thread in writers:
+        thread.join()
+    expected = b"AAAA" + b"." * 96 + b"BBBB"
+    with open(path, "rb") as file:
+        assert file.read(104) == expected
+    unmount(mnt)
+    stored = body(s3, bucket, "shared.bin")
+    assert len(stored) == size and stored[:104] == expected
+
+
+def test_appending_to_an_object_replaced_or_deleted_elsewhere_appends_to_what_is_there_now(s3, bucket, mount,
+                                                                                          tmp_path):
+    """An object another client replaced after the mount listed it: an append goes onto its new bytes (as a read
+    opens the new version).  Deleted meanwhile: the kernel, which still knows the name, opens it without O_CREAT
+    (ENOENT, and the name is forgotten, by the kernel within a second), so a later `>>` creates it.  A failed
+    open leaves nothing staged."""
+    s3.put_object(Bucket=bucket, Key="d/replaced.txt", Body=b"one\n")
+    s3.put_object(Bucket=bucket, Key="d/deleted.txt", Body=b"one\n")
+    cache = tmp_path / "cache"
+    mnt = mount(f"s3://{bucket}", "--cache-dir", str(cache))
+    assert sorted(os.listdir(mnt / "d")) == ["deleted.txt", "replaced.txt"]  # listed with their first ETags
+    s3.put_object(Bucket=bucket, Key="d/replaced.txt", Body=b"two, from elsewhere\n")
+    s3.delete_object(Bucket=bucket, Key="d/deleted.txt")
+    with open(mnt / "d/replaced.txt", "a") as file:
+        file.write("appended\n")
+    started = time.monotonic()
+    while True:
+        try:
+            with open(mnt / "d/deleted.txt", "a") as file:
+                file.write("created\n")
+            break
+        except FileNotFoundError:
+            # The kernel keeps the name for up to a second, the mount its absence as long (negative TTL).
+            assert time.monotonic() - started < 5, "a deleted name could not be created again"
+            time.sleep(0.2)
+    assert (mnt / "d/replaced.txt").read_bytes() == b"two, from elsewhere\nappended\n"
+    unmount(mnt)
+    assert body(s3, bucket, "d/replaced.txt") == b"two, from elsewhere\nappended\n"
+    assert body(s3, bucket, "d/deleted.txt") == b"created\n"
+    assert os.listdir(cache / "staging" / "journal") == [] and os.listdir(cache / "staging" / "data") == []
 
 
 def test_sync_on_close_and_plain_fusermount_finish_uploads(s3, bucket, mount):

@@ -182,6 +182,15 @@ class WriteHandle(FileHandle):
         self.writable = writable
         self.sync_on_close = sync_on_close
         self.fd = os.open(dirty.data_path, os.O_RDWR if writable else os.O_RDONLY)
+        self._appending = False
+
+    def append_only(self) -> None:
+        """Every write goes to the end of the staged file, wherever the kernel says (its size of the file may be
+        older than the staged bytes: another writer's, or an object replaced since it was listed)."""
+        if self.writable:
+            os.close(self.fd)
+            self.fd = os.open(self.dirty.data_path, os.O_RDWR | os.O_APPEND)
+            self._appending = True
 
     def read(self, offset: int, size: int) -> bytes:
         return os.pread(self.fd, size, offset)
@@ -191,7 +200,11 @@ class WriteHandle(FileHandle):
             return super().write(data, offset)
         self.dirty.changing()
         try:
-            written = os.pwrite(self.fd, data, offset)
+            if self._appending:  # at the end, atomically with the other writers' appends (O_APPEND)
+                written = os.write(self.fd, data)
+                offset = os.lseek(self.fd, 0, os.SEEK_CUR) - written
+            else:
+                written = os.pwrite(self.fd, data, offset)
         except OSError as exc:
             self.dirty.write_error = str(exc)
             raise
@@ -278,7 +291,10 @@ class FileOpener:
         alone: not a package entry, not a version) has its first block fetched now, unless cached: if the GET
         finds the object replaced since it was listed, the open reads the version the store holds now."""
         if is_write_open(flags):
-            return self.tree.open_write(path, truncate=bool(flags & os.O_TRUNC), create=False)
+            handle = self.tree.open_write(path, truncate=bool(flags & os.O_TRUNC), create=False)
+            if flags & os.O_APPEND:
+                handle.append_only()
+            return handle
         local = self.tree.open_local(path)
         if local is not None:
             return local

@@ -98,6 +98,10 @@ class FileHandle:
         file by its path, as truncate(2) does)."""
         return False
 
+    def append_only(self) -> None:
+        """Opened with O_APPEND: every write goes to the end of the file.  FUSE leaves that to the file system
+        (without writeback caching, the kernel sends the offset of the end as it last knew it)."""
+
     def flush(self) -> None:
         """close(2) of a descriptor of this handle."""
 

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
-from quiltmount.errors import NotFound, StorageError
+from quiltmount.errors import NotFound, ObjectChanged, StorageError
 from quiltmount.fs.dirty import DirtyFile
 from quiltmount.fs.handles import WriteHandle
 from quiltmount.fs.node import Node, Tree
@@ -48,7 +48,8 @@ class WritableBucketTree(Tree):
         self.uploader = Uploader(self.store, staging, workers=upload_workers, attempts=upload_attempts,
                                  on_uploaded=self._uploaded, put=self._put)
         self._dirty: dict[str, DirtyFile] = {}
-        self._lock = threading.Lock()  # guards `_dirty`, and the writer count of each of its files
+        self._opening: dict[str, threading.Event] = {}  # paths being staged for a first writer (`_join_or_claim`)
+        self._lock = threading.Lock()  # guards `_dirty`, `_opening`, and the writer count of each of their files
         #: Files a killed daemon left open for writing, found by `recover`: (key, where their bytes are now).
         self.stranded: list[tuple[str, str]] = []
 
@@ -137,12 +138,7 @@ class WritableBucketTree(Tree):
                    meta: dict[str, str] | None = None) -> WriteHandle:
         """A writable handle on `path`, staging the object's current bytes first unless truncating.
         `meta`: the attributes its upload is to carry, unless its staged file has some already."""
-        with self._lock:
-            dirty = self._dirty.get(path)
-            if dirty is not None:
-                dirty.writers += 1  # pinned: a finishing upload now keeps the staged bytes
-                if dirty.staged.meta is None:
-                    dirty.staged.meta = meta
+        dirty = self._join_or_claim(path, meta)
         if dirty is not None:
             # An upload not started yet is dropped (the file is uploaded again at close); one in progress is
             # waited for, so the bytes it sends are never torn by this writer.
@@ -150,23 +146,78 @@ class WritableBucketTree(Tree):
             self.uploader.cancel(dirty.staged)
             self.staging.set_state(dirty.staged, OPEN)
         else:
-            node = self.replaced_by_write(path, create=create)
-            staged = self.staging.create(self.bucket.key_of(path), meta)
-            # A new file, or an existing one being truncated, must be uploaded even if nothing is written.
-            dirty = self._dirty_file(path, staged, writers=1, modified=node is None or truncate)
-            if node is not None and not truncate and node.obj is not None:
-                copy_in(self.store, node.obj, dirty.data_path)
-            with self._lock:
-                replaced = self._dirty.get(path)
-                self._dirty[path] = dirty
-            if replaced is not None:  # another writer created it meanwhile: the last one opened wins
-                log.warning("%r: opened for writing by two writers at once; the later open wins", path)
-            if node is None or truncate:
-                self._streams.start(staged, dirty.data_path)
+            try:
+                dirty = self._stage(path, truncate=truncate, create=create, meta=meta)
+            finally:
+                with self._lock:
+                    self._opening.pop(path).set()
         handle = WriteHandle(dirty, self.sync, writable=True, sync_on_close=self.sync_on_close)
         if truncate:
             handle.truncate(0)
         return handle
+
+    def _join_or_claim(self, path: str, meta: dict[str, str] | None) -> DirtyFile | None:
+        """The staged file of `path`, with one more writer, if it has one; else None, with `path` claimed: the
+        caller stages it, and other opens of it meanwhile wait to share that staged file (each staging its own,
+        the last one's would replace the others' and their writes would be lost)."""
+        while True:
+            with self._lock:
+                dirty = self._dirty.get(path)
+                if dirty is not None:
+                    dirty.writers += 1  # pinned: a finishing upload now keeps the staged bytes
+                    if dirty.staged.meta is None:
+                        dirty.staged.meta = meta
+                    return dirty
+                opening = self._opening.get(path)
+                if opening is None:
+                    self._opening[path] = threading.Event()
+                    return None
+            opening.wait()  # then share what it staged (or claim the path, if its open failed)
+
+    def _stage(self, path: str, *, truncate: bool, create: bool, meta: dict[str, str] | None) -> DirtyFile:
+        """Stage `path` for its first writer: its current bytes unless truncating.  An object another client
+        replaced since it was listed is looked up again and its new bytes staged (one deleted meanwhile is
+        created anew, if `create`); nothing stays staged if the open fails."""
+        node = self.replaced_by_write(path, create=create)
+        staged = self.staging.create(self.bucket.key_of(path), meta)
+        try:
+            if node is not None and not truncate and node.obj is not None:
+                try:
+                    copy_in(self.store, node.obj, self.staging.data_path(staged))
+                except ObjectChanged:
+                    node = self._restage(path, staged, create=create)
+        except BaseException:
+            self.staging.remove(staged)
+            raise
+        # A new file, or an existing one being truncated, must be uploaded even if nothing is written.
+        dirty = self._dirty_file(path, staged, writers=1, modified=node is None or truncate)
+        with self._lock:
+            replaced = self._dirty.get(path)
+            self._dirty[path] = dirty
+        if replaced is not None:  # a rename put another staged file there meanwhile: this open wins
+            log.warning("%r: another staged file was renamed there while it was opened for writing; the open "
+                        "wins", path)
+        if node is None or truncate:
+            self._streams.start(staged, dirty.data_path)
+        return dirty
+
+    def _restage(self, path: str, staged: StagedFile, *, create: bool) -> Node | None:
+        """`path`'s object changed since it was listed (its copy-in found it so): stage the bytes it holds now;
+        the node staged, None if it is gone and `create` (NotFound if not: what a read open answers too)."""
+        try:
+            node = self.refresh(path)
+        except NotFound:
+            if not create:
+                raise
+            node = None
+        if node is not None and node.is_dir:
+            raise StorageError(f"{path}: is a directory now", errno.EISDIR)
+        data_path = self.staging.data_path(staged)
+        os.truncate(data_path, 0)  # (what the first copy got of the old bytes)
+        if node is not None and node.obj is not None:
+            log.info("%r: changed since it was listed; its current bytes staged", path)
+            copy_in(self.store, node.obj, data_path)
+        return node
 
     def open_local(self, path: str) -> WriteHandle | None:
         """A read-only handle on the staged bytes of `path`, if it has any (read-your-writes)."""
