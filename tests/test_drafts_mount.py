@@ -343,3 +343,31 @@ def test_diff_prints_a_key_with_a_line_break_on_one_line(q3, local_package, moun
     assert shown.stdout.splitlines() == ["A  a\\nD  README.md"]
     assert json.loads(run_cli("packages", "diff", str(draft), "--json").stdout) == [
         {"change": "A", "key": "a\nD  README.md"}]
+
+
+def test_a_key_removed_then_written_again_has_no_meta_and_truncate_by_path_closes(q3, mount, tmp_path: Path) -> None:
+    """`rm` then a new file of the same key: a new entry, without the meta of the parent's row (quilt3's delete
+    then set gives it none).  truncate(2) by path leaves nothing open (the commit would refuse the file as
+    still being written).  NaN is not JSON: `user.quilt.meta` refuses it (the commit could not write it)."""
+    registry = tmp_path / "registry"
+    src = write_tree(tmp_path / "src", {"f.txt": b"old\n", "g.txt": b"longer text\n"})
+    pkg = q3.Package()
+    pkg.set("f.txt", str(src / "f.txt"), meta={"k": "v"})
+    pkg.set("g.txt", str(src / "g.txt"))
+    pkg.build("demo/meta", registry=registry.as_uri(), message="first")
+    mnt = mount(str(registry))
+    draft = mnt / ".packages/demo/meta/draft"
+    draft.mkdir()
+    assert json.loads(os.getxattr(draft / "f.txt", "user.quilt.meta")) == {"user_meta": {"k": "v"}}
+    os.remove(draft / "f.txt")
+    (draft / "f.txt").write_bytes(b"brand new\n")
+    assert json.loads(os.getxattr(draft / "f.txt", "user.quilt.meta")) == {}
+    os.truncate(draft / "g.txt", 6)
+    with pytest.raises(OSError) as refused:
+        os.setxattr(draft / "g.txt", "user.quilt.meta", b'{"a": NaN}')
+    assert refused.value.errno == errno.EINVAL
+    result = run_cli("packages", "commit", str(draft), "-m", "again", "--json")
+    assert result.returncode == 0, result.stderr
+    committed = q3.Package.browse("demo/meta", registry=registry.as_uri())
+    assert committed["f.txt"]._meta == {} and committed["f.txt"].get_bytes() == b"brand new\n"
+    assert committed["g.txt"].get_bytes() == b"longer"

@@ -161,6 +161,9 @@ class Draft:
             source = self._record.renamed.pop(logical_key, None)
             if source is not None and logical_key not in self._record.file_meta and meta_shown is not KEEP:
                 self._record.file_meta[logical_key] = meta_shown
+            elif logical_key in self._record.deleted and logical_key not in self._record.file_meta:
+                # `rm` first: a new file, without the meta of the parent's row (quilt3: delete, then set)
+                self._record.file_meta[logical_key] = {}
             self._save()
         if replaced is not None:
             self._forget(replaced)

@@ -411,6 +411,12 @@ def _json(value: Any) -> bytes:
 
 def _parse_json(value: bytes, name: str) -> Any:
     try:
-        return json.loads(value)
+        return json.loads(value, parse_constant=_refuse_constant)
     except ValueError:
         raise StorageError(f"{name}: the value is not JSON", errno.EINVAL) from None
+
+
+def _refuse_constant(name: str) -> Any:
+    """`NaN`, `Infinity` and `-Infinity`, which Python's parser takes but JSON has not (no manifest can hold
+    them: the commit would fail)."""
+    raise ValueError(f"{name} is not JSON")

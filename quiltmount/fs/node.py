@@ -238,6 +238,7 @@ class Tree:
         handle = self.open_write(path, truncate=length == 0, create=False)
         try:
             handle.truncate(length)
+            handle.flush()  # complete, as after a close: nothing holds the file open any more
         finally:
             handle.release()
 
