@@ -37,12 +37,9 @@ def write_report(mountpoint: str, report: dict[str, Any]) -> None:
 
 def take_report(mountpoint: str) -> dict[str, Any] | None:
     """Read and remove the exit report of the mount's last daemon."""
-    try:
-        with open(report_path(mountpoint), encoding="utf-8") as file:
-            report = json.load(file)
-    except (OSError, ValueError):
-        return None
-    os.unlink(report_path(mountpoint))
+    report = _read_json(report_path(mountpoint))
+    if report is not None:
+        os.unlink(report_path(mountpoint))
     return report
 
 
@@ -50,12 +47,8 @@ def discard_report(mountpoint: str, stranded_dir: str) -> None:
     """Drop the exit report of the mount's last daemon if it was about the staging area whose files go to
     `stranded_dir`: a new daemon that recovered that area (uploads retried, files left open set aside)
     supersedes it."""
-    try:
-        with open(report_path(mountpoint), encoding="utf-8") as file:
-            report = json.load(file)
-    except (OSError, ValueError):
-        return
-    if report.get("stranded_dir") == stranded_dir:
+    report = _read_json(report_path(mountpoint))
+    if report is not None and report.get("stranded_dir") == stranded_dir:
         remove_file(report_path(mountpoint))
 
 
@@ -64,8 +57,13 @@ def remove_record(mountpoint: str) -> None:
 
 
 def read_record(mountpoint: str) -> dict[str, Any] | None:
+    return _read_json(record_path(mountpoint))
+
+
+def _read_json(path: str) -> Any:
+    """The JSON document at `path`; None if it is missing or unreadable (being replaced, or half written)."""
     try:
-        with open(record_path(mountpoint), encoding="utf-8") as file:
+        with open(path, encoding="utf-8") as file:
             return json.load(file)
     except (OSError, ValueError):
         return None

@@ -21,6 +21,7 @@ opener drops them itself when a path opens as another object than the one it las
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import threading
@@ -188,8 +189,7 @@ class WriteHandle(FileHandle):
         """Every write goes to the end of the staged file, wherever the kernel says (its size of the file may be
         older than the staged bytes: another writer's, or an object replaced since it was listed)."""
         if self.writable:
-            os.close(self.fd)
-            self.fd = os.open(self.dirty.data_path, os.O_RDWR | os.O_APPEND)
+            fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) | os.O_APPEND)
             self._appending = True
 
     def read(self, offset: int, size: int) -> bytes:
